@@ -1,0 +1,47 @@
+"""Shared fixtures. Area-specific fixtures live in the conftest.py of each tests/ subfolder."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+SHARED_ENV = "XVATOOL_SHARED_FIXTURES"
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No test sees the developer's own XVATOOL_* settings (the fixtures path excepted)."""
+    for key in list(os.environ):
+        if key.startswith("XVATOOL_") and key != SHARED_ENV:
+            monkeypatch.delenv(key)
+    yield
+
+
+def _shared_root() -> Path:
+    configured = os.environ.get(SHARED_ENV)
+    if configured:
+        return Path(configured)
+    return Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def shared_fixture() -> "SharedFixtures":
+    return SharedFixtures(_shared_root())
+
+
+class SharedFixtures:
+    """Files from ../shared/fixtures. Missing files fail when CI set the path, else skip."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def __call__(self, relative: str) -> Path:
+        path = self.root / relative
+        if not path.is_file():
+            if os.environ.get(SHARED_ENV):
+                pytest.fail(f"{SHARED_ENV} is set but {path} is missing")
+            pytest.skip(f"shared fixture {path} not available")
+        return path

@@ -1,0 +1,243 @@
+"""The whole xvatool error tree.
+
+Errors are split by who is at fault, so that a caller can catch "any bad archive" or "any host
+problem" with one class, and the CLI can map each branch to one exit code::
+
+    XvatoolError                      exit 1 unless a subclass says otherwise
+    ├── FormatError (ValueError)      the archive is at fault; carries file, member, offset
+    │   ├── ChecksumError             a chunk's digest differs from its checksum member
+    │   ├── TruncatedError            the stream ended inside a structure
+    │   └── MetadataError             ova.xml is not a valid XVA metadata document
+    ├── HostError                     the host (or the network to it) is at fault
+    │   ├── XapiError                 an API failure: code + params, as xapi sends them
+    │   └── TransferError             an HTTP data transfer failed (reset, 5xx, inline 500, stall)
+    ├── ResumeError                   a journal does not match the archive or host it claims
+    ├── UsageError                    the user asked for something impossible        exit 2
+    │   └── LocalIOError              a local file could not be read or written        exit 2
+    ├── PartialFailure                some items of a batch failed, others succeeded    exit 3
+    └── Interrupted                   Ctrl-C; state was kept for --resume               exit 130
+
+API misuse by a programmer (calling things in the wrong order) raises `StreamStateError`, a
+`RuntimeError`, because that is a bug to fix rather than a condition to handle.
+
+Every error builds its one-line message from structured attributes, so the CLI prints
+``str(exc)`` and nothing else.
+
+Example::
+
+    try:
+        xvatool.verify_archive("vm.xva")
+    except xvatool.FormatError as exc:
+        print(exc.member, exc.offset)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+__all__ = [
+    "ChecksumError",
+    "FormatError",
+    "HostError",
+    "Interrupted",
+    "LocalIOError",
+    "MetadataError",
+    "PartialFailure",
+    "ResumeError",
+    "StreamStateError",
+    "TransferError",
+    "TruncatedError",
+    "UsageError",
+    "XapiError",
+    "XvatoolError",
+    "location_context",
+]
+
+
+class XvatoolError(Exception):
+    """Root of every error xvatool raises on purpose."""
+
+    exit_code: int = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class FormatError(XvatoolError, ValueError):
+    """The archive is malformed. `file`, `member` and `offset` say where, when known.
+
+    `offset` is a byte offset in the (decompressed) tar stream. `code` is a short stable
+    identifier of the rule that was broken, the same one `verify --json` reports.
+    """
+
+    default_code = "format"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        file: str | None = None,
+        member: str | None = None,
+        offset: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code or self.default_code
+        self.file = file
+        self.member = member
+        self.offset = offset
+
+    def __str__(self) -> str:
+        where = []
+        if self.file:
+            where.append(self.file)
+        if self.member:
+            where.append(f"member {self.member}")
+        if self.offset is not None:
+            where.append(f"offset {self.offset}")
+        return f"{': '.join(where)}: {self.message}" if where else self.message
+
+
+class ChecksumError(FormatError):
+    """A chunk's recomputed digest differs from the one in its checksum member."""
+
+    default_code = "checksum-mismatch"
+
+    def __init__(
+        self,
+        member: str,
+        expected: str,
+        got: str,
+        *,
+        offset: int | None = None,
+        file: str | None = None,
+    ) -> None:
+        super().__init__(
+            f"checksum mismatch: archive says {expected!r}, data hashes to {got!r}",
+            member=member,
+            offset=offset,
+            file=file,
+        )
+        self.expected = expected
+        self.got = got
+
+
+class TruncatedError(FormatError):
+    """The stream ended before the structure it was reading was complete."""
+
+    default_code = "truncated"
+
+
+class MetadataError(FormatError):
+    """ova.xml cannot be parsed or breaks a rule the host's importer applies."""
+
+    default_code = "metadata"
+
+
+class HostError(XvatoolError):
+    """The host or the network to it failed; `host` names it when known."""
+
+    def __init__(self, message: str, *, host: str | None = None) -> None:
+        super().__init__(message)
+        self.host = host
+
+    def __str__(self) -> str:
+        return f"{self.host}: {self.message}" if self.host else self.message
+
+
+class XapiError(HostError):
+    """An API failure as xapi reports it: an error code and its parameters.
+
+    Example: ``XapiError("VM_BAD_POWER_STATE", ["OpaqueRef:…", "halted", "running"])``.
+    """
+
+    def __init__(self, code: str, params: Sequence[str] = (), *, host: str | None = None) -> None:
+        self.code = code
+        self.params = [str(p) for p in params]
+        detail = f" {self.params}" if self.params else ""
+        super().__init__(f"{code}{detail}", host=host)
+
+
+class TransferError(HostError):
+    """An HTTP data transfer failed; `retryable` tells whether trying again may help."""
+
+    def __init__(self, message: str, *, host: str | None = None, retryable: bool = True) -> None:
+        super().__init__(message, host=host)
+        self.retryable = retryable
+
+
+class ResumeError(XvatoolError):
+    """A resume journal does not match the archive or host it describes."""
+
+    def __init__(self, message: str, *, journal: str | None = None) -> None:
+        super().__init__(message)
+        self.journal = journal
+
+    def __str__(self) -> str:
+        return f"{self.journal}: {self.message}" if self.journal else self.message
+
+
+class UsageError(XvatoolError):
+    """The request cannot be carried out as given (bad option, unknown VM name, …)."""
+
+    exit_code = 2
+
+
+class LocalIOError(UsageError):
+    """A local file could not be opened, read or written."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class PartialFailure(XvatoolError):
+    """Some items of a batch failed while others succeeded; `failed` names them."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, *, failed: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.failed = list(failed)
+
+
+class Interrupted(XvatoolError):
+    """The user interrupted the operation; any resumable state was kept."""
+
+    exit_code = 130
+
+
+class StreamStateError(RuntimeError):
+    """An object was used out of order (e.g. reading a member after the next one started)."""
+
+
+@contextlib.contextmanager
+def location_context(
+    *, file: str | None = None, member: str | None = None, offset: int | None = None
+) -> Iterator[None]:
+    """Fill in where a `FormatError` happened, unless the raiser already knew better.
+
+    Used at layer boundaries so that location is not threaded through every call::
+
+        with location_context(file=path):
+            for event in XvaReader(stream):
+                ...
+    """
+    try:
+        yield
+    except FormatError as exc:
+        if exc.file is None and file is not None:
+            exc.file = file
+        if exc.member is None and member is not None:
+            exc.member = member
+        if exc.offset is None and offset is not None:
+            exc.offset = offset
+        raise
