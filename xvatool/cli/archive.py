@@ -1,4 +1,4 @@
-"""CLI commands: archive. Each command is a few lines over one library call."""
+"""CLI commands that read archives: inspect, verify, extract."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""CLI commands: host. Each command is a few lines over one library call."""
+"""CLI commands that talk to a host: vm list, export, import, vdi-export, vdi-import."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""CLI commands: serve. Each command is a few lines over one library call."""
+"""CLI command `serve`: the simulated host."""
 
 from __future__ import annotations
 

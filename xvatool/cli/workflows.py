@@ -1,4 +1,4 @@
-"""CLI commands: workflows. Each command is a few lines over one library call."""
+"""CLI commands for whole workflows: backup, restore, migrate, demo."""
 
 from __future__ import annotations
 
