@@ -28,7 +28,7 @@ def _shared_root() -> Path:
 
 
 @pytest.fixture(scope="session")
-def shared_fixture() -> "SharedFixtures":
+def shared_fixture() -> SharedFixtures:
     return SharedFixtures(_shared_root())
 
 

@@ -17,8 +17,8 @@ from xvatool._types import ChecksumKind
 __all__ = [
     "CHECKSUM_KINDS",
     "DIGEST_LENGTH",
-    "Hasher",
     "SUFFIX_OF_KIND",
+    "Hasher",
     "format_digest",
     "hexdigest",
     "kind_of_suffix",

@@ -12,7 +12,7 @@ import gzip
 import os
 import zlib
 from types import TracebackType
-from typing import Self
+from typing import BinaryIO, Self, cast
 
 import zstandard
 
@@ -129,10 +129,12 @@ def open_decompressed(stream: Readable) -> tuple[Compression, Readable]:
     inner: Readable
     if kind == "zstd":
         dctx = zstandard.ZstdDecompressor(max_window_size=MAX_ZSTD_WINDOW)
-        inner = dctx.stream_reader(peekable, read_size=1 << 20, read_across_frames=True, closefd=False)
+        inner = dctx.stream_reader(
+            cast(BinaryIO, peekable), read_size=1 << 20, read_across_frames=True, closefd=False
+        )
     else:
         # GzipFile reads multi-member streams from non-seekable input without seeking.
-        inner = gzip.GzipFile(fileobj=peekable, mode="rb")  # type: ignore[arg-type]
+        inner = gzip.GzipFile(fileobj=cast(BinaryIO, peekable), mode="rb")
     return kind, _Decompressed(inner, kind)
 
 
@@ -157,12 +159,13 @@ class CompressingWriter:
             cctx = zstandard.ZstdCompressor(
                 level=level if level is not None else DEFAULT_LEVELS["zstd"],
                 threads=-1 if (os.cpu_count() or 1) > 1 else 0,
+                write_checksum=True,  # as the zstd CLI does: corruption is caught at frame end
             )
-            zw = cctx.stream_writer(sink, closefd=False)  # type: ignore[arg-type]
+            zw = cctx.stream_writer(cast(BinaryIO, sink), closefd=False)
             self._writer = self._closer = zw
         elif compression == "gzip":
             gz = gzip.GzipFile(
-                fileobj=sink,  # type: ignore[arg-type]
+                fileobj=cast(BinaryIO, sink),
                 mode="wb",
                 compresslevel=level if level is not None else DEFAULT_LEVELS["gzip"],
                 mtime=0,

@@ -226,7 +226,9 @@ class TarReader:
             try:
                 info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
             except tarfile.HeaderError as exc:
-                raise FormatError(f"invalid tar header: {exc}", code="tar-header", offset=block_offset) from exc
+                raise FormatError(
+                    f"invalid tar header: {exc}", code="tar-header", offset=block_offset
+                ) from exc
             typeflag = info.type
             size = info.size
             if typeflag in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK) or typeflag in _PAX_TYPES | {
