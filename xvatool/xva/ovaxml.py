@@ -1,0 +1,571 @@
+"""ova.xml: the XML-RPC value codec and a typed model of the XVA metadata document.
+
+ova.xml is one bare XML-RPC ``<value>`` (xva-format.md §2.1) holding ``{version, objects}`` (§2.2).
+Reading is done with lxml and nothing else: no entity expansion, no network, no DTD loading, and a
+size cap, because the document comes from an untrusted archive. Writing is compact, the way xapi
+writes it (untyped strings and ints), so that every host's parser accepts it.
+
+Snapshot values are kept as parsed. Ints in snapshots are untyped strings in files, so the views
+(`Metadata.vm`, `disks`, `networks`) convert them and raise `MetadataError` naming the object id and
+field when they do not parse. Code that builds or edits snapshots stores ints as decimal strings
+too, so a document equals itself after a write and a read.
+
+`Metadata.check()` lists every rule the host's importer applies that the document breaks, as
+``(code, message)`` pairs. Codes (stable; ``verify --json`` reports them):
+
+================== ===========================================================================
+code               rule broken
+================== ===========================================================================
+missing-field      a key the importer needs has no default (§2.3 version, §2.6 per class)
+bad-bool           a bool field is not ``<boolean>`` (an untyped value is a type error, §2.1)
+bad-int            an int field does not parse as a 64-bit integer
+bad-type           a string, ref, map or set field holds the wrong kind of value
+empty-key          a struct member name is empty; the host cannot parse it (§2.1)
+duplicate-key      a struct names a member twice; the last one was kept
+duplicate-id       two objects share an id (§2.4)
+bad-id             an id is empty or contains ``/``; it names a tar directory (§2.4, §2.7)
+export-vsn         ``export_vsn`` is missing or not 2 (§2.3)
+no-vm              no VM object, or only snapshot VMs
+several-vms        more than one VM object that is not a snapshot
+vm-no-parent       (warning) a VM without ``parent`` has its memory reset on import (§2.6)
+dangling-sr        a VDI's ``SR`` is not an SR in the file (§2.6, cross-object)
+dangling-vm        a VBD's or VIF's ``VM`` is not a VM in the file
+dangling-vdi       a non-CD VBD's ``VDI`` is not a VDI in the file
+dangling-network   a VIF's ``network`` is not a network in the file (no ``maps_to`` override)
+virtual-size-range a VDI's ``virtual_size`` is negative or absurd (> 99,999,999 MiB)
+virtual-size-align a VDI's ``virtual_size`` is not a multiple of 512 (§8.1)
+================== ===========================================================================
+
+Codes in `WARNING_CODES` do not stop an import; the others do.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+from xvatool.errors import MetadataError, UsageError
+from xvatool.xva._xmlrpc import (
+    MAX_OVA_XML_SIZE,
+    DateTime,
+    Value,
+    dump_value,
+    int_or_none,
+    metadata_error,
+    parse_value,
+    parse_with_notes,
+)
+
+__all__ = [
+    "MAX_OVA_XML_SIZE",
+    "MAX_VIRTUAL_SIZE",
+    "SECTOR_SIZE",
+    "WARNING_CODES",
+    "DateTime",
+    "DiskInfo",
+    "Metadata",
+    "NetworkInfo",
+    "Value",
+    "VmInfo",
+    "XapiObject",
+    "dump_value",
+    "parse_value",
+]
+
+MAX_VIRTUAL_SIZE = 99_999_999 << 20
+"""Bytes. Larger `virtual_size` values are treated as corrupt (no storage backend offers this)."""
+SECTOR_SIZE = 512
+"""Bytes. `virtual_size` must be a multiple of it (xva-format.md §8.1)."""
+WARNING_CODES = frozenset({"vm-no-parent"})
+
+# A migration mapping in VIF other_config replaces the network check (xva-format.md §2.6;
+# the key name is xapi's Constants.storage_migrate_vif_map_key, an inference from the source).
+_VIF_MAP_KEY = "maps_to"
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass
+class XapiObject:
+    """One element of ``objects`` (§2.4): class name, id inside the file, full record."""
+
+    cls: str
+    id: str
+    snapshot: dict[str, Value]
+
+    def where(self, key: str) -> str:
+        """How messages name one field of this object, e.g. ``VDI Ref:2 field virtual_size``."""
+        return f"{self.cls} {self.id} field {key}"
+
+
+@dataclass(frozen=True)
+class DiskInfo:
+    """A data-carrying VDI (§2.7) joined with its VBD and SR; `id` is its tar directory."""
+
+    id: str
+    vdi_uuid: str
+    name_label: str
+    virtual_size: int
+    userdevice: str | None
+    bootable: bool
+    vbd_uuid: str | None
+    sr_name: str | None
+    vdi_type: str
+
+
+@dataclass(frozen=True)
+class VmInfo:
+    """The exported VM; `vcpus` is ``VCPUs_at_startup`` and `memory` ``memory_static_max``."""
+
+    uuid: str
+    name_label: str
+    power_state: str
+    vcpus: int
+    memory: int
+    is_a_template: bool
+
+
+@dataclass(frozen=True)
+class NetworkInfo:
+    """One VIF and its network; `id` is the network's id, or the raw ref if it does not resolve."""
+
+    id: str
+    name_label: str | None
+    bridge: str | None
+    vif_device: str
+    mac: str
+    vif_uuid: str
+    mtu: int | None
+
+
+def _as_int(obj: XapiObject, key: str) -> int:
+    if key not in obj.snapshot:
+        raise metadata_error(f"{obj.where(key)}: required field is missing", "missing-field")
+    value = obj.snapshot[key]
+    parsed = int_or_none(value)
+    if parsed is None:
+        raise metadata_error(f"{obj.where(key)}: expected an integer, found {value!r:.60}", "bad-int")
+    return parsed
+
+
+def _as_str(obj: XapiObject, key: str, default: str = "") -> str:
+    value = obj.snapshot.get(key, default)
+    if not isinstance(value, str):
+        raise metadata_error(f"{obj.where(key)}: expected a string, found {value!r:.60}", "bad-type")
+    return value
+
+
+def _as_bool(obj: XapiObject, key: str) -> bool:
+    value = obj.snapshot.get(key, False)
+    if not isinstance(value, bool):
+        raise metadata_error(f"{obj.where(key)}: expected <boolean>, found {value!r:.60}", "bad-bool")
+    return value
+
+
+def _id_order(obj_id: str) -> bytes:
+    """Sort key of §2.7: byte-wise on the id string, so ``Ref:10`` sorts before ``Ref:9``."""
+    return obj_id.encode("utf-8", "surrogatepass")
+
+
+def _device_order(device: str) -> tuple[int, str]:
+    """Numeric device names ("0", "1", "10") in number order, then any others by text."""
+    return (int(device), "") if device.isdigit() else (1 << 62, device)
+
+
+def _typed_ref(index: Mapping[str, XapiObject], ref: Value, cls: str) -> XapiObject | None:
+    """The object `ref` names if it is in the file and of class `cls` (§2.4), else None."""
+    obj = index.get(ref) if isinstance(ref, str) else None
+    return obj if obj is not None and obj.cls == cls else None
+
+
+def _lookup(mapping: Mapping[str, Value], key: str) -> Value:
+    """ppx-derived records match keys case-insensitively (§2.2); the last match wins."""
+    found: Value = None
+    seen = False
+    for name, value in mapping.items():
+        if name.lower() == key:
+            found, seen = value, True
+    if not seen:
+        raise metadata_error(f"missing {key!r}")
+    return found
+
+
+@dataclass
+class Metadata:
+    """The ova.xml document: the version record and the objects, in file order."""
+
+    version: dict[str, Value]
+    objects: list[XapiObject]
+    notes: list[tuple[str, str]] = field(default_factory=list, repr=False, compare=False)
+    """Findings of the parser (duplicate member names) that `check` reports."""
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Metadata:
+        """Parse ova.xml; `MetadataError` if it is not an XVA metadata document (§2.2, §2.4)."""
+        top, notes = parse_with_notes(data)
+        if not isinstance(top, dict):
+            raise metadata_error("ova.xml is not a struct with 'version' and 'objects'")
+        version, objects = _lookup(top, "version"), _lookup(top, "objects")
+        if not isinstance(version, dict):
+            raise metadata_error("'version' is not a struct")
+        if not isinstance(objects, list):
+            raise metadata_error("'objects' is not an array")
+        parsed = []
+        for index, item in enumerate(objects):
+            if not isinstance(item, dict):
+                raise metadata_error(f"object #{index} is not a struct")
+            try:
+                cls_name, obj_id, snapshot = (_lookup(item, k) for k in ("class", "id", "snapshot"))
+            except MetadataError as exc:
+                raise metadata_error(f"object #{index}: {exc.message}") from None
+            if not isinstance(cls_name, str) or not isinstance(obj_id, str):
+                raise metadata_error(f"object #{index}: 'class' and 'id' must be strings")
+            if not isinstance(snapshot, dict):
+                raise metadata_error(f"object #{index} ({cls_name} {obj_id}): 'snapshot' is not a struct")
+            parsed.append(XapiObject(str(cls_name), str(obj_id), snapshot))
+        return cls(version, parsed, notes)
+
+    def to_bytes(self) -> bytes:
+        """Write compact ova.xml. Unknown classes and fields are written back as they were."""
+        doc: dict[str, Value] = {
+            "version": self.version,
+            "objects": [{"class": o.cls, "id": o.id, "snapshot": o.snapshot} for o in self.objects],
+        }
+        return dump_value(doc)
+
+    # ----------------------------------------------------------------- lookups
+
+    def _index(self) -> dict[str, XapiObject]:
+        index: dict[str, XapiObject] = {}
+        for obj in self.objects:
+            index.setdefault(obj.id, obj)  # duplicates are reported by check(); first wins
+        return index
+
+    def get(self, obj_id: str) -> XapiObject | None:
+        """The object with this id, or None."""
+        return self._index().get(obj_id)
+
+    def resolve(self, ref: Value) -> XapiObject | None:
+        """Follow a reference by the reader rule of §2.4: only ids present in the file resolve.
+
+        `OpaqueRef:NULL`, ``""``, raw OpaqueRefs and dangling ``Ref:N`` all give None.
+        """
+        return self.get(ref) if isinstance(ref, str) else None
+
+    def of_class(self, cls: str) -> list[XapiObject]:
+        """Objects of a class (case-sensitive, §2.5), in file order."""
+        return [obj for obj in self.objects if obj.cls == cls]
+
+    # ----------------------------------------------------------------- views
+
+    @property
+    def xapi_version(self) -> tuple[int, int]:
+        """``(xapi_major, xapi_minor)``, the pair the host's compatibility check compares (§2.3)."""
+        return self._version_int("xapi_major"), self._version_int("xapi_minor")
+
+    @property
+    def export_vsn(self) -> int:
+        """The export format version; 0 when the key is missing, as the host reads it (§2.3)."""
+        return self._version_int("export_vsn") if "export_vsn" in self.version else 0
+
+    def _version_int(self, key: str) -> int:
+        return _as_int(XapiObject("version", "record", self.version), key)
+
+    def _main_vms(self) -> tuple[list[XapiObject], list[XapiObject]]:
+        vms = self.of_class("VM")
+        return vms, [vm for vm in vms if vm.snapshot.get("is_a_snapshot") is not True]
+
+    def _vm_object(self) -> XapiObject:
+        _, main = self._main_vms()
+        if not main:
+            raise metadata_error("the document has no VM object that is not a snapshot", "no-vm")
+        if len(main) > 1:
+            ids = ", ".join(vm.id for vm in main)
+            raise metadata_error(f"expected one VM that is not a snapshot, found: {ids}", "several-vms")
+        return main[0]
+
+    @property
+    def vm(self) -> VmInfo:
+        """The exported VM: the only VM object that is not a snapshot."""
+        obj = self._vm_object()
+        return VmInfo(
+            uuid=_as_str(obj, "uuid"),
+            name_label=_as_str(obj, "name_label"),
+            power_state=_as_str(obj, "power_state", "Halted"),
+            vcpus=_as_int(obj, "VCPUs_at_startup"),
+            memory=_as_int(obj, "memory_static_max"),
+            is_a_template=_as_bool(obj, "is_a_template"),
+        )
+
+    def _data_vdis(self) -> Iterator[tuple[XapiObject, XapiObject | None]]:
+        """VDIs the importer streams data into (§2.7), each with the VBD that named it first."""
+        index = self._index()
+        for vbd in self.of_class("VBD"):
+            kind = vbd.snapshot.get("type")
+            if isinstance(kind, str) and kind.lower() == "cd":
+                continue
+            vdi = _typed_ref(index, vbd.snapshot.get("VDI"), "VDI")
+            if vdi is None:
+                continue
+            sr = _typed_ref(index, vdi.snapshot.get("SR"), "SR")
+            if sr is not None and sr.snapshot.get("content_type") == "iso":
+                continue
+            yield vdi, vbd
+        for vdi in self.of_class("VDI"):
+            kind = vdi.snapshot.get("type")
+            if isinstance(kind, str) and kind.lower() == "suspend":
+                yield vdi, None
+
+    @property
+    def disks(self) -> list[DiskInfo]:
+        """Data-carrying VDIs in archive order: byte-wise by id (§2.7)."""
+        index = self._index()
+        chosen: dict[str, tuple[XapiObject, XapiObject | None]] = {}
+        for vdi, vbd in self._data_vdis():
+            chosen.setdefault(vdi.id, (vdi, vbd))
+        out = []
+        for vdi_id in sorted(chosen, key=_id_order):
+            vdi, vbd = chosen[vdi_id]
+            sr = _typed_ref(index, vdi.snapshot.get("SR"), "SR")
+            out.append(
+                DiskInfo(
+                    id=vdi.id,
+                    vdi_uuid=_as_str(vdi, "uuid"),
+                    name_label=_as_str(vdi, "name_label"),
+                    virtual_size=_as_int(vdi, "virtual_size"),
+                    userdevice=_as_str(vbd, "userdevice") if vbd else None,
+                    bootable=_as_bool(vbd, "bootable") if vbd else False,
+                    vbd_uuid=_as_str(vbd, "uuid") if vbd else None,
+                    sr_name=_as_str(sr, "name_label") if sr else None,
+                    vdi_type=_as_str(vdi, "type"),
+                )
+            )
+        return out
+
+    @property
+    def networks(self) -> list[NetworkInfo]:
+        """One entry per VIF with its network, ordered by VIF device number."""
+        index = self._index()
+        out = []
+        for vif in self.of_class("VIF"):
+            ref = vif.snapshot.get("network")
+            net = _typed_ref(index, ref, "network")
+            mtu_owner = vif if "MTU" in vif.snapshot else net
+            out.append(
+                NetworkInfo(
+                    id=net.id if net else str(ref),
+                    name_label=_as_str(net, "name_label") if net else None,
+                    bridge=_as_str(net, "bridge") if net else None,
+                    vif_device=_as_str(vif, "device"),
+                    mac=_as_str(vif, "MAC"),
+                    vif_uuid=_as_str(vif, "uuid"),
+                    mtu=_as_int(mtu_owner, "MTU") if mtu_owner and "MTU" in mtu_owner.snapshot else None,
+                )
+            )
+        out.sort(key=lambda n: _device_order(n.vif_device))
+        return out
+
+    # ----------------------------------------------------------------- checks
+
+    def check(self) -> list[tuple[str, str]]:
+        """Every importer rule of §2.3–§2.7 this document breaks, as ``(code, message)`` pairs.
+
+        Unlike the views, this never raises: `verify` reports the whole list. Codes are listed
+        in the module docstring; those in `WARNING_CODES` do not stop an import.
+        """
+        problems = list(self.notes)
+        problems += _check_fields("version", _VERSION_FIELDS, self.version)
+        vsn = self.version.get("export_vsn")
+        if int_or_none(vsn) != 2:
+            found = "missing (read as 0)" if vsn is None else repr(vsn)
+            problems.append(("export-vsn", f"export_vsn is {found}; importers expect 2"))
+        index = self._index()
+        seen: set[str] = set()
+        for obj in self.objects:
+            problems += _check_envelope(obj, seen)
+            problems += _check_fields(f"{obj.cls} {obj.id}", _FIELDS.get(obj.cls, {}), obj.snapshot)
+            problems += [(code, f"{obj.cls} {obj.id}: {msg}") for code, msg in _check_refs(obj, index)]
+        vms, main = self._main_vms()
+        if not main:
+            problems.append(("no-vm", "no VM object that is not a snapshot"))
+        elif len(main) > 1:
+            ids = ", ".join(vm.id for vm in main)
+            problems.append(("several-vms", f"several VM objects that are not snapshots: {ids}"))
+        for vm in vms:
+            if "parent" not in vm.snapshot:
+                problems.append(
+                    ("vm-no-parent", f"VM {vm.id} has no 'parent': import resets its memory (§2.6)")
+                )
+        return problems
+
+    # ----------------------------------------------------------------- edits
+
+    def _copy(self) -> Metadata:
+        # The parser's notes describe the bytes read, which the copy no longer has.
+        return Metadata(copy.deepcopy(self.version), copy.deepcopy(self.objects))
+
+    def with_version(self, major: int, minor: int) -> Metadata:
+        """A copy declaring ``xapi_major.xapi_minor``; lower it so older hosts accept it (§2.3)."""
+        new = self._copy()
+        new.version["xapi_major"] = str(major)
+        new.version["xapi_minor"] = str(minor)
+        return new
+
+    def renamed(self, name_label: str) -> Metadata:
+        """A copy whose VM is called `name_label`."""
+        new = self._copy()
+        new._vm_object().snapshot["name_label"] = name_label
+        return new
+
+    def with_networks_mapped(self, mapping: Mapping[str, str]) -> Metadata:
+        """A copy whose networks named by `mapping`'s keys carry its values as `name_label`.
+
+        The host matches networks by `name_label` first, then by `bridge` (§5.7), so this
+        chooses which target network each VIF lands on. `bridge` is left as it was. An old
+        name that no network in the document has raises `UsageError`.
+        """
+        new = self._copy()
+        networks = new.of_class("network")
+        known = {net.snapshot.get("name_label") for net in networks}
+        unknown = sorted(name for name in mapping if name not in known)
+        if unknown:
+            raise UsageError(f"no network named {', '.join(map(repr, unknown))} in the archive")
+        for net in networks:
+            old = net.snapshot.get("name_label")
+            if isinstance(old, str) and old in mapping:
+                net.snapshot["name_label"] = mapping[old]
+        return new
+
+
+# --------------------------------------------------------------------------- check tables
+
+# Required keys and their types, from xva-format.md §2.6 (importer) and §2.3 (version record).
+# Kinds: "str" (string, ref and enum alike), "int", "bool", "map", "set".
+_MAPS = ("other_config", "runtime_properties", "qos_algorithm_params")
+_IO_COMMON = {
+    "uuid": "str", **dict.fromkeys(_MAPS, "map"), "status_code": "int", "status_detail": "str",
+    "qos_algorithm_type": "str", "qos_supported_algorithms": "set",
+}  # fmt: skip
+_VERSION_FIELDS = {
+    **dict.fromkeys(("hostname", "date", "product_version", "product_brand", "build_number"), "str"),
+    "xapi_major": "int", "xapi_minor": "int",
+}  # fmt: skip
+_FIELDS: dict[str, dict[str, str]] = {
+    "VM": {
+        "uuid": "str", "user_version": "int", "is_a_template": "bool", "resident_on": "str",
+        "affinity": "str",
+        **dict.fromkeys(("memory_static_max", "memory_dynamic_max", "memory_dynamic_min",
+                         "memory_static_min", "VCPUs_max", "VCPUs_at_startup", "domid"), "int"),
+        **dict.fromkeys(("VCPUs_params", "HVM_boot_params", "platform", "other_config"), "map"),
+        **dict.fromkeys(("actions_after_shutdown", "actions_after_reboot", "actions_after_crash",
+                         "PV_bootloader", "PV_kernel", "PV_ramdisk", "PV_args",
+                         "PV_bootloader_args", "PV_legacy_args", "HVM_boot_policy", "PCI_bus",
+                         "domarch", "recommendations", "metrics", "guest_metrics"), "str"),
+        "is_control_domain": "bool",
+    },
+    "VBD": {
+        **_IO_COMMON, "VM": "str", "VDI": "str", "userdevice": "str", "mode": "str", "type": "str",
+        **dict.fromkeys(("bootable", "storage_lock", "empty"), "bool"),
+    },
+    "VDI": {
+        "uuid": "str", "SR": "str", "virtual_size": "int", "physical_utilisation": "int",
+        "type": "str", "other_config": "map", "parent": "str",
+        **dict.fromkeys(("sharable", "read_only", "storage_lock", "managed", "missing"), "bool"),
+    },
+    "SR": {
+        "uuid": "str", "type": "str", "content_type": "str", "shared": "bool", "other_config": "map",
+        **dict.fromkeys(("virtual_allocation", "physical_utilisation", "physical_size"), "int"),
+    },
+    "VIF": {
+        **_IO_COMMON, "device": "str", "network": "str", "VM": "str", "MAC": "str", "MTU": "int",
+    },
+    "network": {"uuid": "str", "other_config": "map"},
+}  # fmt: skip
+
+
+def _kind_ok(kind: str, value: Value) -> bool:
+    if kind == "str":
+        return isinstance(value, str)
+    if kind == "int":
+        return int_or_none(value) is not None
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "map":
+        return isinstance(value, dict)
+    return isinstance(value, list)
+
+
+_KIND_CODES = {"int": "bad-int", "bool": "bad-bool"}
+_KIND_NAMES = {"str": "a string", "int": "an integer", "bool": "<boolean>", "map": "a struct",
+               "set": "an array"}  # fmt: skip
+
+
+def _check_fields(where: str, fields: Mapping[str, str], record: dict[str, Value]) -> list[tuple[str, str]]:
+    problems = []
+    for key, kind in fields.items():
+        if key not in record:
+            problems.append(("missing-field", f"{where}: required field {key!r} is missing"))
+        elif not _kind_ok(kind, record[key]):
+            problems.append(
+                (
+                    _KIND_CODES.get(kind, "bad-type"),
+                    f"{where}: field {key!r} must be {_KIND_NAMES[kind]}, found {record[key]!r:.60}",
+                )
+            )
+    for path in _empty_keys(record):
+        problems.append(("empty-key", f"{where}: empty member name in {path}; hosts cannot parse it"))
+    return problems
+
+
+def _empty_keys(value: Value, path: str = "record") -> Iterator[str]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "":
+                yield path
+            yield from _empty_keys(item, f"{path}.{key}" if path != "record" else key)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _empty_keys(item, path)
+
+
+def _check_envelope(obj: XapiObject, seen: set[str]) -> list[tuple[str, str]]:
+    problems = []
+    if obj.id in seen:
+        problems.append(("duplicate-id", f"id {obj.id!r} is used by more than one object"))
+    seen.add(obj.id)
+    if not obj.id or "/" in obj.id:
+        problems.append(("bad-id", f"{obj.cls} id {obj.id!r} cannot name a tar directory"))
+    return problems
+
+
+def _check_refs(obj: XapiObject, index: Mapping[str, XapiObject]) -> Iterator[tuple[str, str]]:
+    """Cross-object rules of §2.6 and the size sanity rules of §8.1."""
+    snap = obj.snapshot
+
+    def missing(key: str, cls: str) -> bool:
+        # An absent key is reported as missing-field, not here.
+        return key in snap and _typed_ref(index, snap[key], cls) is None
+
+    if obj.cls == "VDI":
+        if missing("SR", "SR"):
+            yield "dangling-sr", f"SR {snap['SR']!r} is not an SR in the file"
+        size = int_or_none(snap.get("virtual_size"))
+        if size is not None and not 0 <= size <= MAX_VIRTUAL_SIZE:
+            yield "virtual-size-range", f"virtual_size {size} is out of range"
+        elif size is not None and size % SECTOR_SIZE:
+            yield "virtual-size-align", f"virtual_size {size} is not a multiple of {SECTOR_SIZE}"
+    elif obj.cls == "VBD":
+        if missing("VM", "VM"):
+            yield "dangling-vm", f"VM {snap['VM']!r} is not a VM in the file"
+        kind = snap.get("type")
+        if not (isinstance(kind, str) and kind.lower() == "cd") and missing("VDI", "VDI"):
+            yield "dangling-vdi", f"VDI {snap['VDI']!r} of a non-CD VBD is not a VDI in the file"
+    elif obj.cls == "VIF":
+        if missing("VM", "VM"):
+            yield "dangling-vm", f"VM {snap['VM']!r} is not a VM in the file"
+        config = snap.get("other_config")
+        mapped = isinstance(config, dict) and _VIF_MAP_KEY in config
+        if missing("network", "network") and not mapped:
+            yield "dangling-network", f"network {snap['network']!r} is not a network in the file"
