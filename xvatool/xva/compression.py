@@ -122,6 +122,12 @@ def open_decompressed(stream: Readable) -> tuple[Compression, Readable]:
 
         kind, tar_stream = open_decompressed(open("vm.xva", "rb"))
     """
+    peek = getattr(stream, "peek", None)
+    head = peek(_SNIFF_SIZE) if peek is not None else b""
+    if len(head) >= len(ZSTD_MAGIC) and sniff(head) == "none":
+        # A buffered file or stdin looked ahead without consuming: read it directly, one Python
+        # layer less on the hot path.
+        return "none", stream
     peekable = PeekableStream(stream)
     kind = sniff(peekable.peek(_SNIFF_SIZE))
     if kind == "none":

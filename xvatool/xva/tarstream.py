@@ -74,6 +74,37 @@ def _dialect(block: bytes) -> Dialect:
     return "v7"
 
 
+_OCTAL_STRIP = b" \0"
+
+
+def _fast_regular_header(block: bytes) -> tuple[str, int, int, int] | None:
+    """(name, size, mode, mtime) of a plain V7 or ustar regular-file header, else None.
+
+    Every chunk of an archive has two such headers, and `tarfile.TarInfo.frombuf` costs ~15 µs
+    each, a third of the time spent per chunk on xxhash archives. This parses only the common
+    case, with the same checksum rule; anything unusual (other types, base-256 numbers, a ustar
+    prefix, a name ending in "/", a signed checksum) returns None and goes through `tarfile`.
+    """
+    if block[156] not in (0, 0x30) or block[345] != 0:
+        return None
+    magic = block[257:263]
+    if magic != b"\0\0\0\0\0\0" and magic[:5] != b"ustar":
+        return None
+    try:
+        checksum = int(block[148:156].strip(_OCTAL_STRIP) or b"0", 8)
+        size = int(block[124:136].strip(_OCTAL_STRIP) or b"0", 8)
+        mode = int(block[100:108].strip(_OCTAL_STRIP) or b"0", 8)
+        mtime = int(block[136:148].strip(_OCTAL_STRIP) or b"0", 8)
+    except ValueError:
+        return None
+    if sum(block) - sum(block[148:156]) + 8 * 0x20 != checksum:
+        return None
+    raw_name = block[:100].split(b"\0", 1)[0]
+    if not raw_name or raw_name.endswith(b"/"):
+        return None
+    return raw_name.decode("utf-8", "surrogateescape"), size, mode, mtime
+
+
 def _unsafe_name_reason(name: str) -> str | None:
     if not name:
         return "empty member name"
@@ -223,6 +254,12 @@ class TarReader:
                     return None
                 header_offset = self.position
                 continue
+            fast = _fast_regular_header(block)
+            if fast is not None and long_name is None and not pax:
+                name, size, mode, mtime = fast
+                return self._member(
+                    name, size, "file", header_offset, block_offset, mode, mtime, _dialect(block), extensions
+                )
             try:
                 info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
             except tarfile.HeaderError as exc:
@@ -313,6 +350,30 @@ class TarReader:
             raise FormatError(
                 f"member {name!r} has unsupported tar type {typeflag!r}", code="tar-type", offset=block_offset
             )
+        return self._member(
+            name,
+            size,
+            kind,
+            header_offset,
+            block_offset,
+            info.mode,
+            int(info.mtime),
+            _dialect(block),
+            extensions,
+        )
+
+    def _member(
+        self,
+        name: str,
+        size: int,
+        kind: MemberKind,
+        header_offset: int,
+        block_offset: int,
+        mode: int,
+        mtime: int,
+        dialect: Dialect,
+        extensions: list[str],
+    ) -> TarMember:
         reason = _unsafe_name_reason(name.rstrip("/") if kind == "dir" else name)
         if reason:
             raise FormatError(reason, code="unsafe-name", offset=block_offset)
@@ -324,9 +385,9 @@ class TarReader:
             kind=kind,
             header_offset=header_offset,
             data_offset=self.position,
-            mode=info.mode,
-            mtime=int(info.mtime),
-            dialect=_dialect(block),
+            mode=mode,
+            mtime=mtime,
+            dialect=dialect,
             extensions=tuple(extensions),
         )
         self._current = member

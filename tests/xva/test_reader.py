@@ -1,0 +1,336 @@
+from __future__ import annotations
+
+import io
+import threading
+
+import pytest
+
+from tests.builders import (
+    MIB,
+    ChunkSpec,
+    DiskSpec,
+    ShortReads,
+    XvaSpec,
+    build_xva,
+    disk_from_image,
+    gzip_bytes,
+    pattern,
+    zstd_bytes,
+)
+from xvatool.errors import ChecksumError, FormatError, LocalIOError, StreamStateError, TruncatedError
+from xvatool.xva.checksum import hexdigest
+from xvatool.xva.digests import HASH_LAG
+from xvatool.xva.reader import Problem, XvaReader, open_archive
+
+
+def rebuild(reader: XvaReader) -> dict[str, bytes]:
+    """Every disk as the reader places its chunks (zeros elsewhere)."""
+    images = {d.id: bytearray(d.virtual_size) for d in reader.disks}
+    for chunk in reader.chunks():
+        images[chunk.disk.id][chunk.offset : chunk.offset + len(chunk.data)] = chunk.data
+    return {k: bytes(v) for k, v in images.items()}
+
+
+IMAGE = pattern(MIB, 1) + bytes(2 * MIB) + pattern(MIB, 2) + pattern(512 * 3, 3)
+
+
+def test_real_fixture_reads(shared_fixture):
+    with open_archive(shared_fixture("real/vmexport.bin")) as reader:
+        assert reader.compression == "none"
+        assert reader.metadata.vm.name_label == "VM export"
+        [disk] = reader.disks
+        assert (disk.id, disk.virtual_size) == ("Ref:20", 2 * MIB)
+        chunks = [(c.member, c.offset, len(c.data), c.checksum_kind) for c in reader.chunks()]
+        assert chunks == [
+            ("Ref:20/00000000", 0, MIB, "sha1"),
+            ("Ref:20/00000001", MIB, MIB, "sha1"),
+        ]
+        assert reader.tar_end_seen
+        assert reader.checksum_kinds == {"sha1"}
+
+
+@pytest.mark.parametrize("kind", ["sha1", "xxhash"])
+def test_gaps_and_partial_last_chunk_are_placed(kind):
+    built = build_xva(XvaSpec([disk_from_image("Ref:2", IMAGE, kind)]))
+    names = [m.name for m in built.members if not m.name.endswith((".xxhash", ".checksum"))]
+    assert names == ["ova.xml", "Ref:2/00000000", "Ref:2/00000003", "Ref:2/00000004"]
+    reader = XvaReader(io.BytesIO(built.data))
+    assert rebuild(reader) == {"Ref:2": IMAGE}
+    assert reader.checksum_kinds == {kind}
+
+
+def test_keepalive_chunks_shift_counters_not_offsets():
+    # Zero-length keep-alives before blocks 1 and 3: counters run ahead of offset // 1 MiB (§3.2).
+    disk = disk_from_image("Ref:2", IMAGE, "xxhash", keepalive_before=[1, 3])
+    counters = [c.counter for c in disk.chunks]
+    assert counters == [0, 1, 4, 5, 6]  # 0 data, 1 keep-alive, gap 2-3, 4 keep-alive, 5 and 6 data
+    reader = XvaReader(io.BytesIO(build_xva(XvaSpec([disk])).data))
+    events = []
+    images = {"Ref:2": bytearray(len(IMAGE))}
+    for chunk in reader.chunks():
+        events.append((chunk.counter, chunk.offset, len(chunk.data)))
+        images["Ref:2"][chunk.offset : chunk.offset + len(chunk.data)] = chunk.data
+    assert events == [(0, 0, MIB), (1, MIB, 0), (4, 3 * MIB, 0), (5, 3 * MIB, MIB), (6, 4 * MIB, 1536)]
+    assert bytes(images["Ref:2"]) == IMAGE
+
+
+def test_ref1_and_ref10_are_ordered_and_matched_bytewise():
+    one = disk_from_image("Ref:1", pattern(MIB, 5) + pattern(MIB, 6), "xxhash")
+    ten = disk_from_image("Ref:10", pattern(MIB, 7), "xxhash")
+    # Byte-wise id order: "Ref:10" < "Ref:1/"... the archive streams Ref:1 first since "Ref:1" < "Ref:10".
+    built = build_xva(XvaSpec([one, ten]))
+    reader = XvaReader(io.BytesIO(built.data))
+    assert [d.id for d in reader.disks] == ["Ref:1", "Ref:10"]
+    events = [(c.disk.id, c.member) for c in reader.chunks()]
+    assert events == [
+        ("Ref:1", "Ref:1/00000000"),
+        ("Ref:1", "Ref:1/00000001"),
+        ("Ref:10", "Ref:10/00000000"),
+    ]
+
+
+def test_ref10_chunks_do_not_satisfy_ref1():
+    # Ref:1's last chunk is missing; a prefix match on "Ref:1" would swallow Ref:10's chunks.
+    one = disk_from_image("Ref:1", pattern(2 * MIB, 5), "xxhash")
+    one.chunks = one.chunks[:1]
+    ten = disk_from_image("Ref:10", pattern(MIB, 7), "xxhash")
+    built = build_xva(XvaSpec([one, ten]))
+    with pytest.raises(FormatError) as info:
+        list(XvaReader(io.BytesIO(built.data)).chunks())
+    assert info.value.code == "missing-last-chunk"
+    assert info.value.member == "Ref:10/00000000"
+
+
+def test_disks_in_id_order_not_file_order():
+    nine = disk_from_image("Ref:9", pattern(MIB, 1), "sha1")
+    ten = disk_from_image("Ref:10", pattern(MIB, 2), "sha1")
+    built = build_xva(XvaSpec([ten, nine]))  # byte-wise order: Ref:10 < Ref:9
+    reader = XvaReader(io.BytesIO(built.data))
+    assert rebuild(reader) == {"Ref:10": pattern(MIB, 2), "Ref:9": pattern(MIB, 1)}
+
+
+def test_global_first_len_follows_the_host():
+    # The first disk is 512 KiB, so xapi's global first_len is 512 KiB; a gap in the second disk
+    # is filled with 512 KiB blocks, not 1 MiB ones (§3.4), and the reader notes it.
+    small = DiskSpec("Ref:1", 512 * 1024, [ChunkSpec(0, pattern(512 * 1024, 1))])
+    big = DiskSpec("Ref:2", 3 * MIB, [ChunkSpec(0, pattern(MIB, 2)), ChunkSpec(2, pattern(MIB, 3))])
+    built = build_xva(XvaSpec([small, big]))
+    problems: list[Problem] = []
+    reader = XvaReader(io.BytesIO(built.data), problems=problems)
+    placed = [(c.disk.id, c.offset) for c in reader.chunks()]
+    assert placed == [("Ref:1", 0), ("Ref:2", 0), ("Ref:2", MIB + 512 * 1024)]
+    # ...and so, like the host, it runs out of chunks half a MiB short of the disk's end.
+    assert [(p.code, p.severity) for p in problems] == [
+        ("global-first-len", "warning"),
+        ("missing-last-chunk", "error"),
+    ]
+
+
+@pytest.mark.parametrize("step", [1, 7, 511, 4096 + 3, 3 * MIB])
+def test_short_reads(step):
+    disk = disk_from_image("Ref:2", pattern(MIB + 1024, 9), "xxhash")
+    built = build_xva(XvaSpec([disk]))
+    reader = XvaReader(ShortReads(built.data, step))
+    assert rebuild(reader) == {"Ref:2": pattern(MIB + 1024, 9)}
+    assert reader.tar_end_seen
+
+
+@pytest.mark.parametrize(("wrap", "name"), [(gzip_bytes, "gzip"), (zstd_bytes, "zstd")])
+def test_compressed_archives_read_identically(wrap, name):
+    built = build_xva(XvaSpec([disk_from_image("Ref:2", IMAGE, "sha1")]))
+    plain = rebuild(XvaReader(io.BytesIO(built.data)))
+    reader = XvaReader(ShortReads(wrap(built.data), 1000))
+    assert reader.compression == name
+    assert rebuild(reader) == plain == {"Ref:2": IMAGE}
+
+
+def test_mismatch_names_member_and_offset():
+    built = build_xva(XvaSpec([disk_from_image("Ref:2", IMAGE, "xxhash")]))
+    target = built.member("Ref:2/00000003")
+    data = bytearray(built.data)
+    data[target.data_offset + 100] ^= 0xFF
+    with pytest.raises(ChecksumError) as info:
+        list(XvaReader(io.BytesIO(bytes(data)), source="vm.xva").chunks())
+    exc = info.value
+    assert (exc.member, exc.offset, exc.file, exc.code) == ("Ref:2/00000003", target.header_offset, "vm.xva",
+                                                           "checksum-mismatch")  # fmt: skip
+    assert exc.expected == target.digest
+    assert "Ref:2/00000003" in str(exc) and str(target.header_offset) in str(exc)
+
+
+def test_earliest_mismatch_wins_over_later_errors():
+    # Chunk 0 is corrupt and the archive is also truncated later: the checksum error is reported,
+    # because digests are settled in archive order before any later error is raised.
+    image = b"".join(pattern(MIB, i + 1) for i in range(HASH_LAG + 3))
+    built = build_xva(XvaSpec([disk_from_image("Ref:2", image, "sha1")]))
+    first = built.member("Ref:2/00000000")
+    data = bytearray(built.data[: built.member("Ref:2/00000004").data_offset + 1000])
+    data[first.data_offset] ^= 1
+    with pytest.raises(ChecksumError) as info:
+        list(XvaReader(io.BytesIO(bytes(data))).chunks())
+    assert info.value.member == "Ref:2/00000000"
+
+
+def test_mismatch_is_raised_before_the_generator_finishes():
+    built = build_xva(XvaSpec([disk_from_image("Ref:2", pattern(2 * MIB, 3), "xxhash")]))
+    last = built.member("Ref:2/00000001")
+    data = bytearray(built.data)
+    data[last.data_offset + last.size - 1] ^= 1
+    seen = []
+    with pytest.raises(ChecksumError):
+        for chunk in XvaReader(io.BytesIO(bytes(data))).chunks():
+            seen.append(chunk.member)
+    assert seen == ["Ref:2/00000000", "Ref:2/00000001"]  # the error comes before StopIteration
+
+
+def test_problems_mode_collects_every_mismatch_in_order():
+    image = b"".join(pattern(MIB, i + 1) for i in range(6))
+    built = build_xva(XvaSpec([disk_from_image("Ref:2", image, "xxhash")]))
+    data = bytearray(built.data)
+    for counter in (1, 4, 5):
+        data[built.member(f"Ref:2/{counter:08d}").data_offset] ^= 1
+    problems: list[Problem] = []
+    list(XvaReader(io.BytesIO(bytes(data)), problems=problems).chunks())
+    assert [(p.code, p.member) for p in problems] == [
+        ("checksum-mismatch", f"Ref:2/{c:08d}") for c in (1, 4, 5)
+    ]
+
+
+def test_verify_false_skips_hashing():
+    built = build_xva(XvaSpec([disk_from_image("Ref:2", pattern(MIB, 1), "xxhash")]))
+    data = bytearray(built.data)
+    data[built.member("Ref:2/00000000").data_offset] ^= 1
+    assert len(list(XvaReader(io.BytesIO(bytes(data)), verify=False).chunks())) == 1
+
+
+def test_chunk_data_valid_until_next_event_and_buffers_bounded():
+    image = b"".join(pattern(MIB, i + 1) for i in range(12))
+    reader = XvaReader(io.BytesIO(build_xva(XvaSpec([disk_from_image("Ref:2", image, "sha1")])).data))
+    buffers = set()
+    for chunk in reader.chunks():
+        assert bytes(chunk.data) == image[chunk.offset : chunk.offset + MIB]
+        buffers.add(id(chunk.data.obj))
+    assert len(buffers) <= HASH_LAG + 1
+
+
+def test_hashing_runs_off_the_main_thread(monkeypatch):
+    import xvatool.xva.digests as digests_module
+
+    threads = set()
+    real = digests_module.hexdigest
+
+    def spy(kind, data):
+        threads.add(threading.current_thread().name)
+        return real(kind, data)
+
+    monkeypatch.setattr(digests_module, "hexdigest", spy)
+    image = b"".join(pattern(MIB, i + 1) for i in range(4))
+    list(XvaReader(io.BytesIO(build_xva(XvaSpec([disk_from_image("Ref:2", image)])).data)).chunks())
+    assert threads and all(name.startswith("xva-hash") for name in threads)
+
+
+def test_chunks_iterates_once():
+    reader = XvaReader(io.BytesIO(build_xva(XvaSpec([disk_from_image("Ref:2", bytes(MIB))])).data))
+    list(reader.chunks())
+    with pytest.raises(StreamStateError):
+        list(reader.chunks())
+
+
+def test_extension_header_before_ova_xml_is_a_warning():
+    import tarfile
+
+    built = build_xva(XvaSpec([disk_from_image("Ref:2", pattern(MIB, 1))]))
+    ova = built.members[0]
+    info = tarfile.TarInfo("ova.xml")
+    info.size = ova.size
+    info.pax_headers = {"comment": "hello"}
+    head = info.tobuf(tarfile.PAX_FORMAT)
+    data = head + built.data[ova.data_offset :]
+    problems: list[Problem] = []
+    reader = XvaReader(io.BytesIO(data), problems=problems)
+    assert len(list(reader.chunks())) == 1
+    assert [(p.code, p.severity) for p in problems] == [("ova-xml-extension-header", "warning")]
+    # Strict mode tolerates it.
+    assert len(list(XvaReader(io.BytesIO(data)).chunks())) == 1
+
+
+def test_trailing_data_after_last_disk_is_ignored():
+    built = build_xva(XvaSpec([disk_from_image("Ref:2", pattern(MIB, 1))], trailer=b""))
+    extra = build_xva(XvaSpec([], ova=b"x")).data  # another tar: "ova.xml" member and the end marker
+    data = built.data + extra
+    assert len(list(XvaReader(io.BytesIO(data)).chunks())) == 1
+    problems: list[Problem] = []
+    list(XvaReader(io.BytesIO(data), problems=problems).chunks())
+    assert [(p.code, p.severity) for p in problems] == [("trailing-member", "warning")]
+    problems = []
+    list(XvaReader(io.BytesIO(built.data + b"\x01" * 700), problems=problems).chunks())
+    assert [(p.code, p.severity) for p in problems] == [("trailing-data", "warning")]
+
+
+def test_zero_size_disk_has_no_chunks():
+    reader = XvaReader(io.BytesIO(build_xva(XvaSpec([DiskSpec("Ref:2", 0, [])])).data))
+    assert list(reader.chunks()) == []
+
+
+def test_open_archive_maps_os_errors(tmp_path):
+    with pytest.raises(LocalIOError) as info, open_archive(tmp_path / "missing.xva"):
+        pass
+    assert "missing.xva" in str(info.value)
+    with pytest.raises(LocalIOError), open_archive(tmp_path):
+        pass
+
+
+def test_open_archive_names_the_file_in_format_errors(tmp_path):
+    path = tmp_path / "cut.xva"
+    built = build_xva(XvaSpec([disk_from_image("Ref:2", pattern(MIB, 1))]))
+    path.write_bytes(built.data[: built.member("Ref:2/00000000").data_offset + 10])
+    with pytest.raises(TruncatedError) as info, open_archive(path) as reader:
+        list(reader.chunks())
+    assert info.value.file == str(path)
+    assert str(path) in str(info.value)
+
+
+def test_digest_helper_matches_builder():
+    # Guard for the builder itself: its digests are the host's text form.
+    assert hexdigest("xxhash", bytes(MIB)) == "87D2A1B6E1163EF1"
+    assert hexdigest("sha1", bytes(MIB)) == "3b71f43ff30f4b15b5cd85dd9e95ebc7e84eb5a3"
+
+
+def test_directory_entries_are_tolerated_but_reported():
+    import tarfile
+
+    built = build_xva(XvaSpec([disk_from_image("Ref:2", pattern(MIB, 1), "sha1")]))
+    info = tarfile.TarInfo("Ref:2/")
+    info.type = tarfile.DIRTYPE
+    first = built.members[1].header_offset
+    data = built.data[:first] + info.tobuf(tarfile.GNU_FORMAT) + built.data[first:]
+    assert rebuild(XvaReader(io.BytesIO(data))) == {"Ref:2": pattern(MIB, 1)}
+    problems: list[Problem] = []
+    list(XvaReader(io.BytesIO(data), problems=problems).chunks())
+    assert [(p.code, p.member, p.offset) for p in problems] == [("directory-entry", "Ref:2/", first)]
+
+
+def test_chunks_larger_than_a_mebibyte_are_read():
+    # Not xapi's layout, but within MAX_CHUNK_MEMBER_SIZE: read into a one-off buffer.
+    image = pattern(3 * MIB, 4)
+    disk = DiskSpec("Ref:2", 3 * MIB, [ChunkSpec(0, image[: 2 * MIB]), ChunkSpec(1, image[2 * MIB :])])
+    assert rebuild(XvaReader(io.BytesIO(build_xva(XvaSpec([disk])).data))) == {"Ref:2": image}
+
+
+def test_unaligned_chunk_is_read_but_reported():
+    disk = DiskSpec("Ref:2", 1000, [ChunkSpec(0, pattern(1000, 1))])
+    data = build_xva(XvaSpec([disk])).data
+    assert rebuild(XvaReader(io.BytesIO(data))) == {"Ref:2": pattern(1000, 1)}
+    problems: list[Problem] = []
+    list(XvaReader(io.BytesIO(data), problems=problems).chunks())
+    assert [p.code for p in problems] == ["chunk-not-aligned"]
+
+
+@pytest.mark.parametrize("name", ["Ref:2/0000000", "Ref:2/0000000x", "Ref:2/000000000", "Ref:2/+0000000"])
+def test_bad_counters_are_refused(name):
+    disk = DiskSpec("Ref:2", MIB, [ChunkSpec(0, pattern(MIB, 1), name=name)])
+    data = build_xva(XvaSpec([disk])).data
+    with pytest.raises(FormatError) as info:
+        list(XvaReader(io.BytesIO(data)).chunks())
+    assert info.value.code == "bad-chunk-name"
+    assert info.value.member == name
