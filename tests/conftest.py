@@ -45,3 +45,15 @@ class SharedFixtures:
                 pytest.fail(f"{SHARED_ENV} is set but {path} is missing")
             pytest.skip(f"shared fixture {path} not available")
         return path
+
+
+@pytest.fixture
+def sim(tmp_path: Path) -> Iterator[object]:
+    """A simulated host with the demo VM (disks of 4 MiB and 2 MiB), on 127.0.0.1, per test.
+
+    Yields a `xvatool.sim.testing.RunningHost`: `.url`, `.user`, `.password`, `.host` (the SimHost).
+    """
+    from xvatool.sim.testing import running_host
+
+    with running_host(tmp_path / "sim", demo_disk_sizes=(4 << 20, 2 << 20)) as host:
+        yield host

@@ -2,8 +2,109 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+
 import click
 
-__all__ = ["COMMANDS"]
+from xvatool.cli._common import command_errors
+from xvatool.errors import LocalIOError, UsageError
 
-COMMANDS: list[click.Command] = []
+__all__ = ["COMMANDS", "serve_command"]
+
+PASSWORD_ENV = "XVATOOL_SIM_PASSWORD"
+DEMO_PASSWORD = "demo"
+
+
+def _read_password(password_file: Path | None, demo: bool) -> str:
+    """`--password-file`, else $XVATOOL_SIM_PASSWORD, else "demo" with `--demo`; never from argv."""
+    if password_file is not None:
+        try:
+            text = password_file.read_text("utf-8")
+        except OSError as exc:
+            raise LocalIOError(f"cannot read password file: {exc.strerror}", path=str(password_file)) from exc
+        password = text.splitlines()[0] if text else ""
+        if not password:
+            raise UsageError(f"{password_file}: the password file is empty")
+        return password
+    if os.environ.get(PASSWORD_ENV):
+        return os.environ[PASSWORD_ENV]
+    if demo:
+        return DEMO_PASSWORD
+    raise UsageError(f"give --password-file or set {PASSWORD_ENV} (or use --demo for the password 'demo')")
+
+
+def _parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise UsageError(f"--listen must be HOST:PORT, got {listen!r}")
+    return host.strip("[]"), int(port)
+
+
+@click.command("serve")
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory holding the host's objects and sparse disks (created if missing).")  # fmt: skip
+@click.option("--listen", default="127.0.0.1:8080", show_default=True, help="HOST:PORT to listen on.")
+@click.option("--user", default="root", show_default=True, help="The user name clients log in with.")
+@click.option(
+    "--password-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help=f"File whose first line is the password (else ${PASSWORD_ENV}; 'demo' with --demo).",
+)
+@click.option("--demo", is_flag=True, help="Seed an empty DIR with demo-vm (two disks, a VIF, a CD drive).")
+@click.option(
+    "--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="PEM certificate."
+)
+@click.option(
+    "--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="PEM private key."
+)
+@click.option("--fault", "faults", multiple=True, metavar="HANDLER:KIND[=ARG][:times=N]",
+              help="Inject a fault, e.g. export:drop-after=3MiB or import_raw_vdi:stall=5:times=2. "
+                   "'redirect' also starts a second host on another port.")  # fmt: skip
+@command_errors
+def serve_command(
+    *,
+    data_dir: Path,
+    listen: str,
+    user: str,
+    password_file: Path | None,
+    demo: bool,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    faults: tuple[str, ...],
+) -> None:
+    """Run a simulated XenServer host (xapi) that persists its state in DIR.
+
+    \b
+    Example:
+      xvatool serve --data ./simhost --demo
+      # then, e.g.: XVATOOL_PASSWORD=demo xvatool ls --host http://127.0.0.1:8080 --user root
+    """
+    from xvatool.sim.server import SimHost, tls_context
+
+    if (tls_cert is None) != (tls_key is None):
+        raise UsageError("--tls-cert and --tls-key go together")
+    host_name, port = _parse_listen(listen)
+    password = _read_password(password_file, demo)
+    tls = tls_context(tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
+    host = SimHost(data_dir, user=user, password=password, faults=faults, demo=demo, auth_failure_delay_s=1.0)
+    try:
+        redirect = any(f.kind == "redirect" for f in host.faults.pending())
+        host.serve(host_name, port, tls=tls, redirect_peer=redirect)
+        # Announced on stderr (stdout stays clean); flushed so a parent process sees it at once.
+        click.echo(
+            f"xvatool: simulated host listening on {host.url} (user {user!r}); Ctrl-C stops it", err=True
+        )
+        if host.peer_url:
+            click.echo(f"xvatool: redirect peer listening on {host.peer_url}", err=True)
+        sys.stderr.flush()
+        try:
+            host.wait()
+        except KeyboardInterrupt:
+            click.echo("xvatool: stopping", err=True)
+    finally:
+        host.close()
+
+
+COMMANDS: list[click.Command] = [serve_command]

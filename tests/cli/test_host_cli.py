@@ -1,0 +1,287 @@
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import subprocess
+import sys
+from pathlib import Path
+from unittest import mock
+
+import pytest
+from click.testing import CliRunner
+
+from tests.xapi.fakehost import FakeXapi, ScriptedServer
+from xvatool.cli import _connection as conn_mod
+from xvatool.cli import main
+from xvatool.xapi import tasks
+
+MIB = 1 << 20
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    monkeypatch.setattr(tasks, "POLL_INTERVAL_S", 0.01)
+    host = FakeXapi()
+    with ScriptedServer(host.handle) as srv:
+        host.url = srv.url  # type: ignore[attr-defined]
+        yield host
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def invoke(runner, fake, *args, password="secret", **kw):
+    env = {"XVATOOL_HOST": fake.url, **({"XVATOOL_PASSWORD": password} if password else {})}
+    return runner.invoke(main, list(args), env=env, catch_exceptions=False, **kw)
+
+
+def test_vm_list_text_and_json(runner, fake):
+    a = fake.add_vdi(b"", 2 * MIB)
+    b = fake.add_vdi(b"", 3 * MIB)
+    uuid = fake.add_vm("web-01", "Running", [a, b])
+    fake.add_vm("tmpl", "Halted", [], is_a_template=True)
+    result = invoke(runner, fake, "vm", "list", "--json")
+    assert result.exit_code == 0, result.output
+    (vm,) = json.loads(result.stdout)
+    assert vm["uuid"] == uuid and vm["power_state"] == "Running"
+    assert [d["uuid"] for d in vm["disks"]] == [a.uuid, b.uuid]
+    assert vm["total_size"] == 5 * MIB
+    text = invoke(runner, fake, "vm", "list")
+    assert text.exit_code == 0
+    assert "web-01" in text.stdout and "5.0 MiB" in text.stdout and "tmpl" not in text.stdout
+    assert fake.logouts == 2
+
+
+def test_password_file_and_user(runner, fake, tmp_path):
+    pw = tmp_path / "pw"
+    pw.write_text("secret\n")
+    result = invoke(runner, fake, "vm", "list", "--user", "admin", "--password-file", str(pw), password=None)
+    assert result.exit_code == 0, result.output
+    login = next(c for c in fake.calls if c[0] == "session.login_with_password")
+    assert login[1][:2] == ("admin", "secret")
+
+
+def test_user_from_environment(runner, fake):
+    result = runner.invoke(
+        main,
+        ["vm", "list"],
+        env={"XVATOOL_HOST": fake.url, "XVATOOL_PASSWORD": "secret", "XVATOOL_USER": "ops"},
+    )
+    assert result.exit_code == 0
+    assert next(c for c in fake.calls if c[0] == "session.login_with_password")[1][0] == "ops"
+
+
+def test_no_password_off_terminal_is_usage_error(runner, fake):
+    result = invoke(runner, fake, "vm", "list", password=None)
+    assert result.exit_code == 2
+    assert "no password" in result.stderr
+    assert not fake.calls
+
+
+def test_password_is_never_an_option(runner, fake):
+    result = invoke(runner, fake, "vm", "list", "--password", "secret")
+    assert result.exit_code == 2
+    assert "No such option" in result.stderr
+
+
+def test_prompt_on_terminal(monkeypatch):
+    monkeypatch.setattr(conn_mod.sys, "stdin", mock.Mock(isatty=lambda: True))
+    prompt = mock.Mock(return_value="typed")
+    monkeypatch.setattr(conn_mod.click, "prompt", prompt)
+    c = conn_mod.Connection(
+        url="https://h",
+        user="root",
+        password_file=None,
+        fingerprint=None,
+        ca_bundle=None,
+        insecure=False,
+        timeout=5,
+    )
+    assert c.password == "typed"
+    assert c.password == "typed"
+    assert prompt.call_count == 1
+    assert prompt.call_args.kwargs["hide_input"] is True
+    assert "typed" not in repr(c)
+
+
+def test_empty_or_missing_password_file(runner, fake, tmp_path):
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    result = invoke(runner, fake, "vm", "list", "--password-file", str(empty), password=None)
+    assert result.exit_code == 2 and "empty" in result.stderr
+    result = invoke(runner, fake, "vm", "list", "--password-file", str(tmp_path / "nope"), password=None)
+    assert result.exit_code == 2
+
+
+def test_wrong_password_exit_1(runner, fake):
+    result = invoke(runner, fake, "vm", "list", password="wrong")
+    assert result.exit_code == 1
+    assert "SESSION_AUTHENTICATION_FAILED" in result.stderr
+    assert "wrong" not in result.stderr.replace("SESSION_AUTHENTICATION_FAILED", "")
+
+
+def test_missing_host(runner):
+    result = runner.invoke(main, ["vm", "list"], env={"XVATOOL_PASSWORD": "x"})
+    assert result.exit_code == 2
+    assert "--host" in result.stderr
+
+
+def test_plain_http_elsewhere_refused(runner):
+    result = runner.invoke(
+        main, ["vm", "list", "--host", "http://xen1.example"], env={"XVATOOL_PASSWORD": "x"}
+    )
+    assert result.exit_code == 2
+    assert "plain http" in result.stderr
+
+
+def test_insecure_warns_on_stderr(runner, fake):
+    result = invoke(runner, fake, "vm", "list", "--insecure")
+    assert result.exit_code == 0
+    assert "--insecure" in result.stderr and "not verified" in result.stderr
+
+
+def test_vdi_export_and_import_round_trip(runner, fake, tmp_path):
+    content = bytearray(3 * MIB)
+    content[MIB : MIB + 10] = b"0123456789"
+    vdi = fake.add_vdi(bytes(content))
+    out = tmp_path / "disk.raw"
+    result = invoke(runner, fake, "vdi-export", vdi.uuid, "-o", str(out), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["size"] == 3 * MIB
+    assert out.read_bytes() == content
+    result = invoke(runner, fake, "vdi-import", str(out), "--sr", "Local storage")
+    assert result.exit_code == 0, result.output
+    new_uuid = result.stdout.strip()
+    assert bytes(fake.vdi_by_uuid(new_uuid).data) == content
+
+
+def test_vdi_import_needs_exactly_one_target(runner, fake, tmp_path):
+    f = tmp_path / "d.raw"
+    f.write_bytes(b"\1" * 512)
+    for extra in ([], ["--vdi", "a", "--sr", "b"]):
+        result = invoke(runner, fake, "vdi-import", str(f), *extra)
+        assert result.exit_code == 2
+        assert "exactly one" in result.stderr
+
+
+def test_vdi_import_passes_options(runner, fake, tmp_path):
+    f = tmp_path / "d.vhd"
+    f.write_bytes(b"x")
+    with mock.patch("xvatool.xapi.vdi.import_vdi", autospec=True, return_value="new-uuid") as imp:
+        result = invoke(
+            runner,
+            fake,
+            "vdi-import",
+            str(f),
+            "--vdi",
+            "u-1",
+            "--format",
+            "vhd",
+            "--resume",
+            "--retries",
+            "0",
+        )
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "new-uuid"
+    kwargs = imp.call_args.kwargs
+    assert kwargs["vdi_uuid"] == "u-1" and kwargs["sr"] is None
+    assert kwargs["format"] == "vhd" and kwargs["resume"] is True and kwargs["retries"] == 0
+
+
+def test_vdi_export_passes_options(runner, fake, tmp_path):
+    with mock.patch("xvatool.xapi.vdi.export_vdi", autospec=True, return_value=tmp_path) as exp:
+        result = invoke(runner, fake, "vdi-export", "u-2", "-o", "x.vhd", "--format", "vhd", "--timeout", "5")
+    assert result.exit_code == 0, result.output
+    args, kwargs = exp.call_args
+    assert args[1:] == ("u-2", "x.vhd")
+    assert kwargs["format"] == "vhd" and kwargs["retries"] == 3
+    assert args[0].timeout_s == 5.0
+
+
+def test_vdi_export_unknown_vdi_exit_2(runner, fake, tmp_path):
+    result = invoke(runner, fake, "vdi-export", "nope", "-o", str(tmp_path / "x"))
+    assert result.exit_code == 2
+    assert "no VDI" in result.stderr
+    assert fake.logouts == 1 and not fake.sessions  # logged out on the error path too
+
+
+def test_vm_list_against_simulated_host(runner, sim):
+    result = runner.invoke(
+        main, ["vm", "list", "--json", "--host", sim.url], env={"XVATOOL_PASSWORD": sim.password}
+    )
+    assert result.exit_code == 0, result.output
+    (vm,) = [v for v in json.loads(result.stdout) if v["name_label"] == "demo-vm"]
+    assert [d["virtual_size"] for d in vm["disks"]] == [4 * MIB, 2 * MIB]  # the sim fixture's demo disks
+    assert vm["total_size"] == 6 * MIB
+
+
+def test_vdi_round_trip_against_simulated_host(runner, sim, tmp_path):
+    host = sim.host
+    ref = host.vdis_of(host.vm("demo-vm"))[1]
+    uuid = str(host.state.field("VDI", ref, "uuid"))
+    out = tmp_path / "d.raw"
+    env = {"XVATOOL_PASSWORD": sim.password, "XVATOOL_HOST": sim.url}
+    result = runner.invoke(main, ["vdi-export", uuid, "-o", str(out)], env=env)
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes() == host.disk_bytes(ref)
+    result = runner.invoke(main, ["vdi-import", str(out), "--sr", "Local storage", "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    new_ref = host.state.find("VDI", uuid=json.loads(result.stdout)["vdi"])[0]
+    assert host.disk_bytes(new_ref) == out.read_bytes()
+
+
+def test_sigterm_becomes_keyboard_interrupt(monkeypatch):
+    installed = {}
+    monkeypatch.setattr(conn_mod.signal, "getsignal", lambda sig: conn_mod.signal.SIG_DFL)
+    monkeypatch.setattr(conn_mod.signal, "signal", lambda sig, handler: installed.setdefault(sig, handler))
+    conn_mod.terminate_as_interrupt()
+    handler = installed[conn_mod.signal.SIGTERM]
+    with pytest.raises(KeyboardInterrupt):
+        handler(conn_mod.signal.SIGTERM, None)
+
+
+def test_sigterm_keeps_a_foreign_handler(monkeypatch):
+    monkeypatch.setattr(conn_mod.signal, "getsignal", lambda sig: print)
+    monkeypatch.setattr(conn_mod.signal, "signal", lambda *a: pytest.fail("replaced a handler"))
+    conn_mod.terminate_as_interrupt()
+
+
+def test_vm_list_against_xvatool_serve_process(tmp_path):
+    """The real thing: `xvatool serve` in one process, `xvatool vm list` in another."""
+    exe = [str(Path(sys.executable).with_name("xvatool"))]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XVATOOL_")}
+    env["PYTHONUNBUFFERED"] = "1"  # the URL line must arrive while the server runs
+    server = subprocess.Popen(
+        [*exe, "serve", "--data", str(tmp_path / "sim"), "--listen", "127.0.0.1:0", "--demo"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,  # serve announces its URL on stderr
+        text=True,
+        env=env,
+    )
+    try:
+        # seeding the demo disks (320 MiB, sparse) is quick, but generous on a loaded machine
+        ready, _, _ = select.select([server.stderr], [], [], 120)
+        assert ready, "xvatool serve printed no URL within 120 s"
+        line = server.stderr.readline()
+        url = re.search(r"http://127\.0\.0\.1:\d+", line).group(0)
+        result = subprocess.run(
+            [*exe, "vm", "list", "--json", "--host", url],
+            env={**env, "XVATOOL_PASSWORD": "demo"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        server.stderr.close()
+    assert result.returncode == 0, result.stderr
+    assert "demo-vm" in [vm["name_label"] for vm in json.loads(result.stdout)]

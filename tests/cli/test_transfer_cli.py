@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from unittest import mock
+
+import pytest
+from click.testing import CliRunner
+
+from xvatool.cli import main
+from xvatool.xapi.export import ExportResult
+from xvatool.xapi.import_ import ImportResult
+
+
+@pytest.fixture
+def password_file(tmp_path):
+    path = tmp_path / "pw"
+    path.write_text("secret\n")
+    return path
+
+
+def _fake_session():
+    session = mock.MagicMock()
+    session.__enter__.return_value = session
+    return session
+
+
+def test_export_passes_options_to_the_library(tmp_path, password_file):
+    session = _fake_session()
+    out = tmp_path / "vm.xva"
+    result = ExportResult(out, "uuid-1", "parallel", "zstd", 123, True)
+    with (
+        mock.patch("xvatool.xapi.session.connect", return_value=session) as connect,
+        mock.patch("xvatool.xapi.export.export_vm", autospec=True, return_value=result) as export_vm,
+    ):
+        run = CliRunner().invoke(
+            main,
+            ["export", "--host", "https://xen1", "--password-file", str(password_file), "web-01",
+             "-o", str(out), "--compress", "zstd", "--mode", "parallel", "--snapshot", "never",
+             "--retries", "0", "--resume", "--json"],
+        )  # fmt: skip
+    assert run.exit_code == 0, run.output
+    assert connect.call_args.args[:3] == ("https://xen1", "root", "secret")
+    kwargs = export_vm.call_args.kwargs
+    assert export_vm.call_args.args[1:] == ("web-01", str(out))
+    assert (kwargs["mode"], kwargs["compression"], kwargs["snapshot"]) == ("parallel", "zstd", "never")
+    assert (kwargs["retries"], kwargs["resume"]) == (0, True)
+    doc = json.loads(run.output)
+    assert doc["vm"] == {"uuid": "uuid-1"} and doc["bytes"] == 123 and doc["snapshot"] is True
+
+
+def test_import_passes_options_and_prints_the_uuid(tmp_path, password_file):
+    session = _fake_session()
+    archive = tmp_path / "vm.xva"
+    archive.write_bytes(b"")
+    with (
+        mock.patch("xvatool.xapi.session.connect", return_value=session),
+        mock.patch(
+            "xvatool.xapi.import_.import_vm",
+            autospec=True,
+            return_value=ImportResult("uuid-9", "OpaqueRef:9"),
+        ) as import_vm,
+    ):
+        run = CliRunner().invoke(
+            main,
+            ["import", "--host", "https://xen1", "--password-file", str(password_file), str(archive),
+             "--sr", "Local storage", "--restore", "--force", "--mode", "parallel", "--retries", "5",
+             "--resume", "--discard"],
+        )  # fmt: skip
+    assert run.exit_code == 0, run.output
+    assert run.output.strip() == "uuid-9"
+    kwargs = import_vm.call_args.kwargs
+    assert kwargs["sr"] == "Local storage" and kwargs["restore"] and kwargs["force"]
+    assert (kwargs["mode"], kwargs["retries"], kwargs["resume"], kwargs["discard"]) == (
+        "parallel",
+        5,
+        True,
+        True,
+    )
+
+
+def test_help_has_examples():
+    for command in ("export", "import"):
+        run = CliRunner().invoke(main, [command, "--help"])
+        assert run.exit_code == 0 and "Example" in run.output and "--resume" in run.output
+
+
+def _host_args(sim, tmp_path: Path) -> list[str]:
+    pw = tmp_path / "sim-pw"
+    pw.write_text(sim.password)
+    return ["--host", sim.url, "--user", sim.user, "--password-file", str(pw)]
+
+
+@pytest.mark.parametrize("mode", ["stream", "parallel"])
+def test_export_then_import_end_to_end(sim, tmp_path, mode):
+    out = tmp_path / "vm.xva"
+    runner = CliRunner()
+    host = _host_args(sim, tmp_path)
+    run = runner.invoke(main, ["export", *host, "demo-vm", "-o", str(out), "--mode", mode])
+    assert run.exit_code == 0, run.output
+    assert out.is_file()
+    run = runner.invoke(main, ["import", *host, str(out), "--mode", mode, "--json"])
+    assert run.exit_code == 0, run.output
+    uuid = json.loads(run.output)["vm"]["uuid"]
+    assert sim.host.state.find("VM", uuid=uuid)
+
+
+def test_errors_are_one_line_with_exit_codes(sim, tmp_path):
+    runner = CliRunner()
+    run = runner.invoke(main, ["export", *_host_args(sim, tmp_path), "nope", "-o", str(tmp_path / "x.xva")])
+    assert run.exit_code == 2
+    assert "no VM with uuid or name 'nope'" in run.output and "Traceback" not in run.output
+    sim.host.add_fault("export:corrupt-chunk=0")
+    run = runner.invoke(
+        main, ["export", *_host_args(sim, tmp_path), "demo-vm", "-o", str(tmp_path / "y.xva")]
+    )
+    assert run.exit_code == 1 and "checksum mismatch" in run.output
+    assert not list(tmp_path.glob("y.xva*"))

@@ -1,0 +1,172 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from unittest import mock
+
+import pytest
+from click.testing import CliRunner
+
+from xvatool.cli import main
+from xvatool.ops.backup import BackupReport, Selection, VmBackupResult
+
+CONN = ["--host", "http://127.0.0.1:1", "--user", "root"]
+
+
+@pytest.fixture
+def runner(monkeypatch):
+    monkeypatch.setenv("XVATOOL_PASSWORD", "secret")
+    return CliRunner()
+
+
+def _report(tmp_path, statuses):
+    results = [
+        VmBackupResult(f"uuid-{i}", f"vm{i}", status=s, archive=tmp_path / f"{i}.xva" if s == "ok" else None,
+                       archive_size=2048, error=None if s == "ok" else "boom")
+        for i, s in enumerate(statuses)
+    ]  # fmt: skip
+    return BackupReport(tmp_path, results)
+
+
+@pytest.mark.parametrize(("statuses", "code"), [(["ok", "ok"], 0), (["ok", "failed"], 3), (["failed"], 1)])
+def test_backup_exit_codes_and_kwargs(runner, tmp_path, statuses, code):
+    with mock.patch(
+        "xvatool.ops.backup.backup", autospec=True, return_value=_report(tmp_path, statuses)
+    ) as fn:
+        result = runner.invoke(
+            main,
+            ["backup", *CONN, "--tag", "nightly", "--vm", "web", "--dest", str(tmp_path), "--jobs", "2",
+             "--keep", "3", "--compress", "zstd", "--mode", "parallel"],
+        )  # fmt: skip
+    assert result.exit_code == code, result.output
+    args, kwargs = fn.call_args
+    assert args[1] == Selection(("web",), False, ("nightly",))
+    assert args[2] == tmp_path
+    assert kwargs == {"jobs": 2, "keep": 3, "compression": "zstd", "mode": "parallel", "progress": None}
+    assert "vm0" in result.output
+    if code:
+        assert "failed" in result.output
+
+
+def test_backup_json(runner, tmp_path):
+    with mock.patch("xvatool.ops.backup.backup", autospec=True, return_value=_report(tmp_path, ["ok"])):
+        result = runner.invoke(main, ["backup", *CONN, "--all", "--dest", str(tmp_path), "--json"])
+    assert result.exit_code == 0
+    assert json.loads(result.output)["results"][0]["vm_name"] == "vm0"
+
+
+def test_backup_needs_a_selection(runner, tmp_path):
+    result = runner.invoke(main, ["backup", *CONN, "--dest", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "--vm, --all or --tag" in result.output
+
+
+def test_password_never_in_argv(runner, tmp_path):
+    result = runner.invoke(main, ["backup", *CONN, "--password", "x", "--all", "--dest", str(tmp_path)])
+    assert result.exit_code == 2  # no such option
+
+
+def test_restore_prints_uuid(runner, tmp_path):
+    from xvatool.ops.restore import RestoreResult
+
+    fake = RestoreResult("new-uuid", "OpaqueRef:1", tmp_path / "a.xva", mock.Mock())
+    with mock.patch("xvatool.ops.restore.restore", autospec=True, return_value=fake) as fn, \
+            mock.patch("xvatool.xapi.session.connect", autospec=True) as connect:  # fmt: skip
+        result = runner.invoke(main, ["restore", *CONN, str(tmp_path / "a.xva"), "--sr", "Local storage",
+                                      "--restore-identity"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "new-uuid"
+    args, kwargs = fn.call_args
+    assert args[1] == Path(tmp_path / "a.xva")
+    assert kwargs == {"sr": "Local storage", "restore_identity": True, "mode": "stream", "progress": None}
+    assert connect.call_args[0] == ("http://127.0.0.1:1", "root", "secret")
+
+
+def test_migrate_target_credentials_from_env_and_network_map(runner, monkeypatch):
+    from xvatool.ops.migrate import MigrateResult
+
+    monkeypatch.setenv("XVATOOL_TO_USER", "admin")
+    monkeypatch.setenv("XVATOOL_TO_PASSWORD", "other")
+    fake = MigrateResult("new", "OpaqueRef:2", "old", "web", 10, ["xapi version 25.1 -> 24.19"])
+    with mock.patch("xvatool.ops.migrate.migrate", autospec=True, return_value=fake) as fn, \
+            mock.patch("xvatool.xapi.session.connect", autospec=True) as connect:  # fmt: skip
+        result = runner.invoke(main, ["migrate", *CONN, "web", "--to", "https://xen2", "--map-network", "A=B",
+                                      "--map-network", "C=D=E", "--shutdown-source"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "new"
+    assert [c[0][:3] for c in connect.call_args_list] == [
+        ("http://127.0.0.1:1", "root", "secret"),
+        ("https://xen2", "admin", "other"),
+    ]
+    kwargs = fn.call_args[1]
+    assert kwargs["network_map"] == {"A": "B", "C": "D=E"}
+    assert kwargs["shutdown_source"] is True
+
+
+def test_migrate_needs_target_password(runner):
+    result = runner.invoke(main, ["migrate", *CONN, "web", "--to", "https://xen2"])
+    assert result.exit_code == 2
+    assert "XVATOOL_TO_PASSWORD" in result.output
+
+
+def test_migrate_bad_network_map(runner, monkeypatch):
+    monkeypatch.setenv("XVATOOL_TO_PASSWORD", "x")
+    result = runner.invoke(main, ["migrate", *CONN, "web", "--to", "https://xen2", "--map-network", "A"])
+    assert result.exit_code == 2
+    assert "OLD=NEW" in result.output
+
+
+def test_backup_and_restore_end_to_end(tmp_path, monkeypatch):
+    from tests.ops.helpers import MIB, Host
+    from xvatool.sim.testing import running_host
+
+    with running_host(tmp_path / "host", demo=False) as sim:
+        host = Host(sim, tmp_path / "work")
+        vm = host.add_vm("cli-vm", (MIB,), seed=2)
+        monkeypatch.setenv("XVATOOL_PASSWORD", sim.password)
+        runner = CliRunner()
+        conn = ["--host", sim.url, "--user", sim.user]
+        result = runner.invoke(
+            main, ["backup", *conn, "--vm", "cli-vm", "--dest", str(tmp_path / "b"), "--json"]
+        )
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.output)
+        manifest = report["results"][0]["manifest"]
+        result = runner.invoke(main, ["restore", *conn, manifest])
+        assert result.exit_code == 0, result.output
+        new_uuid = result.stdout.strip()
+        with host.session() as session:
+            from xvatool.ops.hostdisks import vm_disk_digests
+
+            assert [d.sha256 for d in vm_disk_digests(session, new_uuid)] == vm.digests
+        # A VM that does not exist: usage error before anything is exported.
+        result = runner.invoke(main, ["backup", *conn, "--vm", "nope", "--dest", str(tmp_path / "b")])
+        assert result.exit_code == 2
+        assert "nope" in result.output
+
+
+def test_demo_command_json():
+    result = CliRunner().invoke(main, ["demo", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["disks_equal"] is True
+    assert summary["disk_sizes"] == [256 << 20, 64 << 20]
+
+
+def test_backup_partial_failure_exits_3(tmp_path, monkeypatch):
+    from tests.ops.helpers import MIB, Host
+    from xvatool.sim.testing import running_host
+
+    with running_host(tmp_path / "host", demo=False) as sim:
+        host = Host(sim, tmp_path / "work")
+        host.add_vm("one", (MIB,), seed=1)
+        host.add_vm("two", (MIB,), seed=2)
+        sim.host.add_fault("export:corrupt-chunk=0")
+        monkeypatch.setenv("XVATOOL_PASSWORD", sim.password)
+        args = ["backup", "--host", sim.url, "--all", "--dest", str(tmp_path / "b"), "--jobs", "2"]
+        result = CliRunner().invoke(main, args)
+    assert result.exit_code == 3, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:2] == ["VM", "STATUS"]
+    assert sorted(line.split()[1] for line in lines[1:3]) == ["failed", "ok"]
+    assert "1 of 2 backups failed" in result.output

@@ -1,0 +1,216 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.ops.helpers import MIB
+from xvatool.errors import UsageError
+from xvatool.ops.backup import Selection, backup, sanitize_name, select_vms, utc_stamp
+from xvatool.ops.manifest import load_manifest, verify_backup
+
+
+def _three_vms(host):
+    return [
+        host.add_vm("alpha", (2 * MIB, MIB), seed=1, tags=("nightly",)),
+        host.add_vm("beta one/two", (3 * MIB,), seed=5, tags=("nightly", "db")),
+        host.add_vm("gamma", (MIB + 512,), seed=9),
+    ]
+
+
+def test_backup_several_vms_with_two_jobs_writes_verifiable_manifests(host, tmp_path):
+    vms = _three_vms(host)
+    dest = tmp_path / "backups"
+    report = backup(host.session, Selection(all_vms=True), dest, jobs=2)
+
+    assert report.exit_code == 0, [r.error for r in report.results]
+    assert sorted(r.vm_uuid for r in report.results) == sorted(v.uuid for v in vms)
+    by_uuid = {v.uuid: v for v in vms}
+    for result in report.results:
+        vm = by_uuid[result.vm_uuid]
+        assert result.archive.parent.name == f"{sanitize_name(vm.name)}-{vm.uuid[:8]}"
+        assert result.manifest.name == result.archive.name.replace(".xva", ".manifest.json")
+        archive, manifest = verify_backup(result.manifest)  # sha256 and size match the file
+        assert archive == result.archive
+        assert manifest.vm_uuid == vm.uuid
+        assert manifest.vm_name == vm.name
+        assert manifest.source["url"] == host.url
+        assert manifest.source["pool_uuid"]
+        assert manifest.checksum_kind in ("sha1", "xxhash")
+        assert manifest.compression == "none"
+        # Per-disk digests are those of the images the VM was created from.
+        assert [d.sha256 for d in manifest.disks] == vm.digests
+        assert manifest.started_at <= manifest.finished_at
+        assert result.archive_size == archive.stat().st_size
+    # No temporary snapshot and no leftover files.
+    with host.session() as session:
+        records = session.call("VM.get_all_records")
+        assert not [r for r in records.values() if r["is_a_snapshot"]]
+    leftovers = [p for p in dest.rglob("*") if p.name.endswith(".part")]
+    assert leftovers == []
+    assert "beta_one_two" in {p.name.rsplit("-", 1)[0] for p in dest.iterdir()}
+
+
+def test_backup_of_running_vm_uses_and_destroys_a_snapshot(host, tmp_path):
+    vm = host.add_vm("live", (MIB,), seed=3)
+    with host.session() as session:
+        ref = session.call("VM.get_by_uuid", vm.uuid)
+        session.call("VM.start", ref, False, False)
+        before = set(session.call("VDI.get_all"))
+    report = backup(host.session, Selection(vms=("live",)), tmp_path / "b", compression="zstd")
+    assert report.exit_code == 0, report.results[0].error
+    manifest = load_manifest(report.results[0].manifest)
+    assert manifest.snapshot is True
+    assert manifest.compression == "zstd"
+    assert manifest.vm_uuid == vm.uuid
+    assert [d.sha256 for d in manifest.disks] == vm.digests
+    with host.session() as session:
+        assert set(session.call("VDI.get_all")) == before
+        assert session.call("VM.get_power_state", ref) == "Running"
+        assert not [r for r in session.call("VM.get_all_records").values() if r["is_a_snapshot"]]
+
+
+def test_failed_export_of_one_vm_does_not_stop_the_others(host, tmp_path):
+    vms = _three_vms(host)
+    # One corrupt chunk on the next export: exactly one VM's verification fails (not retried).
+    host.running.host.faults.add("export:corrupt-chunk=0")
+    dest = tmp_path / "b"
+    report = backup(host.session, Selection(all_vms=True), dest, jobs=2)
+    assert report.exit_code == 3
+    failed = report.failed
+    assert len(failed) == 1
+    assert "checksum" in failed[0].error
+    assert failed[0].archive is None
+    failed_dir = next(p for p in dest.iterdir() if p.name.endswith(failed[0].vm_uuid[:8]))
+    assert [p.name for p in failed_dir.iterdir() if not p.name.startswith(".")] == []
+    ok = [r for r in report.results if r.status == "ok"]
+    assert len(ok) == len(vms) - 1
+    for result in ok:
+        verify_backup(result.archive)
+    assert report.to_json()["failed"] == 1
+
+
+def test_all_failed_is_exit_1(host, tmp_path):
+    host.add_vm("solo", (MIB,))
+    host.running.host.faults.add("export:corrupt-chunk=0")
+    report = backup(host.session, Selection(vms=("solo",)), tmp_path / "b")
+    assert report.exit_code == 1
+
+
+def test_retention_keeps_n_newest_complete(host, tmp_path):
+    vm = host.add_vm("kept", (MIB,))
+    dest = tmp_path / "b"
+    archives = []
+    for _ in range(3):
+        report = backup(host.session, Selection(vms=(vm.uuid,)), dest, keep=2)
+        assert report.exit_code == 0
+        archives.append(report.results[0].archive)
+    folder = archives[0].parent
+    # Same-second backups get distinct names; the oldest one went.
+    assert len(set(archives)) == 3
+    leftover = folder / "20000101T000000Z.xva.part"
+    leftover.write_bytes(b"interrupted")
+    report = backup(host.session, Selection(vms=(vm.uuid,)), dest, keep=2)
+    archives.append(report.results[0].archive)
+    assert leftover in report.results[0].removed
+    names = sorted(p.name for p in folder.iterdir() if p.suffix == ".xva")
+    assert names == sorted(a.name for a in archives[-2:])
+
+
+def test_selection_by_tag_and_exclusions(host):
+    alpha, beta, gamma = _three_vms(host)
+    with host.session() as session:
+        assert {v.uuid for v in select_vms(session, Selection(tags=("db",)))} == {beta.uuid}
+        assert {v.uuid for v in select_vms(session, Selection(tags=("nightly",)))} == {alpha.uuid, beta.uuid}
+        # --all: no templates, no snapshots, no control domain.
+        ref = session.call("VM.get_by_uuid", gamma.uuid)
+        snap = session.call("VM.snapshot", ref, "snap")
+        chosen = select_vms(session, Selection(all_vms=True))
+        records = session.call("VM.get_all_records")
+        assert snap not in {v.ref for v in chosen}
+        for vm in chosen:
+            rec = records[vm.ref]
+            assert not (rec["is_a_template"] or rec["is_a_snapshot"] or rec["is_control_domain"])
+        # Named VMs come first and each VM appears once.
+        both = select_vms(session, Selection(vms=("gamma", alpha.uuid), tags=("nightly",)))
+        assert [v.uuid for v in both][:2] == [gamma.uuid, alpha.uuid]
+        assert len(both) == 3
+        with pytest.raises(UsageError):
+            select_vms(session, Selection(tags=("nope",)))
+        with pytest.raises(UsageError):
+            select_vms(session, Selection(vms=("missing",)))
+
+
+def test_bad_options_fail_before_any_export(tmp_path):
+    def no_session():
+        raise AssertionError("must not connect")
+
+    with pytest.raises(UsageError):
+        backup(no_session, Selection(all_vms=True), tmp_path, jobs=0)
+    with pytest.raises(UsageError):
+        backup(no_session, Selection(all_vms=True), tmp_path, keep=0)
+    with pytest.raises(UsageError):
+        backup(no_session, Selection(all_vms=True), tmp_path, compression="lz4")
+    with pytest.raises(UsageError):
+        backup(no_session, Selection(all_vms=True), tmp_path, mode="fast")
+
+
+@pytest.mark.parametrize(
+    ("name", "safe"),
+    [("web 01/prod", "web_01_prod"), ("..", "vm"), ("ünï", "n"), ("a" * 100, "a" * 64), ("x.y-z", "x.y-z")],
+)
+def test_sanitize_name(name, safe):
+    assert sanitize_name(name) == safe
+
+
+def test_utc_stamp():
+    import datetime as dt
+
+    moment = dt.datetime(2026, 11, 27, 5, 15, tzinfo=dt.UTC)
+    assert utc_stamp(moment) == "20261127T051500Z"
+
+
+def test_report_json_is_serialisable(host, tmp_path):
+    host.add_vm("j", (MIB,))
+    report = backup(host.session, Selection(vms=("j",)), tmp_path / "b")
+    doc = json.loads(json.dumps(report.to_json()))
+    assert doc["ok"] == 1 and doc["results"][0]["status"] == "ok"
+
+
+def test_parallel_mode_backup_and_restore(host, tmp_path):
+    from xvatool.ops.hostdisks import vm_disk_digests
+    from xvatool.ops.restore import restore
+
+    vm = host.add_vm("par", (2 * MIB, MIB), seed=8)
+    report = backup(
+        host.session, Selection(vms=("par",)), tmp_path / "b", mode="parallel", compression="gzip"
+    )
+    assert report.exit_code == 0, report.results[0].error
+    manifest = load_manifest(report.results[0].manifest)
+    assert manifest.extra["mode"] == "parallel"
+    assert [d.sha256 for d in manifest.disks] == vm.digests
+    with host.session() as session:
+        restored = restore(session, report.results[0].archive, mode="parallel")
+        assert [d.sha256 for d in vm_disk_digests(session, restored.vm_uuid)] == vm.digests
+
+
+def test_failed_parallel_export_leaves_no_spool_or_journal(host, tmp_path):
+    vm = host.add_vm("parfail", (2 * MIB, MIB), seed=8)
+    host.running.host.add_fault("export_raw_vdi:corrupt-chunk=0")
+    report = backup(host.session, Selection(vms=(vm.uuid,)), tmp_path / "b", mode="parallel")
+    assert report.exit_code == 1
+    folder = next((tmp_path / "b").iterdir())
+    assert [p.name for p in folder.iterdir()] == [".lock"]
+
+
+def test_source_info_never_records_credentials():
+    from xvatool.ops.backup import _source_info
+
+    class FakeSession:
+        url = "https://root:secret@[::1]:8443"
+
+        def call(self, method, *params):
+            return {"OpaqueRef:p": {"uuid": "u", "name_label": "pool", "master": "OpaqueRef:NULL"}}
+
+    info = _source_info(FakeSession())
+    assert info == {"url": "https://[::1]:8443", "pool_uuid": "u", "pool_name": "pool", "host_name": ""}

@@ -1,0 +1,456 @@
+"""Export: the pure pieces (vdi/ tar verification, assembly) and round trips against the sim."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import pytest
+
+from xvatool.errors import ChecksumError, FormatError, TransferError, TruncatedError
+from xvatool.xapi.export import TeeReader, _transport_errors, assemble_xva, read_ova_xml_tar, receive_vdi_tar
+from xvatool.xva.disk import CHUNK_SIZE, BytesSource, is_zero
+from xvatool.xva.reader import XvaReader
+from xvatool.xva.tarstream import END_OF_ARCHIVE, padding, v7_header
+from xvatool.xva.template import DiskSpec, build_vm_metadata
+from xvatool.xva.writer import chunk_members, write_xva
+
+MiB = 1 << 20
+
+
+def disk_bytes(size: int, seed: int) -> bytes:
+    """A disk with data in chunk 0 and 2, zeros elsewhere, a partly filled last chunk."""
+    data = bytearray(size)
+    data[0:4096] = bytes([seed]) * 4096
+    if size > 2 * MiB:
+        data[2 * MiB + 512 : 2 * MiB + 1024] = os.urandom(512)
+    data[-512:] = bytes([seed + 1]) * 512
+    return bytes(data)
+
+
+def vdi_tar(data: bytes, *, kind="xxhash", keep_alive_at: int | None = None) -> bytes:
+    """A /export_raw_vdi?format=tar stream the way the host writes one (§3.5)."""
+    size = len(data)
+    count = -(-size // CHUNK_SIZE)
+    out = []
+    counter = 0
+    for i in range(count):
+        chunk = data[i * CHUNK_SIZE : (i + 1) * CHUNK_SIZE]
+        if keep_alive_at == i:
+            out += chunk_members(f"vdi/{counter:08d}", b"", kind)
+            counter += 1
+        if 0 < i < count - 1 and is_zero(chunk):
+            counter += 1
+            continue
+        out += chunk_members(f"vdi/{counter:08d}", chunk, kind)
+        counter += 1
+    return b"".join(bytes(p) for p in out) + END_OF_ARCHIVE
+
+
+@pytest.mark.parametrize("kind", ["xxhash", "sha1"])
+def test_receive_vdi_tar_accepts_host_stream(kind):
+    data = disk_bytes(5 * MiB, 7)
+    assert receive_vdi_tar(io.BytesIO(vdi_tar(data, kind=kind)), size=len(data), source="t") == len(data)
+
+
+def test_receive_vdi_tar_handles_keep_alive_chunk():
+    data = disk_bytes(5 * MiB, 7)
+    stream = vdi_tar(data, keep_alive_at=2)
+    assert receive_vdi_tar(io.BytesIO(stream), size=len(data), source="t") == len(data)
+
+
+def test_receive_vdi_tar_rejects_corrupt_chunk():
+    data = disk_bytes(3 * MiB, 7)
+    raw = bytearray(vdi_tar(data))
+    raw[600] ^= 0xFF  # inside the first data member
+    with pytest.raises(ChecksumError) as info:
+        receive_vdi_tar(io.BytesIO(bytes(raw)), size=len(data), source="disk-a")
+    assert info.value.member == "vdi/00000000.xxhash"
+    assert info.value.file == "disk-a"
+
+
+@pytest.mark.parametrize("cut", [100, 512 + 1000, -1024, -1])
+def test_receive_vdi_tar_truncated(cut):
+    data = disk_bytes(3 * MiB, 7)
+    raw = vdi_tar(data)
+    with pytest.raises(TruncatedError):
+        receive_vdi_tar(io.BytesIO(raw[:cut]), size=len(data), source="t")
+
+
+def test_receive_vdi_tar_short_disk_and_bad_names():
+    data = disk_bytes(3 * MiB, 7)
+    with pytest.raises(TruncatedError, match="covers"):
+        receive_vdi_tar(io.BytesIO(vdi_tar(data)), size=len(data) + MiB, source="t")
+    bad = b"".join(bytes(p) for p in chunk_members("Ref:1/00000000", b"\0" * 512, "xxhash")) + END_OF_ARCHIVE
+    with pytest.raises(FormatError, match="unexpected member"):
+        receive_vdi_tar(io.BytesIO(bad), size=512, source="t")
+    nochk = v7_header("vdi/00000000", 512) + bytes(512) + END_OF_ARCHIVE
+    with pytest.raises(FormatError, match="checksum member"):
+        receive_vdi_tar(io.BytesIO(nochk), size=512, source="t")
+
+
+def test_inline_error_mid_stream_is_a_retryable_transfer_error():
+    data = disk_bytes(3 * MiB, 7)
+    raw = vdi_tar(data)
+    first = raw.index(b"vdi/00000002")  # header of the last chunk
+    page = b"HTTP/1.1 500 Internal Error\r\ncontent-length: 0\r\n\r\n"
+    broken = raw[:first] + page + bytes(1024 - len(page))
+    tee = TeeReader(io.BytesIO(broken))
+    with pytest.raises(TransferError) as info, _transport_errors(tee):
+        receive_vdi_tar(tee, size=len(data), source="t")
+    assert info.value.retryable
+
+
+def test_checksum_error_is_not_turned_into_transfer_error():
+    data = disk_bytes(3 * MiB, 7)
+    raw = bytearray(vdi_tar(data))
+    raw[600] ^= 1
+    tee = TeeReader(io.BytesIO(bytes(raw)))
+    with pytest.raises(ChecksumError), _transport_errors(tee):
+        receive_vdi_tar(tee, size=len(data), source="t")
+
+
+def test_tee_copies_hashes_and_drains():
+    import hashlib
+
+    payload = os.urandom(3 * MiB + 17)
+    sink = io.BytesIO()
+    seen = []
+    tee = TeeReader(io.BytesIO(payload), sink, hasher=hashlib.sha256(), progress=seen.append)
+    assert tee.read(10) == payload[:10]
+    tee.drain()
+    assert sink.getvalue() == payload
+    assert sum(seen) == len(payload) == tee.count
+    assert tee.tail == payload[-4096:]
+
+
+def test_read_ova_xml_tar():
+    ova = b"<value><struct></struct></value>"
+    tar = v7_header("ova.xml", len(ova)) + ova + padding(len(ova)) + END_OF_ARCHIVE
+    assert read_ova_xml_tar(io.BytesIO(tar), source="t") == ova
+    with pytest.raises(FormatError, match=r"ova\.xml"):
+        read_ova_xml_tar(io.BytesIO(END_OF_ARCHIVE), source="t")
+
+
+@pytest.mark.parametrize("compression", ["none", "zstd"])
+def test_assembly_equals_the_writer_output(tmp_path, compression):
+    sizes = [5 * MiB, 3 * MiB + 512, 1 * MiB]
+    datas = [disk_bytes(s, 10 + i) for i, s in enumerate(sizes)]
+    metadata = build_vm_metadata(name="vm", disks=[DiskSpec(s, f"disk{i}") for i, s in enumerate(sizes)])
+    disks = metadata.disks
+    by_label = {d.name_label: d for d in disks}
+    sources = {by_label[f"disk{i}"].id: BytesSource(datas[i]) for i in range(len(sizes))}
+    expected = io.BytesIO()
+    write_xva(expected, metadata, sources, checksum="xxhash", compression="none")
+
+    spools = []
+    for disk in disks:
+        spool = tmp_path / f"{disk.id.replace(':', '_')}.tar"
+        data = datas[int(disk.name_label[4:])]
+        spool.write_bytes(vdi_tar(data))
+        spools.append((disk.id, spool))
+    out = io.BytesIO()
+    written = assemble_xva(out, metadata.to_bytes(), spools, compression=compression)
+    assert written == len(out.getvalue())
+    if compression == "none":
+        assert out.getvalue() == expected.getvalue()
+    out.seek(0)
+    reader = XvaReader(out, source="assembled")
+    got = {d.id: bytearray(d.virtual_size) for d in disks}
+    for chunk in reader.chunks():
+        got[chunk.disk.id][chunk.offset : chunk.offset + len(chunk.data)] = chunk.data
+    for disk in disks:
+        assert bytes(got[disk.id]) == datas[int(disk.name_label[4:])]
+
+
+# -- against the simulated host -----------------------------------------------------------------
+
+import hashlib  # noqa: E402
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from xvatool.errors import ResumeError, UsageError  # noqa: E402
+from xvatool.xapi.export import export_stream, export_vm  # noqa: E402
+from xvatool.xapi.journal import export_journal_path  # noqa: E402
+from xvatool.xapi.session import connect  # noqa: E402
+from xvatool.xva.reader import open_archive  # noqa: E402
+
+ZERO = bytes(MiB)
+
+
+def _zeros(h, n):
+    while n > 0:
+        h.update(ZERO[: min(n, MiB)])
+        n -= MiB
+
+
+def archive_disk_digests(path) -> dict[str, str]:
+    """userdevice → SHA-256 of the whole disk, streamed from an archive (verifying it)."""
+    with open_archive(path) as reader:
+        hashers, pos = {}, {}
+        for chunk in reader.chunks():
+            h = hashers.setdefault(chunk.disk.id, hashlib.sha256())
+            _zeros(h, chunk.offset - pos.get(chunk.disk.id, 0))
+            h.update(chunk.data)
+            pos[chunk.disk.id] = chunk.offset + len(chunk.data)
+        out = {}
+        for disk in reader.metadata.disks:
+            h = hashers.setdefault(disk.id, hashlib.sha256())
+            _zeros(h, disk.virtual_size - pos.get(disk.id, 0))
+            out[str(disk.userdevice)] = h.hexdigest()
+        return out
+
+
+def host_disk_digests(sim, vm_ref: str) -> dict[str, str]:
+    """userdevice → SHA-256 of the whole disk, read from the simulated host's sparse files."""
+    out = {}
+    state = sim.host.state
+    for vbd in state.field("VM", vm_ref, "VBDs"):
+        rec = state.get("VBD", vbd)
+        if rec["type"] == "CD" or rec["empty"]:
+            continue
+        size = int(state.field("VDI", rec["VDI"], "virtual_size"))
+        h = hashlib.sha256()
+        with open(sim.host.vdi_path(rec["VDI"]), "rb") as fh:
+            got = 0
+            while piece := fh.read(MiB):
+                h.update(piece)
+                got += len(piece)
+        _zeros(h, size - got)
+        out[str(rec["userdevice"])] = h.hexdigest()
+    return out
+
+
+def session_of(sim, timeout=5.0):
+    return connect(sim.url, sim.user, sim.password, timeout=timeout)
+
+
+def no_leftovers(out: Path) -> bool:
+    return not any(out.parent.glob(out.name + ".*"))
+
+
+@pytest.fixture
+def redirecting_sim(tmp_path):
+    from xvatool.sim.testing import running_host
+
+    with running_host(tmp_path / "rsim", demo_disk_sizes=(4 << 20, 2 << 20), redirect=True) as host:
+        yield host
+
+
+@pytest.mark.parametrize("mode", ["stream", "parallel"])
+@pytest.mark.parametrize("compression", ["none", "zstd"])
+def test_export_round_trip_gives_the_host_disks(sim, tmp_path, mode, compression):
+    out = tmp_path / "vm.xva"
+    with session_of(sim) as s:
+        result = export_vm(s, "demo-vm", out, mode=mode, compression=compression)
+    assert result.path == out and result.bytes_written == out.stat().st_size
+    assert not result.snapshot_used
+    assert archive_disk_digests(out) == host_disk_digests(sim, sim.host.vm("demo-vm"))
+    assert no_leftovers(out)
+    with out.open("rb") as fh:
+        head = fh.read(4)
+    assert (head == b"\x28\xb5\x2f\xfd") == (compression == "zstd")
+
+
+def test_stream_and_parallel_exports_have_identical_disks(sim, tmp_path):
+    with session_of(sim) as s:
+        export_vm(s, "demo-vm", tmp_path / "a.xva", mode="stream")
+        result = export_vm(s, "demo-vm", tmp_path / "b.xva", mode="parallel")
+    assert archive_disk_digests(tmp_path / "a.xva") == archive_disk_digests(tmp_path / "b.xva")
+    assert len(result.disks) == 2 and all(len(d.sha256) == 64 for d in result.disks)
+
+
+def test_running_vm_is_exported_through_a_snapshot_that_is_removed(sim, tmp_path):
+    vm = sim.host.vm("demo-vm")
+    sim.host.set_power_state(vm, "Running")
+    vdis_before = set(sim.host.state.refs("VDI"))
+    with session_of(sim) as s:
+        result = export_vm(s, "demo-vm", tmp_path / "vm.xva", mode="stream")
+        with pytest.raises(UsageError, match="Running"):
+            export_vm(s, "demo-vm", tmp_path / "never.xva", snapshot="never")
+    assert result.snapshot_used
+    snapshots = [r for r in sim.host.state.records("VM").values() if r.get("is_a_snapshot")]
+    assert snapshots == []
+    assert set(sim.host.state.refs("VDI")) == vdis_before
+    assert archive_disk_digests(tmp_path / "vm.xva") == host_disk_digests(sim, vm)
+
+
+@pytest.mark.parametrize("mode", ["stream", "parallel"])
+def test_running_vm_export_imports_as_a_plain_vm(sim, tmp_path, mode):
+    from xvatool.xapi.import_ import import_vm
+
+    sim.host.set_power_state(sim.host.vm("demo-vm"), "Running")
+    out = tmp_path / "vm.xva"
+    with session_of(sim) as s:
+        export_vm(s, "demo-vm", out, mode=mode)
+        with open_archive(out) as reader:
+            assert reader.metadata.vm.name_label == "demo-vm"
+            assert reader.metadata.vm.power_state == "Halted"
+        imported = import_vm(s, out, mode=mode)
+        record = s.call("VM.get_record", imported.vm_ref)
+    assert record["name_label"] == "demo-vm"
+    assert not record["is_a_snapshot"] and not record["is_a_template"]
+
+
+def test_snapshot_is_removed_on_failure_too(sim, tmp_path):
+    vm = sim.host.vm("demo-vm")
+    sim.host.set_power_state(vm, "Running")
+    sim.host.add_fault("export:corrupt-chunk=1")
+    with session_of(sim) as s, pytest.raises(ChecksumError):
+        export_vm(s, "demo-vm", tmp_path / "vm.xva", mode="stream")
+    assert not [r for r in sim.host.state.records("VM").values() if r.get("is_a_snapshot")]
+    assert no_leftovers(tmp_path / "vm.xva") and not (tmp_path / "vm.xva").exists()
+
+
+def test_vm_lookup_errors(sim, tmp_path):
+    with session_of(sim) as s:
+        with pytest.raises(UsageError, match="no VM"):
+            export_vm(s, "no-such-vm", tmp_path / "x.xva")
+        (tmp_path / "x.xva").write_bytes(b"")
+        with pytest.raises(UsageError, match="exists"):
+            export_vm(s, "demo-vm", tmp_path / "x.xva")
+
+
+FAULTS = ["drop-after=1MiB", "stall=2", "inline-500-after=1MiB"]
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_stream_export_survives_transient_faults(sim, tmp_path, fault):
+    sim.host.add_fault(f"export:{fault}")
+    out = tmp_path / "vm.xva"
+    with session_of(sim, timeout=1.0) as s:
+        export_vm(s, "demo-vm", out, mode="stream", retries=2)
+    assert not sim.host.faults.pending()
+    assert archive_disk_digests(out) == host_disk_digests(sim, sim.host.vm("demo-vm"))
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_parallel_export_survives_transient_faults(sim, tmp_path, fault):
+    sim.host.add_fault(f"export_raw_vdi:{fault}:times=2")
+    out = tmp_path / "vm.xva"
+    with session_of(sim, timeout=1.0) as s:
+        export_vm(s, "demo-vm", out, mode="parallel", retries=3)
+    assert not sim.host.faults.pending()
+    assert archive_disk_digests(out) == host_disk_digests(sim, sim.host.vm("demo-vm"))
+
+
+@pytest.mark.parametrize("mode", ["stream", "parallel"])
+def test_export_follows_redirects(redirecting_sim, tmp_path, mode):
+    sim = redirecting_sim
+    sim.host.add_fault("export:redirect")
+    sim.host.add_fault("export_metadata:redirect")
+    sim.host.add_fault("export_raw_vdi:redirect")
+    out = tmp_path / "vm.xva"
+    with session_of(sim) as s:
+        export_vm(s, "demo-vm", out, mode=mode)
+    handlers = {f.handler for f in sim.host.faults.pending()}
+    assert handlers == ({"export_metadata", "export_raw_vdi"} if mode == "stream" else {"export"})
+    assert archive_disk_digests(out) == host_disk_digests(sim, sim.host.vm("demo-vm"))
+
+
+@pytest.mark.parametrize(("mode", "handler"), [("stream", "export"), ("parallel", "export_raw_vdi")])
+def test_corrupt_chunk_fails_the_export_and_leaves_no_output(sim, tmp_path, mode, handler):
+    sim.host.add_fault(f"{handler}:corrupt-chunk=0")
+    out = tmp_path / "vm.xva"
+    with session_of(sim) as s, pytest.raises(ChecksumError):
+        export_vm(s, "demo-vm", out, mode=mode)
+    assert not out.exists() and not out.with_name("vm.xva.part").exists()
+
+
+def test_interrupted_parallel_export_resumes_per_disk(sim, tmp_path):
+    reference = tmp_path / "ref.xva"
+    out = tmp_path / "vm.xva"
+    with session_of(sim) as s:
+        export_vm(s, "demo-vm", reference, mode="parallel")
+        sim.host.add_fault("export_raw_vdi:drop-after=1MiB")
+        with pytest.raises(TransferError):
+            export_vm(s, "demo-vm", out, mode="parallel", retries=0)
+        assert not out.exists()
+        journal = export_journal_path(out)
+        doc = json.loads(journal.read_text())
+        assert sorted(d["done"] for d in doc["disks"].values()) == [False, True]
+        with pytest.raises(UsageError, match="--resume"):
+            export_vm(s, "demo-vm", out, mode="parallel")
+        result = export_vm(s, "demo-vm", out, mode="parallel", resume=True)
+    assert result.resumed_disks == 1
+    # The Ref:n ids in ova.xml are new on every metadata export, so compare what is under them.
+    assert archive_disk_digests(out) == archive_disk_digests(reference)
+    assert archive_disk_digests(out) == host_disk_digests(sim, sim.host.vm("demo-vm"))
+    assert no_leftovers(out)
+
+
+def test_resume_refetches_a_disk_whose_spool_changed(sim, tmp_path):
+    out = tmp_path / "vm.xva"
+    with session_of(sim) as s:
+        sim.host.add_fault("export_raw_vdi:drop-after=1MiB")
+        with pytest.raises(TransferError):
+            export_vm(s, "demo-vm", out, mode="parallel", retries=0)
+        spool = next(out.with_name("vm.xva.part.d").glob("*.tar"))
+        spool.write_bytes(spool.read_bytes()[:-1] + b"\1")
+        result = export_vm(s, "demo-vm", out, mode="parallel", resume=True)
+    assert result.resumed_disks == 0
+    assert archive_disk_digests(out) == host_disk_digests(sim, sim.host.vm("demo-vm"))
+
+
+def test_resume_refuses_a_journal_for_another_vm(sim, tmp_path):
+    out = tmp_path / "vm.xva"
+    with session_of(sim) as s:
+        sim.host.add_fault("export_raw_vdi:drop-after=1MiB")
+        with pytest.raises(TransferError):
+            export_vm(s, "demo-vm", out, mode="parallel", retries=0)
+        journal = export_journal_path(out)
+        doc = json.loads(journal.read_text())
+        doc["key"]["vm"] = "00000000-0000-0000-0000-000000000000"
+        journal.write_text(json.dumps(doc))
+        with pytest.raises(ResumeError, match="vm is '00000000"):
+            export_vm(s, "demo-vm", out, mode="parallel", resume=True)
+        with pytest.raises(ResumeError, match="parallel"):
+            export_vm(s, "demo-vm", out, mode="stream", resume=True)
+
+
+def test_export_stream_yields_the_host_xva(sim):
+    with session_of(sim) as s, export_stream(s, "demo-vm") as body:
+        reader = XvaReader(body, source="live")
+        assert reader.metadata.vm.name_label == "demo-vm"
+        assert sum(len(c.data) for c in reader.chunks()) > 0
+
+
+def test_resume_of_a_running_vm_export_is_refused_with_the_reason(sim, tmp_path):
+    sim.host.set_power_state(sim.host.vm("demo-vm"), "Running")
+    out = tmp_path / "vm.xva"
+    sim.host.add_fault("export_raw_vdi:drop-after=1MiB")
+    with session_of(sim) as s:
+        with pytest.raises(TransferError):
+            export_vm(s, "demo-vm", out, mode="parallel", retries=0)
+        assert not [r for r in sim.host.state.records("VM").values() if r.get("is_a_snapshot")]
+        with pytest.raises(ResumeError, match="new snapshot each time"):
+            export_vm(s, "demo-vm", out, mode="parallel", resume=True)
+
+
+class RecordingBars:
+    def __init__(self):
+        self.counts = {}
+        self.closed = []
+
+    def __call__(self, label, total):
+        bars = self
+
+        class Bar:
+            def update(self, n):
+                bars.counts[label] = bars.counts.get(label, 0) + n
+
+            def close(self):
+                bars.closed.append(label)
+
+        self.counts.setdefault(label, 0)
+        return Bar()
+
+
+def test_parallel_export_reports_one_bar_per_disk_and_a_total(sim, tmp_path):
+    bars = RecordingBars()
+    with session_of(sim) as s:
+        result = export_vm(s, "demo-vm", tmp_path / "vm.xva", mode="parallel", progress=bars)
+    disk_labels = {d.id for d in result.disks}
+    assert set(bars.counts) == disk_labels | {"total"}
+    assert bars.counts["total"] == sum(bars.counts[label] for label in disk_labels) > 0
+    assert sorted(bars.closed) == sorted(bars.counts)

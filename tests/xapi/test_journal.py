@@ -1,0 +1,174 @@
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from xvatool.errors import ResumeError, TransferError, UsageError, XapiError
+from xvatool.xapi.journal import (
+    Journal,
+    export_journal_path,
+    import_journal_path,
+    is_transient,
+    run_parallel,
+    with_retries,
+)
+
+KEY = {"host": "http://127.0.0.1:1", "archive_sha256": "ab" * 32}
+
+
+def test_round_trip(tmp_path):
+    path = tmp_path / "j.json"
+    journal = Journal.create(path, kind="import", key=KEY)
+    journal.set_disk("Ref:3", size=4 << 20, target_vdi="uuid-3")
+    journal.mark_segment("Ref:3", 0, "AAAA")
+    journal.mark_segment("Ref:3", 2, "BBBB")
+    journal.set_disk("Ref:10", size=1 << 20)
+    journal.mark_disk_done("Ref:10", "cafe")
+    loaded = Journal.open_for_resume(path, kind="import", key=KEY)
+    assert loaded.disks["Ref:3"].segments == {0: "AAAA", 2: "BBBB"}
+    assert loaded.disks["Ref:3"].target_vdi == "uuid-3"
+    assert loaded.disks["Ref:10"].done and loaded.disks["Ref:10"].digest == "cafe"
+    assert loaded.target_vdis() == ["uuid-3"]
+    assert not path.with_name(path.name + ".tmp").exists()
+
+
+def test_set_disk_keeps_progress_unless_size_changes(tmp_path):
+    journal = Journal.create(tmp_path / "j.json", kind="export", key=KEY)
+    journal.set_disk("Ref:1", size=100)
+    journal.mark_segment("Ref:1", 1, "X")
+    assert journal.set_disk("Ref:1", size=100).segments == {1: "X"}
+    assert journal.set_disk("Ref:1", size=200).segments == {}
+    journal.mark_disk_done("Ref:1", "d")
+    journal.reset_disk("Ref:1")
+    record = journal.disk("Ref:1")
+    assert record is not None and not record.done and record.digest is None
+
+
+@pytest.mark.parametrize(
+    ("kind", "key", "needle"),
+    [
+        ("export", KEY, "not an export"),
+        ("import", {**KEY, "host": "http://other:1"}, "host is 'http://127.0.0.1:1' in the journal"),
+        ("import", {**KEY, "archive_sha256": "cd" * 32}, "archive_sha256"),
+        ("import", {"host": KEY["host"]}, "unexpected field 'archive_sha256'"),
+    ],
+)
+def test_mismatch_is_refused_with_reason(tmp_path, kind, key, needle):
+    path = tmp_path / "j.json"
+    Journal.create(path, kind="import", key=KEY)
+    with pytest.raises(ResumeError) as info:
+        Journal.open_for_resume(path, kind=kind, key=key)
+    assert needle in str(info.value)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"not json",
+        b"[]",
+        json.dumps({"tool": "other"}).encode(),
+        json.dumps({"tool": "xvatool", "format": 99, "kind": "import", "key": {}, "disks": {}}).encode(),
+        json.dumps(
+            {"tool": "xvatool", "format": 1, "kind": "import", "key": {}, "disks": {"a": {"size": -1}}}
+        ).encode(),
+        json.dumps({"tool": "xvatool", "format": 1, "kind": "nope", "key": {}, "disks": {}}).encode(),
+    ],
+)
+def test_corrupt_journal_is_a_resume_error(tmp_path, content):
+    path = tmp_path / "j.json"
+    path.write_bytes(content)
+    with pytest.raises(ResumeError, match="remove it"):
+        Journal.load(path)
+
+
+def test_missing_journal(tmp_path):
+    with pytest.raises(ResumeError, match="no journal"):
+        Journal.load(tmp_path / "absent.json")
+
+
+def test_concurrent_marks_all_land(tmp_path):
+    path = tmp_path / "j.json"
+    journal = Journal.create(path, kind="import", key=KEY)
+    for d in range(4):
+        journal.set_disk(f"Ref:{d}", size=1 << 30)
+
+    def mark(d):
+        for i in range(20):
+            journal.mark_segment(f"Ref:{d}", i, f"{d}-{i}")
+
+    threads = [threading.Thread(target=mark, args=(d,)) for d in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    loaded = Journal.load(path)
+    assert all(len(loaded.disks[f"Ref:{d}"].segments) == 20 for d in range(4))
+
+
+def test_paths(tmp_path):
+    assert export_journal_path(tmp_path / "vm.xva").name == "vm.xva.xvatool-journal.json"
+    a = import_journal_path(tmp_path / "vm.xva", "http://a:1")
+    b = import_journal_path(tmp_path / "vm.xva", "http://b:1")
+    assert a != b and a.parent == tmp_path and a.name.startswith("vm.xva.xvatool-import-")
+    assert import_journal_path(tmp_path / "vm.xva", "http://a:1/") == a
+
+
+def test_is_transient():
+    assert is_transient(TransferError("reset"))
+    assert not is_transient(TransferError("401", retryable=False))
+    assert is_transient(XapiError("VDI_IO_ERROR", ["Device I/O errors"]))
+    assert not is_transient(XapiError("SR_FULL", []))
+    assert not is_transient(UsageError("x"))
+
+
+def test_with_retries_resumes_and_gives_up(monkeypatch):
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise TransferError("reset")
+        return "ok"
+
+    assert with_retries(flaky, retries=3, what="t") == "ok"
+    assert len(calls) == 3
+    calls.clear()
+    with pytest.raises(TransferError):
+        with_retries(flaky, retries=1, what="t")
+    assert len(calls) == 2
+    calls.clear()
+    with pytest.raises(TransferError):
+        with_retries(flaky, retries=0, what="t")
+    assert len(calls) == 1
+
+
+def test_with_retries_does_not_retry_permanent_errors():
+    calls = []
+
+    def bad():
+        calls.append(1)
+        raise XapiError("SR_FULL", ["1", "2"])
+
+    with pytest.raises(XapiError):
+        with_retries(bad, retries=5, what="t")
+    assert len(calls) == 1
+
+
+def test_run_parallel_waits_for_all_then_raises_first():
+    done = []
+
+    def ok(i):
+        return lambda: done.append(i) or i
+
+    def fail():
+        raise TransferError("boom")
+
+    assert run_parallel([ok(1), ok(2)]) == [1, 2]
+    with pytest.raises(TransferError, match="boom"):
+        run_parallel([fail, ok(3)])
+    assert 3 in done
+    assert run_parallel([]) == []

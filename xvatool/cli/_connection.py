@@ -1,0 +1,241 @@
+"""The options every host command shares, and the one place they become a `connect(...)` call.
+
+The password never comes from the command line (it would show in ``ps`` and shell history): it is
+read from ``--password-file``, else ``XVATOOL_PASSWORD``, else prompted for when stdin is a
+terminal. It is resolved when the command first connects, inside the command's error handling,
+so a missing password is one line on stderr and exit code 2.
+
+Commands receive a `Connection` under the parameter name they declare, ``connect`` or
+``connection``; calling it (or `open_session`) logs in::
+
+    @click.command()
+    @connection_options
+    @command_errors
+    def cmd(*, connect: Connection) -> None:
+        with connect() as session:
+            ...
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from xvatool.errors import LocalIOError, UsageError
+
+if TYPE_CHECKING:
+    from xvatool.xapi.session import Session
+
+__all__ = [
+    "PASSWORD_ENV",
+    "Connection",
+    "connection_options",
+    "open_session",
+    "retries_option",
+    "terminate_as_interrupt",
+]
+
+PASSWORD_ENV = "XVATOOL_PASSWORD"
+DEFAULT_TIMEOUT_S = 60.0
+"""Seconds; the same as `xvatool.xapi.session.DEFAULT_TIMEOUT_S` (not imported: CLI start-up stays light)."""
+MAX_PASSWORD_FILE_SIZE = 4096
+"""Bytes. A password file larger than this is surely the wrong file."""
+INSECURE_WARNING = (
+    "xvatool: warning: --insecure: the host's TLS certificate is not verified; anyone on the network "
+    "path can impersonate it and read the password. Prefer --fingerprint SHA256."
+)
+
+
+class Connection:
+    """Parsed connection options; call it to log in and get a `Session` (a context manager)."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        user: str,
+        password_file: str | None,
+        fingerprint: str | None,
+        ca_bundle: str | None,
+        insecure: bool,
+        timeout: float,
+    ) -> None:
+        self.url = url
+        self.user = user
+        self.password_file = password_file
+        self.fingerprint = fingerprint
+        self.ca_bundle = ca_bundle
+        self.insecure = insecure
+        self.timeout = timeout
+        self._password: str | None = None
+
+    @property
+    def password(self) -> str:
+        """The password, read once: --password-file, XVATOOL_PASSWORD, or a terminal prompt."""
+        if self._password is None:
+            self._password = self._read_password()
+        return self._password
+
+    def _read_password(self) -> str:
+        if self.password_file is not None:
+            return _read_password_file(self.password_file)
+        env = os.environ.get(PASSWORD_ENV)
+        if env:
+            return env
+        if sys.stdin is not None and sys.stdin.isatty():
+            value: str = click.prompt(f"Password for {self.user} at {self.url}", hide_input=True, err=True)
+            return value
+        raise UsageError(f"no password: use --password-file FILE, set {PASSWORD_ENV}, or run on a terminal")
+
+    def connect(self) -> Session:
+        """Log in (following HOST_IS_SLAVE); the session logs out when its `with` block ends."""
+        from xvatool.xapi.session import connect
+
+        terminate_as_interrupt()
+
+        return connect(
+            self.url,
+            self.user,
+            self.password,
+            fingerprint=self.fingerprint,
+            ca_bundle=self.ca_bundle,
+            insecure=self.insecure,
+            timeout=self.timeout,
+        )
+
+    __call__ = connect
+
+    def __repr__(self) -> str:  # never the password
+        return f"Connection({self.user}@{self.url})"
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def terminate_as_interrupt() -> None:
+    """Make SIGTERM (``kill``, a service manager stopping us) behave like Ctrl-C.
+
+    Then every ``with session:`` block still logs out and `command_errors` exits 130 with the
+    resume state kept, instead of the process dying with a session left on the host (§1.5).
+    Only the main thread may set handlers, and a handler someone else installed is kept.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+def open_session(connection: Connection) -> Session:
+    """Log in with parsed connection options."""
+    return connection.connect()
+
+
+def _read_password_file(path: str) -> str:
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_PASSWORD_FILE_SIZE + 1)
+    except OSError as exc:
+        raise LocalIOError(f"cannot read password file: {exc.strerror}", path=path) from exc
+    if len(raw) > MAX_PASSWORD_FILE_SIZE:
+        raise UsageError(f"{path}: too large for a password file")
+    lines = raw.decode("utf-8", "replace").splitlines()
+    password = lines[0] if lines else ""
+    if not password:
+        raise UsageError(f"{path}: the password file is empty")
+    return password
+
+
+def _parameter_name(func: Callable[..., Any]) -> str:
+    names = inspect.signature(func).parameters
+    for name in ("connect", "connection"):
+        if name in names:
+            return name
+    raise TypeError(f"{func.__name__} takes neither 'connect' nor 'connection'")
+
+
+def connection_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add --host, --user, --password-file, --fingerprint, --ca-bundle, --insecure, --timeout.
+
+    The command gets one `Connection` as ``connect=`` or ``connection=`` (whichever it declares).
+    """
+    target = _parameter_name(func)
+
+    @click.option(
+        "--host",
+        "host_url",
+        envvar="XVATOOL_HOST",
+        required=True,
+        metavar="URL",
+        help="Host or pool master, e.g. https://xen1.example (or XVATOOL_HOST).",
+    )
+    @click.option(
+        "--user",
+        envvar="XVATOOL_USER",
+        default="root",
+        show_default=True,
+        help="User name (or XVATOOL_USER).",
+    )
+    @click.option(
+        "--password-file",
+        type=click.Path(dir_okay=False),
+        help=f"File whose first line is the password (else {PASSWORD_ENV}, else a prompt).",
+    )
+    @click.option(
+        "--fingerprint",
+        metavar="SHA256",
+        help="Trust only the host certificate with this SHA-256 fingerprint (colons optional).",
+    )
+    @click.option("--ca-bundle", type=click.Path(dir_okay=False), help="Verify the host with these CAs.")
+    @click.option("--insecure", is_flag=True, help="Do not verify the host certificate (not recommended).")
+    @click.option(
+        "--timeout",
+        type=click.FloatRange(min=0.1),
+        default=DEFAULT_TIMEOUT_S,
+        show_default=True,
+        help="Seconds without progress before a connection counts as stalled.",
+    )
+    @functools.wraps(func)
+    def wrapper(
+        *,
+        host_url: str,
+        user: str,
+        password_file: str | None,
+        fingerprint: str | None,
+        ca_bundle: str | None,
+        insecure: bool,
+        timeout: float,
+        **kwargs: Any,
+    ) -> Any:
+        if insecure:
+            click.echo(INSECURE_WARNING, err=True)
+        kwargs[target] = Connection(
+            url=host_url,
+            user=user,
+            password_file=password_file,
+            fingerprint=fingerprint,
+            ca_bundle=ca_bundle,
+            insecure=insecure,
+            timeout=timeout,
+        )
+        return func(**kwargs)
+
+    return wrapper
+
+
+retries_option = click.option(
+    "--retries",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    help="Retry transient failures (reset, 5xx, stall) this many times, resuming; 0 fails at once.",
+)

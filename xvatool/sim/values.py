@@ -1,0 +1,75 @@
+"""Value types of the simulated host's data model and its one API failure type.
+
+xapi's wire encoding depends on the data-model type of a value (xapi-protocol.md §1.4): ints go out
+as bare strings in XML-RPC, datetimes as `<dateTime.iso8601>` without dashes, `valid_ref_counts`
+as `<i4>`. Python types alone cannot say "datetime" or "i4", so the two marker types carry that
+information from the records to the encoders: `DateTime` is the format layer's (so records
+go into ova.xml unchanged) and `I4` is ours.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from xvatool.xva.ovaxml import DateTime
+
+__all__ = [
+    "EPOCH",
+    "I4",
+    "NULL_REF",
+    "ApiFailure",
+    "DateTime",
+    "Record",
+    "new_ref",
+    "new_uuid",
+    "now",
+]
+
+NULL_REF = "OpaqueRef:NULL"
+Record = dict[str, Any]
+"""One object's fields, keyed by their wire names."""
+
+
+class I4(int):
+    """An int xapi sends as `<i4>` rather than as a bare string (event.from `valid_ref_counts`)."""
+
+    __slots__ = ()
+
+
+EPOCH = DateTime("19700101T00:00:00Z")
+"""xapi's "unset" datetime, e.g. a pending task's `finished` (taskHelper.ml `make`)."""
+
+
+def now() -> DateTime:
+    """The current UTC time in xapi's datetime form."""
+    return DateTime(time.strftime("%Y%m%dT%H:%M:%SZ", time.gmtime()))
+
+
+def new_ref() -> str:
+    """A fresh `OpaqueRef:<uuid>`; references are opaque to clients."""
+    return f"OpaqueRef:{uuid.uuid4()}"
+
+
+def new_uuid() -> str:
+    """A fresh random UUID string."""
+    return str(uuid.uuid4())
+
+
+class ApiFailure(Exception):
+    """An API-level failure: sent as `{Status: Failure, ErrorDescription: [code, *params]}`.
+
+    Example: ``raise ApiFailure("HANDLE_INVALID", ["VM", ref])``.
+    """
+
+    def __init__(self, code: str, params: Sequence[object] = ()) -> None:
+        self.code = code
+        self.params = [str(p) for p in params]
+        super().__init__(code, *self.params)
+
+    @property
+    def description(self) -> list[str]:
+        """The `ErrorDescription` list: the code then its parameters."""
+        return [self.code, *self.params]

@@ -1,0 +1,740 @@
+"""Importing an XVA file as a new VM: one verified stream, or one resumable upload per disk.
+
+`stream` mode verifies the archive locally (every chunk checksum), then sends it with one
+`PUT /import` carrying its exact Content-Length (xapi-protocol.md §3.3) and reads the result, or
+the error, from the task.
+
+`parallel` mode (§3.4, §3.6, §4):
+
+1. one pass over the archive computes its SHA-256, verifies every chunk and builds an index of
+   the non-zero 1 MiB extents of each disk, grouped into segments of `SEGMENT_SIZE` bytes of disk
+   range, each with a digest (XXH64 over offsets and data). Plain archives are read again in
+   place later; compressed ones spool the non-zero extents to a data file next to the archive;
+2. `VDI.create` per disk in the target SR;
+3. per disk at once (threads), one `PUT /import_raw_vdi?chunked=true` per segment, sending only
+   the non-zero extents; a segment is journalled once its task succeeded. Re-sending a segment is
+   idempotent (§3.6), so a retry or `--resume` sends at most the segments not yet journalled;
+4. `PUT /import_metadata` with `vdi:<source uuid>=<target uuid>` for every disk.
+
+The journal sits next to the archive, keyed by host URL and archive digest
+(`import_journal_path`). On failure the created VDIs are kept and listed for `--resume`, or
+destroyed with `discard=True`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import logging
+import os
+import socket
+import ssl
+import struct
+import threading
+from array import array
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode, urlsplit
+
+import xxhash
+
+from xvatool.errors import (
+    FormatError,
+    Interrupted,
+    LocalIOError,
+    ResumeError,
+    TransferError,
+    UsageError,
+    XapiError,
+    XvatoolError,
+)
+from xvatool.xapi.export import TeeReader, TransferMode
+from xvatool.xapi.journal import (
+    DEFAULT_RETRIES,
+    Journal,
+    ProgressBars,
+    ProgressFactory,
+    import_journal_path,
+    run_parallel,
+    with_retries,
+)
+from xvatool.xapi.vms import destroy_vdi, find_sr
+from xvatool.xva.disk import CHUNK_SIZE, is_zero
+from xvatool.xva.tarstream import BLOCK_SIZE, END_OF_ARCHIVE, padding, v7_header
+
+if TYPE_CHECKING:
+    from xvatool.xapi.session import Session
+    from xvatool.xva.ovaxml import DiskInfo, Metadata
+
+__all__ = [
+    "SEGMENT_SIZE",
+    "ArchiveIndex",
+    "DiskPlan",
+    "ImportResult",
+    "ImportedDisk",
+    "import_stream",
+    "import_vm",
+    "index_archive",
+    "segment_extents",
+]
+
+_log = logging.getLogger(__name__)
+
+SEGMENT_SIZE = 32 << 20
+"""Bytes of disk range per `PUT /import_raw_vdi` in parallel mode: the unit of resume (§4)."""
+READ_BUFFER_SIZE = CHUNK_SIZE
+UNKNOWN_LENGTH_REPLY_LIMIT = 4096
+"""Bytes of the host's reply kept after an upload of unknown length: headers and any error page."""
+_OFFSET = struct.Struct("<Q")
+
+
+# -- the archive index (pure) -----------------------------------------------------------------
+
+
+@dataclass
+class _Segment:
+    start: int  # index of the first extent
+    stop: int  # one past the last extent
+    hasher: Any = None
+    digest: str = ""
+
+
+@dataclass
+class DiskPlan:
+    """The non-zero extents of one disk and their segments.
+
+    Extent i holds `lengths[i]` bytes for disk offset `offsets[i]`, found at byte `positions[i]`
+    of the index's data file. Arrays keep a 1 TiB disk's index at ~20 MiB.
+    """
+
+    disk: DiskInfo
+    segment_size: int
+    offsets: array[int] = field(default_factory=lambda: array("Q"))
+    positions: array[int] = field(default_factory=lambda: array("Q"))
+    lengths: array[int] = field(default_factory=lambda: array("Q"))
+    segments: dict[int, _Segment] = field(default_factory=dict)
+
+    def add(self, offset: int, position: int, data: memoryview) -> None:
+        """Record one non-zero extent (in ascending disk offset order) and hash it into its segment."""
+        index = offset // self.segment_size
+        seg = self.segments.get(index)
+        if seg is None:
+            seg = self.segments[index] = _Segment(len(self.offsets), len(self.offsets), xxhash.xxh64())
+        seg.stop += 1
+        seg.hasher.update(_OFFSET.pack(offset))
+        seg.hasher.update(data)
+        self.offsets.append(offset)
+        self.positions.append(position)
+        self.lengths.append(len(data))
+
+    def finish(self) -> None:
+        for seg in self.segments.values():
+            if seg.hasher is not None:
+                seg.digest = seg.hasher.hexdigest().upper()
+                seg.hasher = None
+
+    @property
+    def data_bytes(self) -> int:
+        return sum(self.lengths)
+
+
+@dataclass
+class ArchiveIndex:
+    """What one pass over an archive learnt: digest, metadata, and where each disk's data is."""
+
+    path: Path
+    sha256: str
+    metadata: Metadata
+    data_path: Path
+    disks: list[DiskPlan]
+    spooled: bool
+    """True when `data_path` is a spool of the extents (compressed archive), to delete afterwards."""
+
+
+class _LocalFile:
+    """A local file as a Readable whose errors name it."""
+
+    def __init__(self, fh: Any, path: Path) -> None:
+        self._fh = fh
+        self._path = path
+
+    def readinto(self, buf: bytearray | memoryview) -> int:
+        try:
+            return int(self._fh.readinto(buf) or 0)
+        except OSError as exc:
+            raise LocalIOError(exc.strerror or str(exc), path=str(self._path)) from exc
+
+    def read(self, size: int = -1) -> bytes:
+        buf = bytearray(size if size >= 0 else READ_BUFFER_SIZE)
+        return bytes(buf[: self.readinto(buf)])
+
+
+def _open(path: Path, mode: str) -> Any:
+    try:
+        return path.open(mode)
+    except OSError as exc:
+        raise LocalIOError(exc.strerror or str(exc), path=str(path)) from exc
+
+
+def index_archive(
+    path: Path,
+    *,
+    segment_size: int = SEGMENT_SIZE,
+    spool_path: Path | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> ArchiveIndex:
+    """Read the archive once: SHA-256 of the file, every chunk verified, extents indexed.
+
+    For a plain tar, extents point into the archive itself (the data of a member starts one V7
+    header after its header offset; the segment digests catch any other layout at send time).
+    A compressed archive cannot be read at an offset, so its non-zero extents are copied to
+    `spool_path` (default `ARCHIVE.xvatool-extents`) as they stream by.
+    """
+    from xvatool.xva.reader import XvaReader
+
+    hasher = hashlib.sha256()
+    spool_path = spool_path or path.with_name(path.name + ".xvatool-extents")
+    with _open(path, "rb") as fh, contextlib.ExitStack() as stack:
+        tee = TeeReader(_LocalFile(fh, path), hasher=hasher, progress=progress)
+        reader = XvaReader(tee, source=str(path))
+        spooled = reader.compression != "none"
+        spool = stack.enter_context(_open(spool_path, "wb")) if spooled else None
+        plans = {disk.id: DiskPlan(disk, segment_size) for disk in reader.metadata.disks}
+        for chunk in reader.chunks():
+            if not len(chunk.data) or is_zero(chunk.data):
+                continue
+            if spool is not None:
+                position = spool.tell()
+                spool.write(chunk.data)
+            else:
+                position = chunk.archive_offset + BLOCK_SIZE
+            plans[chunk.disk.id].add(chunk.offset, position, chunk.data)
+        tee.drain()
+    for plan in plans.values():
+        plan.finish()
+    return ArchiveIndex(
+        path=path,
+        sha256=hasher.hexdigest(),
+        metadata=reader.metadata,
+        data_path=spool_path if spooled else path,
+        disks=list(plans.values()),
+        spooled=spooled,
+    )
+
+
+def segment_extents(
+    index: ArchiveIndex, plan: DiskPlan, seg_index: int, fh: Any
+) -> Iterator[tuple[int, memoryview]]:
+    """The extents of one segment read back from the data file, re-hashed against the index.
+
+    Raises `FormatError` before the last extent if the bytes differ from the first pass (the
+    archive changed, or a member had an unexpected header layout), so the chunked stream never
+    gets its terminator and the host never sees the segment as complete.
+    """
+    seg = plan.segments[seg_index]
+    hasher = xxhash.xxh64()
+    buf = bytearray(max((plan.lengths[i] for i in range(seg.start, seg.stop)), default=0))
+    for i in range(seg.start, seg.stop):
+        offset, length = plan.offsets[i], plan.lengths[i]
+        view = memoryview(buf)[:length]
+        try:
+            got = os.preadv(fh.fileno(), [view], plan.positions[i])
+        except OSError as exc:
+            raise LocalIOError(exc.strerror or str(exc), path=str(index.data_path)) from exc
+        if got != length:
+            raise FormatError(
+                "archive is shorter than at indexing", file=str(index.path), offset=plan.positions[i]
+            )
+        hasher.update(_OFFSET.pack(offset))
+        hasher.update(view)
+        if i == seg.stop - 1 and hasher.hexdigest().upper() != seg.digest:
+            raise FormatError(
+                f"data of disk {plan.disk.id} segment {seg_index} changed since it was verified",
+                code="archive-changed",
+                file=str(index.path),
+            )
+        yield offset, view
+
+
+# -- results ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImportedDisk:
+    """One disk of a parallel import: archive id, source VDI uuid, the VDI created for it."""
+
+    id: str
+    source_vdi: str
+    target_vdi: str
+    segments_sent: int
+    segments_resumed: int
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """The VM an import created."""
+
+    vm_uuid: str
+    vm_ref: str
+    mode: TransferMode = "stream"
+    disks: list[ImportedDisk] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, object]:
+        return {"vm": {"uuid": self.vm_uuid}, "mode": self.mode, "disks": [d.__dict__ for d in self.disks]}
+
+
+# -- stream mode ------------------------------------------------------------------------------
+
+
+def _flags(restore: bool, force: bool) -> dict[str, str]:
+    # Only the literal `true` counts (`find_query_flag`, §3.3).
+    flags = {}
+    if restore:
+        flags["restore"] = "true"
+    if force:
+        flags["force"] = "true"
+    return flags
+
+
+def _vm_of_result(session: Session, result: str) -> tuple[str, str]:
+    from xvatool.xapi.tasks import parse_task_result_refs
+
+    refs = parse_task_result_refs(result)
+    if not refs:
+        raise XapiError("IMPORT_ERROR", ["the host reported no VM for the import"], host=session.host)
+    return refs[0], str(session.call("VM.get_uuid", refs[0]))
+
+
+BodyFactory = Callable[[], Iterable[bytes | memoryview]]
+
+
+def import_stream(
+    session: Session,
+    body: BodyFactory,
+    length: int | None,
+    *,
+    sr: str | None = None,
+    restore: bool = False,
+    force: bool = False,
+    progress: Callable[[float], None] | None = None,
+) -> ImportResult:
+    """One `PUT /import` of an XVA body (plain, gzip or zstd) into SR uuid `sr` (default SR if None).
+
+    With a known `length` the body carries that exact Content-Length and may be replayed on a
+    redirect. With `length=None` (a live export piped in) the body is sent on a raw connection
+    with neither Content-Length nor Transfer-Encoding, and the sending side is shut down at its
+    end: the host's plain-tar path stops at the end of the tar and its compressed path reads
+    until the peer stops sending (§3.3). XO's fake 1 PiB Content-Length would do too, but leaves
+    the host waiting for bytes that never come. Not retried here: the caller owns the body.
+    """
+    from xvatool.xapi.tasks import managed_task, wait_task
+    from xvatool.xapi.transfer import upload
+
+    params = {**({"sr_uuid": sr} if sr else {}), **_flags(restore, force)}
+    with managed_task(session, "xvatool import") as task:
+        if length is None:
+            _put_until_close(session, "/import", params, body, task=task)
+        else:
+            upload(session, "/import", params, body, length=length, task=task)
+        result = wait_task(session, task, progress=progress)
+    ref, uuid = _vm_of_result(session, result)
+    return ImportResult(vm_uuid=uuid, vm_ref=ref)
+
+
+def _put_until_close(
+    session: Session, path: str, params: dict[str, str], body: BodyFactory, *, task: str
+) -> None:
+    """PUT a body of unknown length: no Content-Length, no Transfer-Encoding, then half-close.
+
+    httpx cannot send that framing, so this speaks HTTP/1.1 on a socket with the session's TLS
+    settings. A redirect cannot be followed (the live body cannot be replayed) and is an error.
+    """
+    url = urlsplit(session.url)
+    host = url.hostname or ""
+    port = url.port or (443 if url.scheme == "https" else 80)
+    target = path + ("?" + urlencode(params) if params else "")
+    headers = {
+        "Host": url.netloc,
+        **session.cookies(task_id=task),
+        "Content-Type": "application/octet-stream",
+        "Connection": "close",
+    }
+    head = (
+        f"PUT {target} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    ).encode()
+    try:
+        raw = socket.create_connection((host, port), timeout=session.timeout_s)
+        sock: socket.socket = raw
+        if url.scheme == "https":
+            verify = getattr(session, "_verify", True)  # the session's TLS policy (pinning included)
+            ctx = verify if isinstance(verify, ssl.SSLContext) else ssl.create_default_context()
+            sock = ctx.wrap_socket(raw, server_hostname=host)
+        with sock:
+            sock.sendall(head)
+            for piece in body():
+                sock.sendall(piece)
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_WR)
+            reply = _read_until_close(sock, UNKNOWN_LENGTH_REPLY_LIMIT)
+    except (OSError, ssl.SSLError) as exc:
+        raise TransferError(f"PUT {path}: {exc}", host=session.host) from exc
+    status = reply.split(b"\r\n", 1)[0]
+    parts = status.split()
+    if len(parts) < 2 or parts[1] != b"200":
+        raise TransferError(
+            f"PUT {path}: host answered {status.decode('latin-1')!r}", host=session.host, retryable=False
+        )
+    if reply.partition(b"\r\n\r\n")[2].startswith(b"HTTP/"):  # an inline error after the 200 (§3.0)
+        raise TransferError(f"PUT {path}: the host failed after accepting the body", host=session.host)
+
+
+def _read_until_close(sock: socket.socket, limit: int) -> bytes:
+    """The host's reply: it closes once the import finished (§3.0); keep at most `limit` bytes."""
+    parts: list[bytes] = []
+    kept = 0
+    while data := sock.recv(65536):
+        if kept < limit:
+            parts.append(data[: limit - kept])
+            kept += len(parts[-1])
+    return b"".join(parts)
+
+
+def _file_body(path: Path, update: Callable[[int], None] | None = None) -> BodyFactory:
+    def body() -> Iterator[bytes | memoryview]:
+        buf = bytearray(READ_BUFFER_SIZE)
+        with _open(path, "rb") as fh:
+            reader = _LocalFile(fh, path)
+            while n := reader.readinto(buf):
+                if update is not None:
+                    update(n)
+                yield memoryview(buf)[:n]
+
+    return body
+
+
+def _verify_archive(path: Path, update: Callable[[int], None], *, force: bool) -> None:
+    """Read the whole archive, verifying every chunk; the first problem raises.
+
+    With `force` the host is told to ignore checksum mismatches (§3.3), so they only warn here;
+    any other problem still stops the import before a byte is sent.
+    """
+    from xvatool.xva.reader import Problem, XvaReader
+
+    problems: list[Problem] | None = [] if force else None
+    with _open(path, "rb") as fh:
+        reader = XvaReader(
+            TeeReader(_LocalFile(fh, path), progress=update), source=str(path), problems=problems
+        )
+        for _chunk in reader.chunks():
+            pass
+    for problem in problems or []:
+        if problem.severity == "error" and problem.code != "checksum-mismatch":
+            raise FormatError(problem.message, code=problem.code, file=str(path), member=problem.member,
+                              offset=problem.offset)  # fmt: skip
+        _log.warning("%s: %s (ignored: --force)", path, problem)
+
+
+# -- import_vm --------------------------------------------------------------------------------
+
+
+def import_vm(
+    session: Session,
+    archive_path: str | os.PathLike[str],
+    *,
+    sr: str | None = None,
+    restore: bool = False,
+    force: bool = False,
+    mode: TransferMode = "stream",
+    retries: int = DEFAULT_RETRIES,
+    resume: bool = False,
+    discard: bool = False,
+    progress: ProgressFactory | None = None,
+    segment_size: int = SEGMENT_SIZE,
+) -> ImportResult:
+    """Import the XVA at `archive_path` as a new VM into SR `sr` (uuid or name; default SR).
+
+    Example::
+
+        with connect(url, "root", password) as host:
+            result = import_vm(host, "web-01.xva", sr="Local storage", mode="parallel")
+            print(result.vm_uuid)
+    """
+    if mode not in ("stream", "parallel"):
+        raise UsageError(f"unknown mode {mode!r} (stream or parallel)")
+    if retries < 0:
+        raise UsageError("--retries must be 0 or more")
+    if segment_size <= 0 or segment_size % CHUNK_SIZE:
+        raise UsageError("the segment size must be a positive multiple of 1 MiB")
+    path = Path(archive_path)
+    if not path.is_file():
+        raise LocalIOError("no such archive", path=str(path))
+    sr_ref, sr_uuid = find_sr(session, sr)
+    bars = ProgressBars(progress)
+    try:
+        if mode == "stream":
+            if resume:
+                _log.info("stream imports restart from the beginning; --resume has nothing to reuse")
+            _verify_archive(path, bars.new("verify", path.stat().st_size), force=force)
+            body = _file_body(path, bars.new("upload", path.stat().st_size))
+            size = path.stat().st_size
+            host_progress = _fraction_updater(bars.new("host %", 100))
+            return with_retries(
+                lambda: import_stream(
+                    session, body, size, sr=sr_uuid, restore=restore, force=force, progress=host_progress
+                ),
+                retries=retries,
+                what=f"import of {path}",
+            )
+        return _ParallelImport(session, path, sr_ref, sr_uuid, retries, bars, segment_size).run(
+            restore=restore, force=force, resume=resume, discard=discard
+        )
+    finally:
+        bars.close()
+
+
+def _fraction_updater(update: Callable[[int], None]) -> Callable[[float], None]:
+    """Feed the host's 0..1 task progress (§2.1) to a bar counting percent."""
+    shown = 0
+
+    def on_progress(fraction: float) -> None:
+        nonlocal shown
+        percent = int(fraction * 100)
+        if percent > shown:
+            update(percent - shown)
+            shown = percent
+
+    return on_progress
+
+
+class _ParallelImport:
+    """The parallel import of one archive; see the module docstring for the steps."""
+
+    def __init__(
+        self,
+        session: Session,
+        path: Path,
+        sr_ref: str,
+        sr_uuid: str,
+        retries: int,
+        bars: ProgressBars,
+        segment_size: int,
+    ) -> None:
+        self.segment_size = segment_size
+        self.session = session
+        self.path = path
+        self.sr_ref = sr_ref
+        self.sr_uuid = sr_uuid
+        self.retries = retries
+        self.bars = bars
+        self.stop = threading.Event()
+        self.journal_path = import_journal_path(path, session.url)
+
+    def run(self, *, restore: bool, force: bool, resume: bool, discard: bool) -> ImportResult:
+        if self.journal_path.exists() and not resume:
+            if not discard:
+                raise UsageError(
+                    f"{self.journal_path} exists from an interrupted import; use --resume, or --discard "
+                    "to remove its VDIs and start over"
+                )
+            self._discard(Journal.load(self.journal_path))
+        index = index_archive(
+            self.path,
+            segment_size=self.segment_size,
+            progress=self.bars.new("verify", self.path.stat().st_size),
+        )
+        try:
+            journal = self._journal(index, resume)
+            try:
+                disks = self._send_disks(index, journal)
+                vm_ref, vm_uuid = with_retries(
+                    lambda: self._import_metadata(index, journal, restore, force),
+                    retries=self.retries,
+                    what="import_metadata",
+                )
+            except BaseException as exc:
+                self.stop.set()
+                self._on_failure(journal, exc, discard)
+                raise
+            journal.remove()
+            return ImportResult(vm_uuid=vm_uuid, vm_ref=vm_ref, mode="parallel", disks=disks)
+        finally:
+            if index.spooled:
+                index.data_path.unlink(missing_ok=True)
+
+    def _journal(self, index: ArchiveIndex, resume: bool) -> Journal:
+        key = {
+            "host": self.session.url,
+            "archive_sha256": index.sha256,
+            "sr": self.sr_uuid,
+            "mode": "parallel",
+            "segment_size": str(self.segment_size),
+        }
+        if not (resume and self.journal_path.exists()):
+            return Journal.create(self.journal_path, kind="import", key=key)
+        journal = Journal.open_for_resume(self.journal_path, kind="import", key=key)
+        for plan in index.disks:  # re-check what the journal claims, before sending anything
+            record = journal.disk(plan.disk.id)
+            if record is None or record.target_vdi is None:
+                continue
+            where = f"disk {plan.disk.id}: VDI {record.target_vdi}"
+            try:
+                ref = self.session.call("VDI.get_by_uuid", record.target_vdi)
+                size = int(self.session.call("VDI.get_virtual_size", ref))
+            except XapiError as exc:
+                raise ResumeError(
+                    f"{where} from the journal is gone from the host ({exc.code})", journal=str(journal.path)
+                ) from exc
+            if size != plan.disk.virtual_size:
+                raise ResumeError(
+                    f"{where} has {size} bytes, the archive's disk {plan.disk.virtual_size}",
+                    journal=str(journal.path),
+                )
+            for seg_index, digest in record.segments.items():
+                seg = plan.segments.get(seg_index)
+                if seg is None or seg.digest != digest:
+                    raise ResumeError(
+                        f"{where}: segment {seg_index} in the journal does not match the archive",
+                        journal=str(journal.path),
+                    )
+        return journal
+
+    def _send_disks(self, index: ArchiveIndex, journal: Journal) -> list[ImportedDisk]:
+        targets = [self._target_vdi(plan, journal) for plan in index.disks]
+        total = self.bars.new("total", sum(plan.data_bytes for plan in index.disks))
+        jobs = [
+            self._disk_job(index, plan, target, journal, total)
+            for plan, target in zip(index.disks, targets, strict=True)
+        ]
+        return run_parallel(jobs, stop=self.stop)
+
+    def _target_vdi(self, plan: DiskPlan, journal: Journal) -> str:
+        record = journal.disk(plan.disk.id)
+        if record is not None and record.target_vdi:
+            return record.target_vdi
+        disk = plan.disk
+        ref = self.session.call(
+            "VDI.create",
+            {
+                "name_label": disk.name_label,
+                "name_description": "",
+                "SR": self.sr_ref,
+                "virtual_size": str(disk.virtual_size),  # 64-bit ints go as strings (§1.4)
+                "type": disk.vdi_type or "user",
+                "sharable": False,
+                "read_only": False,
+                "other_config": {},
+                "xenstore_data": {},
+                "sm_config": {},
+                "tags": [],
+            },
+        )
+        uuid = str(self.session.call("VDI.get_uuid", ref))
+        journal.set_disk(disk.id, size=disk.virtual_size, target_vdi=uuid)
+        return uuid
+
+    def _disk_job(
+        self, index: ArchiveIndex, plan: DiskPlan, target: str, journal: Journal, total: Callable[[int], None]
+    ) -> Callable[[], ImportedDisk]:
+        update = self.bars.new(plan.disk.id, plan.data_bytes, also=total)
+
+        def job() -> ImportedDisk:
+            record = journal.disk(plan.disk.id)
+            done = dict(record.segments) if record is not None else {}
+            resumed = sent = 0
+            probe = True
+            for seg_index in sorted(plan.segments):
+                seg = plan.segments[seg_index]
+                if done.get(seg_index) == seg.digest:
+                    resumed += 1
+                    update(sum(plan.lengths[seg.start : seg.stop]))
+                    continue
+                if self.stop.is_set():
+                    raise Interrupted("interrupted; the journal was kept for --resume")
+                with_retries(
+                    functools.partial(self._send_segment, index, plan, seg_index, target, probe, update),
+                    retries=self.retries,
+                    what=f"disk {plan.disk.id} segment {seg_index}",
+                )
+                journal.mark_segment(plan.disk.id, seg_index, seg.digest)
+                sent += 1
+                probe = False
+            journal.mark_disk_done(plan.disk.id)
+            return ImportedDisk(plan.disk.id, plan.disk.vdi_uuid, target, sent, resumed)
+
+        return job
+
+    def _send_segment(
+        self,
+        index: ArchiveIndex,
+        plan: DiskPlan,
+        seg_index: int,
+        target: str,
+        probe: bool,
+        update: Callable[[int], None],
+    ) -> None:
+        from xvatool.xapi.tasks import managed_task, wait_task
+        from xvatool.xapi.transfer import chunked_frames, chunked_length, upload
+
+        seg = plan.segments[seg_index]
+        length = chunked_length(plan.lengths[seg.start : seg.stop])
+
+        def body() -> Iterator[bytes | memoryview]:
+            with _open(index.data_path, "rb") as fh:
+                for piece in chunked_frames(segment_extents(index, plan, seg_index, fh)):
+                    if self.stop.is_set():
+                        raise Interrupted("interrupted; the journal was kept for --resume")
+                    yield piece
+                    if len(piece) > 12:
+                        update(len(piece))
+
+        params = {"vdi": target, "format": "raw", "chunked": "true"}
+        with managed_task(self.session, f"xvatool import_raw_vdi {target}") as task:
+            upload(self.session, "/import_raw_vdi", params, body, length=length, task=task, probe=probe)
+            wait_task(self.session, task)
+
+    def _import_metadata(
+        self, index: ArchiveIndex, journal: Journal, restore: bool, force: bool
+    ) -> tuple[str, str]:
+        from xvatool.xapi.tasks import managed_task, wait_task
+        from xvatool.xapi.transfer import upload
+
+        ova_xml = index.metadata.to_bytes()
+        tar = v7_header("ova.xml", len(ova_xml)) + ova_xml + padding(len(ova_xml)) + END_OF_ARCHIVE
+        params = _flags(restore, force)
+        for plan in index.disks:
+            record = journal.disk(plan.disk.id)
+            assert record is not None and record.target_vdi is not None
+            params[f"vdi:{plan.disk.vdi_uuid}"] = record.target_vdi  # §3.4 VDI remapping
+        with managed_task(self.session, "xvatool import_metadata") as task:
+            upload(self.session, "/import_metadata", params, lambda: [tar], length=len(tar), task=task)
+            result = wait_task(self.session, task)
+        return _vm_of_result(self.session, result)
+
+    def _on_failure(self, journal: Journal, exc: BaseException, discard: bool) -> None:
+        vdis = journal.target_vdis()
+        interrupted = isinstance(exc, (KeyboardInterrupt, Interrupted))  # Ctrl-C always keeps state
+        if discard and not interrupted:
+            self._discard(journal)
+            note = f"; removed the {len(vdis)} VDIs created (--discard)" if vdis else ""
+        else:
+            note = (
+                f"; kept VDIs {', '.join(vdis)} and {journal.path.name} for --resume (or use --discard)"
+                if vdis
+                else ""
+            )
+        if note and isinstance(exc, XvatoolError):
+            exc.message += note
+        elif note:
+            _log.warning(note[2:])
+
+    def _discard(self, journal: Journal) -> None:
+        for uuid in journal.target_vdis():
+            try:
+                ref = self.session.call("VDI.get_by_uuid", uuid)
+            except XapiError:
+                continue  # already gone
+            destroy_vdi(self.session, str(ref))
+        journal.remove()

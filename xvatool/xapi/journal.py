@@ -1,0 +1,397 @@
+"""Resume journals: what part of a transfer is known to be done, and how to prove it again.
+
+The host offers no ranges (xapi-protocol.md §4): an export can only be resumed per disk, and an
+import per segment, because `PUT /import_raw_vdi?chunked=true` writes only the frames it receives
+and re-sending a range is idempotent (§3.6, §4). A journal is a small JSON file next to the output
+(exports) or next to the archive (imports) that records, per disk, what was completed and a digest
+of it. It is rewritten atomically (`.tmp` + `os.replace`) after every step, so a crash or Ctrl-C
+leaves either the old or the new state, never a torn file.
+
+Retries and the per-disk threads live here too, because they are what keeps a journal growing:
+a retry resumes from the journal rather than restarting (`with_retries`, `run_parallel`).
+
+A journal is bound to what it describes by its `key` (host URL, VM or archive digest, mode,
+segment size…). `Journal.open_for_resume` refuses a journal whose key differs, which is the "never
+silently ignored" rule: resuming onto the wrong archive or host would write garbage.
+
+Example::
+
+    journal = Journal.create(path, kind="import", key={"host": url, "archive_sha256": digest})
+    journal.set_disk("Ref:3", size=1 << 30, target_vdi=vdi_uuid)
+    journal.mark_segment("Ref:3", 0, "0123ABCD…")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol, TypeVar
+
+from xvatool.errors import LocalIOError, ResumeError, TransferError, XapiError, XvatoolError
+
+__all__ = [
+    "DEFAULT_RETRIES",
+    "JOURNAL_FORMAT",
+    "TRANSIENT_XAPI_CODES",
+    "DiskRecord",
+    "Journal",
+    "JournalKind",
+    "ProgressBar",
+    "ProgressBars",
+    "ProgressFactory",
+    "export_journal_path",
+    "import_journal_path",
+    "is_transient",
+    "run_parallel",
+    "with_retries",
+]
+
+_log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+JOURNAL_FORMAT = 1
+"""Version of the JSON layout; a journal written by another layout version is refused."""
+MAX_JOURNAL_SIZE = 64 << 20
+"""Bytes. Even a 100 TiB import at 32 MiB segments stays far below this."""
+
+JournalKind = Literal["export", "import"]
+
+
+@dataclass
+class DiskRecord:
+    """One disk's state. `digest` is set when the whole disk is done (exports).
+
+    `segments` maps a segment index to the digest of what was sent for it (imports); `target_vdi`
+    is the VDI created on the host for an import.
+    """
+
+    size: int
+    done: bool = False
+    digest: str | None = None
+    target_vdi: str | None = None
+    segments: dict[int, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "size": self.size,
+            "done": self.done,
+            "digest": self.digest,
+            "target_vdi": self.target_vdi,
+            "segments": {str(k): v for k, v in sorted(self.segments.items())},
+        }
+
+    @classmethod
+    def from_json(cls, value: Any) -> DiskRecord:
+        if not isinstance(value, dict):
+            raise ValueError("disk record is not an object")
+        size = value["size"]
+        done = value.get("done", False)
+        digest = value.get("digest")
+        target = value.get("target_vdi")
+        segments = value.get("segments", {})
+        if not isinstance(size, int) or size < 0 or not isinstance(done, bool):
+            raise ValueError("bad size or done flag")
+        if digest is not None and not isinstance(digest, str):
+            raise ValueError("bad digest")
+        if target is not None and not isinstance(target, str):
+            raise ValueError("bad target_vdi")
+        if not isinstance(segments, dict) or not all(isinstance(v, str) for v in segments.values()):
+            raise ValueError("bad segments")
+        return cls(
+            size=size,
+            done=done,
+            digest=digest,
+            target_vdi=target,
+            segments={int(k): v for k, v in segments.items()},
+        )
+
+
+class Journal:
+    """A resume journal on disk. All mutators save at once and are safe to call from threads."""
+
+    def __init__(self, path: Path, kind: JournalKind, key: Mapping[str, str]) -> None:
+        self.path = Path(path)
+        self.kind: JournalKind = kind
+        self.key: dict[str, str] = dict(key)
+        self.disks: dict[str, DiskRecord] = {}
+        self._lock = threading.Lock()  # guards `disks` and the file
+
+    # -- construction ------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, path: Path, *, kind: JournalKind, key: Mapping[str, str]) -> Journal:
+        """A fresh journal, written at once so that even an early failure leaves a trace."""
+        journal = cls(path, kind, key)
+        journal.save()
+        return journal
+
+    @classmethod
+    def load(cls, path: Path) -> Journal:
+        """Read a journal; a corrupt or foreign file is a `ResumeError` naming it."""
+        path = Path(path)
+        try:
+            with path.open("rb") as fh:
+                raw = fh.read(MAX_JOURNAL_SIZE + 1)
+        except FileNotFoundError as exc:
+            raise ResumeError("no journal to resume from", journal=str(path)) from exc
+        except OSError as exc:
+            raise LocalIOError(f"cannot read journal: {exc.strerror}", path=str(path)) from exc
+        if len(raw) > MAX_JOURNAL_SIZE:
+            raise ResumeError("journal is implausibly large; refusing it", journal=str(path))
+        try:
+            doc = json.loads(raw)
+            if not isinstance(doc, dict) or doc.get("tool") != "xvatool":
+                raise ValueError("not an xvatool journal")
+            if doc.get("format") != JOURNAL_FORMAT:
+                raise ValueError(f"journal format {doc.get('format')!r}, expected {JOURNAL_FORMAT}")
+            kind = doc["kind"]
+            if kind not in ("export", "import"):
+                raise ValueError(f"unknown journal kind {kind!r}")
+            key = doc["key"]
+            if not isinstance(key, dict) or not all(isinstance(v, str) for v in key.values()):
+                raise ValueError("bad key")
+            journal = cls(path, kind, key)
+            disks = doc["disks"]
+            if not isinstance(disks, dict):
+                raise ValueError("bad disks")
+            journal.disks = {str(k): DiskRecord.from_json(v) for k, v in disks.items()}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ResumeError(
+                f"journal is corrupt ({exc}); remove it to start over", journal=str(path)
+            ) from exc
+        return journal
+
+    @classmethod
+    def open_for_resume(cls, path: Path, *, kind: JournalKind, key: Mapping[str, str]) -> Journal:
+        """Load a journal and refuse it unless it describes exactly this transfer.
+
+        Every key field is compared and each difference is named, so the user learns *why*
+        (another host, another archive, another mode) instead of getting a silent restart.
+        """
+        journal = cls.load(path)
+        if journal.kind != kind:
+            raise ResumeError(f"journal is for an {journal.kind}, not an {kind}", journal=str(path))
+        diffs = [
+            f"{name} is {journal.key.get(name)!r} in the journal but {value!r} now"
+            for name, value in sorted(key.items())
+            if journal.key.get(name) != value
+        ]
+        extra = sorted(set(journal.key) - set(key))
+        diffs += [f"journal has unexpected field {name!r}" for name in extra]
+        if diffs:
+            raise ResumeError(
+                "journal does not match this transfer: " + "; ".join(diffs) + " (remove it to start over)",
+                journal=str(path),
+            )
+        return journal
+
+    # -- state -------------------------------------------------------------------------------
+
+    def disk(self, disk_id: str) -> DiskRecord | None:
+        with self._lock:
+            return self.disks.get(disk_id)
+
+    def set_disk(self, disk_id: str, *, size: int, target_vdi: str | None = None) -> DiskRecord:
+        """Register a disk (or return it unchanged if already registered with the same size)."""
+        with self._lock:
+            record = self.disks.get(disk_id)
+            if record is None or record.size != size:
+                record = DiskRecord(size=size, target_vdi=target_vdi)
+                self.disks[disk_id] = record
+            elif target_vdi is not None:
+                record.target_vdi = target_vdi
+            self._save_locked()
+            return record
+
+    def reset_disk(self, disk_id: str) -> None:
+        """Forget what was done for a disk (its data failed the re-check)."""
+        with self._lock:
+            record = self.disks.get(disk_id)
+            if record is not None:
+                record.done = False
+                record.digest = None
+                record.segments.clear()
+                self._save_locked()
+
+    def mark_disk_done(self, disk_id: str, digest: str | None = None) -> None:
+        with self._lock:
+            record = self.disks[disk_id]
+            record.done = True
+            record.digest = digest
+            self._save_locked()
+
+    def mark_segment(self, disk_id: str, index: int, digest: str) -> None:
+        with self._lock:
+            self.disks[disk_id].segments[index] = digest
+            self._save_locked()
+
+    def target_vdis(self) -> list[str]:
+        """Host VDIs this journal created (for listing on failure, or for `--discard`)."""
+        with self._lock:
+            return [r.target_vdi for r in self.disks.values() if r.target_vdi]
+
+    # -- file --------------------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tool": "xvatool",
+            "format": JOURNAL_FORMAT,
+            "kind": self.kind,
+            "key": dict(sorted(self.key.items())),
+            "disks": {k: v.to_json() for k, v in sorted(self.disks.items())},
+        }
+
+    def save(self) -> None:
+        with self._lock:
+            self._save_locked()
+
+    def _save_locked(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        data = json.dumps(self.to_json(), indent=1, sort_keys=True).encode()
+        try:
+            with tmp.open("wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            raise LocalIOError(f"cannot write journal: {exc.strerror}", path=str(self.path)) from exc
+
+    def remove(self) -> None:
+        """Delete the journal (the transfer completed or was discarded)."""
+        with self._lock:
+            for path in (self.path, self.path.with_name(self.path.name + ".tmp")):
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    pass
+
+
+# -- the retry and parallel policy that keeps a journal growing --------------------------------
+
+DEFAULT_RETRIES = 3
+BACKOFF_BASE_S = 0.25
+"""Seconds. Retry n waits BASE × 2ⁿ (capped by the transfer layer)."""
+TRANSIENT_XAPI_CODES = frozenset(
+    {"VDI_IO_ERROR", "IMPORT_ERROR_PREMATURE_EOF", "TOO_MANY_PENDING_TASKS", "VDI_IN_USE"}
+)
+"""Task failures a clean retry can cure: a cut upload, a busy coordinator (§1.6, §5 items 7–8)."""
+
+
+class ProgressBar(Protocol):
+    """What a progress display must offer; a `tqdm` bar does."""
+
+    def update(self, n: int, /) -> object: ...
+    def close(self) -> None: ...
+
+
+ProgressFactory = Callable[[str, "int | None"], ProgressBar]
+"""`progress(label, total_bytes)` makes one bar: one per disk plus one labelled "total"."""
+
+
+class _NullBar:
+    def update(self, n: int, /) -> object:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+class ProgressBars:
+    """The bars of one transfer; updates are serialised because disks run in threads."""
+
+    def __init__(self, factory: ProgressFactory | None) -> None:
+        self._factory = factory
+        self._bars: list[ProgressBar] = []
+        self._lock = threading.Lock()
+
+    def new(
+        self, label: str, total: int | None, *, also: Callable[[int], None] | None = None
+    ) -> Callable[[int], None]:
+        """A bar; its updater also feeds `also` (a disk's bar feeding the "total" bar)."""
+        bar: ProgressBar = self._factory(label, total) if self._factory else _NullBar()
+        self._bars.append(bar)
+
+        def update(n: int) -> None:
+            with self._lock:
+                bar.update(n)
+            if also is not None:
+                also(n)
+
+        return update
+
+    def close(self) -> None:
+        for bar in self._bars:
+            bar.close()
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures a retry may cure: resets, 5xx, inline 500s, stalls, busy hosts."""
+    if isinstance(exc, TransferError):
+        return exc.retryable
+    if isinstance(exc, XapiError):
+        return exc.code in TRANSIENT_XAPI_CODES
+    return False
+
+
+def with_retries(action: Callable[[], T], *, retries: int, what: str) -> T:
+    """Run `action`, retrying transient failures `retries` times with exponential backoff.
+
+    Each attempt is expected to resume from whatever the previous one completed (the callers
+    journal their progress), not to restart. `retries=0` fails at once.
+    """
+    from xvatool.xapi.transfer import retrying
+
+    def on_retry(attempt: int, exc: XvatoolError) -> None:
+        _log.info("%s: retry %d of %d after: %s", what, attempt, retries, exc)
+
+    return retrying(action, retries, BACKOFF_BASE_S, should_retry=is_transient, on_retry=on_retry)
+
+
+def run_parallel(jobs: Sequence[Callable[[], T]], *, stop: threading.Event | None = None) -> list[T]:
+    """Run jobs in threads (one per disk); wait for all; re-raise the first failure (job order).
+
+    Waiting for every job before raising lets each disk finish or journal what it did, so a
+    resume has the most to build on. On Ctrl-C the main thread sets `stop` (jobs check it
+    between steps and give up) and returns at once, leaving the journal for `--resume`.
+    """
+    if not jobs:
+        return []
+    pool = ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="xvatool-disk")
+    try:
+        futures = [pool.submit(job) for job in jobs]
+        errors = [f.exception() for f in futures]
+    except BaseException:
+        if stop is not None:
+            stop.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    for error in errors:
+        if error is not None:
+            raise error
+    return [f.result() for f in futures]
+
+
+def export_journal_path(out_path: Path) -> Path:
+    """`OUT.xvatool-journal.json`, next to the output it describes."""
+    out_path = Path(out_path)
+    return out_path.with_name(out_path.name + ".xvatool-journal.json")
+
+
+def import_journal_path(archive_path: Path, host_url: str) -> Path:
+    """`ARCHIVE.xvatool-import-<host hash>.json`: one journal per (archive, host) pair.
+
+    The host is part of the name (hashed: a URL is not a file name) so that importing the same
+    archive into two hosts keeps two independent journals.
+    """
+    archive_path = Path(archive_path)
+    tag = hashlib.sha256(host_url.rstrip("/").encode()).hexdigest()[:12]
+    return archive_path.with_name(f"{archive_path.name}.xvatool-import-{tag}.json")

@@ -1,0 +1,218 @@
+"""xapi tasks: create, wait (``event.from`` with a polling fallback), destroy, parse results.
+
+Every HTTP transfer is driven through a task we create (xapi-protocol.md §3.0): the HTTP status
+says nothing about success, the task does. Tasks we create are never garbage-collected while
+pending (§2.2, §5.6), so `managed_task` always destroys them.
+
+Example::
+
+    with managed_task(session, "xvatool vdi-export") as task:
+        ...  # transfer with task_id=task
+        wait_task(session, task, progress=bar.update)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from xvatool.errors import HostError, MetadataError, XapiError, XvatoolError
+from xvatool.xapi.session import Session
+from xvatool.xva.ovaxml import parse_value
+
+__all__ = [
+    "EVENT_TIMEOUT_S",
+    "POLL_INTERVAL_S",
+    "create_task",
+    "destroy_task",
+    "managed_task",
+    "parse_task_result_refs",
+    "task_error",
+    "task_failure",
+    "wait_task",
+]
+
+log = logging.getLogger(__name__)
+
+EVENT_TIMEOUT_S = 30.0
+"""Seconds one ``event.from`` call may block (§2.5); capped below the session's socket timeout."""
+POLL_INTERVAL_S = 1.0
+"""Seconds between ``task.get_record`` polls on hosts without ``event.from`` (what ``xe`` does)."""
+_RESTART_CODES = frozenset({"EVENTS_LOST", "EVENT_FROM_TOKEN_PARSE_FAILURE"})
+_PENDING = "pending"
+
+
+def create_task(session: Session, label: str) -> str:
+    """Create a pending task for an HTTP handler to drive (``task.create``, §2.2)."""
+    ref = session.call("task.create", label, "xvatool")
+    if not isinstance(ref, str) or not ref:
+        raise HostError("task.create returned no reference", host=session.host)
+    return ref
+
+
+def destroy_task(session: Session, task: str) -> None:
+    """Destroy a task; never raises (a leftover task is harmless, a masked error is not)."""
+    try:
+        session.call("task.destroy", task)
+    except XvatoolError as exc:
+        log.debug("task.destroy %s failed: %s", task, exc)
+
+
+@contextlib.contextmanager
+def managed_task(session: Session, label: str) -> Iterator[str]:
+    """A task that exists for the block and is destroyed after it, whatever happens."""
+    task = create_task(session, label)
+    try:
+        yield task
+    finally:
+        destroy_task(session, task)
+
+
+def task_error(task: str, record: dict[str, Any]) -> XapiError:
+    """The `XapiError` a failed or cancelled task record describes (``error_info``, §2.1)."""
+    info = [str(x) for x in record.get("error_info") or []]
+    if info:
+        return XapiError(info[0], info[1:])
+    if record.get("status") == "cancelled":
+        return XapiError("TASK_CANCELLED", [task])
+    return XapiError("TASK_FAILED", [task])
+
+
+def task_failure(session: Session, task: str) -> XapiError | None:
+    """The error of `task` if it has already failed, without waiting; None otherwise.
+
+    A transfer that broke (inline 500, reset) often has the real reason on its task, e.g.
+    ``VDI_TOO_LARGE`` (§3.5); callers use it to tell a permanent failure from a transient one.
+    """
+    try:
+        record = _get_record(session, task)
+    except XvatoolError:
+        return None
+    if str(record.get("status", _PENDING)) in ("failure", "cancelled"):
+        return task_error(task, record)
+    return None
+
+
+def _settled(task: str, record: dict[str, Any]) -> str | None:
+    """The result if the task succeeded, None while pending; raises for failure/cancelled."""
+    status = str(record.get("status", _PENDING))
+    if status == _PENDING or status == "cancelling":  # cancelling is never set but is not final
+        return None
+    if status == "success":
+        result = record.get("result", "")
+        return result if isinstance(result, str) else ""
+    raise task_error(task, record)
+
+
+def _report(progress: Callable[[float], None] | None, record: dict[str, Any], last: float) -> float:
+    if progress is None:
+        return last
+    try:
+        value = float(record.get("progress", 0.0))
+    except (TypeError, ValueError):
+        return last
+    if value >= 0.0 and value != last:  # -1 is the xe CLI's "not started yet" sentinel (§3.0)
+        progress(min(value, 1.0))
+        return value
+    return last
+
+
+def _get_record(session: Session, task: str) -> dict[str, Any]:
+    # HANDLE_INVALID here means the task vanished (GC'd or destroyed) before we saw it finish:
+    # that is a failure (§2.4), and the XapiError says so.
+    record = session.call("task.get_record", task)
+    if not isinstance(record, dict):
+        raise HostError(f"task.get_record {task}: not a record", host=session.host)
+    return record
+
+
+def wait_task(
+    session: Session,
+    task: str,
+    *,
+    progress: Callable[[float], None] | None = None,
+    timeout_s: float | None = None,
+) -> str:
+    """Block until `task` settles; return its result string, raise `XapiError` from ``error_info``.
+
+    Waits with ``event.from(["task/<ref>"], token, t)`` (§2.5); hosts that do not know it
+    (``MESSAGE_METHOD_UNKNOWN``) are polled every second. `progress` receives the host's 0..1
+    progress whenever it changes. A task that vanishes raises ``XapiError(HANDLE_INVALID)``;
+    `timeout_s` (None = forever) raises `HostError`.
+    """
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    # leave room for the reply within the session's socket timeout
+    event_wait = max(0.1, min(EVENT_TIMEOUT_S, session.timeout_s / 2))
+    token = ""
+    use_events = True
+    last = -1.0
+    record = _get_record(session, task)
+    while True:
+        last = _report(progress, record, last)
+        result = _settled(task, record)
+        if result is not None:
+            return result
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            raise HostError(f"task {task} did not finish within {timeout_s:g} s", host=session.host)
+        wait = event_wait if remaining is None else max(0.1, min(event_wait, remaining))
+        if use_events:
+            try:
+                batch = session.call("event.from", [f"task/{task}"], token, float(wait))
+            except XapiError as exc:
+                if exc.code == "MESSAGE_METHOD_UNKNOWN":
+                    log.debug("event.from unknown on %s; polling", session.host)
+                    use_events = False
+                    continue
+                if exc.code in _RESTART_CODES:
+                    token = ""
+                    continue
+                raise
+            token = str(batch.get("token", token)) if isinstance(batch, dict) else token
+            snapshot = _snapshot_of(task, batch)
+            if snapshot is _DELETED:
+                raise XapiError("HANDLE_INVALID", ["task", task], host=session.host)
+            record = snapshot if isinstance(snapshot, dict) else _get_record(session, task)
+        else:
+            time.sleep(min(POLL_INTERVAL_S, wait))
+            record = _get_record(session, task)
+
+
+_DELETED = object()
+
+
+def _snapshot_of(task: str, batch: object) -> object:
+    """The newest snapshot of `task` in an ``event.from`` reply, `_DELETED`, or None."""
+    found: object = None
+    events = batch.get("events", []) if isinstance(batch, dict) else []
+    for event in events if isinstance(events, list) else []:
+        if not isinstance(event, dict) or event.get("ref") != task:
+            continue
+        if event.get("operation") == "del":
+            found = _DELETED
+        elif isinstance(event.get("snapshot"), dict):
+            found = event["snapshot"]
+    return found
+
+
+def parse_task_result_refs(result: str) -> list[str]:
+    """The refs in a task result: an XML-RPC value fragment (§2.1); ``""`` gives ``[]``.
+
+    Example: ``<value><array><data><value>OpaqueRef:a</value></data></array></value>`` →
+    ``["OpaqueRef:a"]``.
+    """
+    text = result.strip()
+    if not text:
+        return []
+    try:
+        value = parse_value(text.encode("utf-8"))
+    except MetadataError as exc:
+        raise HostError(f"cannot parse task result {text[:80]!r}: {exc.message}") from exc
+    values = value if isinstance(value, list) else [value]
+    refs = [v for v in values if isinstance(v, str) and v]
+    if len(refs) != len(values):
+        raise HostError(f"task result is not a set of references: {text[:80]!r}")
+    return refs

@@ -1,0 +1,429 @@
+"""HTTP data transfers to and from xapi's six handlers, with the host's quirks (§3.0).
+
+Knows HTTP, never tar. The quirks, all from xapi-protocol.md §3.0:
+
+* the session id (and task id) travel in a ``Cookie`` header, never in the URL, and must be
+  re-sent by hand after a redirect because ``Location`` copies only the query;
+* ``302`` is followed manually (at most `MAX_REDIRECTS`), because a PUT must be re-sent with its
+  whole body to the new host; uploads first probe with an empty PUT (no task id) so that a large
+  body is never streamed into a redirect;
+* request bodies carry an exact ``Content-Length``: ``Transfer-Encoding`` is refused by the host;
+* a ``200`` may be followed by an inline ``HTTP/1.1 500 …`` in the body when the handler failed
+  after the headers went out; the first bytes are sniffed for ``HTTP/``;
+* there is no ``Range``: a broken download restarts; uploads resume at a segment boundary;
+* the 200 means nothing: callers wait on the task.
+
+`retrying(op)` runs an operation again on transient failures with exponential backoff; callers
+make `op` resume where the previous attempt stopped.
+
+Example::
+
+    with managed_task(session, "export") as task:
+        with open_download(session, "/export_raw_vdi", {"vdi": uuid, "format": "raw"}, task=task) as body:
+            shutil.copyfileobj(body, out)
+        wait_task(session, task)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import logging
+import re
+import struct
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from types import TracebackType
+from typing import Self, TypeVar, cast
+from urllib.parse import quote, urlencode, urljoin, urlsplit
+
+import httpx
+
+from xvatool.errors import HostError, StreamStateError, TransferError, XvatoolError
+from xvatool.xapi.session import Session, base_url, translate_httpx_errors
+
+__all__ = [
+    "CHUNKED_END",
+    "CHUNKED_HEADER_SIZE",
+    "DEFAULT_BACKOFF_S",
+    "DEFAULT_RETRIES",
+    "MAX_REDIRECTS",
+    "BodyFactory",
+    "DownloadStream",
+    "chunked_frames",
+    "chunked_length",
+    "is_retryable",
+    "open_download",
+    "retrying",
+    "upload",
+]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+BodyFactory = Callable[[], Iterable[bytes | memoryview]]
+"""Makes a fresh iterator over an upload body; called again for every (re)send (style.md 15)."""
+
+MAX_REDIRECTS = 10
+"""Redirect hops followed before giving up (XenCenter's MAX_REDIRECTS, §3.0)."""
+DEFAULT_RETRIES = 3
+"""Attempts after the first one for a transient failure (`--retries`)."""
+DEFAULT_BACKOFF_S = 1.0
+"""Seconds before the first retry; doubled each time, up to `MAX_BACKOFF_S`."""
+MAX_BACKOFF_S = 30.0
+ERROR_BODY_LIMIT = 4096
+"""Bytes of an error page (or inline error) read to build a message."""
+INLINE_ERROR_PREFIX = b"HTTP/"
+"""A body starting with this is an error response written after the 200 (§3.0, §5.1)."""
+CHUNKED_HEADER_SIZE = 12
+"""Bytes: u64 LE offset + u32 LE length of one /import_raw_vdi?chunked frame (§3.6)."""
+CHUNKED_END = bytes(CHUNKED_HEADER_SIZE)
+"""The terminator frame: offset 0, length 0 (§3.6)."""
+MAX_FRAME_PAYLOAD = (1 << 32) - 1
+_FRAME = struct.Struct("<QI")
+_REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+_TAG_RE = re.compile(r"<[^>]*>")
+
+
+# ------------------------------------------------------------------------------- retries
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether trying the operation again may help: a `TransferError` marked retryable."""
+    return isinstance(exc, TransferError) and exc.retryable
+
+
+def retrying(
+    op: Callable[[], T],
+    retries: int = DEFAULT_RETRIES,
+    backoff: float = DEFAULT_BACKOFF_S,
+    *,
+    should_retry: Callable[[XvatoolError], bool] = is_retryable,
+    on_retry: Callable[[int, XvatoolError], None] | None = None,
+    sleep: Callable[[float], object] = time.sleep,
+) -> T:
+    """Run `op`; on a retryable failure wait and run it again, at most `retries` more times.
+
+    `op` is expected to resume (it re-reads its own progress, e.g. a journal), not restart.
+    ``retries=0`` fails at once. Waits `backoff`, then doubles, capped at `MAX_BACKOFF_S`.
+
+    Example::
+
+        retrying(lambda: send_segment(seg), retries=3)
+    """
+    attempt = 0
+    while True:
+        try:
+            return op()
+        except XvatoolError as exc:
+            if attempt >= retries or not should_retry(exc):
+                raise
+            delay = min(MAX_BACKOFF_S, backoff * (2**attempt))
+            attempt += 1
+            log.warning("%s; retry %d of %d in %.1f s", exc, attempt, retries, delay)
+            if on_retry is not None:
+                on_retry(attempt, exc)
+            sleep(delay)
+
+
+# ----------------------------------------------------------------------- chunked framing
+
+
+def chunked_frames(extents: Iterable[tuple[int, bytes | memoryview]]) -> Iterator[bytes | memoryview]:
+    """The ``/import_raw_vdi?chunked`` body: per extent a 12-byte header then the payload (§3.6).
+
+    Header: u64 LE byte offset, u32 LE length. Empty extents are dropped (a non-terminal frame must
+    not look like the terminator); extents of 4 GiB or more are split. Ends with `CHUNKED_END`.
+    Offsets and lengths should be multiples of 512 (the host writes with O_DIRECT).
+    """
+    for offset, data in extents:
+        view = memoryview(data) if not isinstance(data, memoryview) else data
+        done = 0
+        while done < len(view):
+            piece = view[done : done + MAX_FRAME_PAYLOAD]
+            yield _FRAME.pack(offset + done, len(piece))
+            yield piece
+            done += len(piece)
+    yield CHUNKED_END
+
+
+def chunked_length(lengths: Iterable[int]) -> int:
+    """Content-Length of a `chunked_frames` body whose extents have these lengths."""
+    total = CHUNKED_HEADER_SIZE
+    for n in lengths:
+        if n > 0:
+            frames = -(-n // MAX_FRAME_PAYLOAD)
+            total += n + frames * CHUNKED_HEADER_SIZE
+    return total
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+def _url(session: Session, path: str, params: Mapping[str, str]) -> str:
+    if not path.startswith("/"):
+        raise StreamStateError(f"transfer path must start with '/': {path!r}")
+    if "session_id" in params or "task_id" in params:
+        raise StreamStateError("session_id / task_id go in cookies, not in the URL")
+    query = urlencode(dict(params), quote_via=quote, safe=":,")
+    return f"{session.url}{path}?{query}" if query else f"{session.url}{path}"
+
+
+def _host_of(url: str) -> str:
+    return urlsplit(url).netloc
+
+
+def _redirect_target(session: Session, current: str, location: str | None) -> str:
+    if not location:
+        raise TransferError("redirect without a Location header", host=_host_of(current), retryable=False)
+    target = urljoin(current, location)
+    parts = urlsplit(target)
+    base_url(f"{parts.scheme}://{parts.netloc}", insecure=session.insecure)  # same scheme policy
+    log.info("redirected from %s to %s", _host_of(current), parts.netloc)
+    return target
+
+
+def _page_text(raw: bytes) -> str:
+    text = html.unescape(_TAG_RE.sub(" ", raw.decode("utf-8", "replace")))
+    return " ".join(text.split())[:200]
+
+
+def _read_some(response: httpx.Response, limit: int) -> bytes:
+    data = bytearray()
+    with contextlib.suppress(httpx.HTTPError, httpx.StreamError):
+        for piece in response.iter_raw():
+            data += piece
+            if len(data) >= limit:
+                break
+    return bytes(data[:limit])
+
+
+def _status_error(response: httpx.Response, what: str) -> HostError:
+    code = response.status_code
+    detail = _page_text(_read_some(response, ERROR_BODY_LIMIT))
+    message = f"{what}: HTTP {code} {response.reason_phrase}" + (f": {detail}" if detail else "")
+    host = _host_of(str(response.request.url))
+    if code in (401, 403):
+        return HostError(message + " (session rejected or not allowed)", host=host)
+    # 5xx may be transient (host busy, handler crashed); 4xx is a request the host will refuse again
+    return TransferError(message, host=host, retryable=code >= 500)
+
+
+def _inline_error(head: bytes, what: str, host: str) -> TransferError:
+    status_line = head.split(b"\r\n", 1)[0].split(b"\n", 1)[0].decode("latin-1", "replace").strip()
+    body = head.split(b"\r\n\r\n", 1)[1] if b"\r\n\r\n" in head else b""
+    detail = _page_text(body)
+    return TransferError(
+        f"{what}: the host failed after answering 200 ({status_line}"
+        + (f": {detail}" if detail else "")
+        + "); the task says why",
+        host=host,
+    )
+
+
+def _send(
+    session: Session,
+    client: httpx.Client,
+    method: str,
+    url: str,
+    *,
+    task: str | None,
+    content: Callable[[], bytes | Iterable[bytes | memoryview]],
+    headers: Mapping[str, str] | None = None,
+) -> tuple[httpx.Response, str]:
+    """Send until a non-redirect answer; return the open 200 response and the URL that gave it."""
+    for _hop in range(MAX_REDIRECTS + 1):
+        request = client.build_request(
+            method,
+            url,
+            # httpx's hint says Iterable[bytes]; memoryview pieces are written as-is by h11
+            content=cast("bytes | Iterable[bytes]", content()),
+            headers={**session.cookies(task_id=task), **(headers or {})},
+        )
+        with translate_httpx_errors(_host_of(url)):
+            response = client.send(request, stream=True)
+        if response.status_code in _REDIRECT_CODES:
+            location = response.headers.get("location")
+            response.close()
+            url = _redirect_target(session, url, location)
+            continue
+        if response.status_code != 200:
+            try:
+                raise _status_error(response, f"{method} {urlsplit(url).path}")
+            finally:
+                response.close()
+        return response, url
+    raise TransferError(f"more than {MAX_REDIRECTS} redirects", host=_host_of(url), retryable=False)
+
+
+# ------------------------------------------------------------------------------ download
+
+
+class DownloadStream:
+    """The body of a transfer GET as a `Readable` (``read``/``readinto``).
+
+    Raises `TransferError` (retryable) on a reset or on a stall longer than the timeout. The
+    body of the raw handlers has no Content-Length and ends when the host closes (§3.0), so a
+    short body is only detectable by the caller (expected size) and the task.
+    """
+
+    def __init__(self, response: httpx.Response, url: str, what: str) -> None:
+        self.response = response
+        self.url = url
+        self.what = what
+        self.host = _host_of(url)
+        # lenient: "task-id: X" on /export, "task-id:X" elsewhere (§3.0); httpx strips either
+        self.task_id: str | None = (response.headers.get("task-id") or "").strip() or None
+        self.bytes_read = 0
+        self._chunks = response.iter_raw()
+        self._buffer = memoryview(b"")
+        self._eof = False
+        self._sniff()
+
+    def _next(self) -> bool:
+        if self._eof:
+            return False
+        with translate_httpx_errors(self.host):
+            try:
+                piece = next(self._chunks)
+            except StopIteration:
+                self._eof = True
+                return False
+        self._buffer = memoryview(bytes(self._buffer) + piece) if self._buffer else memoryview(piece)
+        return True
+
+    def _sniff(self) -> None:
+        while len(self._buffer) < len(INLINE_ERROR_PREFIX) and self._next():
+            pass
+        if bytes(self._buffer[: len(INLINE_ERROR_PREFIX)]) == INLINE_ERROR_PREFIX:
+            while len(self._buffer) < ERROR_BODY_LIMIT and self._next():
+                pass
+            raise _inline_error(bytes(self._buffer[:ERROR_BODY_LIMIT]), self.what, self.host)
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        """Fill up to ``len(buffer)`` bytes from the body; 0 at the end."""
+        if not self._buffer and not self._next():
+            return 0
+        n = min(len(buffer), len(self._buffer))
+        buffer[:n] = self._buffer[:n]
+        self._buffer = self._buffer[n:]
+        self.bytes_read += n
+        return n
+
+    def read(self, size: int = -1, /) -> bytes:
+        """Up to `size` bytes (at most one network piece); ``b""`` at the end. -1 reads to the end."""
+        if size is None or size < 0:
+            parts = [bytes(self._buffer)]
+            self._buffer = memoryview(b"")
+            while self._next():
+                parts.append(bytes(self._buffer))
+                self._buffer = memoryview(b"")
+            data = b"".join(parts)
+            self.bytes_read += len(data)
+            return data
+        if not self._buffer and not self._next():
+            return b""
+        data = bytes(self._buffer[:size])
+        self._buffer = self._buffer[size:]
+        self.bytes_read += len(data)
+        return data
+
+    def close(self) -> None:
+        """Drop the connection (the host serves one request per connection anyway)."""
+        self.response.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def open_download(
+    session: Session,
+    path: str,
+    params: Mapping[str, str],
+    *,
+    task: str | None = None,
+    timeout_s: float | None = None,
+) -> Iterator[DownloadStream]:
+    """GET a transfer handler and yield its body as a `DownloadStream`.
+
+    The session id (and `task`) go in cookies; 302s are followed by hand; a body that starts with
+    an inline ``HTTP/`` error raises `TransferError` before anything is yielded. `timeout_s` is
+    the longest silence tolerated (default: the session's timeout).
+    """
+    url = _url(session, path, params)
+    with session.http(timeout_s) as client:
+        response, final = _send(session, client, "GET", url, task=task, content=lambda: b"")
+        try:
+            with DownloadStream(response, final, f"GET {path}") as stream:
+                yield stream
+        finally:
+            response.close()
+
+
+# -------------------------------------------------------------------------------- upload
+
+
+def upload(
+    session: Session,
+    path: str,
+    params: Mapping[str, str],
+    body: BodyFactory,
+    *,
+    length: int | None,
+    task: str | None = None,
+    timeout_s: float | None = None,
+    probe: bool = True,
+) -> None:
+    """PUT a body to a transfer handler with an exact Content-Length (never Transfer-Encoding).
+
+    With `probe` (default) an empty PUT without the task id first discovers redirects (§3.0,
+    XO's ``putResource``); the body then goes straight to the final host. A 302 on the real send
+    is followed too, calling `body()` again. Returns once the host has taken the body and closed;
+    the 200 says nothing about success, so wait on `task`. Raises `TransferError` (retryable) when
+    the connection broke before the whole body was sent, or an inline error follows the 200.
+    `length=None` is refused: the host cannot take a body of unknown size over HTTP/1.1 framing
+    that httpx supports (§3.0); compute it (`chunked_length`).
+    """
+    if length is None:
+        raise StreamStateError("upload needs the exact body length (xapi refuses Transfer-Encoding)")
+    url = _url(session, path, params)
+    what = f"PUT {path}"
+    sent = 0
+
+    def counted() -> Iterator[bytes | memoryview]:
+        nonlocal sent
+        sent = 0
+        for piece in body():
+            sent += len(piece)
+            if sent > length:
+                raise TransferError(
+                    f"{what}: body is longer than the {length} bytes announced", retryable=False
+                )
+            yield piece
+        if sent != length:
+            raise TransferError(f"{what}: body is {sent} bytes, {length} were announced", retryable=False)
+
+    with session.http(timeout_s) as client:
+        if probe:
+            response, url = _send(session, client, "PUT", url, task=None, content=lambda: b"")
+            response.close()
+        response, url = _send(
+            session, client, "PUT", url, task=task, content=counted, headers={"Content-Length": str(length)}
+        )
+        try:
+            head = _read_some(response, ERROR_BODY_LIMIT)
+        finally:
+            response.close()
+    if head.startswith(INLINE_ERROR_PREFIX):
+        raise _inline_error(head, what, _host_of(url))
+    if sent < length:
+        raise TransferError(
+            f"{what}: the host closed the connection after {sent} of {length} bytes", host=_host_of(url)
+        )

@@ -1,0 +1,187 @@
+"""Finding VMs and SRs by uuid or unique name, and the temporary snapshot of a running VM.
+
+xapi exports only halted or suspended VMs (`VM_BAD_POWER_STATE` otherwise, xapi-protocol.md §3.1),
+so a running VM is exported through a snapshot which is destroyed afterwards, also on failure
+(§5 item 12). A snapshot exported as such imports as a template, hence `is_a_template` is cleared on
+it first, as Xen Orchestra does (§5 item 11).
+
+Example::
+
+    vm = find_vm(session, "web-01")
+    with export_source(session, vm, snapshot="auto") as source:
+        ...  # export source.uuid
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from xvatool.errors import UsageError, XapiError
+
+if TYPE_CHECKING:
+    from xvatool.xapi.session import Session
+
+__all__ = [
+    "EXPORTABLE_POWER_STATES",
+    "SnapshotPolicy",
+    "VmRef",
+    "destroy_vdi",
+    "destroy_vm_with_disks",
+    "export_source",
+    "find_sr",
+    "find_vm",
+    "is_null_ref",
+]
+
+_log = logging.getLogger(__name__)
+
+SnapshotPolicy = Literal["auto", "never"]
+EXPORTABLE_POWER_STATES = frozenset({"Halted", "Suspended"})
+"""Power states `/export` accepts (xapi-protocol.md §3.1)."""
+VDI_DESTROY_ATTEMPTS = 5
+VDI_DESTROY_DELAY_S = 0.5
+"""A VDI may stay `VDI_IN_USE` for a moment after a transfer (dom0 VBD detaching, §3.5)."""
+
+
+@dataclass(frozen=True)
+class VmRef:
+    """A VM as found on the host: its session-scoped ref and the fields the transfers need."""
+
+    ref: str
+    uuid: str
+    name_label: str
+    power_state: str
+
+
+def is_null_ref(ref: object) -> bool:
+    """`OpaqueRef:NULL`, and also `''`, which some fields carry instead (xapi-protocol.md §1.4)."""
+    return not isinstance(ref, str) or ref in ("", "OpaqueRef:NULL")
+
+
+def find_vm(session: Session, name_or_uuid: str) -> VmRef:
+    """The VM with this uuid, or the only VM (not a snapshot, not dom0) with this name.
+
+    Raises `UsageError` when nothing matches or a name is ambiguous, listing the candidates'
+    uuids so the user can pick one.
+    """
+    records: dict[str, dict[str, Any]] = session.call("VM.get_all_records")
+    for ref, rec in records.items():
+        if rec.get("uuid") == name_or_uuid:
+            return _vm_ref(ref, rec)
+    named = [
+        (ref, rec)
+        for ref, rec in records.items()
+        if rec.get("name_label") == name_or_uuid
+        and not rec.get("is_a_snapshot")
+        and not rec.get("is_control_domain")
+        and not rec.get("is_default_template")
+    ]
+    if not named:
+        raise UsageError(f"no VM with uuid or name {name_or_uuid!r}")
+    if len(named) > 1:
+        uuids = ", ".join(sorted(str(rec.get("uuid")) for _, rec in named))
+        raise UsageError(f"{len(named)} VMs are named {name_or_uuid!r}; give a uuid: {uuids}")
+    return _vm_ref(*named[0])
+
+
+def _vm_ref(ref: str, rec: dict[str, Any]) -> VmRef:
+    return VmRef(
+        ref=ref,
+        uuid=str(rec.get("uuid", "")),
+        name_label=str(rec.get("name_label", "")),
+        power_state=str(rec.get("power_state", "")),
+    )
+
+
+def find_sr(session: Session, name_or_uuid: str | None) -> tuple[str, str]:
+    """(ref, uuid) of the SR with this uuid or unique name; the pool's default SR for None."""
+    if name_or_uuid is None:
+        pools: dict[str, dict[str, Any]] = session.call("pool.get_all_records")
+        for pool in pools.values():
+            ref = pool.get("default_SR")
+            if not is_null_ref(ref):
+                return str(ref), str(session.call("SR.get_uuid", ref))
+        raise UsageError("the pool has no default SR; choose one with --sr")
+    records: dict[str, dict[str, Any]] = session.call("SR.get_all_records")
+    matches = [ref for ref, rec in records.items() if rec.get("uuid") == name_or_uuid]
+    if not matches:
+        matches = [ref for ref, rec in records.items() if rec.get("name_label") == name_or_uuid]
+    if not matches:
+        raise UsageError(f"no SR with uuid or name {name_or_uuid!r}")
+    if len(matches) > 1:
+        uuids = ", ".join(sorted(str(records[r].get("uuid")) for r in matches))
+        raise UsageError(f"{len(matches)} SRs are named {name_or_uuid!r}; give a uuid: {uuids}")
+    return matches[0], str(records[matches[0]].get("uuid"))
+
+
+@contextmanager
+def export_source(session: Session, vm: VmRef, *, snapshot: SnapshotPolicy = "auto") -> Iterator[VmRef]:
+    """The VM itself if the host can export it, else a temporary snapshot (destroyed on exit).
+
+    The snapshot is destroyed on every exit path, including errors and Ctrl-C; a failure to
+    destroy it is logged and never hides the export's own outcome.
+    """
+    if vm.power_state in EXPORTABLE_POWER_STATES:
+        yield vm
+        return
+    if snapshot == "never":
+        raise UsageError(
+            f"VM {vm.name_label!r} is {vm.power_state}; the host exports only halted or suspended "
+            "VMs (use --snapshot auto)"
+        )
+    # The snapshot's name becomes the exported VM's name, so it keeps the VM's own.
+    snap_ref = str(session.call("VM.snapshot", vm.ref, vm.name_label))
+    try:
+        try:
+            # Without this the snapshot imports as a template (xapi-protocol.md §5 item 11).
+            session.call("VM.set_is_a_template", snap_ref, False)
+        except XapiError as exc:
+            _log.debug("cannot clear is_a_template on the snapshot: %s", exc)
+        uuid = str(session.call("VM.get_uuid", snap_ref))
+        yield VmRef(ref=snap_ref, uuid=uuid, name_label=vm.name_label, power_state="Halted")
+    finally:
+        destroy_vm_with_disks(session, snap_ref)
+
+
+def destroy_vm_with_disks(session: Session, vm_ref: str) -> None:
+    """Destroy a (snapshot) VM and the VDIs of its disk VBDs; log, never raise.
+
+    `VM.destroy` leaves the VDIs behind, so they are collected first and destroyed afterwards,
+    retrying a few times on `VDI_IN_USE` (xapi-protocol.md §3.5, §5 item 8).
+    """
+    vdis: list[str] = []
+    try:
+        for vbd in session.call("VM.get_VBDs", vm_ref):
+            rec = session.call("VBD.get_record", vbd)
+            if rec.get("type") == "Disk" and not is_null_ref(rec.get("VDI")):
+                vdis.append(str(rec["VDI"]))
+        session.call("VM.destroy", vm_ref)
+    except Exception as exc:
+        _log.warning("could not destroy temporary snapshot %s: %s", vm_ref, exc)
+        return
+    for vdi in vdis:
+        destroy_vdi(session, vdi)
+
+
+def destroy_vdi(session: Session, vdi: str) -> bool:
+    """Destroy one VDI by ref, retrying `VDI_IN_USE`; True if it is gone."""
+    for attempt in range(VDI_DESTROY_ATTEMPTS):
+        try:
+            session.call("VDI.destroy", vdi)
+            return True
+        except XapiError as exc:
+            if exc.code == "HANDLE_INVALID":
+                return True
+            if exc.code != "VDI_IN_USE" or attempt + 1 == VDI_DESTROY_ATTEMPTS:
+                _log.warning("could not destroy VDI %s: %s", vdi, exc)
+                return False
+        except Exception as exc:
+            _log.warning("could not destroy VDI %s: %s", vdi, exc)
+            return False
+        time.sleep(VDI_DESTROY_DELAY_S)
+    return False
