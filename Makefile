@@ -20,6 +20,7 @@ test: $(STAMP)
 
 check: $(STAMP)
 	$(BIN)/ruff check xvatool tests bench
+	$(BIN)/ruff format --check xvatool tests bench
 	$(BIN)/mypy
 
 bench: $(STAMP)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 
 import pytest
@@ -14,6 +15,7 @@ from xvatool.ops.manifest import (
     load_manifest,
     manifest_path_for,
     resolve_backup,
+    stream_sha256,
     verify_backup,
 )
 
@@ -127,3 +129,20 @@ def test_load_manifest_refuses_non_json(tmp_path):
     path.write_bytes(b"\xff{")
     with pytest.raises(FormatError):
         load_manifest(path)
+
+
+class _ReadOnly:
+    """A stream with `read` only (no `readinto`), like some HTTP bodies."""
+
+    def __init__(self, data: bytes) -> None:
+        self._stream = io.BytesIO(data)
+
+    def read(self, size: int = -1, /) -> bytes:
+        return self._stream.read(size)
+
+
+@pytest.mark.parametrize("wrap", [io.BytesIO, _ReadOnly])
+def test_stream_sha256_hashes_the_rest_of_a_stream(wrap):
+    data = bytes(range(256)) * 9000  # over two 1 MiB reads
+    assert stream_sha256(wrap(data)) == (hashlib.sha256(data).hexdigest(), len(data))
+    assert stream_sha256(wrap(b"")) == (hashlib.sha256(b"").hexdigest(), 0)

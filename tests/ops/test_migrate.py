@@ -39,16 +39,21 @@ def test_migrate_running_vm_maps_networks_and_keeps_source_running(host, second_
         assert not [r for r in src.call("VM.get_all_records").values() if r["is_a_snapshot"]]
 
 
-def test_failed_migration_leaves_nothing_on_the_target(host, second_host):
-    host.add_vm("broken", (2 * MIB,), seed=3)
-    host.running.host.faults.add("export:corrupt-chunk=1")
+def _assert_failure_leaves_nothing(host, second_host, vm, error):
+    """Migrating `vm` fails with `error`, and the target has the VMs and VDIs it had before."""
     with host.session() as src, second_host.session() as dst:
         vms = set(dst.call("VM.get_all"))
         vdis = set(dst.call("VDI.get_all"))
-        with pytest.raises(ChecksumError):
-            migrate(src, dst, "broken")
+        with pytest.raises(error):
+            migrate(src, dst, vm)
         assert set(dst.call("VM.get_all")) == vms
         assert set(dst.call("VDI.get_all")) == vdis
+
+
+def test_failed_migration_leaves_nothing_on_the_target(host, second_host):
+    host.add_vm("broken", (2 * MIB,), seed=3)
+    host.running.host.faults.add("export:corrupt-chunk=1")
+    _assert_failure_leaves_nothing(host, second_host, "broken", ChecksumError)
 
 
 def test_host_xapi_version(host):
@@ -82,10 +87,4 @@ def test_target_side_failure_leaves_nothing_on_the_target(host, second_host, mon
     monkeypatch.setattr(migrate_module, "LEFTOVER_WAIT_S", 1.0)
     host.add_vm("victim", (3 * MIB,), seed=3)
     second_host.running.host.add_fault(fault)
-    with host.session() as src, second_host.session() as dst:
-        vms = set(dst.call("VM.get_all"))
-        vdis = set(dst.call("VDI.get_all"))
-        with pytest.raises(HostError):
-            migrate(src, dst, "victim")
-        assert set(dst.call("VM.get_all")) == vms
-        assert set(dst.call("VDI.get_all")) == vdis
+    _assert_failure_leaves_nothing(host, second_host, "victim", HostError)

@@ -7,10 +7,12 @@ import os
 
 import pytest
 
+from xvatool._streams import TeeReader
 from xvatool.errors import ChecksumError, FormatError, TransferError, TruncatedError
-from xvatool.xapi.export import TeeReader, _transport_errors, assemble_xva, read_ova_xml_tar, receive_vdi_tar
+from xvatool.xapi.export import _transport_errors
+from xvatool.xva.assemble import assemble_xva, ova_xml_tar, read_ova_xml_tar
 from xvatool.xva.disk import CHUNK_SIZE, BytesSource, is_zero
-from xvatool.xva.reader import XvaReader
+from xvatool.xva.reader import XvaReader, read_disk_stream
 from xvatool.xva.tarstream import END_OF_ARCHIVE, padding, v7_header
 from xvatool.xva.template import DiskSpec, build_vm_metadata
 from xvatool.xva.writer import chunk_members, write_xva
@@ -48,45 +50,47 @@ def vdi_tar(data: bytes, *, kind="xxhash", keep_alive_at: int | None = None) -> 
 
 
 @pytest.mark.parametrize("kind", ["xxhash", "sha1"])
-def test_receive_vdi_tar_accepts_host_stream(kind):
+def test_read_disk_stream_accepts_host_stream(kind):
     data = disk_bytes(5 * MiB, 7)
-    assert receive_vdi_tar(io.BytesIO(vdi_tar(data, kind=kind)), size=len(data), source="t") == len(data)
+    assert read_disk_stream(io.BytesIO(vdi_tar(data, kind=kind)), size=len(data), source="t") == len(data)
 
 
-def test_receive_vdi_tar_handles_keep_alive_chunk():
+def test_read_disk_stream_handles_keep_alive_chunk():
     data = disk_bytes(5 * MiB, 7)
     stream = vdi_tar(data, keep_alive_at=2)
-    assert receive_vdi_tar(io.BytesIO(stream), size=len(data), source="t") == len(data)
+    assert read_disk_stream(io.BytesIO(stream), size=len(data), source="t") == len(data)
 
 
-def test_receive_vdi_tar_rejects_corrupt_chunk():
+def test_read_disk_stream_rejects_corrupt_chunk():
     data = disk_bytes(3 * MiB, 7)
     raw = bytearray(vdi_tar(data))
     raw[600] ^= 0xFF  # inside the first data member
     with pytest.raises(ChecksumError) as info:
-        receive_vdi_tar(io.BytesIO(bytes(raw)), size=len(data), source="disk-a")
-    assert info.value.member == "vdi/00000000.xxhash"
+        read_disk_stream(io.BytesIO(bytes(raw)), size=len(data), source="disk-a")
+    assert info.value.member == "vdi/00000000"  # the data member, as for every archive
     assert info.value.file == "disk-a"
 
 
 @pytest.mark.parametrize("cut", [100, 512 + 1000, -1024, -1])
-def test_receive_vdi_tar_truncated(cut):
+def test_read_disk_stream_truncated(cut):
     data = disk_bytes(3 * MiB, 7)
     raw = vdi_tar(data)
     with pytest.raises(TruncatedError):
-        receive_vdi_tar(io.BytesIO(raw[:cut]), size=len(data), source="t")
+        read_disk_stream(io.BytesIO(raw[:cut]), size=len(data), source="t")
 
 
-def test_receive_vdi_tar_short_disk_and_bad_names():
+def test_read_disk_stream_short_disk_and_bad_names():
     data = disk_bytes(3 * MiB, 7)
-    with pytest.raises(TruncatedError, match="covers"):
-        receive_vdi_tar(io.BytesIO(vdi_tar(data)), size=len(data) + MiB, source="t")
+    with pytest.raises(FormatError, match="last chunk is missing") as short:
+        read_disk_stream(io.BytesIO(vdi_tar(data)), size=len(data) + MiB, source="t")
+    assert short.value.code == "missing-last-chunk"  # complete stream, short disk: not a cut download
+    assert not isinstance(short.value, TruncatedError)
     bad = b"".join(bytes(p) for p in chunk_members("Ref:1/00000000", b"\0" * 512, "xxhash")) + END_OF_ARCHIVE
     with pytest.raises(FormatError, match="unexpected member"):
-        receive_vdi_tar(io.BytesIO(bad), size=512, source="t")
+        read_disk_stream(io.BytesIO(bad), size=512, source="t")
     nochk = v7_header("vdi/00000000", 512) + bytes(512) + END_OF_ARCHIVE
     with pytest.raises(FormatError, match="checksum member"):
-        receive_vdi_tar(io.BytesIO(nochk), size=512, source="t")
+        read_disk_stream(io.BytesIO(nochk), size=512, source="t")
 
 
 def test_inline_error_mid_stream_is_a_retryable_transfer_error():
@@ -97,7 +101,7 @@ def test_inline_error_mid_stream_is_a_retryable_transfer_error():
     broken = raw[:first] + page + bytes(1024 - len(page))
     tee = TeeReader(io.BytesIO(broken))
     with pytest.raises(TransferError) as info, _transport_errors(tee):
-        receive_vdi_tar(tee, size=len(data), source="t")
+        read_disk_stream(tee, size=len(data), source="t")
     assert info.value.retryable
 
 
@@ -107,7 +111,7 @@ def test_checksum_error_is_not_turned_into_transfer_error():
     raw[600] ^= 1
     tee = TeeReader(io.BytesIO(bytes(raw)))
     with pytest.raises(ChecksumError), _transport_errors(tee):
-        receive_vdi_tar(tee, size=len(data), source="t")
+        read_disk_stream(tee, size=len(data), source="t")
 
 
 def test_tee_copies_hashes_and_drains():
@@ -130,6 +134,28 @@ def test_read_ova_xml_tar():
     assert read_ova_xml_tar(io.BytesIO(tar), source="t") == ova
     with pytest.raises(FormatError, match=r"ova\.xml"):
         read_ova_xml_tar(io.BytesIO(END_OF_ARCHIVE), source="t")
+
+
+def test_ova_xml_tar_round_trips():
+    ova = build_vm_metadata(name="vm", disks=[DiskSpec(MiB, "d")]).to_bytes()
+    assert read_ova_xml_tar(io.BytesIO(ova_xml_tar(ova)), source="t") == ova
+
+
+def test_snapshot_metadata_becomes_a_plain_halted_vm():
+    plain = build_vm_metadata(name="vm", disks=[DiskSpec(MiB, "d")])
+    assert plain.without_snapshot_identity() is plain  # nothing to change: bytes kept as they are
+    snap = plain._copy()
+    record = snap.of_class("VM")[0].snapshot
+    record.update(is_a_snapshot=True, snapshot_of="OpaqueRef:1", power_state="Running")
+    fixed = snap.without_snapshot_identity()
+    got = fixed.of_class("VM")[0].snapshot
+    assert (got["is_a_snapshot"], got["snapshot_of"], got["power_state"]) == (
+        False,
+        "OpaqueRef:NULL",
+        "Halted",
+    )
+    assert got["snapshot_time"] == "19700101T00:00:00Z"
+    assert record["is_a_snapshot"] is True  # the original is not edited
 
 
 @pytest.mark.parametrize("compression", ["none", "zstd"])

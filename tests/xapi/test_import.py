@@ -7,8 +7,8 @@ import os
 import pytest
 
 from xvatool.errors import ChecksumError, FormatError
-from xvatool.xapi.import_ import index_archive, segment_extents
 from xvatool.xva.disk import BytesSource
+from xvatool.xva.extents import index_archive, segment_extents
 from xvatool.xva.template import DiskSpec, build_vm_metadata
 from xvatool.xva.writer import write_xva
 

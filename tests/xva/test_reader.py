@@ -20,7 +20,7 @@ from tests.builders import (
 from xvatool.errors import ChecksumError, FormatError, LocalIOError, StreamStateError, TruncatedError
 from xvatool.xva.checksum import hexdigest
 from xvatool.xva.digests import HASH_LAG
-from xvatool.xva.reader import Problem, XvaReader, open_archive
+from xvatool.xva.reader import Problem, XvaReader, open_archive, read_disk_stream
 
 
 def rebuild(reader: XvaReader) -> dict[str, bytes]:
@@ -334,3 +334,73 @@ def test_bad_counters_are_refused(name):
         list(XvaReader(io.BytesIO(data)).chunks())
     assert info.value.code == "bad-chunk-name"
     assert info.value.member == name
+
+
+# -- single-disk vdi/ streams (xva-format.md §3.5) ---------------------------------------------------
+
+
+def disk_stream(chunks: list[tuple[str, bytes]], *, kind="xxhash", end=True) -> bytes:
+    """A `vdi/` tar stream of the given (name, data) members, each with its checksum member."""
+    from xvatool.xva.tarstream import END_OF_ARCHIVE
+    from xvatool.xva.writer import chunk_members
+
+    pieces = [bytes(p) for name, data in chunks for p in chunk_members(name, data, kind)]
+    return b"".join(pieces) + (END_OF_ARCHIVE if end else b"")
+
+
+STREAM_IMAGE = pattern(MIB, 4) + bytes(MIB) + pattern(2048, 5)
+STREAM_CHUNKS = [("vdi/00000000", STREAM_IMAGE[:MIB]), ("vdi/00000002", STREAM_IMAGE[2 * MIB :])]
+
+
+@pytest.mark.parametrize("kind", ["sha1", "xxhash"])
+def test_disk_stream_places_chunks_like_an_archive(kind):
+    raw = disk_stream(STREAM_CHUNKS, kind=kind)
+    reader = XvaReader.for_disk_stream(ShortReads(raw, 777), size=len(STREAM_IMAGE), source="s")
+    assert rebuild(reader) == {"vdi": STREAM_IMAGE}
+    assert reader.checksum_kinds == {kind} and reader.tar_end_seen and not reader.has_metadata
+    assert read_disk_stream(io.BytesIO(raw), size=len(STREAM_IMAGE), source="s") == len(STREAM_IMAGE)
+
+
+def test_disk_stream_other_disk_id():
+    raw = disk_stream([(name.replace("vdi/", "Ref:7/"), data) for name, data in STREAM_CHUNKS])
+    reader = XvaReader.for_disk_stream(io.BytesIO(raw), size=len(STREAM_IMAGE), disk_id="Ref:7")
+    assert rebuild(reader) == {"Ref:7": STREAM_IMAGE}
+
+
+def test_disk_stream_bad_counter():
+    chunks = [("vdi/00000001", STREAM_IMAGE[:MIB]), ("vdi/00000000", STREAM_IMAGE[MIB : 2 * MIB])]
+    with pytest.raises(FormatError) as info:
+        read_disk_stream(io.BytesIO(disk_stream(chunks)), size=3 * MIB, source="s")
+    assert (info.value.code, info.value.member, info.value.file) == (
+        "counter-not-increasing", "vdi/00000000", "s"
+    )  # fmt: skip
+
+
+def test_disk_stream_checksum_mismatch_and_problems_mode():
+    raw = bytearray(disk_stream(STREAM_CHUNKS))
+    raw[512 + 100] ^= 1  # inside the first data member
+    with pytest.raises(ChecksumError) as info:
+        read_disk_stream(io.BytesIO(bytes(raw)), size=len(STREAM_IMAGE), source="s")
+    assert (info.value.member, info.value.file) == ("vdi/00000000", "s")
+    problems: list[Problem] = []
+    reader = XvaReader.for_disk_stream(io.BytesIO(bytes(raw)), size=len(STREAM_IMAGE), problems=problems)
+    assert len(list(reader.chunks())) == 2
+    assert [p.code for p in problems] == ["checksum-mismatch"]
+
+
+@pytest.mark.parametrize("cut", [100, 512 + 1000, -1024, -1])
+def test_disk_stream_truncated(cut):
+    raw = disk_stream(STREAM_CHUNKS)
+    with pytest.raises(TruncatedError):
+        read_disk_stream(io.BytesIO(raw[:cut]), size=len(STREAM_IMAGE), source="s")
+
+
+def test_disk_stream_wrong_prefix_and_trailing_member():
+    wrong = disk_stream([("Ref:1/00000000", STREAM_IMAGE[:MIB])])
+    with pytest.raises(FormatError) as info:
+        read_disk_stream(io.BytesIO(wrong), size=MIB, source="s")
+    assert (info.value.code, info.value.member) == ("unknown-member", "Ref:1/00000000")
+    trailing = disk_stream([("vdi/00000000", STREAM_IMAGE[:MIB]), ("extra", b"x" * 512)])
+    with pytest.raises(FormatError) as info:
+        read_disk_stream(io.BytesIO(trailing), size=MIB, source="s")
+    assert (info.value.code, info.value.member) == ("unknown-member", "extra")

@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import sys
-from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
 
 from xvatool.errors import Interrupted, XvatoolError
 
-__all__ = ["command_errors", "debug_option", "echo_json", "progress_enabled", "quiet_option"]
+if TYPE_CHECKING:
+    from xvatool.ops.progress import ProgressFactory
+
+__all__ = [
+    "byte_progress",
+    "command_errors",
+    "debug_option",
+    "echo_json",
+    "human_size",
+    "json_option",
+    "network_map_option",
+    "progress_enabled",
+    "progress_factory",
+    "quiet_option",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -87,6 +102,80 @@ def progress_enabled() -> bool:
     ctx = click.get_current_context(silent=True)
     quiet = bool(ctx and (ctx.find_root().obj or {}).get("quiet"))
     return not quiet and sys.stderr.isatty()
+
+
+@contextlib.contextmanager
+def byte_progress(what: str, total: int | None = None, *, absolute: bool = False) -> Iterator[Any]:
+    """A byte progress bar on stderr when `progress_enabled`, else None: yields its callback.
+
+    The callback is `update(n)`, adding n bytes; with `absolute=True` it is `update(done, total)`,
+    setting the position (a retried download starts again from 0).
+    """
+    if not progress_enabled():
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=what, file=sys.stderr) as bar:
+        if not absolute:
+            yield bar.update
+            return
+
+        def update(done: int, total: int) -> None:
+            if total and bar.total != total:
+                bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        yield update
+
+
+def progress_factory() -> ProgressFactory | None:
+    """Per-VM progress bars for the `xvatool.xapi` / `xvatool.ops` calls, or None without a terminal."""
+    if not progress_enabled():
+        return None
+    from xvatool.ops.progress import tqdm_factory
+
+    return tqdm_factory()
+
+
+def human_size(size: int) -> str:
+    """Bytes in binary units for people: ``human_size(5 << 20)`` is ``'5.0 MiB'``."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def json_option(what: str = "result") -> Callable[[F], F]:
+    """``--json`` (parameter ``as_json``): print the `what` as one JSON document instead of text."""
+    return click.option("--json", "as_json", is_flag=True, help=f"Print the {what} as JSON.")
+
+
+def _parse_network_map(
+    _ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> dict[str, str]:
+    mapping: dict[str, str] = {}
+    for value in values:
+        old, eq, new = value.partition("=")
+        if not eq or not old or not new:
+            raise click.BadParameter(f"{value!r} is not OLD=NEW (network names)", param=param)
+        mapping[old] = new
+    return mapping
+
+
+def network_map_option(help_text: str) -> Callable[[F], F]:
+    """``--map-network OLD=NEW``, repeatable; the command gets ``map_network``, a dict OLD → NEW."""
+    return click.option(
+        "--map-network",
+        "map_network",
+        multiple=True,
+        metavar="OLD=NEW",
+        callback=_parse_network_map,
+        help=help_text,
+    )
 
 
 def echo_json(value: Any) -> None:

@@ -18,6 +18,7 @@ Commands receive a `Connection` under the parameter name they declare, ``connect
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import os
@@ -40,6 +41,7 @@ __all__ = [
     "Connection",
     "connection_options",
     "open_session",
+    "read_password_file",
     "retries_option",
     "terminate_as_interrupt",
 ]
@@ -55,28 +57,18 @@ INSECURE_WARNING = (
 )
 
 
+@dataclasses.dataclass(kw_only=True, eq=False, repr=False)
 class Connection:
     """Parsed connection options; call it to log in and get a `Session` (a context manager)."""
 
-    def __init__(
-        self,
-        *,
-        url: str,
-        user: str,
-        password_file: str | None,
-        fingerprint: str | None,
-        ca_bundle: str | None,
-        insecure: bool,
-        timeout: float,
-    ) -> None:
-        self.url = url
-        self.user = user
-        self.password_file = password_file
-        self.fingerprint = fingerprint
-        self.ca_bundle = ca_bundle
-        self.insecure = insecure
-        self.timeout = timeout
-        self._password: str | None = None
+    url: str
+    user: str
+    password_file: str | None
+    fingerprint: str | None
+    ca_bundle: str | None
+    insecure: bool
+    timeout: float
+    _password: str | None = dataclasses.field(default=None, init=False)
 
     @property
     def password(self) -> str:
@@ -87,7 +79,7 @@ class Connection:
 
     def _read_password(self) -> str:
         if self.password_file is not None:
-            return _read_password_file(self.password_file)
+            return read_password_file(self.password_file)
         env = os.environ.get(PASSWORD_ENV)
         if env:
             return env
@@ -140,7 +132,8 @@ def open_session(connection: Connection) -> Session:
     return connection.connect()
 
 
-def _read_password_file(path: str) -> str:
+def read_password_file(path: str) -> str:
+    """The first line of `path`, refusing a file that is empty or too large to be a password."""
     try:
         with open(path, "rb") as fh:
             raw = fh.read(MAX_PASSWORD_FILE_SIZE + 1)
@@ -161,6 +154,10 @@ def _parameter_name(func: Callable[..., Any]) -> str:
         if name in names:
             return name
     raise TypeError(f"{func.__name__} takes neither 'connect' nor 'connection'")
+
+
+_OPTION_FIELDS = ("user", "password_file", "fingerprint", "ca_bundle", "insecure", "timeout")
+"""The `Connection` fields that come from an option of the same name (``url`` is ``--host``)."""
 
 
 def connection_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -205,28 +202,11 @@ def connection_options(func: Callable[..., Any]) -> Callable[..., Any]:
         help="Seconds without progress before a connection counts as stalled.",
     )
     @functools.wraps(func)
-    def wrapper(
-        *,
-        host_url: str,
-        user: str,
-        password_file: str | None,
-        fingerprint: str | None,
-        ca_bundle: str | None,
-        insecure: bool,
-        timeout: float,
-        **kwargs: Any,
-    ) -> Any:
-        if insecure:
+    def wrapper(*, host_url: str, **kwargs: Any) -> Any:
+        options = {name: kwargs.pop(name) for name in _OPTION_FIELDS}
+        if options["insecure"]:
             click.echo(INSECURE_WARNING, err=True)
-        kwargs[target] = Connection(
-            url=host_url,
-            user=user,
-            password_file=password_file,
-            fingerprint=fingerprint,
-            ca_bundle=ca_bundle,
-            insecure=insecure,
-            timeout=timeout,
-        )
+        kwargs[target] = Connection(url=host_url, **options)
         return func(**kwargs)
 
     return wrapper

@@ -2,41 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import click
 
-from xvatool.cli._common import command_errors, echo_json, progress_enabled
+from xvatool.cli._common import byte_progress, command_errors, echo_json, human_size, json_option
 
 __all__ = ["COMMANDS"]
 
 _ARCHIVE = click.argument("archive", metavar="ARCHIVE")
-_JSON = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-
-
-@contextlib.contextmanager
-def _progress(what: str) -> Iterator[Any]:
-    """A byte progress bar (disk bytes) on stderr when it is a terminal; None otherwise."""
-    if not progress_enabled():
-        yield None
-        return
-    from tqdm import tqdm
-
-    with tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc=what, file=sys.stderr) as bar:
-        yield bar.update
-
-
-def _size(n: int) -> str:
-    return f"{n / (1 << 30):.2f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.1f} MiB"
 
 
 @click.command("inspect")
 @_ARCHIVE
-@_JSON
+@json_option()
 @command_errors
 def inspect_command(*, archive: str, as_json: bool) -> None:
     """Show the VM, disks and networks of an archive, reading only its metadata.
@@ -52,10 +32,12 @@ def inspect_command(*, archive: str, as_json: bool) -> None:
         echo_json(info.to_json())
         return
     vm = info.vm
-    click.echo(f"VM {vm.name_label!r} uuid {vm.uuid}: {vm.power_state}, {vm.vcpus} vCPUs, {_size(vm.memory)}")
+    click.echo(
+        f"VM {vm.name_label!r} uuid {vm.uuid}: {vm.power_state}, {vm.vcpus} vCPUs, {human_size(vm.memory)}"
+    )
     for d in info.disks:
         boot = ", bootable" if d.bootable else ""
-        click.echo(f"  disk {d.id} uuid {d.vdi_uuid} {d.name_label!r}: {_size(d.virtual_size)}, "
+        click.echo(f"  disk {d.id} uuid {d.vdi_uuid} {d.name_label!r}: {human_size(d.virtual_size)}, "
                    f"device {d.userdevice}{boot}")  # fmt: skip
     for n in info.networks:
         click.echo(f"  vif {n.vif_device} MAC {n.mac or '-'} on {n.name_label!r} (bridge {n.bridge})")
@@ -66,7 +48,7 @@ def inspect_command(*, archive: str, as_json: bool) -> None:
 
 @click.command("verify")
 @_ARCHIVE
-@_JSON
+@json_option()
 @command_errors
 def verify_command(*, archive: str, as_json: bool) -> None:
     """Check an archive completely (structure, metadata, every checksum); report every problem.
@@ -79,7 +61,7 @@ def verify_command(*, archive: str, as_json: bool) -> None:
     """
     from xvatool.xva.validate import validate_archive
 
-    with _progress("verify") as progress:
+    with byte_progress("verify") as progress:
         report = validate_archive(archive, progress=progress)
     if as_json:
         echo_json(report.to_json())
@@ -113,7 +95,7 @@ def extract_command(*, archive: str, out_dir: Path, disks: tuple[str, ...], fmt:
     """
     from xvatool.xva.extract import extract_disks
 
-    with _progress("extract") as progress:
+    with byte_progress("extract") as progress:
         paths = extract_disks(archive, out_dir, disk_uuids=disks or None, progress=progress)
     for path in paths:
         click.echo(str(path))

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
-from xvatool.cli._common import command_errors, echo_json, progress_enabled
+from xvatool.cli._common import byte_progress, command_errors, echo_json, json_option, network_map_option
 
 __all__ = ["COMMANDS", "SizeParam"]
 
@@ -45,18 +42,6 @@ class _HostVersionParam(click.ParamType[tuple[int, int], Any]):
         if not (dot and major.isdigit() and minor.isdigit()):
             self.fail(f"{value!r} is not MAJOR.MINOR, e.g. 1.1", param, ctx)
         return int(major), int(minor)
-
-
-@contextlib.contextmanager
-def _progress(total: int | None, what: str) -> Iterator[Any]:
-    """A byte progress bar on stderr when it is a terminal; a no-op callback otherwise."""
-    if not progress_enabled():
-        yield None
-        return
-    from tqdm import tqdm
-
-    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=what, file=sys.stderr) as bar:
-        yield bar.update
 
 
 _CHECKSUM = click.Choice(["sha1", "xxhash"])
@@ -99,7 +84,7 @@ _COMPRESS = click.Choice(["none", "gzip", "zstd"])
     show_default=True,
     help="Compress the whole archive (zstd needs a host that has the zstd binary).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_option()
 @command_errors
 def create_command(
     *, output: Path, name: str, disks: tuple[Path, ...], vcpus: int, memory: int,
@@ -115,7 +100,7 @@ def create_command(
     from xvatool.xva.convert import create_archive
 
     total = sum(p.stat().st_size for p in disks if p.is_file())
-    with _progress(total, "create") as update:
+    with byte_progress("create", total) as update:
         result = create_archive(
             output, name=name, disks=list(disks), vcpus=vcpus, memory=memory, networks=list(networks),
             checksum=checksum, compression=compression, progress=update,  # type: ignore[arg-type]
@@ -131,16 +116,6 @@ def create_command(
         f"{stats.chunks} chunks ({stats.zero_chunks_skipped} zero chunks left out), "
         f"{stats.output_bytes} bytes, {result.checksum}, {result.compression}"
     )
-
-
-def _network_map(values: tuple[str, ...]) -> dict[str, str]:
-    mapping: dict[str, str] = {}
-    for value in values:
-        old, eq, new = value.partition("=")
-        if not eq or not old or not new:
-            raise click.BadParameter(f"{value!r} is not OLD=NEW", param_hint="--map-network")
-        mapping[old] = new
-    return mapping
 
 
 @click.command("repack")
@@ -166,18 +141,12 @@ def _network_map(values: tuple[str, ...]) -> dict[str, str]:
     help="Declare this xapi version in ova.xml, e.g. 1.1 so older hosts accept it.",
 )
 @click.option("--rename", default=None, help="New name_label for the VM.")
-@click.option(
-    "--map-network",
-    "map_network",
-    multiple=True,
-    metavar="OLD=NEW",
-    help="Rename a network so the VIF lands on NEW on import; repeatable.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@network_map_option("Rename a network so the VIF lands on NEW on import; repeatable.")
+@json_option()
 @command_errors
 def repack_command(
     *, source: str, target: str, compression: str | None, checksum: str | None,
-    host_version: tuple[int, int] | None, rename: str | None, map_network: tuple[str, ...], as_json: bool,
+    host_version: tuple[int, int] | None, rename: str | None, map_network: dict[str, str], as_json: bool,
 ) -> None:  # fmt: skip
     """Rewrite an XVA: change compression, checksums, declared version, VM or network names.
 
@@ -191,10 +160,10 @@ def repack_command(
     from xvatool.xva.convert import repack_archive
 
     total = Path(source).stat().st_size if source != "-" and Path(source).is_file() else None
-    with _progress(total, "repack") as update:
+    with byte_progress("repack", total) as update:
         result = repack_archive(
             source, target, compression=compression, checksum=checksum,  # type: ignore[arg-type]
-            host_version=host_version, rename=rename, network_map=_network_map(map_network) or None,
+            host_version=host_version, rename=rename, network_map=map_network or None,
             progress=update,
         )  # fmt: skip
     if as_json:

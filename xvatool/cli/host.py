@@ -5,54 +5,35 @@ Each command parses its options, calls one library function and renders text or 
 
 from __future__ import annotations
 
-import contextlib
-import sys
-from collections.abc import Callable, Iterator
-
 import click
 
-from xvatool.cli._common import command_errors, debug_option, echo_json, progress_enabled, quiet_option
+from xvatool.cli._common import (
+    byte_progress,
+    command_errors,
+    debug_option,
+    echo_json,
+    human_size,
+    json_option,
+    quiet_option,
+)
 from xvatool.cli._connection import Connection, connection_options, retries_option
 
 __all__ = ["COMMANDS", "vdi_export_command", "vdi_import_command", "vm_group", "vm_list_command"]
 
-_JSON = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-
-
-@contextlib.contextmanager
-def _progress(what: str) -> Iterator[Callable[[int, int], None] | None]:
-    """A byte bar on stderr (only on a terminal, without --quiet); the callback takes (done, total)."""
-    if not progress_enabled():
-        yield None
-        return
-    from tqdm import tqdm
-
-    with tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc=what, file=sys.stderr) as bar:
-
-        def update(done: int, total: int) -> None:
-            if total and bar.total != total:
-                bar.total = total
-            bar.n = done  # absolute: a retried download starts again from 0
-            bar.refresh()
-
-        yield update
-
-
-def _size(n: int) -> str:
-    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift:
-            return f"{n / (1 << shift):.1f} {unit}"
-    return f"{n} B"
-
 
 @click.group("vm")
 def vm_group() -> None:
-    """VMs on a host."""
+    """VMs on a host.
+
+    \b
+    Example:
+        xvatool vm list --host https://xen1.example --password-file pw --json
+    """
 
 
 @vm_group.command("list")
 @connection_options
-@_JSON
+@json_option()
 @quiet_option
 @debug_option
 @command_errors
@@ -74,7 +55,7 @@ def vm_list_command(*, connect: Connection, as_json: bool) -> None:
     for vm in vms:
         click.echo(
             f"{vm.name_label[:24]:<24} {vm.uuid:<36} {vm.power_state:<9} {len(vm.disks):>5} "
-            f"{_size(vm.total_size):>10}"
+            f"{human_size(vm.total_size):>10}"
         )
 
 
@@ -91,7 +72,7 @@ def vm_list_command(*, connect: Connection, as_json: bool) -> None:
 )
 @retries_option
 @connection_options
-@_JSON
+@json_option()
 @quiet_option
 @debug_option
 @command_errors
@@ -106,7 +87,7 @@ def vdi_export_command(
     """
     from xvatool.xapi.vdi import export_vdi
 
-    with connect() as session, _progress(vdi[:8]) as progress:
+    with connect() as session, byte_progress(vdi[:8], absolute=True) as progress:
         path = export_vdi(session, vdi, out, format=fmt, retries=retries, progress=progress)  # type: ignore[arg-type]
     if as_json:
         echo_json({"vdi": vdi, "path": str(path), "format": fmt, "size": path.stat().st_size})
@@ -126,7 +107,7 @@ def vdi_export_command(
 @click.option("--resume", is_flag=True, help="Continue an interrupted raw import from its journal.")
 @retries_option
 @connection_options
-@_JSON
+@json_option()
 @quiet_option
 @debug_option
 @command_errors
@@ -155,7 +136,7 @@ def vdi_import_command(
 
     if (vdi_uuid is None) == (sr is None):
         raise UsageError("give exactly one of --vdi UUID or --sr SR")
-    with connect() as session, _progress(click.format_filename(file)) as progress:
+    with connect() as session, byte_progress(click.format_filename(file), absolute=True) as progress:
         uuid = import_vdi(
             session, file, vdi_uuid=vdi_uuid, sr=sr, format=fmt, resume=resume,  # type: ignore[arg-type]
             retries=retries, progress=progress,

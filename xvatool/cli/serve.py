@@ -9,7 +9,8 @@ from pathlib import Path
 import click
 
 from xvatool.cli._common import command_errors
-from xvatool.errors import LocalIOError, UsageError
+from xvatool.cli._connection import read_password_file
+from xvatool.errors import UsageError
 
 __all__ = ["COMMANDS", "serve_command"]
 
@@ -20,14 +21,7 @@ DEMO_PASSWORD = "demo"
 def _read_password(password_file: Path | None, demo: bool) -> str:
     """`--password-file`, else $XVATOOL_SIM_PASSWORD, else "demo" with `--demo`; never from argv."""
     if password_file is not None:
-        try:
-            text = password_file.read_text("utf-8")
-        except OSError as exc:
-            raise LocalIOError(f"cannot read password file: {exc.strerror}", path=str(password_file)) from exc
-        password = text.splitlines()[0] if text else ""
-        if not password:
-            raise UsageError(f"{password_file}: the password file is empty")
-        return password
+        return read_password_file(str(password_file))
     if os.environ.get(PASSWORD_ENV):
         return os.environ[PASSWORD_ENV]
     if demo:
@@ -79,32 +73,23 @@ def serve_command(
     \b
     Example:
       xvatool serve --data ./simhost --demo
-      # then, e.g.: XVATOOL_PASSWORD=demo xvatool ls --host http://127.0.0.1:8080 --user root
+      # then, e.g.: XVATOOL_PASSWORD=demo xvatool vm list --host http://127.0.0.1:8080
     """
-    from xvatool.sim.server import SimHost, tls_context
+    from xvatool.sim.server import serve_forever, tls_context
 
     if (tls_cert is None) != (tls_key is None):
         raise UsageError("--tls-cert and --tls-key go together")
-    host_name, port = _parse_listen(listen)
+    host, port = _parse_listen(listen)
     password = _read_password(password_file, demo)
     tls = tls_context(tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
-    host = SimHost(data_dir, user=user, password=password, faults=faults, demo=demo, auth_failure_delay_s=1.0)
-    try:
-        redirect = any(f.kind == "redirect" for f in host.faults.pending())
-        host.serve(host_name, port, tls=tls, redirect_peer=redirect)
-        # Announced on stderr (stdout stays clean); flushed so a parent process sees it at once.
-        click.echo(
-            f"xvatool: simulated host listening on {host.url} (user {user!r}); Ctrl-C stops it", err=True
-        )
-        if host.peer_url:
-            click.echo(f"xvatool: redirect peer listening on {host.peer_url}", err=True)
-        sys.stderr.flush()
-        try:
-            host.wait()
-        except KeyboardInterrupt:
-            click.echo("xvatool: stopping", err=True)
-    finally:
-        host.close()
+    serve_forever(data_dir, host=host, port=port, user=user, password=password, faults=faults, demo=demo,
+                  tls=tls, say=_announce)  # fmt: skip
+
+
+def _announce(line: str) -> None:
+    """On stderr (stdout stays clean), flushed so a parent process sees it at once."""
+    click.echo(line, err=True)
+    sys.stderr.flush()
 
 
 COMMANDS: list[click.Command] = [serve_command]

@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 
-from xvatool.cli._common import command_errors, debug_option, echo_json, progress_enabled, quiet_option
+from xvatool.cli._common import (
+    command_errors,
+    debug_option,
+    echo_json,
+    json_option,
+    progress_factory,
+    quiet_option,
+)
 from xvatool.cli._connection import Connection, connection_options, retries_option
 
 __all__ = ["COMMANDS", "export_command", "import_command"]
 
 _MODE = click.Choice(["stream", "parallel"])
-
-
-def _progress() -> Any:
-    if not progress_enabled():
-        return None
-    from xvatool.ops.progress import tqdm_factory
-
-    return tqdm_factory()
 
 
 @click.command("export")
@@ -38,7 +35,7 @@ def _progress() -> Any:
 )
 @retries_option
 @click.option("--resume", is_flag=True, help="Continue an interrupted export from its journal.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_option()
 @connection_options
 @quiet_option
 @debug_option
@@ -66,7 +63,7 @@ def export_command(
     with connect() as session:
         result = export_vm(
             session, vm, out, mode=mode, compression=compress, snapshot=snapshot,  # type: ignore[arg-type]
-            retries=retries, resume=resume, progress=_progress(),
+            retries=retries, resume=resume, progress=progress_factory(),
         )  # fmt: skip
     if as_json:
         echo_json(result.to_json())
@@ -83,7 +80,7 @@ def export_command(
 @retries_option
 @click.option("--resume", is_flag=True, help="Continue an interrupted parallel import from its journal.")
 @click.option("--discard", is_flag=True, help="On failure (or with an old journal) remove the VDIs created.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_option()
 @connection_options
 @quiet_option
 @debug_option
@@ -112,7 +109,7 @@ def import_command(
     with connect() as session:
         result = import_vm(
             session, archive, sr=sr, restore=restore, force=force, mode=mode,  # type: ignore[arg-type]
-            retries=retries, resume=resume, discard=discard, progress=_progress(),
+            retries=retries, resume=resume, discard=discard, progress=progress_factory(),
         )  # fmt: skip
     if as_json:
         echo_json({"vm": {"uuid": result.vm_uuid}, "mode": result.mode, "disks": result.to_json()["disks"]})

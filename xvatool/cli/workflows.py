@@ -13,43 +13,28 @@ from typing import TYPE_CHECKING, cast
 
 import click
 
-from xvatool.cli._common import command_errors, debug_option, echo_json, progress_enabled, quiet_option
-from xvatool.cli._connection import INSECURE_WARNING, Connection, connection_options
-from xvatool.errors import LocalIOError, PartialFailure, UsageError, XvatoolError
+from xvatool.cli._common import (
+    command_errors,
+    debug_option,
+    echo_json,
+    human_size,
+    json_option,
+    network_map_option,
+    progress_factory,
+    quiet_option,
+)
+from xvatool.cli._connection import INSECURE_WARNING, Connection, connection_options, read_password_file
+from xvatool.errors import PartialFailure, UsageError, XvatoolError
 
 if TYPE_CHECKING:
     from xvatool._types import Compression
     from xvatool.ops.backup import BackupReport, ExportMode
-    from xvatool.ops.progress import ProgressFactory
     from xvatool.xapi.session import Session
 
 __all__ = ["COMMANDS"]
 
 TO_USER_ENV = "XVATOOL_TO_USER"
 TO_PASSWORD_ENV = "XVATOOL_TO_PASSWORD"
-
-
-def _progress() -> ProgressFactory | None:
-    from xvatool.ops.progress import tqdm_factory
-
-    return tqdm_factory() if progress_enabled() else None
-
-
-def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
-def _read_password_file(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.readline().rstrip("\r\n")
-    except OSError as exc:
-        raise LocalIOError(exc.strerror or str(exc), path=path) from exc
 
 
 # ---------------------------------------------------------------------------------------- backup
@@ -59,7 +44,7 @@ def _render_backup(report: BackupReport) -> None:
     rows = [("VM", "STATUS", "SIZE", "TIME", "ARCHIVE / ERROR")]
     for r in report.results:
         detail = str(r.archive) if r.status == "ok" else (r.error or "")
-        rows.append((r.vm_name, r.status, _human(r.archive_size), f"{r.duration_s:.1f}s", detail))
+        rows.append((r.vm_name, r.status, human_size(r.archive_size), f"{r.duration_s:.1f}s", detail))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         click.echo(
@@ -91,7 +76,7 @@ def _target_session(
 
     user = user or os.environ.get(TO_USER_ENV) or "root"
     if password_file is not None:
-        password = _read_password_file(password_file)
+        password = read_password_file(password_file)
     elif TO_PASSWORD_ENV in os.environ:
         password = os.environ[TO_PASSWORD_ENV]
     else:
@@ -102,16 +87,6 @@ def _target_session(
                        insecure=insecure, timeout=timeout)  # fmt: skip
 
     return factory
-
-
-def _network_map(pairs: tuple[str, ...]) -> dict[str, str]:
-    mapping: dict[str, str] = {}
-    for pair in pairs:
-        old, sep, new = pair.partition("=")
-        if not sep or not old or not new:
-            raise UsageError(f"--map-network wants OLD=NEW (network names), not {pair!r}")
-        mapping[old] = new
-    return mapping
 
 
 @click.command("backup")
@@ -127,7 +102,7 @@ def _network_map(pairs: tuple[str, ...]) -> dict[str, str]:
               type=click.Choice(["none", "gzip", "zstd"]), help="Host-side compression.")  # fmt: skip
 @click.option("--mode", default="stream", show_default=True, type=click.Choice(["stream", "parallel"]),
               help="One verified stream, or one stream per disk in parallel.")  # fmt: skip
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_option("report")
 @quiet_option
 @debug_option
 @command_errors
@@ -151,7 +126,8 @@ def backup_command(
         raise UsageError("choose VMs with --vm, --all or --tag")
     report = backup(
         connect, Selection(vms, all_vms, tags), dest, jobs=jobs, keep=keep,
-        compression=cast("Compression", compression), mode=cast("ExportMode", mode), progress=_progress(),
+        compression=cast("Compression", compression), mode=cast("ExportMode", mode),
+        progress=progress_factory(),
     )  # fmt: skip
     echo_json(report.to_json()) if as_json else _render_backup(report)
     _backup_outcome(report)
@@ -163,7 +139,7 @@ def backup_command(
 @click.option("--sr", help="SR uuid or name (default: the pool's default SR).")
 @click.option("--restore-identity", is_flag=True, help="Keep the VM's identity (MACs…) as backed up.")
 @click.option("--mode", default="stream", show_default=True, type=click.Choice(["stream", "parallel"]))
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_option()
 @quiet_option
 @debug_option
 @command_errors
@@ -189,7 +165,7 @@ def restore_command(
 
     with connect() as session:
         result = restore(session, backup, sr=sr, restore_identity=restore_identity,
-                         mode=cast("ExportMode", mode), progress=_progress())  # fmt: skip
+                         mode=cast("ExportMode", mode), progress=progress_factory())  # fmt: skip
     echo_json(result.to_json()) if as_json else click.echo(result.vm_uuid)
 
 
@@ -204,17 +180,16 @@ def restore_command(
 @click.option("--to-ca-bundle", type=click.Path(dir_okay=False), help="CA bundle for the target.")
 @click.option("--to-insecure", is_flag=True, help="Do not verify the target's certificate (loud).")
 @click.option("--sr", help="Target SR uuid or name (default: the target pool's default SR).")
-@click.option("--map-network", "map_network", multiple=True, metavar="OLD=NEW",
-              help="Put VIFs of network OLD on target network NEW (names; repeatable).")  # fmt: skip
+@network_map_option("Put VIFs of network OLD on target network NEW (names; repeatable).")
 @click.option("--shutdown-source", is_flag=True, help="Shut the source VM down cleanly first.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_option()
 @quiet_option
 @debug_option
 @command_errors
 def migrate_command(
     *, connect: Connection, vm: str, to_url: str, to_user: str | None, to_password_file: str | None,
     to_fingerprint: str | None, to_ca_bundle: str | None, to_insecure: bool, sr: str | None,
-    map_network: tuple[str, ...], shutdown_source: bool, as_json: bool,
+    map_network: dict[str, str], shutdown_source: bool, as_json: bool,
 ) -> None:  # fmt: skip
     """Copy VM to another pool: export piped straight into import, verified, no temp file.
 
@@ -229,13 +204,12 @@ def migrate_command(
     """
     from xvatool.ops.migrate import migrate
 
-    mapping = _network_map(map_network)
     if to_insecure:
         click.echo(INSECURE_WARNING.replace("--insecure", "--to-insecure"), err=True)
     target = _target_session(to_url, to_user, to_password_file, to_fingerprint, to_ca_bundle, to_insecure)
     with connect() as source, target(source.timeout_s) as dest:
-        result = migrate(source, dest, vm, sr=sr, network_map=mapping, shutdown_source=shutdown_source,
-                         progress=_progress())  # fmt: skip
+        result = migrate(source, dest, vm, sr=sr, network_map=map_network, shutdown_source=shutdown_source,
+                         progress=progress_factory())  # fmt: skip
     if as_json:
         echo_json(result.to_json())
         return
@@ -247,7 +221,7 @@ def migrate_command(
 @click.command("demo")
 @click.option("--keep-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Keep the host data and backup here, not in a temporary folder.")  # fmt: skip
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@json_option("summary")
 @quiet_option
 @debug_option
 @command_errors
@@ -263,13 +237,13 @@ def demo_command(*, keep_dir: Path | None, as_json: bool) -> None:
     from xvatool.ops.demo import run_demo
 
     say = None if as_json else click.echo
-    summary = run_demo(workdir=keep_dir, progress=_progress(), say=say)
+    summary = run_demo(workdir=keep_dir, progress=progress_factory(), say=say)
     if as_json:
         echo_json(summary.to_json())
         return
-    sizes = " + ".join(_human(s) for s in summary.disk_sizes)
+    sizes = " + ".join(human_size(s) for s in summary.disk_sizes)
     click.echo(
-        f"demo ok: {summary.vm_name!r} ({sizes}) backed up to {_human(summary.archive_size)}, verified, "
+        f"demo ok: {summary.vm_name!r} ({sizes}) backed up to {human_size(summary.archive_size)}, verified, "
         f"restored as {summary.restored_vm_uuid}, disks identical; {summary.total_s:.1f}s"
     )
 

@@ -15,7 +15,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,9 +24,6 @@ if TYPE_CHECKING:
     from xvatool.xapi.session import Session
 
 __all__ = ["HostDisk", "vm_disk_digests"]
-
-READ_SIZE = 1 << 20
-"""Bytes per read of a disk body."""
 
 
 @dataclass(frozen=True)
@@ -57,19 +53,14 @@ def vm_disk_digests(session: Session, vm: str) -> list[HostDisk]:
 
 
 def _raw_sha256(session: Session, vdi_uuid: str, size: int) -> str:
+    from xvatool.ops.manifest import stream_sha256
     from xvatool.xapi.tasks import managed_task, wait_task
     from xvatool.xapi.transfer import open_download
 
-    hasher = hashlib.sha256()
-    buf = bytearray(READ_SIZE)
-    view = memoryview(buf)
-    count = 0
     with managed_task(session, f"xvatool digest {vdi_uuid}") as task:
         with open_download(session, "/export_raw_vdi", {"vdi": vdi_uuid, "format": "raw"}, task=task) as body:
-            while n := body.readinto(buf):
-                hasher.update(view[:n])
-                count += n
+            digest, count = stream_sha256(body)
         wait_task(session, task)
     if count != size:
         raise TransferError(f"VDI {vdi_uuid}: raw export gave {count} bytes, expected {size}", retryable=True)
-    return hasher.hexdigest()
+    return digest

@@ -49,6 +49,7 @@ __all__ = [
     "load_manifest",
     "manifest_path_for",
     "resolve_backup",
+    "stream_sha256",
     "verify_backup",
     "write_manifest",
 ]
@@ -306,18 +307,20 @@ def _device_order(disk: DiskInfo) -> tuple[int, str]:
 
 def file_sha256(path: Path) -> tuple[str, int]:
     """sha256 and size of a file, read in 1 MiB pieces."""
-    h = hashlib.sha256()
-    size = 0
-    buf = bytearray(READ_SIZE)
-    view = memoryview(buf)
     try:
         with open(path, "rb", buffering=0) as f:
-            while n := f.readinto(buf):
-                h.update(view[:n])
-                size += n
+            return stream_sha256(f)
     except OSError as exc:
         raise LocalIOError(exc.strerror or str(exc), path=str(path)) from exc
-    return h.hexdigest(), size
+
+
+def stream_sha256(stream: Readable) -> tuple[str, int]:
+    """sha256 and length of the rest of `stream`, read in 1 MiB pieces (bounded memory)."""
+    reader = HashingReader(stream)
+    buf = bytearray(READ_SIZE)
+    while reader.readinto(buf):
+        pass
+    return reader.hash.hexdigest(), reader.count
 
 
 def manifest_path_for(archive: Path) -> Path:
@@ -328,18 +331,12 @@ def manifest_path_for(archive: Path) -> Path:
 
 def write_manifest(path: Path, manifest: Manifest) -> None:
     """Write the manifest atomically (`.part`, fsync, rename): its appearance commits the backup."""
-    part = path.with_name(path.name + ".part")
+    from xvatool.xva.convert import atomic_output
+
     data = json.dumps(manifest.to_json(), indent=2, sort_keys=True).encode() + b"\n"
-    try:
-        with open(part, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(part, path)
-        _fsync_dir(path.parent)
-    except OSError as exc:
-        part.unlink(missing_ok=True)
-        raise LocalIOError(exc.strerror or str(exc), path=str(path)) from exc
+    with atomic_output(path) as f:
+        f.write(data)
+    _fsync_dir(path.parent)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Self
 
+from xvatool.xva.convert import atomic_output
 from xvatool.xva.disk import CHUNK_SIZE, RawFileSource, is_zero
 
 __all__ = ["DiskTargets", "copy_sparse", "create_sparse", "overwrite", "write_nonzero"]
@@ -19,11 +20,8 @@ __all__ = ["DiskTargets", "copy_sparse", "create_sparse", "overwrite", "write_no
 
 def create_sparse(path: Path, size: int) -> None:
     """A new all-hole file of `size` bytes, written as `path.part` then renamed."""
-    part = path.with_name(path.name + ".part")
-    with open(part, "wb") as handle:
+    with atomic_output(path) as handle:
         handle.truncate(size)
-        os.fsync(handle.fileno())
-    os.replace(part, path)
 
 
 def write_nonzero(fd: int, offset: int, data: bytes | bytearray | memoryview) -> None:
@@ -42,14 +40,10 @@ def write_nonzero(fd: int, offset: int, data: bytes | bytearray | memoryview) ->
 def copy_sparse(source: Path, target: Path) -> None:
     """Copy a disk file block by block, writing only non-zero blocks (holes stay holes)."""
     reader = RawFileSource(source)
-    part = target.with_name(target.name + ".part")
-    with open(part, "wb") as dst:
+    with atomic_output(target) as dst:
         dst.truncate(reader.size)
         for offset, block in reader.blocks():
             write_nonzero(dst.fileno(), offset, block)
-        dst.flush()
-        os.fsync(dst.fileno())
-    os.replace(part, target)
 
 
 class DiskTargets:

@@ -150,6 +150,18 @@ class DataRequest:
             return
         raise HttpReject(401, detail="no credentials")
 
+    def start(self, label: str) -> bool:
+        """Begin a data handler: redirect under the `redirect` fault, else take the task.
+
+        False means the `302` has been sent (xapi-protocol.md §3.0 "Redirects") and the handler
+        is done; the request then has no task of its own.
+        """
+        if "redirect" in self.faults:
+            self.redirect()
+            return False
+        self.take_task(label)
+        return True
+
     def take_task(self, label: str) -> None:
         """Use the caller's `task_id` or create the handler's own task."""
         given = self.cookie_first("task_id")
@@ -167,6 +179,34 @@ class DataRequest:
             self.host.api.logout(self.session)
 
     # -- response framing -----------------------------------------------------------------------
+
+    def lookup(self, cls: str, ref_param: str, uuid_param: str) -> str | None:
+        """The object a `ref_param` or `uuid_param` parameter names; None when neither is given.
+
+        An unknown reference is `HANDLE_INVALID`, an unknown uuid `UUID_INVALID` (importexport.ml).
+        """
+        state = self.host.state
+        ref, uuid = self.param(ref_param), self.param(uuid_param)
+        if ref is not None:
+            state.get(cls, ref)  # HANDLE_INVALID
+            return ref
+        if uuid is not None:
+            found = state.find(cls, uuid=uuid)
+            if not found:
+                raise ApiFailure("UUID_INVALID", [cls, uuid])
+            return found[0]
+        return None
+
+    def send_upload_head(self) -> None:
+        """The `200` an upload handler sends before it reads the body (§3.0)."""
+        self.send_head(
+            200,
+            [
+                ("Connection", "close"),
+                self.task_header(spaced=False),
+                ("content-type", "application/octet-stream"),
+            ],
+        )
 
     def send_head(self, status: int, headers: list[Header], *, version: str = "HTTP/1.1") -> None:
         """Write a status line and headers exactly as given (a `str` entry is a verbatim line)."""

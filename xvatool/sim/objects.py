@@ -73,64 +73,62 @@ class ObjectOps:
             self.state.remove("VDI", vdi)
             path.unlink(missing_ok=True)
 
-    @contextlib.contextmanager
-    def vdi_operation(self, vdi: str, task: str, operation: str) -> Iterator[None]:
+    def vdi_operation(self, vdi: str, task: str, operation: str) -> contextlib.AbstractContextManager[None]:
         """Mark a VDI busy for a transfer (xapi attaches it to dom0 meanwhile, §3.5)."""
-        self.state.mutate("VDI", vdi, lambda r: r["current_operations"].__setitem__(task, operation))
-        try:
-            yield
-        finally:
-            if self.state.exists("VDI", vdi):
-                self.state.mutate("VDI", vdi, lambda r: r["current_operations"].pop(task, None))
+        return self._operation("VDI", vdi, task, operation)
+
+    def vm_operation(self, vm: str, task: str, operation: str) -> contextlib.AbstractContextManager[None]:
+        """`current_operations[task] = operation` on a VM for the duration (export, import)."""
+        return self._operation("VM", vm, task, operation)
 
     @contextlib.contextmanager
-    def vm_operation(self, vm: str, task: str, operation: str) -> Iterator[None]:
-        """`current_operations[task] = operation` on a VM for the duration (export, import)."""
-        self.state.mutate("VM", vm, lambda r: r["current_operations"].__setitem__(task, operation))
+    def _operation(self, cls: str, ref: str, task: str, operation: str) -> Iterator[None]:
+        self.state.mutate(cls, ref, lambda r: r["current_operations"].__setitem__(task, operation))
         try:
             yield
         finally:
-            if self.state.exists("VM", vm):
-                self.state.mutate("VM", vm, lambda r: r["current_operations"].pop(task, None))
+            if self.state.exists(cls, ref):
+                self.state.mutate(cls, ref, lambda r: r["current_operations"].pop(task, None))
 
     # -- VBDs and VIFs --------------------------------------------------------------------------
 
     def create_vbd(self, vm: str, vdi: str, **fields: Any) -> str:
         """A VBD linking `vm` to `vdi` (`OpaqueRef:NULL` for an empty CD drive)."""
-        with self.state.transaction():
-            ref = self.state.add("VBD", vbd_record(VM=vm, VDI=vdi, **fields))
-            self.state.mutate("VM", vm, lambda r: r["VBDs"].append(ref))
-            if vdi != NULL_REF:
-                self.state.mutate("VDI", vdi, lambda r: r["VBDs"].append(ref))
-        return ref
+        owners = {"VM": vm} if vdi == NULL_REF else {"VM": vm, "VDI": vdi}
+        return self._add_joint("VBD", vbd_record(VM=vm, VDI=vdi, **fields), owners)
 
     def destroy_vbd(self, vbd: str) -> None:
         """Remove a VBD and both links to it."""
-        with self.state.transaction():
-            if not self.state.exists("VBD", vbd):
-                return
-            record = self.state.get("VBD", vbd)
-            self._unlink(record["VM"], "VM", "VBDs", vbd)
-            self._unlink(record["VDI"], "VDI", "VBDs", vbd)
-            self.state.remove("VBD", vbd)
+        self._remove_joint("VBD", vbd, ("VM", "VDI"))
 
     def create_vif(self, vm: str, network: str, **fields: Any) -> str:
         """A VIF linking `vm` to `network`."""
-        with self.state.transaction():
-            ref = self.state.add("VIF", vif_record(VM=vm, network=network, **fields))
-            self.state.mutate("VM", vm, lambda r: r["VIFs"].append(ref))
-            self.state.mutate("network", network, lambda r: r["VIFs"].append(ref))
-        return ref
+        return self._add_joint(
+            "VIF", vif_record(VM=vm, network=network, **fields), {"VM": vm, "network": network}
+        )
 
     def destroy_vif(self, vif: str) -> None:
         """Remove a VIF and both links to it."""
+        self._remove_joint("VIF", vif, ("VM", "network"))
+
+    # A VBD or VIF joins two objects; each owner lists it in its `VBDs`/`VIFs` field, and the
+    # joint names each owner in the field named after the owner's class.
+
+    def _add_joint(self, cls: str, record: Record, owners: dict[str, str]) -> str:
         with self.state.transaction():
-            if not self.state.exists("VIF", vif):
+            ref = self.state.add(cls, record)
+            for owner_cls, owner in owners.items():
+                self._link(owner, owner_cls, f"{cls}s", ref)
+        return ref
+
+    def _remove_joint(self, cls: str, ref: str, owner_classes: tuple[str, str]) -> None:
+        with self.state.transaction():
+            if not self.state.exists(cls, ref):
                 return
-            record = self.state.get("VIF", vif)
-            self._unlink(record["VM"], "VM", "VIFs", vif)
-            self._unlink(record["network"], "network", "VIFs", vif)
-            self.state.remove("VIF", vif)
+            record = self.state.get(cls, ref)
+            for owner_cls in owner_classes:
+                self._unlink(record[owner_cls], owner_cls, f"{cls}s", ref)
+            self.state.remove(cls, ref)
 
     def _link(self, owner: str, cls: str, field: str, ref: str) -> None:
         self.state.mutate(cls, owner, lambda r: r[field].append(ref))

@@ -48,21 +48,45 @@ def _build(defaults: Record, overrides: dict[str, Any]) -> Record:
     return defaults
 
 
+def _named() -> Record:
+    """The fields every named, user-visible class has (xenapi.json), with their defaults."""
+    return {
+        "uuid": new_uuid(),
+        "name_label": "",
+        "name_description": "",
+        "allowed_operations": [],
+        "current_operations": {},
+        "other_config": {},
+        "tags": [],
+    }
+
+
+def _device() -> Record:
+    """The fields VBDs and VIFs share: plugging state, QoS and operations (xenapi.json)."""
+    return {
+        "currently_attached": False,
+        "status_code": 0,
+        "status_detail": "",
+        "runtime_properties": {},
+        "qos_algorithm_type": "",
+        "qos_algorithm_params": {},
+        "qos_supported_algorithms": [],
+        "metrics": NULL_REF,
+        "other_config": {},
+        "allowed_operations": ["attach"],
+        "current_operations": {},
+    }
+
+
 def pool_record(**fields: Any) -> Record:
     """A pool; `master` and `default_SR` are set by the seed."""
     return _build(
         {
-            "uuid": new_uuid(),
-            "name_label": "",
-            "name_description": "",
+            **_named(),
             "master": NULL_REF,
             "default_SR": NULL_REF,
             "suspend_image_SR": NULL_REF,
             "crash_dump_SR": NULL_REF,
-            "other_config": {},
-            "tags": [],
-            "allowed_operations": [],
-            "current_operations": {},
             "ha_enabled": False,
             "tls_verification_enabled": False,
             "restrictions": {},
@@ -84,9 +108,7 @@ def host_record(**fields: Any) -> Record:
     }
     return _build(
         {
-            "uuid": new_uuid(),
-            "name_label": "",
-            "name_description": "",
+            **_named(),
             "hostname": "",
             "address": "127.0.0.1",
             "enabled": True,
@@ -99,7 +121,6 @@ def host_record(**fields: Any) -> Record:
             "software_version": software,
             "control_domain": NULL_REF,
             "https_only": False,
-            "other_config": {},
             "capabilities": [],
             "cpu_configuration": {},
             "sched_policy": "credit",
@@ -109,9 +130,6 @@ def host_record(**fields: Any) -> Record:
             "crash_dump_sr": NULL_REF,
             "metrics": NULL_REF,
             "license_params": {},
-            "allowed_operations": [],
-            "current_operations": {},
-            "tags": [],
             "edition": "xcp-ng",
         },
         fields,
@@ -122,9 +140,7 @@ def sr_record(**fields: Any) -> Record:
     """A storage repository; the simulator's SRs are file-backed (`type` `ext`)."""
     return _build(
         {
-            "uuid": new_uuid(),
-            "name_label": "",
-            "name_description": "",
+            **_named(),
             "type": "ext",
             "content_type": "user",
             "shared": False,
@@ -134,10 +150,7 @@ def sr_record(**fields: Any) -> Record:
             "physical_utilisation": 0,
             "virtual_allocation": 0,
             "allowed_operations": ["vdi_create", "vdi_destroy", "vdi_snapshot", "vdi_clone", "vdi_resize"],
-            "current_operations": {},
             "sm_config": {"devserial": "sim"},
-            "other_config": {},
-            "tags": [],
             "clustered": False,
             "is_tools_sr": False,
         },
@@ -164,19 +177,13 @@ def network_record(**fields: Any) -> Record:
     """A network."""
     return _build(
         {
-            "uuid": new_uuid(),
-            "name_label": "",
-            "name_description": "",
+            **_named(),
             "VIFs": [],
             "PIFs": [],
             "MTU": 1500,
             "bridge": "",
             "managed": True,
             "purpose": [],
-            "other_config": {},
-            "tags": [],
-            "allowed_operations": [],
-            "current_operations": {},
             "blobs": {},
             "assigned_ips": {},
             "default_locking_mode": "unlocked",
@@ -190,9 +197,8 @@ def vdi_record(**fields: Any) -> Record:
     uuid = fields.get("uuid") or new_uuid()
     return _build(
         {
+            **_named(),
             "uuid": uuid,
-            "name_label": "",
-            "name_description": "",
             "SR": NULL_REF,
             "VBDs": [],
             "virtual_size": 0,
@@ -207,16 +213,13 @@ def vdi_record(**fields: Any) -> Record:
             "snapshots": [],
             "snapshot_time": EPOCH,
             "sm_config": {},
-            "other_config": {},
             "xenstore_data": {},
-            "tags": [],
             "location": uuid,
             "on_boot": "persist",
             "allow_caching": False,
             "cbt_enabled": False,
             "is_tools_iso": False,
             "allowed_operations": ["clone", "copy", "destroy", "resize", "snapshot", "update"],
-            "current_operations": {},
             "storage_lock": False,
             "parent": NULL_REF,
             "crash_dumps": [],
@@ -232,9 +235,7 @@ def vm_record(**fields: Any) -> Record:
     memory = 1 << 30
     return _build(
         {
-            "uuid": new_uuid(),
-            "name_label": "",
-            "name_description": "",
+            **_named(),
             "power_state": "Halted",
             "user_version": 1,
             "is_a_template": False,
@@ -254,10 +255,7 @@ def vm_record(**fields: Any) -> Record:
             "resident_on": NULL_REF,
             "affinity": NULL_REF,
             "allowed_operations": ["export", "snapshot", "clone", "copy", "start", "destroy"],
-            "current_operations": {},
             "blocked_operations": {},
-            "other_config": {},
-            "tags": [],
             "memory_static_max": memory,
             "memory_dynamic_max": memory,
             "memory_dynamic_min": memory,
@@ -333,17 +331,7 @@ def vbd_record(**fields: Any) -> Record:
             "unpluggable": True,
             "storage_lock": False,
             "empty": False,
-            "currently_attached": False,
-            "status_code": 0,
-            "status_detail": "",
-            "runtime_properties": {},
-            "qos_algorithm_type": "",
-            "qos_algorithm_params": {},
-            "qos_supported_algorithms": [],
-            "metrics": NULL_REF,
-            "other_config": {},
-            "allowed_operations": ["attach"],
-            "current_operations": {},
+            **_device(),
         },
         fields,
     )
@@ -360,20 +348,10 @@ def vif_record(**fields: Any) -> Record:
             "MAC": "",
             "MAC_autogenerated": True,
             "MTU": 1500,
-            "currently_attached": False,
-            "status_code": 0,
-            "status_detail": "",
-            "runtime_properties": {},
-            "qos_algorithm_type": "",
-            "qos_algorithm_params": {},
-            "qos_supported_algorithms": [],
-            "metrics": NULL_REF,
+            **_device(),
             "locking_mode": "network_default",
             "ipv4_allowed": [],
             "ipv6_allowed": [],
-            "other_config": {},
-            "allowed_operations": ["attach"],
-            "current_operations": {},
         },
         fields,
     )

@@ -3,9 +3,10 @@
 Pure functions, bytes in and bytes out, so they are testable without a socket:
 `handle_xmlrpc(api, body)` and `handle_jsonrpc(api, body)` return `(status, content_type, body)`.
 
-Emission rules (ocaml-rpc non-strict mode, §1.4): strings and ints as bare `<value>` text (ints
-therefore reach Python clients as strings), `<boolean>1</boolean>`, `<double>` with 16
-significant digits, `<dateTime.iso8601>` in `YYYYMMDDTHH:MM:SSZ`, arrays and structs as usual.
+Emission rules (ocaml-rpc non-strict mode, §1.4), shared with ova.xml and so written by the
+format layer's codec: strings and ints as bare `<value>` text (ints therefore reach Python
+clients as strings), `<boolean>1</boolean>`, `<double>` with 16 significant digits (17 where 16
+would round), `<dateTime.iso8601>` in `YYYYMMDDTHH:MM:SSZ`, arrays and structs as usual.
 API failures are HTTP 200 envelopes; unparsable requests get the HTML 500 page.
 """
 
@@ -18,7 +19,8 @@ from collections.abc import Callable
 from typing import Any
 from xml.parsers.expat import ExpatError
 
-from xvatool.sim.values import I4, ApiFailure, DateTime
+from xvatool.sim.values import ApiFailure, DateTime
+from xvatool.xva._xmlrpc import dump_value
 
 __all__ = [
     "MAX_RPC_BODY",
@@ -43,51 +45,22 @@ def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
 
 
-def _dump(value: Any, out: list[str]) -> None:
-    if isinstance(value, bool):
-        out.append(f"<value><boolean>{int(value)}</boolean></value>")
-    elif isinstance(value, I4):
-        out.append(f"<value><i4>{int(value)}</i4></value>")
-    elif isinstance(value, int):
-        out.append(f"<value>{value}</value>")
-    elif isinstance(value, float):
-        out.append(f"<value><double>{value:.16g}</double></value>")
-    elif isinstance(value, DateTime):
-        out.append(f"<value><dateTime.iso8601>{value}</dateTime.iso8601></value>")
-    elif isinstance(value, str):
-        out.append(f"<value>{_escape(value)}</value>")
-    elif isinstance(value, dict):
-        out.append("<value><struct>")
-        for key, item in value.items():
-            out.append(f"<member><name>{_escape(str(key))}</name>")
-            _dump(item, out)
-            out.append("</member>")
-        out.append("</struct></value>")
-    elif isinstance(value, (list, tuple)):
-        out.append("<value><array><data>")
-        for item in value:
-            _dump(item, out)
-        out.append("</data></array></value>")
-    elif value is None:
-        out.append("<value><nil/></value>")
-    else:
-        raise TypeError(f"cannot encode {type(value).__name__}")
-
-
 def dump_xml_value(value: Any) -> str:
-    """One `<value>` in xapi's style: `dump_xml_value(10)` is `'<value>10</value>'`."""
-    out: list[str] = []
-    _dump(value, out)
-    return "".join(out)
+    """One `<value>` in xapi's style: `dump_xml_value(10)` is `'<value>10</value>'`.
+
+    ova.xml and the RPC wire share one encoding (xva-format.md §2.1, xapi-protocol.md §1.4), so
+    this is the format layer's codec; `I4` and `DateTime` mark the two typed cases.
+    """
+    return dump_value(value).decode("utf-8")
 
 
 def xml_response(envelope: dict[str, Any]) -> bytes:
     """A complete `methodResponse` document carrying one envelope struct."""
     return (
-        '<?xml version="1.0"?><methodResponse><params><param>'
-        + dump_xml_value(envelope)
-        + "</param></params></methodResponse>"
-    ).encode("utf-8")
+        b'<?xml version="1.0"?><methodResponse><params><param>'
+        + dump_value(envelope)
+        + b"</param></params></methodResponse>"
+    )
 
 
 def html_error(status: int, reason: str, detail: str = "") -> bytes:

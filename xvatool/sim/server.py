@@ -33,7 +33,7 @@ from xvatool.sim.seed import DEMO_DISK_SIZES, seed_base, seed_demo
 from xvatool.sim.state import SimState
 from xvatool.sim.tasks import TaskManager
 
-__all__ = ["MAX_HEADER_BYTES", "SimHost", "tls_context"]
+__all__ = ["AUTH_FAILURE_DELAY_S", "MAX_HEADER_BYTES", "SimHost", "serve_forever", "tls_context"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,8 @@ POLL_INTERVAL_S = 0.05
 """How often the accept loop checks for shutdown (stdlib default 0.5 s makes close() slow)."""
 IDLE_TIMEOUT_S = 60.0
 """A connection idle this long is closed (also bounds the TLS handshake)."""
+AUTH_FAILURE_DELAY_S = 1.0
+"""Seconds a failed login waits in `serve_forever`, so a listening host is slow to brute-force."""
 
 DataHandler = Callable[[DataRequest], None]
 _GET: dict[str, tuple[str, DataHandler]] = {
@@ -225,6 +227,49 @@ class SimHost:
             if rec["type"] != "CD" and not rec["empty"]:
                 out.append((int(rec["userdevice"]), rec["VDI"]))
         return [vdi for _, vdi in sorted(out)]
+
+
+def serve_forever(
+    data_dir: Path,
+    *,
+    host: str,
+    port: int,
+    user: str,
+    password: str,
+    faults: Iterable[Fault | str] = (),
+    demo: bool = False,
+    tls: ssl.SSLContext | None = None,
+    say: Callable[[str], None] = print,
+) -> None:
+    """Serve a `SimHost` in the foreground until Ctrl-C, then close it (what `xvatool serve` runs).
+
+    A `redirect` fault also starts the redirect peer. `say` gets the one-line announcements
+    (where it listens, then "stopping").
+
+    Example::
+
+        serve_forever(Path("./simhost"), host="127.0.0.1", port=8080, user="root", password="demo")
+    """
+    sim = SimHost(
+        data_dir,
+        user=user,
+        password=password,
+        faults=faults,
+        demo=demo,
+        auth_failure_delay_s=AUTH_FAILURE_DELAY_S,
+    )
+    try:
+        redirect = any(f.kind == "redirect" for f in sim.faults.pending())
+        sim.serve(host, port, tls=tls, redirect_peer=redirect)
+        say(f"xvatool: simulated host listening on {sim.url} (user {user!r}); Ctrl-C stops it")
+        if sim.peer_url:
+            say(f"xvatool: redirect peer listening on {sim.peer_url}")
+        try:
+            sim.wait()
+        except KeyboardInterrupt:
+            say("xvatool: stopping")
+    finally:
+        sim.close()
 
 
 def tls_context(cert: Path, key: Path) -> ssl.SSLContext:

@@ -35,6 +35,7 @@ from typing import IO, Any
 
 from xvatool.errors import LocalIOError, UsageError
 from xvatool.sim.values import ApiFailure, DateTime, Record, new_ref
+from xvatool.xva.convert import atomic_output
 
 __all__ = [
     "ALL_CLASSES",
@@ -152,13 +153,9 @@ class SimState:
         """Write every persistent object atomically: `state.json.part`, fsync, rename, fsync dir."""
         doc = {"objects": {cls: _encode(self._objects[cls]) for cls in PERSISTENT_CLASSES}}
         path = self.data_dir / STATE_FILE
-        part = path.with_name(STATE_FILE + ".part")
         data = json.dumps(doc, sort_keys=True).encode("utf-8")
-        with open(part, "wb") as handle:
+        with atomic_output(path) as handle:
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(part, path)
         dir_fd = os.open(self.data_dir, os.O_RDONLY)
         try:
             os.fsync(dir_fd)

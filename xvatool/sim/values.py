@@ -3,8 +3,8 @@
 xapi's wire encoding depends on the data-model type of a value (xapi-protocol.md §1.4): ints go out
 as bare strings in XML-RPC, datetimes as `<dateTime.iso8601>` without dashes, `valid_ref_counts`
 as `<i4>`. Python types alone cannot say "datetime" or "i4", so the two marker types carry that
-information from the records to the encoders: `DateTime` is the format layer's (so records
-go into ova.xml unchanged) and `I4` is ours.
+information from the records to the encoders. Both are the format layer's codec types, so records
+go into ova.xml unchanged and `sim.rpc` encodes them with the same codec.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from xvatool.xva._xmlrpc import I4
 from xvatool.xva.ovaxml import DateTime
 
 __all__ = [
@@ -31,12 +32,6 @@ __all__ = [
 NULL_REF = "OpaqueRef:NULL"
 Record = dict[str, Any]
 """One object's fields, keyed by their wire names."""
-
-
-class I4(int):
-    """An int xapi sends as `<i4>` rather than as a bare string (event.from `valid_ref_counts`)."""
-
-    __slots__ = ()
 
 
 EPOCH = DateTime("19700101T00:00:00Z")

@@ -102,10 +102,8 @@ def export_raw_vdi(request: DataRequest) -> None:
     vdi_param = request.param("vdi")
     if vdi_param is None:
         raise HttpReject(500, detail="Missing vdi query parameter")
-    if "redirect" in request.faults:
-        request.redirect()
+    if not request.start("VDI.export_raw"):
         return
-    request.take_task("VDI.export_raw")
     request.abort_failure = IO_ERROR
     fmt = _format(request)
     vdi = _resolve_vdi(request, vdi_param)
@@ -174,10 +172,8 @@ def import_raw_vdi(request: DataRequest) -> None:
         request.take_task("VDI.import_raw")
         encoding = request.headers["Transfer-Encoding"]
         raise HttpReject(404, ApiFailure("INTERNAL_ERROR", [f"Cannot handle encoding: {encoding}"]))
-    if "redirect" in request.faults:
-        request.redirect()
+    if not request.start("VDI.import_raw"):
         return
-    request.take_task("VDI.import_raw")
     request.abort_failure = IO_ERROR
     fmt = _format(request)
     chunked = "chunked" in request.query or "chunked" in request.cookies
@@ -187,14 +183,7 @@ def import_raw_vdi(request: DataRequest) -> None:
     length = int(header) if header is not None and header.isdigit() else None
     vdi = _target(request, fmt, length)
     size = int(host.state.field("VDI", vdi, "virtual_size"))
-    request.send_head(
-        200,
-        [
-            ("Connection", "close"),
-            request.task_header(spaced=False),
-            ("content-type", "application/octet-stream"),
-        ],
-    )
+    request.send_upload_head()
     host.tasks.set_progress(request.task, 0.0)
     # The host ignores Content-Length on chunked uploads and reads to the terminator; bounding the
     # body by it (when given) only turns a hang on a missing terminator into a prompt VDI_IO_ERROR.

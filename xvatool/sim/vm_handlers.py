@@ -40,17 +40,10 @@ _EXPORT_HEADERS = [
 
 
 def _resolve_vm(request: DataRequest) -> str:
-    state = request.host.state
-    ref, uuid = request.param("ref"), request.param("uuid")
-    if ref is not None:
-        state.get("VM", ref)  # HANDLE_INVALID
-        return ref
-    if uuid is not None:
-        found = state.find("VM", uuid=uuid)
-        if not found:
-            raise ApiFailure("UUID_INVALID", ["VM", uuid])
-        return found[0]
-    raise ApiFailure("INTERNAL_ERROR", ["Missing ref or uuid query parameter"])
+    vm = request.lookup("VM", "ref", "uuid")
+    if vm is None:
+        raise ApiFailure("INTERNAL_ERROR", ["Missing ref or uuid query parameter"])
+    return vm
 
 
 def _bool_param(request: DataRequest, name: str, default: bool) -> bool:
@@ -81,10 +74,8 @@ def _export_head(request: DataRequest, extra: list[tuple[str, str]]) -> None:
 def export(request: DataRequest) -> None:
     """`GET /export?ref|uuid=…[&use_compression=…][&preserve_power_state=true]`."""
     host = request.host
-    if "redirect" in request.faults:
-        request.redirect()
+    if not request.start("VM.export"):
         return
-    request.take_task("VM.export")
     vm = _resolve_vm(request)
     host.ops.assert_power(vm, ("Halted", "Suspended"))
     preserve = _bool_param(request, "preserve_power_state", False)
@@ -115,10 +106,8 @@ def export(request: DataRequest) -> None:
 def export_metadata(request: DataRequest) -> None:
     """`GET /export_metadata?ref|uuid=…|all=true[&export_snapshots=…][&include_dom0=…]`."""
     host = request.host
-    if "redirect" in request.faults:
-        request.redirect()
+    if not request.start("VM.export_metadata"):
         return
-    request.take_task("VM.export_metadata")
     if _bool_param(request, "all", False):
         include_dom0 = _bool_param(request, "include_dom0", True)
         vms = [
@@ -148,31 +137,14 @@ def export_metadata(request: DataRequest) -> None:
 
 def _import_sr(request: DataRequest) -> str:
     state = request.host.state
-    sr_id, sr_uuid = request.param("sr_id"), request.param("sr_uuid")
-    if sr_id is not None:
-        state.get("SR", sr_id)
-        return sr_id
-    if sr_uuid is not None:
-        found = state.find("SR", uuid=sr_uuid)
-        if not found:
-            raise ApiFailure("UUID_INVALID", ["SR", sr_uuid])
-        return found[0]
+    sr = request.lookup("SR", "sr_id", "sr_uuid")
+    if sr is not None:
+        return sr
     pool = state.refs("pool")[0]
     default = state.field("pool", pool, "default_SR")
     if default == NULL_REF or not state.exists("SR", default):
         raise ApiFailure("DEFAULT_SR_NOT_FOUND", [default])
     return str(default)
-
-
-def _upload_head(request: DataRequest) -> None:
-    request.send_head(
-        200,
-        [
-            ("Connection", "close"),
-            request.task_header(spaced=False),
-            ("content-type", "application/octet-stream"),
-        ],
-    )
 
 
 def _content_length(request: DataRequest) -> int | None:
@@ -203,7 +175,18 @@ def _check_problems(problems: list[Problem], seen: int, force: bool) -> int:
     return len(problems)
 
 
+def _open_upload(request: DataRequest) -> BodyReader:
+    """What both XVA uploads do before reading: refuse a chunked body, then send the `200` head."""
+    request.abort_failure = ApiFailure("IMPORT_ERROR_PREMATURE_EOF")
+    if "Transfer-Encoding" in request.headers:
+        raise HttpReject(403, ApiFailure("IMPORT_ERROR_CANNOT_HANDLE_CHUNKED"))
+    body = BodyReader(request, _content_length(request))
+    request.send_upload_head()
+    return body
+
+
 def _open_reader(body: BodyReader, problems: list[Problem]) -> XvaReader:
+    """A reader over the upload whose metadata is present and passes the importer's checks."""
     reader = XvaReader(body, source="upload", problems=problems)
     if not reader.has_metadata:
         first = problems[0] if problems else Problem("truncated", "no metadata")
@@ -211,6 +194,7 @@ def _open_reader(body: BodyReader, problems: list[Problem]) -> XvaReader:
             # The host pipes a plain tar that does not start with ova.xml into gzip (§4.2).
             raise ApiFailure("IMPORT_ERROR_PREMATURE_EOF")
         raise _problem_failure(first)
+    check_metadata(reader.metadata)
     return reader
 
 
@@ -218,24 +202,17 @@ def import_vm(request: DataRequest) -> None:
     """`PUT /import[?sr_id=…|sr_uuid=…][&restore=true][&force=true]`: an XVA into a new VM."""
     host = request.host
     sr = _import_sr(request)
-    if "redirect" in request.faults:
-        request.redirect()
+    if not request.start("VM.import"):
         return
-    request.take_task("VM.import")
-    request.abort_failure = ApiFailure("IMPORT_ERROR_PREMATURE_EOF")
     host.tasks.set_progress(request.task, 0.0)
     if host.state.field("SR", sr, "content_type") == "iso":
         raise HttpReject(400, ApiFailure("SR_OPERATION_NOT_SUPPORTED"))
-    if "Transfer-Encoding" in request.headers:
-        raise HttpReject(403, ApiFailure("IMPORT_ERROR_CANNOT_HANDLE_CHUNKED"))
     options = ImportOptions(sr=sr, restore=request.flag("restore"), force=request.flag("force"))
-    body = BodyReader(request, _content_length(request))
-    _upload_head(request)
+    body = _open_upload(request)
     importer = Importer(host.state, host.ops, request.task, options)
     try:
         problems: list[Problem] = []
         reader = _open_reader(body, problems)
-        check_metadata(reader.metadata)
         seen = _check_problems(problems, 0, options.force)
         importer.create(reader.metadata)
         host.tasks.set_other_config(request.task, "object_creation", "complete")
@@ -285,26 +262,19 @@ def _vdi_map(request: DataRequest) -> dict[str, str]:
 def import_metadata(request: DataRequest) -> None:
     """`PUT /import_metadata[?restore=true][&force=true][&dry_run=true][&vdi:SRC=DST…]`."""
     host = request.host
-    if "redirect" in request.faults:
-        request.redirect()
+    if not request.start("VM.import_metadata"):
         return
-    request.take_task("VM.import_metadata")
-    request.abort_failure = ApiFailure("IMPORT_ERROR_PREMATURE_EOF")
-    if "Transfer-Encoding" in request.headers:
-        raise HttpReject(403, ApiFailure("IMPORT_ERROR_CANNOT_HANDLE_CHUNKED"))
     options = ImportOptions(
         restore=request.flag("restore"),
         force=request.flag("force"),
         metadata_only=True,
         vdi_map=_vdi_map(request),
     )
-    body = BodyReader(request, _content_length(request))
-    _upload_head(request)
+    body = _open_upload(request)
     importer = Importer(host.state, host.ops, request.task, options)
     try:
         problems: list[Problem] = []
         reader = _open_reader(body, problems)
-        check_metadata(reader.metadata)
         if request.flag("dry_run"):
             body.drain()
             host.tasks.complete(request.task, refs_fragment([]))

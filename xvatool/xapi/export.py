@@ -9,31 +9,28 @@ compressed bytes are written.
 `parallel` mode asks `GET /export_metadata` (export_snapshots=false, §3.2) for the host's ova.xml
 and fetches every disk at once with `GET /export_raw_vdi?format=tar` (§3.5). Each `vdi/` tar
 stream (xva-format.md §3.5) is verified chunk by chunk as it arrives and spooled to
-`OUT.part.d/<disk>.tar`; when all disks are there they are assembled into a standard XVA: ova.xml,
-then every disk's members renamed `vdi/N` → `Ref:x/N`, in byte-wise id order (§3.4). The host
-offers no ranges (§4), so resuming is per disk: the journal `OUT.xvatool-journal.json` marks a
-disk (by VDI uuid) done with the SHA-256 of its spool, and `--resume` re-hashes the spools and
-fetches only the rest.
-
-This module also holds the tee that verifies while copying, which imports use too.
+`OUT.part.d/<disk>.tar` (`xva.reader.read_disk_stream`); when all disks are there they are
+assembled into a standard XVA (`xva.assemble`). The host offers no ranges (§4), so resuming is
+per disk: the journal `OUT.xvatool-journal.json` marks a disk (by VDI uuid) done with the SHA-256
+of its spool, and `--resume` re-hashes the spools and fetches only the rest.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import logging
 import os
 import re
 import shutil
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Literal
 
-from xvatool._types import Compression, Readable, Writable
+from xvatool._streams import TeeReader
+from xvatool._types import Compression, Readable
 from xvatool.errors import (
     ChecksumError,
     FormatError,
@@ -55,9 +52,7 @@ from xvatool.xapi.journal import (
     with_retries,
 )
 from xvatool.xapi.vms import SnapshotPolicy, VmRef, export_source, find_vm
-from xvatool.xva.checksum import Hasher, hexdigest, split_checksum_name
 from xvatool.xva.disk import CHUNK_SIZE
-from xvatool.xva.tarstream import END_OF_ARCHIVE, TarReader, padding, v7_header
 
 if TYPE_CHECKING:
     from xvatool.xapi.session import Session
@@ -68,190 +63,14 @@ __all__ = [
     "ExportedDisk",
     "TeeReader",
     "TransferMode",
-    "assemble_xva",
     "export_stream",
     "export_vm",
-    "read_ova_xml_tar",
-    "receive_vdi_tar",
 ]
 
 _log = logging.getLogger(__name__)
 
 TransferMode = Literal["stream", "parallel"]
-MAX_OVA_XML_SIZE = 64 << 20
-"""Bytes; the same cap the format reader applies."""
-VDI_TAR_PREFIX = "vdi/"
-"""Member names of a `/export_raw_vdi?format=tar` stream: `vdi/%08d` (xva-format.md §3.5)."""
-_COUNTER = re.compile(r"\d{8}")
 SPOOL_BUFFER_SIZE = CHUNK_SIZE
-TAIL_SIZE = 4096
-"""Bytes of a download kept by `TeeReader.tail`."""
-
-
-# -- shared: the tee that verifies while copying -----------------------------------------------------------
-
-
-class TeeReader:
-    """A Readable that copies what is read into `sink` and `hasher`: verify-while-copying.
-
-    The parser reads through the tee, so the copy contains exactly the bytes that were verified
-    (style.md 7). `progress` gets the byte count of every read.
-    """
-
-    def __init__(
-        self,
-        stream: Readable,
-        sink: Writable | None = None,
-        *,
-        hasher: Hasher | None = None,
-        progress: Callable[[int], None] | None = None,
-    ) -> None:
-        self._stream = stream
-        self._readinto = getattr(stream, "readinto", None)
-        self._sink = sink
-        self._hasher = hasher
-        self._progress = progress
-        self.count = 0
-        self.tail = b""
-        """The last `TAIL_SIZE` bytes read, to recognise an inline error page after a failure."""
-
-    def readinto(self, buf: bytearray | memoryview) -> int:
-        view = memoryview(buf)
-        if self._readinto is not None:
-            n = int(self._readinto(view))
-        else:
-            data = self._stream.read(len(view))
-            n = len(data)
-            view[:n] = data
-        if n:
-            got = view[:n]
-            if self._sink is not None:
-                self._sink.write(got)
-            if self._hasher is not None:
-                self._hasher.update(got)
-            self.count += n
-            self.tail = (self.tail + bytes(got[-TAIL_SIZE:]))[-TAIL_SIZE:]
-            if self._progress is not None:
-                self._progress(n)
-        return n
-
-    def read(self, size: int = -1) -> bytes:
-        buf = bytearray(size if size >= 0 else SPOOL_BUFFER_SIZE)
-        return bytes(buf[: self.readinto(buf)])
-
-    def drain(self) -> None:
-        """Read to the end of the stream, so the copy holds everything the host sent."""
-        buf = bytearray(SPOOL_BUFFER_SIZE)
-        while self.readinto(buf):
-            pass
-
-
-# -- pure: the vdi/ tar stream and assembling an XVA ------------------------------------------
-
-
-def receive_vdi_tar(stream: Readable, *, size: int, source: str) -> int:
-    """Verify one `vdi/` tar stream (xva-format.md §3.5) as it is read; return the disk bytes covered.
-
-    Checks: names `vdi/%08d` with strictly increasing counters, each data member followed by its
-    checksum member whose digest matches, offsets following the host's reconstruction rule (§3.4)
-    covering exactly `size` bytes, and the end-of-archive marker. Raises `ChecksumError`,
-    `TruncatedError` or `FormatError` naming `source` and the member.
-    """
-    reader = TarReader(stream)
-    buf = bytearray(CHUNK_SIZE)
-    offset = 0
-    first_len: int | None = None
-    last = -1
-    with location_context(file=source):
-        while (member := reader.next_member()) is not None:
-            name = member.name
-            counter_text = name[len(VDI_TAR_PREFIX) :]
-            if not name.startswith(VDI_TAR_PREFIX) or not _COUNTER.fullmatch(counter_text):
-                raise FormatError(
-                    f"unexpected member in a vdi tar stream (want {VDI_TAR_PREFIX}NNNNNNNN)",
-                    code="vdi-tar-name",
-                    member=name,
-                    offset=member.header_offset,
-                )
-            counter = int(counter_text)
-            if counter <= last:
-                raise FormatError("chunk counter does not increase", code="chunk-order", member=name)
-            if member.size > CHUNK_SIZE:
-                raise FormatError(
-                    f"chunk of {member.size} bytes exceeds 1 MiB", code="chunk-size", member=name
-                )
-            if first_len is None:
-                first_len = member.size
-            gap = counter - last - 1
-            view = memoryview(buf)[: member.size]
-            reader.readinto(view)
-            check = reader.next_member()
-            split = split_checksum_name(check.name) if check is not None else None
-            if check is None or split is None or split[0] != name:
-                raise FormatError(
-                    "data member is not followed by its checksum member",
-                    code="missing-checksum",
-                    member=name,
-                    offset=member.header_offset,
-                )
-            expected = reader.read_member(128).decode("ascii", "replace")
-            got = hexdigest(split[1], view)
-            if expected != got:
-                raise ChecksumError(check.name, expected, got, offset=member.data_offset, file=source)
-            offset += gap * first_len + member.size
-            last = counter
-        if not reader.end_seen:
-            raise TruncatedError(
-                "vdi tar stream ends without the end-of-archive marker", offset=reader.position
-            )
-        if offset < size:
-            raise TruncatedError(f"vdi tar stream covers {offset} of {size} bytes", offset=reader.position)
-    return offset
-
-
-def read_ova_xml_tar(stream: Readable, *, source: str) -> bytes:
-    """The ova.xml bytes of a metadata-only tar (`/export_metadata`, §3.2)."""
-    reader = TarReader(stream)
-    with location_context(file=source):
-        member = reader.next_member()
-        if member is None or member.name != "ova.xml":
-            raise FormatError("metadata export does not start with ova.xml", code="no-ova-xml")
-        return reader.read_member(MAX_OVA_XML_SIZE)
-
-
-def _renamed_members(spool: Path, disk_id: str) -> Iterator[bytes | memoryview]:
-    """The members of a verified `vdi/` spool, renamed `<disk_id>/N` in the host's V7 dialect."""
-    buf = bytearray(SPOOL_BUFFER_SIZE)
-    with spool.open("rb") as fh:
-        reader = TarReader(fh)
-        for member in reader:
-            yield v7_header(disk_id + "/" + member.name[len(VDI_TAR_PREFIX) :], member.size)
-            while n := reader.readinto(buf):
-                yield memoryview(buf)[:n]
-            pad = padding(member.size)
-            if pad:
-                yield pad
-
-
-def assemble_xva(
-    out: Writable, ova_xml: bytes, spools: Sequence[tuple[str, Path]], *, compression: Compression = "none"
-) -> int:
-    """Write a standard XVA from the host's ova.xml and verified per-disk `vdi/` spools.
-
-    `spools` pairs each disk id with its spool and must already be in the order the importer
-    reads disks (byte-wise id order, xva-format.md §3.4). Returns the bytes written to `out`.
-    """
-    from xvatool.xva.writer import WriteStats, write_pieces
-
-    def pieces() -> Iterator[bytes | memoryview]:
-        yield v7_header("ova.xml", len(ova_xml))
-        yield ova_xml
-        yield padding(len(ova_xml))
-        for disk_id, spool in spools:
-            yield from _renamed_members(spool, disk_id)
-        yield END_OF_ARCHIVE
-
-    return write_pieces(out, pieces(), WriteStats(), compression=compression).output_bytes
 
 
 # -- export to a file -------------------------------------------------------------------------
@@ -463,6 +282,7 @@ def _export_parallel_file(
 
     Returns (disks, bytes written, disks reused from a previous run).
     """
+    from xvatool.xva.assemble import assemble_xva
     from xvatool.xva.convert import atomic_output
     from xvatool.xva.ovaxml import Metadata
 
@@ -472,8 +292,10 @@ def _export_parallel_file(
         lambda: _fetch_metadata(session, source), retries=retries, what=f"metadata of {source.uuid}"
     )
     with location_context(file=f"{session.url}/export_metadata"):
-        ova_xml = without_snapshot_identity(ova_xml)
-        metadata = Metadata.from_bytes(ova_xml)
+        parsed = Metadata.from_bytes(ova_xml)
+        metadata = parsed.without_snapshot_identity()
+        if metadata is not parsed:
+            ova_xml = metadata.to_bytes()
     disks = metadata.disks
     key = {"host": session.url, "vm": source.uuid, "mode": "parallel", "disks": disks_key(metadata)}
     if resume and journal_path.exists():
@@ -535,28 +357,6 @@ def _export_parallel_file(
     return exported, written, len(disks) - len(todo)
 
 
-def without_snapshot_identity(ova_xml: bytes) -> bytes:
-    """The metadata of a snapshot made into that of a plain halted VM, as `/export` does (§3.1).
-
-    `/export_metadata` of our temporary snapshot keeps `is_a_snapshot`, and an archive whose only
-    VM is a snapshot has no VM to import. `/export` blanks the snapshot fields and forces the
-    power state to Halted; this does the same. Any other document is returned unchanged.
-    """
-    from xvatool.xva.ovaxml import DateTime, Metadata
-
-    metadata = Metadata.from_bytes(ova_xml)
-    vms = metadata.of_class("VM")
-    if len(vms) != 1 or vms[0].snapshot.get("is_a_snapshot") is not True:
-        return ova_xml
-    plain = Metadata(copy.deepcopy(metadata.version), copy.deepcopy(metadata.objects))
-    record = plain.of_class("VM")[0].snapshot
-    record["is_a_snapshot"] = False
-    record["snapshot_of"] = "OpaqueRef:NULL"
-    record["snapshot_time"] = DateTime("19700101T00:00:00Z")
-    record["power_state"] = "Halted"
-    return plain.to_bytes()
-
-
 def _stoppable(update: Callable[[int], None], stop: threading.Event) -> Callable[[int], None]:
     """A progress callback that aborts its download once `stop` is set (Ctrl-C in the main thread)."""
 
@@ -571,6 +371,7 @@ def _stoppable(update: Callable[[int], None], stop: threading.Event) -> Callable
 def _fetch_metadata(session: Session, source: VmRef) -> bytes:
     from xvatool.xapi.tasks import managed_task, wait_task
     from xvatool.xapi.transfer import open_download
+    from xvatool.xva.assemble import read_ova_xml_tar
 
     params = {"uuid": source.uuid, "export_snapshots": "false"}  # §3.2: snapshots otherwise included
     with managed_task(session, f"xvatool export_metadata {source.uuid}") as task:
@@ -594,6 +395,7 @@ def _disk_fetcher(
     """A job fetching one disk into its spool, verified, retried; journals it done."""
     from xvatool.xapi.tasks import managed_task, wait_task
     from xvatool.xapi.transfer import open_download
+    from xvatool.xva.reader import read_disk_stream
 
     params = {"vdi": disk.vdi_uuid, "format": "tar"}
     where = f"{session.url}/export_raw_vdi?vdi={disk.vdi_uuid}"
@@ -609,7 +411,7 @@ def _disk_fetcher(
             with fh, open_download(session, "/export_raw_vdi", params, task=task) as body:
                 tee = TeeReader(body, _FileSink(fh, part), hasher=hasher, progress=update)
                 with _transport_errors(tee):
-                    receive_vdi_tar(tee, size=disk.virtual_size, source=where)
+                    read_disk_stream(tee, size=disk.virtual_size, source=where)
                     tee.drain()
                 fh.flush()
                 os.fsync(fh.fileno())

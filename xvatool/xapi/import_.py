@@ -8,7 +8,7 @@ the error, from the task.
 
 1. one pass over the archive computes its SHA-256, verifies every chunk and builds an index of
    the non-zero 1 MiB extents of each disk, grouped into segments of `SEGMENT_SIZE` bytes of disk
-   range, each with a digest (XXH64 over offsets and data). Plain archives are read again in
+   range, each with a digest (`xva.extents.index_archive`). Plain archives are read again in
    place later; compressed ones spool the non-zero extents to a data file next to the archive;
 2. `VDI.create` per disk in the target SR;
 3. per disk at once (threads), one `PUT /import_raw_vdi?chunked=true` per segment, sending only
@@ -25,22 +25,18 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import logging
 import os
 import socket
 import ssl
-import struct
 import threading
-from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode, urlsplit
 
-import xxhash
-
+from xvatool._streams import READ_BUFFER_SIZE, LocalStream, TeeReader, open_local
 from xvatool.errors import (
     FormatError,
     Interrupted,
@@ -51,7 +47,7 @@ from xvatool.errors import (
     XapiError,
     XvatoolError,
 )
-from xvatool.xapi.export import TeeReader, TransferMode
+from xvatool.xapi.export import TransferMode
 from xvatool.xapi.journal import (
     DEFAULT_RETRIES,
     Journal,
@@ -62,203 +58,18 @@ from xvatool.xapi.journal import (
     with_retries,
 )
 from xvatool.xapi.vms import destroy_vdi, find_sr
-from xvatool.xva.disk import CHUNK_SIZE, is_zero
-from xvatool.xva.tarstream import BLOCK_SIZE, END_OF_ARCHIVE, padding, v7_header
+from xvatool.xva.disk import CHUNK_SIZE
+from xvatool.xva.extents import SEGMENT_SIZE, ArchiveIndex, DiskPlan, index_archive, segment_extents
 
 if TYPE_CHECKING:
     from xvatool.xapi.session import Session
-    from xvatool.xva.ovaxml import DiskInfo, Metadata
 
-__all__ = [
-    "SEGMENT_SIZE",
-    "ArchiveIndex",
-    "DiskPlan",
-    "ImportResult",
-    "ImportedDisk",
-    "import_stream",
-    "import_vm",
-    "index_archive",
-    "segment_extents",
-]
+__all__ = ["ImportResult", "ImportedDisk", "import_stream", "import_vm"]
 
 _log = logging.getLogger(__name__)
 
-SEGMENT_SIZE = 32 << 20
-"""Bytes of disk range per `PUT /import_raw_vdi` in parallel mode: the unit of resume (§4)."""
-READ_BUFFER_SIZE = CHUNK_SIZE
 UNKNOWN_LENGTH_REPLY_LIMIT = 4096
 """Bytes of the host's reply kept after an upload of unknown length: headers and any error page."""
-_OFFSET = struct.Struct("<Q")
-
-
-# -- the archive index (pure) -----------------------------------------------------------------
-
-
-@dataclass
-class _Segment:
-    start: int  # index of the first extent
-    stop: int  # one past the last extent
-    hasher: Any = None
-    digest: str = ""
-
-
-@dataclass
-class DiskPlan:
-    """The non-zero extents of one disk and their segments.
-
-    Extent i holds `lengths[i]` bytes for disk offset `offsets[i]`, found at byte `positions[i]`
-    of the index's data file. Arrays keep a 1 TiB disk's index at ~20 MiB.
-    """
-
-    disk: DiskInfo
-    segment_size: int
-    offsets: array[int] = field(default_factory=lambda: array("Q"))
-    positions: array[int] = field(default_factory=lambda: array("Q"))
-    lengths: array[int] = field(default_factory=lambda: array("Q"))
-    segments: dict[int, _Segment] = field(default_factory=dict)
-
-    def add(self, offset: int, position: int, data: memoryview) -> None:
-        """Record one non-zero extent (in ascending disk offset order) and hash it into its segment."""
-        index = offset // self.segment_size
-        seg = self.segments.get(index)
-        if seg is None:
-            seg = self.segments[index] = _Segment(len(self.offsets), len(self.offsets), xxhash.xxh64())
-        seg.stop += 1
-        seg.hasher.update(_OFFSET.pack(offset))
-        seg.hasher.update(data)
-        self.offsets.append(offset)
-        self.positions.append(position)
-        self.lengths.append(len(data))
-
-    def finish(self) -> None:
-        for seg in self.segments.values():
-            if seg.hasher is not None:
-                seg.digest = seg.hasher.hexdigest().upper()
-                seg.hasher = None
-
-    @property
-    def data_bytes(self) -> int:
-        return sum(self.lengths)
-
-
-@dataclass
-class ArchiveIndex:
-    """What one pass over an archive learnt: digest, metadata, and where each disk's data is."""
-
-    path: Path
-    sha256: str
-    metadata: Metadata
-    data_path: Path
-    disks: list[DiskPlan]
-    spooled: bool
-    """True when `data_path` is a spool of the extents (compressed archive), to delete afterwards."""
-
-
-class _LocalFile:
-    """A local file as a Readable whose errors name it."""
-
-    def __init__(self, fh: Any, path: Path) -> None:
-        self._fh = fh
-        self._path = path
-
-    def readinto(self, buf: bytearray | memoryview) -> int:
-        try:
-            return int(self._fh.readinto(buf) or 0)
-        except OSError as exc:
-            raise LocalIOError(exc.strerror or str(exc), path=str(self._path)) from exc
-
-    def read(self, size: int = -1) -> bytes:
-        buf = bytearray(size if size >= 0 else READ_BUFFER_SIZE)
-        return bytes(buf[: self.readinto(buf)])
-
-
-def _open(path: Path, mode: str) -> Any:
-    try:
-        return path.open(mode)
-    except OSError as exc:
-        raise LocalIOError(exc.strerror or str(exc), path=str(path)) from exc
-
-
-def index_archive(
-    path: Path,
-    *,
-    segment_size: int = SEGMENT_SIZE,
-    spool_path: Path | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> ArchiveIndex:
-    """Read the archive once: SHA-256 of the file, every chunk verified, extents indexed.
-
-    For a plain tar, extents point into the archive itself (the data of a member starts one V7
-    header after its header offset; the segment digests catch any other layout at send time).
-    A compressed archive cannot be read at an offset, so its non-zero extents are copied to
-    `spool_path` (default `ARCHIVE.xvatool-extents`) as they stream by.
-    """
-    from xvatool.xva.reader import XvaReader
-
-    hasher = hashlib.sha256()
-    spool_path = spool_path or path.with_name(path.name + ".xvatool-extents")
-    with _open(path, "rb") as fh, contextlib.ExitStack() as stack:
-        tee = TeeReader(_LocalFile(fh, path), hasher=hasher, progress=progress)
-        reader = XvaReader(tee, source=str(path))
-        spooled = reader.compression != "none"
-        spool = stack.enter_context(_open(spool_path, "wb")) if spooled else None
-        plans = {disk.id: DiskPlan(disk, segment_size) for disk in reader.metadata.disks}
-        for chunk in reader.chunks():
-            if not len(chunk.data) or is_zero(chunk.data):
-                continue
-            if spool is not None:
-                position = spool.tell()
-                spool.write(chunk.data)
-            else:
-                position = chunk.archive_offset + BLOCK_SIZE
-            plans[chunk.disk.id].add(chunk.offset, position, chunk.data)
-        tee.drain()
-    for plan in plans.values():
-        plan.finish()
-    return ArchiveIndex(
-        path=path,
-        sha256=hasher.hexdigest(),
-        metadata=reader.metadata,
-        data_path=spool_path if spooled else path,
-        disks=list(plans.values()),
-        spooled=spooled,
-    )
-
-
-def segment_extents(
-    index: ArchiveIndex, plan: DiskPlan, seg_index: int, fh: Any
-) -> Iterator[tuple[int, memoryview]]:
-    """The extents of one segment read back from the data file, re-hashed against the index.
-
-    Raises `FormatError` before the last extent if the bytes differ from the first pass (the
-    archive changed, or a member had an unexpected header layout), so the chunked stream never
-    gets its terminator and the host never sees the segment as complete.
-    """
-    seg = plan.segments[seg_index]
-    hasher = xxhash.xxh64()
-    buf = bytearray(max((plan.lengths[i] for i in range(seg.start, seg.stop)), default=0))
-    for i in range(seg.start, seg.stop):
-        offset, length = plan.offsets[i], plan.lengths[i]
-        view = memoryview(buf)[:length]
-        try:
-            got = os.preadv(fh.fileno(), [view], plan.positions[i])
-        except OSError as exc:
-            raise LocalIOError(exc.strerror or str(exc), path=str(index.data_path)) from exc
-        if got != length:
-            raise FormatError(
-                "archive is shorter than at indexing", file=str(index.path), offset=plan.positions[i]
-            )
-        hasher.update(_OFFSET.pack(offset))
-        hasher.update(view)
-        if i == seg.stop - 1 and hasher.hexdigest().upper() != seg.digest:
-            raise FormatError(
-                f"data of disk {plan.disk.id} segment {seg_index} changed since it was verified",
-                code="archive-changed",
-                file=str(index.path),
-            )
-        yield offset, view
-
-
 # -- results ----------------------------------------------------------------------------------
 
 
@@ -405,8 +216,8 @@ def _read_until_close(sock: socket.socket, limit: int) -> bytes:
 def _file_body(path: Path, update: Callable[[int], None] | None = None) -> BodyFactory:
     def body() -> Iterator[bytes | memoryview]:
         buf = bytearray(READ_BUFFER_SIZE)
-        with _open(path, "rb") as fh:
-            reader = _LocalFile(fh, path)
+        with open_local(path, "rb") as fh:
+            reader = LocalStream(fh, str(path))
             while n := reader.readinto(buf):
                 if update is not None:
                     update(n)
@@ -424,9 +235,9 @@ def _verify_archive(path: Path, update: Callable[[int], None], *, force: bool) -
     from xvatool.xva.reader import Problem, XvaReader
 
     problems: list[Problem] | None = [] if force else None
-    with _open(path, "rb") as fh:
+    with open_local(path, "rb") as fh:
         reader = XvaReader(
-            TeeReader(_LocalFile(fh, path), progress=update), source=str(path), problems=problems
+            TeeReader(LocalStream(fh, str(path)), progress=update), source=str(path), problems=problems
         )
         for _chunk in reader.chunks():
             pass
@@ -682,7 +493,7 @@ class _ParallelImport:
         length = chunked_length(plan.lengths[seg.start : seg.stop])
 
         def body() -> Iterator[bytes | memoryview]:
-            with _open(index.data_path, "rb") as fh:
+            with open_local(index.data_path, "rb") as fh:
                 for piece in chunked_frames(segment_extents(index, plan, seg_index, fh)):
                     if self.stop.is_set():
                         raise Interrupted("interrupted; the journal was kept for --resume")
@@ -700,9 +511,9 @@ class _ParallelImport:
     ) -> tuple[str, str]:
         from xvatool.xapi.tasks import managed_task, wait_task
         from xvatool.xapi.transfer import upload
+        from xvatool.xva.assemble import ova_xml_tar
 
-        ova_xml = index.metadata.to_bytes()
-        tar = v7_header("ova.xml", len(ova_xml)) + ova_xml + padding(len(ova_xml)) + END_OF_ARCHIVE
+        tar = ova_xml_tar(index.metadata.to_bytes())
         params = _flags(restore, force)
         for plan in index.disks:
             record = journal.disk(plan.disk.id)

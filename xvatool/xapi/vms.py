@@ -43,9 +43,9 @@ _log = logging.getLogger(__name__)
 SnapshotPolicy = Literal["auto", "never"]
 EXPORTABLE_POWER_STATES = frozenset({"Halted", "Suspended"})
 """Power states `/export` accepts (xapi-protocol.md §3.1)."""
-VDI_DESTROY_ATTEMPTS = 5
-VDI_DESTROY_DELAY_S = 0.5
-"""A VDI may stay `VDI_IN_USE` for a moment after a transfer (dom0 VBD detaching, §3.5)."""
+DESTROY_ATTEMPTS = 5
+DESTROY_DELAY_S = 0.5
+"""Seconds between destroy attempts of an object the host still calls busy."""
 
 
 @dataclass(frozen=True)
@@ -149,10 +149,12 @@ def export_source(session: Session, vm: VmRef, *, snapshot: SnapshotPolicy = "au
 
 
 def destroy_vm_with_disks(session: Session, vm_ref: str) -> None:
-    """Destroy a (snapshot) VM and the VDIs of its disk VBDs; log, never raise.
+    """Destroy a VM and the VDIs of its disk VBDs; log, never raise.
 
-    `VM.destroy` leaves the VDIs behind, so they are collected first and destroyed afterwards,
-    retrying a few times on `VDI_IN_USE` (xapi-protocol.md §3.5, §5 item 8).
+    `VM.destroy` leaves the VDIs behind, so they are collected first and destroyed afterwards.
+    Both destroys are retried a few times while the object is still busy: a VM whose export was
+    just cut off is `OTHER_OPERATION_IN_PROGRESS` until the host notices, and a VDI stays
+    `VDI_IN_USE` while dom0 detaches it (xapi-protocol.md §3.5, §5 item 8).
     """
     vdis: list[str] = []
     try:
@@ -160,9 +162,10 @@ def destroy_vm_with_disks(session: Session, vm_ref: str) -> None:
             rec = session.call("VBD.get_record", vbd)
             if rec.get("type") == "Disk" and not is_null_ref(rec.get("VDI")):
                 vdis.append(str(rec["VDI"]))
-        session.call("VM.destroy", vm_ref)
     except Exception as exc:
-        _log.warning("could not destroy temporary snapshot %s: %s", vm_ref, exc)
+        _log.warning("could not list the disks of VM %s: %s", vm_ref, exc)
+        return
+    if not _destroy(session, "VM", vm_ref, busy="OTHER_OPERATION_IN_PROGRESS"):
         return
     for vdi in vdis:
         destroy_vdi(session, vdi)
@@ -170,18 +173,23 @@ def destroy_vm_with_disks(session: Session, vm_ref: str) -> None:
 
 def destroy_vdi(session: Session, vdi: str) -> bool:
     """Destroy one VDI by ref, retrying `VDI_IN_USE`; True if it is gone."""
-    for attempt in range(VDI_DESTROY_ATTEMPTS):
+    return _destroy(session, "VDI", vdi, busy="VDI_IN_USE")
+
+
+def _destroy(session: Session, cls: str, ref: str, *, busy: str) -> bool:
+    """`<cls>.destroy`, retried while the host answers `busy`; True if the object is gone."""
+    for attempt in range(DESTROY_ATTEMPTS):
         try:
-            session.call("VDI.destroy", vdi)
+            session.call(f"{cls}.destroy", ref)
             return True
         except XapiError as exc:
             if exc.code == "HANDLE_INVALID":
                 return True
-            if exc.code != "VDI_IN_USE" or attempt + 1 == VDI_DESTROY_ATTEMPTS:
-                _log.warning("could not destroy VDI %s: %s", vdi, exc)
+            if exc.code != busy or attempt + 1 == DESTROY_ATTEMPTS:
+                _log.warning("could not destroy %s %s: %s", cls, ref, exc)
                 return False
         except Exception as exc:
-            _log.warning("could not destroy VDI %s: %s", vdi, exc)
+            _log.warning("could not destroy %s %s: %s", cls, ref, exc)
             return False
-        time.sleep(VDI_DESTROY_DELAY_S)
+        time.sleep(DESTROY_DELAY_S)
     return False

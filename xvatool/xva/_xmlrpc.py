@@ -17,6 +17,7 @@ from lxml import etree
 from xvatool.errors import MetadataError
 
 __all__ = [
+    "I4",
     "MAX_OVA_XML_SIZE",
     "DateTime",
     "Value",
@@ -39,6 +40,16 @@ _ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;",
 
 class DateTime(str):
     """A ``<dateTime.iso8601>`` value, kept as its text so it is written back unchanged."""
+
+    __slots__ = ()
+
+
+class I4(int):
+    """An int written as ``<i4>`` rather than untyped (xapi-protocol.md §1.4).
+
+    xapi types one field so: event.from's `valid_ref_counts`. ova.xml never needs it, but the
+    simulated host writes its RPC responses with this codec; `parse_value` reads it as a plain int.
+    """
 
     __slots__ = ()
 
@@ -197,6 +208,8 @@ def _dump(value: Value, out: list[str]) -> None:
         out.append(f"<value><dateTime.iso8601>{_text(value)}</dateTime.iso8601></value>")
     elif isinstance(value, str):
         out.append(f"<value>{_text(value)}</value>")
+    elif isinstance(value, I4):
+        out.append(f"<value><i4>{int(value)}</i4></value>")
     elif isinstance(value, int):
         out.append(f"<value>{value}</value>")
     elif isinstance(value, float):

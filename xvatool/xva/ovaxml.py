@@ -438,6 +438,25 @@ class Metadata:
                 net.snapshot["name_label"] = mapping[old]
         return new
 
+    def without_snapshot_identity(self) -> Metadata:
+        """A copy whose only VM, a snapshot, is made a plain halted VM, as `/export` does it.
+
+        `/export_metadata` of a snapshot keeps `is_a_snapshot`, and an archive whose only VM is
+        a snapshot has no VM to import. `/export` blanks the snapshot fields and forces the power
+        state to Halted (xapi-protocol.md §3.1); this does the same. A document that is not one
+        snapshot VM is returned as it is (`self`), so its bytes need not be written again.
+        """
+        vms = self.of_class("VM")
+        if len(vms) != 1 or vms[0].snapshot.get("is_a_snapshot") is not True:
+            return self
+        new = self._copy()
+        record = new.of_class("VM")[0].snapshot
+        record["is_a_snapshot"] = False
+        record["snapshot_of"] = "OpaqueRef:NULL"
+        record["snapshot_time"] = DateTime("19700101T00:00:00Z")
+        record["power_state"] = "Halted"
+        return new
+
 
 # --------------------------------------------------------------------------- check tables
 

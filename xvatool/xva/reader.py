@@ -21,46 +21,9 @@ while the main thread reads the next members into another of a few preallocated 
 memory stays flat. Results are checked in archive order, at most `HASH_LAG` chunks behind, and always
 before any later error is raised, so the first error reported is the earliest in the archive.
 
-With ``problems=None`` the first real error raises a `FormatError` (deviations the reader can work
-around, such as directory entries, are tolerated silently). With a list, every problem is appended
-as a `Problem` and the scan goes on as far as it can; a fatal one (truncation, garbage) ends it, and
-nothing is raised but local I/O errors. Problem codes (stable; ``verify --json`` reports them):
-
-========================== ======== ============================================================
-code                       severity meaning
-========================== ======== ============================================================
-empty-archive              error    no tar member at all
-not-an-archive             error    neither gzip, zstd nor a tar header at the start
-ova-xml-not-first          error    the first member is not ``ova.xml`` (§4.2)
-ova-xml-too-large          error    ova.xml over `MAX_OVA_XML_SIZE`
-ova-xml-extension-header   warning  a pax/GNU header in front of ova.xml: hosts before v24.2 fail
-directory-entry            error    a directory member (``Ref:4/``); the host fails on it (§1.3)
-unknown-member             error    a member that is no chunk of the disk being read
-orphan-checksum            error    a checksum member that does not follow its data member
-bad-chunk-name             error    ``<id>/`` followed by something other than 8 digits (§3.1)
-counter-not-increasing     error    a counter not greater than the previous one, as strings
-missing-first-chunk        error    a disk's first chunk is not counter 0 (§3.2)
-global-first-len           warning  a gap in a disk whose first chunk length differs from the
-                                    archive's first chunk length: xapi fills it with the latter
-chunk-not-aligned          error    a data member length not a multiple of 512: since 2019 the
-                                    host reads the checksum header before the padding (§3.4)
-chunk-too-large            error    a data member over `MAX_CHUNK_MEMBER_SIZE`
-data-past-virtual-size     error    a chunk (or its gap) reaches past the disk's `virtual_size`
-chunk-out-of-order         error    a chunk of a disk that was already complete
-missing-last-chunk         error    a disk's chunks stop before `virtual_size` is covered
-missing-checksum           error    a data member not followed by its checksum member
-unsupported-checksum       error    a checksum suffix other than ``.checksum``/``.xxhash``
-checksum-member-too-large  error    a checksum member over `MAX_CHECKSUM_MEMBER_SIZE`
-checksum-mismatch          error    the digest differs from the data's
-checksum-format            error    the digest matches only ignoring case/whitespace; the host
-                                    compares exactly, so this fails an import
-trailing-member            warning  members after the last disk (the host never reads them)
-trailing-data              warning  unreadable bytes after the last disk
-missing-end-of-archive     warning  no two zero blocks at the end (§1.4)
-========================== ======== ============================================================
-
-Plus the tar layer's codes (``truncated``, ``tar-header``, ``unsafe-name``, ``tar-link``,
-``tar-device``, ``tar-type``, ``compression``) and ova.xml's (`MetadataError` codes).
+With ``problems=None`` the first real error raises a `FormatError`; with a list, every problem is
+appended as a `Problem` and the scan goes on as far as it can. The problem codes are listed in
+`xvatool.xva.problems`.
 
 Example::
 
@@ -72,19 +35,14 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import sys
-from collections.abc import Generator, Iterator
-from dataclasses import dataclass
-from typing import IO, Literal, NoReturn
+from collections.abc import Generator
+from typing import NoReturn
 
 from xvatool._types import ChecksumKind, Compression, Readable
 from xvatool.errors import (
     ChecksumError,
     FormatError,
-    LocalIOError,
     MetadataError,
     StreamStateError,
     TruncatedError,
@@ -93,7 +51,9 @@ from xvatool.errors import (
 from xvatool.xva.checksum import kind_of_suffix, split_checksum_name
 from xvatool.xva.compression import open_decompressed
 from xvatool.xva.digests import DigestPipeline
+from xvatool.xva.opening import open_archive
 from xvatool.xva.ovaxml import MAX_OVA_XML_SIZE, MAX_VIRTUAL_SIZE, DiskInfo, Metadata
+from xvatool.xva.problems import Chunk, Problem, Severity
 from xvatool.xva.tarstream import BLOCK_SIZE, TarMember, TarReader
 
 __all__ = [
@@ -104,6 +64,7 @@ __all__ = [
     "Severity",
     "XvaReader",
     "open_archive",
+    "read_disk_stream",
 ]
 
 MAX_CHUNK_MEMBER_SIZE = 64 << 20
@@ -111,62 +72,26 @@ MAX_CHUNK_MEMBER_SIZE = 64 << 20
 MAX_CHECKSUM_MEMBER_SIZE = 1024
 """Bytes. A digest is 40 or 16 characters; anything this large is not one."""
 OVA_XML_NAME = "ova.xml"
-STDIN_NAME = "<stdin>"
 _COUNTER = re.compile(r"[0-9]{8}")  # §3.1: "%08d"; not \d, which also matches non-ASCII digits
 _EMPTY = memoryview(b"")
-
-Severity = Literal["error", "warning"]
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with an archive: a stable `code`, where it is and how bad it is.
-
-    `offset` is a byte offset in the uncompressed tar stream (a member's header for member
-    problems). ``severity="warning"`` marks what does not stop a host's import.
-    """
-
-    code: str
-    message: str
-    member: str | None = None
-    offset: int | None = None
-    severity: Severity = "error"
-
-    @classmethod
-    def from_error(cls, exc: FormatError, severity: Severity = "error") -> Problem:
-        return cls(exc.code, exc.message, exc.member, exc.offset, severity)
-
-    def __str__(self) -> str:
-        where = []
-        if self.member:
-            where.append(f"member {self.member}")
-        if self.offset is not None:
-            where.append(f"offset {self.offset}")
-        prefix = f"{', '.join(where)}: " if where else ""
-        return f"{self.severity}: {self.code}: {prefix}{self.message}"
-
-
-@dataclass(slots=True)
-class Chunk:
-    """One data member, placed: `data` belongs at byte `offset` of `disk`.
-
-    `data` is a view into a reused buffer, valid until the next event is requested; copy it to
-    keep it. `archive_offset` is the offset of the member's header in the uncompressed tar.
-    """
-
-    disk: DiskInfo
-    offset: int
-    data: memoryview
-    member: str
-    counter: int
-    archive_offset: int
-    checksum_kind: ChecksumKind
 
 
 def _split_data_name(name: str) -> tuple[str, str] | None:
     """``Ref:2/00000007`` → (``Ref:2``, ``00000007``); None for names without a directory."""
     prefix, slash, counter = name.rpartition("/")
     return (prefix, counter) if slash and prefix else None
+
+
+def _data_member_problem(member: TarMember, counter: str) -> tuple[str, str] | None:
+    """What is wrong with a data member's name or size by itself, if anything (§3.1)."""
+    if not _COUNTER.fullmatch(counter):
+        return "bad-chunk-name", f"chunk counter {counter!r} is not 8 decimal digits (§3.1)"
+    if member.size > MAX_CHUNK_MEMBER_SIZE:
+        return (
+            "chunk-too-large",
+            f"data member of {member.size} bytes is over the {MAX_CHUNK_MEMBER_SIZE}-byte limit",
+        )
+    return None
 
 
 class XvaReader:
@@ -190,6 +115,7 @@ class XvaReader:
         source: str | None = None,
         verify: bool = True,
         problems: list[Problem] | None = None,
+        _disk: DiskInfo | None = None,
     ) -> None:
         self.source = source
         self.verify = verify
@@ -207,16 +133,42 @@ class XvaReader:
         self._lookahead: TarMember | None = None
         self._have_lookahead = False
         self._digests: DigestPipeline | None = None
+        self._disk_stream = _disk is not None
+        """A single-disk `vdi/` stream (§3.5): no ova.xml, nothing may follow the disk."""
         try:
             with location_context(file=source):
-                self.compression, tar_stream = open_decompressed(stream)
-                self._tar = TarReader(tar_stream)
-                self._read_ova_xml(self._tar)
+                if _disk is not None:
+                    _check_disk(_disk)
+                    self._disks, self._tar = [_disk], TarReader(stream)
+                else:
+                    self.compression, tar_stream = open_decompressed(stream)
+                    self._tar = TarReader(tar_stream)
+                    self._read_ova_xml(self._tar)
         except FormatError as exc:
             if problems is None:
                 raise
             self._fatal = True
             problems.append(Problem.from_error(exc))
+
+    @classmethod
+    def for_disk_stream(
+        cls,
+        stream: Readable,
+        *,
+        size: int,
+        disk_id: str = "vdi",
+        source: str | None = None,
+        verify: bool = True,
+        problems: list[Problem] | None = None,
+    ) -> XvaReader:
+        """A reader of one disk's tar stream as `/export_raw_vdi?format=tar` sends it (§3.5).
+
+        Only ``<disk_id>/%08d`` chunks, their checksum members and the end marker; `size` comes from
+        the caller. `chunks()` applies the archive rules, and any other member or a missing end
+        marker is an error.
+        """
+        disk = DiskInfo(disk_id, "", disk_id, size, None, False, None, None, "")
+        return cls(stream, source=source, verify=verify, problems=problems, _disk=disk)
 
     # -- metadata ------------------------------------------------------------------------------
 
@@ -451,23 +403,8 @@ class XvaReader:
                 if member is None:
                     self._disk_incomplete(disk, offset)
                 split = _split_data_name(member.name)
-                if split_checksum_name(member.name) is not None:
-                    self._take()
-                    self._problem(
-                        "orphan-checksum",
-                        "checksum member without its data member right before it",
-                        at=member,
-                        raise_strict=False,
-                    )
-                    continue
-                if split is None or split[0] not in index_of:
-                    self._take()
-                    self._problem(
-                        "unknown-member",
-                        f"unexpected member while reading disk {disk.id} (the host fails on it)",
-                        at=member,
-                        raise_strict=False,
-                    )
+                if split_checksum_name(member.name) is not None or split is None or split[0] not in index_of:
+                    self._stray(member, f" while reading disk {disk.id} (the host fails on it)")
                     continue
                 prefix, counter = split
                 if index_of[prefix] > i:
@@ -479,11 +416,7 @@ class XvaReader:
                     )
                     break
                 problem = self._chunk_name_problem(disks, index_of[prefix], i, counter, last)
-                if problem is None and member.size > MAX_CHUNK_MEMBER_SIZE:
-                    problem = (
-                        "chunk-too-large",
-                        f"data member of {member.size} bytes is over the {MAX_CHUNK_MEMBER_SIZE}-byte limit",
-                    )
+                problem = problem or _data_member_problem(member, counter)
                 if problem is not None:
                     self._problem(*problem, at=member)
                     self._skip_chunk()
@@ -529,12 +462,21 @@ class XvaReader:
         if owner < current:
             return "chunk-out-of-order", f"chunk of disk {disks[owner].id}, which was already complete"
         if not _COUNTER.fullmatch(counter):
-            return "bad-chunk-name", f"chunk counter {counter!r} is not 8 decimal digits (§3.1)"
+            return None  # `_data_member_problem` names it
         if counter <= last:
             return "counter-not-increasing", f"counter {counter} does not follow {last} (§3.4)"
         return None
 
-    def _placement_problems(self, member: TarMember, disk: DiskInfo, start: int) -> None:
+    def _stray(self, member: TarMember, where: str = "") -> None:
+        """Take and note a member that is no chunk of the disk being read."""
+        self._take()
+        if split_checksum_name(member.name) is not None:
+            code, message = "orphan-checksum", "checksum member without its data member right before it"
+        else:
+            code, message = "unknown-member", "unexpected member" + where
+        self._problem(code, message, at=member, raise_strict=self._disk_stream)
+
+    def _check_aligned(self, member: TarMember) -> None:
         if member.size % BLOCK_SIZE:
             self._problem(
                 "chunk-not-aligned",
@@ -543,6 +485,9 @@ class XvaReader:
                 at=member,
                 raise_strict=False,
             )
+
+    def _placement_problems(self, member: TarMember, disk: DiskInfo, start: int) -> None:
+        self._check_aligned(member)
         if start + member.size > disk.virtual_size:
             self._problem(
                 "data-past-virtual-size",
@@ -564,37 +509,14 @@ class XvaReader:
         """Without usable metadata: still check every member's structure and digest."""
         while (member := self._peek()) is not None:
             split = _split_data_name(member.name)
-            if split_checksum_name(member.name) is not None:
-                self._take()
-                self._problem(
-                    "orphan-checksum",
-                    "checksum member without its data member right before it",
-                    at=member,
-                )
-            elif split is None:
-                self._take()
-                self._problem("unknown-member", "unexpected member", at=member)
-            elif not _COUNTER.fullmatch(split[1]):
-                self._problem(
-                    "bad-chunk-name",
-                    f"chunk counter {split[1]!r} is not 8 decimal digits (§3.1)",
-                    at=member,
-                )
-                self._skip_chunk()
-            elif member.size > MAX_CHUNK_MEMBER_SIZE:
-                self._problem(
-                    "chunk-too-large",
-                    f"data member of {member.size} bytes is over the limit",
-                    at=member,
-                )
+            problem = _data_member_problem(member, split[1]) if split is not None else None
+            if split_checksum_name(member.name) is not None or split is None:
+                self._stray(member)
+            elif problem is not None:
+                self._problem(*problem, at=member)
                 self._skip_chunk()
             else:
-                if member.size % BLOCK_SIZE:
-                    self._problem(
-                        "chunk-not-aligned",
-                        f"data member of {member.size} bytes, not a multiple of 512 (§3.4)",
-                        at=member,
-                    )
+                self._check_aligned(member)
                 self._read_chunk(member)
 
     def _scan_trailer(self) -> None:
@@ -602,6 +524,9 @@ class XvaReader:
         if self._disks is None:
             if self.problems is not None and self._tar is not None and not self._tar.end_seen:
                 self._note_no_end()
+            return
+        if self._disk_stream:
+            self._end_of_disk_stream()
             return
         try:
             first = self._peek()
@@ -642,6 +567,31 @@ class XvaReader:
                 raise_strict=False,
             )
 
+    def _end_of_disk_stream(self) -> None:
+        """A `vdi/` stream is the disk and its end marker, nothing else (§3.5, §1.4)."""
+        assert self._tar is not None
+        member = self._peek()
+        if member is not None:
+            self._problem("unknown-member", "member after the end of the disk stream", at=member)
+        elif not self._tar.end_seen:
+            raise TruncatedError(
+                "the disk stream ends without the end-of-archive marker (§1.4)", offset=self._tar.position
+            )
+
+
+def read_disk_stream(
+    stream: Readable, *, size: int, source: str, disk_id: str = "vdi", verify: bool = True
+) -> int:
+    """Read and verify one disk's tar stream (§3.5, `XvaReader.for_disk_stream`); return its size.
+
+    Every chunk is placed and its digest checked before this returns; the first error raises
+    `FormatError` (`ChecksumError`, `TruncatedError`) naming `source` and the member.
+    """
+    reader = XvaReader.for_disk_stream(stream, size=size, disk_id=disk_id, source=source, verify=verify)
+    for _chunk in reader.chunks():
+        pass
+    return size
+
 
 def _check_disk(disk: DiskInfo) -> None:
     """Refuse disk records the chunk logic cannot follow safely (§2.4, §3.1)."""
@@ -651,64 +601,3 @@ def _check_disk(disk: DiskInfo) -> None:
         raise MetadataError(
             f"VDI {disk.id} has an absurd virtual_size {disk.virtual_size}", code="virtual-size-range"
         )
-
-
-# -- opening files --------------------------------------------------------------------------------
-
-
-class _LocalStream:
-    """A local file or stdin whose read errors become `LocalIOError` naming it."""
-
-    def __init__(self, stream: IO[bytes], name: str) -> None:
-        self._stream = stream
-        self._name = name
-
-    def readinto(self, buf: bytearray | memoryview) -> int:
-        try:
-            return self._stream.readinto(buf) or 0  # type: ignore[attr-defined]
-        except OSError as exc:
-            raise LocalIOError(exc.strerror or str(exc), path=self._name) from exc
-
-    def read(self, size: int = -1) -> bytes:
-        try:
-            return self._stream.read(size)
-        except OSError as exc:
-            raise LocalIOError(exc.strerror or str(exc), path=self._name) from exc
-
-
-@contextlib.contextmanager
-def open_archive(
-    archive: str | os.PathLike[str] | Readable,
-    *,
-    source: str | None = None,
-    verify: bool = True,
-    problems: list[Problem] | None = None,
-) -> Iterator[XvaReader]:
-    """Open an XVA file (``"-"``: standard input) as an `XvaReader`, closing it afterwards.
-
-    `archive` may also be an open binary stream, which is left open; `source` then names it. A
-    file that cannot be opened or read raises `LocalIOError`; `FormatError`s name the file.
-
-    Example::
-
-        with open_archive("vm.xva") as reader:
-            for chunk in reader.chunks():
-                ...
-    """
-    with contextlib.ExitStack() as stack:
-        stream: Readable
-        if not isinstance(archive, (str, os.PathLike)):
-            stream = archive
-        else:
-            name = os.fspath(archive)
-            if name == "-":
-                source, raw = STDIN_NAME, sys.stdin.buffer
-            else:
-                source = name
-                try:
-                    raw = stack.enter_context(open(name, "rb"))
-                except OSError as exc:
-                    raise LocalIOError(exc.strerror or str(exc), path=name) from exc
-            stream = _LocalStream(raw, source)
-        with location_context(file=source):
-            yield XvaReader(stream, source=source, verify=verify, problems=problems)
