@@ -30,3 +30,25 @@ def test_network_map_option_gives_a_dict_and_refuses_a_bare_name() -> None:
     assert ok.exit_code == 0 and ok.output == "[('a', 'b'), ('c', 'd=e')] True\n"
     bad = runner.invoke(_probe, ["--map-network", "lan"])
     assert bad.exit_code == 2 and "OLD=NEW" in bad.output
+
+
+def test_ctrl_c_exits_130_and_mentions_resume_only_where_it_exists() -> None:
+    # Regression: every command said "partial state was kept for --resume", even verify/extract/demo.
+    from xvatool.cli._common import command_errors
+
+    @click.command()
+    @command_errors
+    def plain() -> None:
+        raise KeyboardInterrupt
+
+    @click.command()
+    @click.option("--resume", is_flag=True)
+    @command_errors
+    def resumable(resume: bool) -> None:
+        raise KeyboardInterrupt
+
+    runner = CliRunner()
+    first = runner.invoke(plain, [])
+    assert first.exit_code == 130 and first.output == "xvatool: interrupted\n"
+    second = runner.invoke(resumable, [])
+    assert second.exit_code == 130 and "--resume" in second.output

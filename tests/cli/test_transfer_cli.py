@@ -116,3 +116,24 @@ def test_errors_are_one_line_with_exit_codes(sim, tmp_path):
     )
     assert run.exit_code == 1 and "checksum mismatch" in run.output
     assert not list(tmp_path.glob("y.xva*"))
+
+
+@pytest.mark.parametrize("command", [["export", "web-01"], ["vdi-export", "uuid-1"]])
+def test_export_refuses_dash_as_output(command, tmp_path, password_file, monkeypatch):
+    # Regression: `export VM -o -` (as with repack) wrote a file named "-" and printed its summary
+    # on stdout, into the consumer's pipe.
+    monkeypatch.chdir(tmp_path)
+    with mock.patch("xvatool.xapi.session.connect") as connect:
+        run = CliRunner().invoke(
+            main, [*command, "--host", "https://xen1", "--password-file", str(password_file), "-o", "-"]
+        )
+    assert run.exit_code == 2 and "-o -" in run.output
+    assert not connect.called and not (tmp_path / "-").exists()
+
+
+def test_create_refuses_dash_as_output(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d.img").write_bytes(bytes(512))
+    run = CliRunner().invoke(main, ["create", "-o", "-", "--name", "x", "--disk", "d.img"])
+    assert run.exit_code == 2 and "-o -" in run.output
+    assert not (tmp_path / "-").exists()

@@ -101,6 +101,25 @@ def test_migrate_target_credentials_from_env_and_network_map(runner, monkeypatch
     kwargs = fn.call_args[1]
     assert kwargs["network_map"] == {"A": "B", "C": "D=E"}
     assert kwargs["shutdown_source"] is True
+    assert kwargs["mode"] == "stream"
+
+
+def test_migrate_mode_option(runner, monkeypatch):
+    from xvatool.ops.migrate import MigrateResult
+
+    monkeypatch.setenv("XVATOOL_TO_PASSWORD", "other")
+    fake = MigrateResult("new", "OpaqueRef:2", "old", "web", 10)
+    with mock.patch("xvatool.ops.migrate.migrate", autospec=True, return_value=fake) as fn, \
+            mock.patch("xvatool.xapi.session.connect", autospec=True):  # fmt: skip
+        result = runner.invoke(main, ["migrate", *CONN, "web", "--to", "https://xen2", "--mode", "parallel",
+                                      "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert fn.call_args[1]["mode"] == "parallel"
+    assert json.loads(result.stdout)["vm_uuid"] == "new"
+    result = runner.invoke(main, ["migrate", *CONN, "web", "--to", "https://xen2", "--mode", "sideways"])
+    assert result.exit_code == 2
+    assert "stream" in result.output and "parallel" in result.output
+    assert "--mode [stream|parallel]" in runner.invoke(main, ["migrate", "--help"]).output
 
 
 def test_migrate_needs_target_password(runner):

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.ops.helpers import MIB
-from xvatool.errors import ChecksumError, HostError, UsageError
+from tests.ops.helpers import MIB, sha256_of
+from xvatool.errors import ChecksumError, HostError, TransferError, UsageError
 from xvatool.ops.hostdisks import vm_disk_digests
 from xvatool.ops.migrate import host_xapi_version, migrate
 
@@ -88,3 +88,109 @@ def test_target_side_failure_leaves_nothing_on_the_target(host, second_host, mon
     host.add_vm("victim", (3 * MIB,), seed=3)
     second_host.running.host.add_fault(fault)
     _assert_failure_leaves_nothing(host, second_host, "victim", HostError)
+
+
+# -- parallel mode ------------------------------------------------------------------------------
+
+
+def test_parallel_migrate_gives_identical_disks(host, second_host):
+    # Three disks, each with zero MiBs between its data (helpers.image), one not a whole MiB.
+    vm = host.add_vm("fanout", (4 * MIB, MIB, 2 * MIB + 512), seed=11)
+    with host.session() as src, second_host.session() as dst:
+        before = src.call("VM.get_all_records")
+        vdis_before = set(dst.call("VDI.get_all"))
+        result = migrate(src, dst, "fanout", mode="parallel")
+        assert result.source_vm_uuid == vm.uuid
+        assert [d.sha256 for d in vm_disk_digests(dst, result.vm_uuid)] == vm.digests
+        assert dst.call("VM.get_name_label", result.vm_ref) == "fanout"
+        assert result.bytes_transferred > 3 * MIB  # every disk's tar stream was read
+        # Exactly the VM's three disks were added to the target.
+        assert len(set(dst.call("VDI.get_all")) - vdis_before) == 3
+        assert src.call("VM.get_all_records").keys() == before.keys()
+
+
+def test_parallel_migrate_of_a_running_vm_goes_through_a_snapshot(host, second_host):
+    vm = host.add_vm("live", (2 * MIB, MIB), seed=4)
+    with host.session() as src, second_host.session() as dst:
+        ref = src.call("VM.get_by_uuid", vm.uuid)
+        src.call("VM.start", ref, False, False)
+        result = migrate(src, dst, vm.uuid, mode="parallel")
+        assert [d.sha256 for d in vm_disk_digests(dst, result.vm_uuid)] == vm.digests
+        assert dst.call("VM.get_is_a_snapshot", result.vm_ref) is False
+        assert src.call("VM.get_power_state", ref) == "Running"
+        assert not [r for r in src.call("VM.get_all_records").values() if r["is_a_snapshot"]]
+
+
+def test_parallel_migrate_maps_networks_and_lowers_the_version(host, second_host, tmp_path):
+    from tests.ops.helpers import image
+    from xvatool.sim.records import network_record
+    from xvatool.xapi.import_ import import_vm
+    from xvatool.xva.convert import create_archive
+
+    disk = image(tmp_path / "net.img", 2 * MIB, seed=5)
+    archive = tmp_path / "net.xva"
+    create_archive(archive, name="wired", disks=[disk], networks=["Office"])
+    target = second_host.running.host
+    lan = target.state.add("network", network_record(name_label="LAN", bridge="xenbr77"))
+    software = dict(target.state.field("host", target.host_ref, "software_version"))
+    software["xapi"] = "1.20"
+    target.state.update("host", target.host_ref, software_version=software)
+    with host.session() as src, second_host.session() as dst:
+        source = import_vm(src, archive)
+        vif = src.call("VM.get_VIFs", source.vm_ref)[0]
+        source_network = src.call("network.get_name_label", src.call("VIF.get_network", vif))
+        result = migrate(src, dst, "wired", mode="parallel", network_map={source_network: "LAN"})
+        assert f"network {source_network!r} -> 'LAN'" in result.changes
+        assert any(c.startswith("xapi version") and c.endswith("-> 1.20") for c in result.changes)
+        vifs = dst.call("VM.get_VIFs", result.vm_ref)
+        assert [dst.call("VIF.get_network", v) for v in vifs] == [lan]
+        assert [d.sha256 for d in vm_disk_digests(dst, result.vm_uuid)] == [sha256_of(disk)]
+
+
+def _assert_parallel_failure_leaves_nothing(host, second_host, vm, error):
+    with host.session() as src, second_host.session() as dst:
+        vms = set(dst.call("VM.get_all"))
+        vdis = set(dst.call("VDI.get_all"))
+        source_vms = set(src.call("VM.get_all"))
+        with pytest.raises(error):
+            migrate(src, dst, vm, mode="parallel")
+        assert set(dst.call("VM.get_all")) == vms
+        assert set(dst.call("VDI.get_all")) == vdis
+        assert set(src.call("VM.get_all")) == source_vms
+
+
+@pytest.mark.parametrize(
+    ("fault", "error"),
+    [
+        ("export_raw_vdi:corrupt-chunk=1", ChecksumError),
+        ("export_raw_vdi:drop-after=1MiB", TransferError),
+        ("export_raw_vdi:inline-500-after=1MiB", TransferError),
+    ],
+)
+def test_parallel_source_failure_leaves_nothing_on_the_target(host, second_host, fault, error):
+    host.add_vm("flaky", (3 * MIB, 2 * MIB), seed=8)
+    host.running.host.add_fault(fault)
+    _assert_parallel_failure_leaves_nothing(host, second_host, "flaky", error)
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        "import_raw_vdi:drop-after=1MiB",
+        "import_raw_vdi:inline-500-after=1MiB",
+        "import_metadata:drop-after=512:times=2",  # the probe PUT, then the real one
+        "import_metadata:inline-500-after=512:times=2",
+    ],
+)
+def test_parallel_target_failure_leaves_nothing_on_the_target(host, second_host, monkeypatch, fault):
+    import xvatool.ops.migrate as migrate_module
+
+    monkeypatch.setattr(migrate_module, "LEFTOVER_WAIT_S", 1.0)
+    host.add_vm("victim", (3 * MIB, 2 * MIB), seed=9)
+    second_host.running.host.add_fault(fault)
+    _assert_parallel_failure_leaves_nothing(host, second_host, "victim", HostError)
+
+
+def test_migrate_refuses_an_unknown_mode(host, second_host):
+    with host.session() as src, second_host.session() as dst, pytest.raises(UsageError, match="mode"):
+        migrate(src, dst, "anything", mode="sideways")  # type: ignore[arg-type]

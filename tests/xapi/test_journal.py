@@ -172,3 +172,35 @@ def test_run_parallel_waits_for_all_then_raises_first():
         run_parallel([fail, ok(3)])
     assert 3 in done
     assert run_parallel([]) == []
+
+
+_CTRL_C_SCRIPT = """
+import _thread, threading
+from xvatool.xapi.journal import run_parallel
+
+stuck = threading.Event()  # never set: a disk transfer stalled on a silent host
+
+
+def job():
+    _thread.interrupt_main()  # the user presses Ctrl-C while this disk is stalled
+    stuck.wait()
+
+
+stop = threading.Event()
+try:
+    run_parallel([job], stop=stop)
+except KeyboardInterrupt:
+    assert stop.is_set()
+    print("interrupted")
+"""
+
+
+def test_run_parallel_ctrl_c_does_not_wait_for_a_stalled_job():
+    # Regression: pool threads were joined at interpreter exit, so after Ctrl-C the process hung
+    # until the stalled transfer timed out.
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _CTRL_C_SCRIPT], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "interrupted"

@@ -473,3 +473,13 @@ def test_export_refuses_to_overwrite(fake, tmp_path):
     with session(fake) as s, pytest.raises(UsageError, match="exists"):
         export_vdi(s, vdi.uuid, out)
     assert out.read_bytes() == b"keep"
+
+
+def test_import_raw_refuses_a_vhd_file(fake, tmp_path):
+    # Regression: `vdi-import d.vhd` (format defaults to raw) uploaded the VHD container bytes
+    # as the disk's contents, silently giving a VM a garbage disk.
+    src = tmp_path / "d.vhd"
+    src.write_bytes(_vhd(3 * MIB, b"V" * 1024))
+    with session(fake) as s, pytest.raises(UsageError, match="--format vhd"):
+        import_vdi(s, src, sr="Local storage")
+    assert not [u for u in fake.uploads if u["length"]]

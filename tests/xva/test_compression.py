@@ -56,12 +56,24 @@ def test_corruption_becomes_format_error(kind):
             pass
 
 
-def test_truncated_gzip_is_truncated_error():
-    blob = compress(PAYLOAD, "gzip")[:-100]
+@pytest.mark.parametrize("kind", ["gzip", "zstd"])
+@pytest.mark.parametrize("cut", [10, 100, 3000, -100, -2])
+def test_truncated_stream_is_truncated_error(kind, cut):
+    # Regression (zstd): libzstd's stream reader ends quietly on a cut frame, so a truncated
+    # archive was reported as "empty" or as a short tar instead of a truncated zstd stream.
+    blob = compress(PAYLOAD, kind)[:cut]
     _, stream = open_decompressed(io.BytesIO(blob))
-    with pytest.raises(TruncatedError):
+    with pytest.raises(TruncatedError, match="ends early"):
         while stream.read(1 << 16):
             pass
+
+
+def test_zstd_frame_boundaries_are_tracked_across_frame_kinds():
+    cctx = zstandard.ZstdCompressor(write_checksum=True, write_content_size=False)
+    skippable = (0x184D2A53).to_bytes(4, "little") + (3).to_bytes(4, "little") + b"xyz"
+    blob = cctx.compress(PAYLOAD) + skippable + zstandard.ZstdCompressor(level=1).compress(b"end")
+    _, stream = open_decompressed(io.BytesIO(blob))
+    assert b"".join(iter(lambda: stream.read(1 << 16), b"")) == PAYLOAD + b"end"
 
 
 def test_plain_data_is_passed_through_unchanged_even_if_short():

@@ -79,3 +79,31 @@ def test_sparse_sink_removes_part_on_error(tmp_path):
     with SparseFileSink(target, CHUNK_SIZE) as sink:
         sink.write_at(0, b"a")  # leaving without commit also discards
     assert not os.path.exists(target) and not sink.part_path.exists()
+
+
+def test_sparse_sink_never_writes_through_a_planted_part_link(tmp_path):
+    # Regression: a symlink at OUT.part was followed (data written outside the output folder) and
+    # then renamed into place as OUT.
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    out = tmp_path / "out"
+    out.mkdir()
+    target = out / "disk.raw"
+    (out / "disk.raw.part").symlink_to(victim)
+    with SparseFileSink(target, CHUNK_SIZE) as sink:
+        sink.write_at(0, b"a" * 512)
+        sink.commit()
+    assert victim.read_bytes() == b"keep"
+    assert not target.is_symlink() and target.read_bytes()[:512] == b"a" * 512
+
+
+def test_sparse_sink_commit_onto_a_directory_is_a_local_error(tmp_path):
+    # Regression: os.replace's IsADirectoryError escaped as a traceback and left OUT.part behind.
+    from xvatool.errors import LocalIOError
+
+    target = tmp_path / "disk.raw"
+    target.mkdir()
+    with pytest.raises(LocalIOError, match=r"disk\.raw"), SparseFileSink(target, CHUNK_SIZE) as sink:
+        sink.write_at(0, b"a" * 512)
+        sink.commit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["disk.raw"]

@@ -484,3 +484,10 @@ def test_several_vms_are_ambiguous() -> None:
         _ = metadata.vm
     assert info.value.code == "several-vms"
     assert "several-vms" in _codes(metadata)
+
+
+def test_xml_error_message_is_one_line() -> None:
+    # Regression: lxml's message for a NUL byte holds a newline, breaking the one-line error rule.
+    with pytest.raises(MetadataError) as info:
+        parse_value(b"<value>a\x00b</value>")
+    assert "\n" not in str(info.value)

@@ -28,6 +28,7 @@ __all__ = [
     "progress_enabled",
     "progress_factory",
     "quiet_option",
+    "refuse_dash",
 ]
 
 P = ParamSpec("P")
@@ -48,7 +49,9 @@ def command_errors(func: Callable[P, R]) -> Callable[P, R]:
         try:
             return func(*args, **kwargs)
         except KeyboardInterrupt:
-            click.echo("xvatool: interrupted; partial state was kept for --resume", err=True)
+            resumable = "resume" in ctx.params  # only transfers keep state worth resuming
+            hint = "; partial state was kept for --resume" if resumable else ""
+            click.echo(f"xvatool: interrupted{hint}", err=True)
             ctx.exit(Interrupted.exit_code)
         except XvatoolError as exc:
             if (ctx.find_root().obj or {}).get("debug"):
@@ -58,6 +61,14 @@ def command_errors(func: Callable[P, R]) -> Callable[P, R]:
         raise AssertionError("unreachable")
 
     return wrapper
+
+
+def refuse_dash(_ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Option callback for outputs that must be files: `-` would silently become a file named "-"."""
+    if value is not None and str(value) == "-":
+        flag = (param.opts or ["-o"])[0]
+        raise click.BadParameter(f"{flag} - (standard output) is not supported here; give a file name")
+    return value
 
 
 def _set_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> None:

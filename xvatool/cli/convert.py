@@ -8,7 +8,14 @@ from typing import Any
 
 import click
 
-from xvatool.cli._common import byte_progress, command_errors, echo_json, json_option, network_map_option
+from xvatool.cli._common import (
+    byte_progress,
+    command_errors,
+    echo_json,
+    json_option,
+    network_map_option,
+    refuse_dash,
+)
 
 __all__ = ["COMMANDS", "SizeParam"]
 
@@ -55,6 +62,7 @@ _COMPRESS = click.Choice(["none", "gzip", "zstd"])
     "output",
     type=click.Path(dir_okay=False, path_type=Path),
     required=True,
+    callback=refuse_dash,
     help="Archive to write (written as OUT.part, renamed when complete).",
 )
 @click.option("--name", required=True, help="name_label of the VM.")

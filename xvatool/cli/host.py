@@ -15,6 +15,7 @@ from xvatool.cli._common import (
     human_size,
     json_option,
     quiet_option,
+    refuse_dash,
 )
 from xvatool.cli._connection import Connection, connection_options, retries_option
 
@@ -61,7 +62,15 @@ def vm_list_command(*, connect: Connection, as_json: bool) -> None:
 
 @click.command("vdi-export")
 @click.argument("vdi", metavar="VDI_UUID")
-@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False), help="File to write.")
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    required=True,
+    type=click.Path(dir_okay=False),
+    callback=refuse_dash,
+    help="File to write.",
+)
 @click.option(
     "--format",
     "fmt",

@@ -11,6 +11,7 @@ from xvatool.cli._common import (
     json_option,
     progress_factory,
     quiet_option,
+    refuse_dash,
 )
 from xvatool.cli._connection import Connection, connection_options, retries_option
 
@@ -22,7 +23,13 @@ _MODE = click.Choice(["stream", "parallel"])
 @click.command("export")
 @click.argument("vm")
 @click.option(
-    "-o", "--output", "out", required=True, type=click.Path(dir_okay=False), help="The XVA to write."
+    "-o",
+    "--output",
+    "out",
+    required=True,
+    type=click.Path(dir_okay=False),
+    callback=refuse_dash,
+    help="The XVA to write.",
 )
 @click.option("--compress", type=click.Choice(["none", "gzip", "zstd"]), default="none", show_default=True)
 @click.option("--mode", type=_MODE, default="stream", show_default=True, help="One stream, or one per disk.")

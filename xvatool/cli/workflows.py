@@ -29,6 +29,7 @@ from xvatool.errors import PartialFailure, UsageError, XvatoolError
 if TYPE_CHECKING:
     from xvatool._types import Compression
     from xvatool.ops.backup import BackupReport, ExportMode
+    from xvatool.xapi.export import TransferMode
     from xvatool.xapi.session import Session
 
 __all__ = ["COMMANDS"]
@@ -182,6 +183,9 @@ def restore_command(
 @click.option("--sr", help="Target SR uuid or name (default: the target pool's default SR).")
 @network_map_option("Put VIFs of network OLD on target network NEW (names; repeatable).")
 @click.option("--shutdown-source", is_flag=True, help="Shut the source VM down cleanly first.")
+@click.option("--mode", default="stream", show_default=True, type=click.Choice(["stream", "parallel"]),
+              help="One export piped into one import, or every disk at once (export_raw_vdi into "
+                   "chunked import_raw_vdi, then import_metadata).")  # fmt: skip
 @json_option()
 @quiet_option
 @debug_option
@@ -189,18 +193,20 @@ def restore_command(
 def migrate_command(
     *, connect: Connection, vm: str, to_url: str, to_user: str | None, to_password_file: str | None,
     to_fingerprint: str | None, to_ca_bundle: str | None, to_insecure: bool, sr: str | None,
-    map_network: dict[str, str], shutdown_source: bool, as_json: bool,
+    map_network: dict[str, str], shutdown_source: bool, mode: str, as_json: bool,
 ) -> None:  # fmt: skip
     """Copy VM to another pool: export piped straight into import, verified, no temp file.
 
     The version header is lowered for an older target, networks are renamed with
     --map-network, and a failed migration leaves nothing on the target. The source VM is left
-    as it was unless --shutdown-source.
+    as it was unless --shutdown-source. --mode parallel moves every disk at once, each verified
+    chunk by chunk and sent without its zero regions.
 
     \b
     Example:
       XVATOOL_TO_PASSWORD=… xvatool migrate --host https://xen1 web-01 \\
-          --to https://xen2 --to-fingerprint 12:34:… --map-network "Pool-wide network=LAN"
+          --to https://xen2 --to-fingerprint 12:34:… --map-network "Pool-wide network=LAN" \\
+          --mode parallel
     """
     from xvatool.ops.migrate import migrate
 
@@ -209,7 +215,7 @@ def migrate_command(
     target = _target_session(to_url, to_user, to_password_file, to_fingerprint, to_ca_bundle, to_insecure)
     with connect() as source, target(source.timeout_s) as dest:
         result = migrate(source, dest, vm, sr=sr, network_map=map_network, shutdown_source=shutdown_source,
-                         progress=progress_factory())  # fmt: skip
+                         mode=cast("TransferMode", mode), progress=progress_factory())  # fmt: skip
     if as_json:
         echo_json(result.to_json())
         return

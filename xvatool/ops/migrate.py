@@ -18,8 +18,16 @@ the target during the migration with the migrated VM's name is destroyed with it
 The source VM is left as it was: a running VM is exported through a temporary snapshot destroyed
 afterwards (§5 item 12), unless `shutdown_source` asks to shut it down cleanly first.
 
-Only the stream mode exists: a parallel (per-disk) migration would need raw disk streams piped
-into chunked uploads, which the transfer layer does not offer without spooling.
+`mode="parallel"` moves every disk at once, still with no temporary file::
+
+    GET /export_metadata (ova.xml, §3.2) ─▶ edited as above
+    per disk, in threads: GET /export_raw_vdi?format=tar (§3.5) ─▶ XvaReader (verifies) ─▶
+        non-zero chunks as chunked frames ─▶ PUT /import_raw_vdi?chunked=true (§3.6) into a
+        VDI.create'd VDI, with no Content-Length: the host reads to the 12-byte terminator
+    PUT /import_metadata with vdi:<source uuid>=<target uuid> (§3.4)
+
+A source error stops a disk's body before its terminator, so the host fails that upload; the
+VDIs created are destroyed on any failure, with any VM the metadata import left.
 
 Example::
 
@@ -32,16 +40,23 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from xvatool.errors import StreamStateError, XvatoolError
+from xvatool.errors import Interrupted, StreamStateError, UsageError, XvatoolError, location_context
 
 if TYPE_CHECKING:
+    from xvatool._streams import TeeReader
     from xvatool.ops.progress import ProgressBar, ProgressFactory
+    from xvatool.xapi.export import TransferMode
+    from xvatool.xapi.journal import ProgressBars
     from xvatool.xapi.session import Session
+    from xvatool.xapi.vms import VmRef
+    from xvatool.xva.ovaxml import DiskInfo, Metadata
+    from xvatool.xva.reader import XvaReader
 
 __all__ = ["MigrateResult", "host_xapi_version", "migrate"]
 
@@ -96,38 +111,92 @@ def migrate(
     sr: str | None = None,
     network_map: Mapping[str, str] | None = None,
     shutdown_source: bool = False,
+    mode: TransferMode = "stream",
     progress: ProgressFactory | None = None,
 ) -> MigrateResult:
     """Copy VM `vm` (uuid or unique name on `source`) to `target`, verified in flight.
 
-    `sr` is a target SR uuid or unique name (the target pool's default SR if None). Raises the
-    first error; nothing half-made is left on the target.
+    `sr` is a target SR uuid or unique name (the target pool's default SR if None). `mode` is
+    "stream" (one export piped into one import) or "parallel" (every disk at once, module
+    docstring). Raises the first error; nothing half-made is left on the target.
     """
-    from xvatool.xapi.export import TeeReader, export_stream
-    from xvatool.xapi.import_ import import_stream
-    from xvatool.xapi.vms import destroy_vm_with_disks, find_sr, find_vm
-    from xvatool.xva.convert import edit_metadata, repack_pieces
-    from xvatool.xva.reader import XvaReader
+    from xvatool.xapi.vms import find_sr, find_vm
 
+    if mode not in ("stream", "parallel"):
+        raise UsageError(f"unknown mode {mode!r} (stream or parallel)")
     found = find_vm(source, vm)
-    sr_uuid = find_sr(target, sr)[1] if sr is not None else None
+    sr_ref, sr_uuid = find_sr(target, sr) if sr is not None or mode == "parallel" else ("", None)
     target_version = host_xapi_version(target)
     shut_down = False
     if shutdown_source and found.power_state == "Running":
         source.call("VM.clean_shutdown", found.ref)
         shut_down = True
+        found = find_vm(source, found.uuid)  # now Halted: exported as it is, no snapshot
     before = _vm_uuids(target)
+    edits = _Edits(target_version, network_map)
+    parallel = _ParallelMigration(source, target, sr_ref, progress) if mode == "parallel" else None
+    try:
+        if parallel is not None:
+            vm_ref, vm_uuid = parallel.run(found, edits)
+            sent = parallel.bytes_read
+        else:
+            (vm_ref, vm_uuid), sent = _migrate_stream(source, target, found, sr_uuid, edits, progress)
+    except BaseException:
+        _remove_leftovers(target, before, found.name_label)
+        if parallel is not None:
+            parallel.discard()
+        raise
+    return MigrateResult(
+        vm_uuid=vm_uuid,
+        vm_ref=vm_ref,
+        source_vm_uuid=found.uuid,
+        vm_name=found.name_label,
+        bytes_transferred=sent,
+        changes=edits.changes,
+        source_shut_down=shut_down,
+    )
+
+
+class _Edits:
+    """The ova.xml edits of a migration (module docstring), and what they changed."""
+
+    def __init__(self, target_version: tuple[int, int] | None, network_map: Mapping[str, str] | None):
+        self.target_version = target_version
+        self.network_map = network_map
+        self.changes: list[str] = []
+
+    def apply(self, metadata: Metadata) -> Metadata:
+        from xvatool.xva.convert import edit_metadata
+
+        version = metadata.xapi_version
+        newer = self.target_version is not None and version > self.target_version
+        edited, self.changes = edit_metadata(
+            metadata, host_version=self.target_version if newer else None, network_map=self.network_map
+        )
+        return edited
+
+
+def _migrate_stream(
+    source: Session,
+    target: Session,
+    found: VmRef,
+    sr_uuid: str | None,
+    edits: _Edits,
+    progress: ProgressFactory | None,
+) -> tuple[tuple[str, str], int]:
+    """Stream mode: `GET /export` rewritten on the fly into `PUT /import`; ((ref, uuid), bytes)."""
+    from xvatool.xapi.export import TeeReader, export_stream
+    from xvatool.xapi.import_ import import_stream
+    from xvatool.xapi.vms import destroy_vm_with_disks
+    from xvatool.xva.convert import repack_pieces
+    from xvatool.xva.reader import XvaReader
+
     bar = progress(f"{found.name_label} migrate", None) if progress else None
-    changes: list[str] = []
     try:
         with export_stream(source, found.uuid, snapshot="auto") as body:
             tee = TeeReader(body, progress=_updater(bar))
             reader = XvaReader(tee, source=f"{source.url}/export")
-            version = reader.metadata.xapi_version
-            lower = target_version if target_version is not None and version > target_version else None
-            metadata, changes = edit_metadata(reader.metadata, host_version=lower, network_map=network_map)
-            pieces = repack_pieces(reader, metadata)
-            live = _LiveBody(pieces)
+            live = _LiveBody(repack_pieces(reader, edits.apply(reader.metadata)))
             try:
                 result = import_stream(target, live, None, sr=sr_uuid)
             except XvatoolError as exc:
@@ -139,21 +208,158 @@ def migrate(
                 destroy_vm_with_disks(target, result.vm_ref)
                 raise live.error
             tee.drain()  # anything after the tar end, so the source's task completes cleanly
-    except BaseException:
-        _remove_leftovers(target, before, found.name_label)
-        raise
     finally:
         if bar is not None:
             bar.close()
-    return MigrateResult(
-        vm_uuid=result.vm_uuid,
-        vm_ref=result.vm_ref,
-        source_vm_uuid=found.uuid,
-        vm_name=found.name_label,
-        bytes_transferred=tee.count,
-        changes=changes,
-        source_shut_down=shut_down,
-    )
+    return (result.vm_ref, result.vm_uuid), tee.count
+
+
+class _ParallelMigration:
+    """One parallel migration (module docstring); `discard()` undoes what it made on the target."""
+
+    def __init__(
+        self, source: Session, target: Session, sr_ref: str, progress: ProgressFactory | None
+    ) -> None:
+        self.source = source
+        self.target = target
+        self.sr_ref = sr_ref
+        self.progress = progress
+        self.stop = threading.Event()
+        self.created: list[str] = []
+        """Refs of the VDIs created on the target."""
+        self.bytes_read = 0
+        self._lock = threading.Lock()
+        self._first_error: BaseException | None = None
+
+    def run(self, found: VmRef, edits: _Edits) -> tuple[str, str]:
+        """Metadata, every disk at once, then the metadata import; the new VM's (ref, uuid)."""
+        from xvatool.xapi.export import _fetch_metadata
+        from xvatool.xapi.import_ import create_vdi, import_metadata
+        from xvatool.xapi.journal import DEFAULT_RETRIES, ProgressBars, with_retries
+        from xvatool.xapi.vms import export_source
+
+        bars = ProgressBars(self.progress)
+        try:
+            with export_source(self.source, found, snapshot="auto") as vm:
+                ova_xml = with_retries(
+                    lambda: _fetch_metadata(self.source, vm), retries=DEFAULT_RETRIES,
+                    what=f"metadata of {vm.uuid}",
+                )  # fmt: skip
+                metadata = edits.apply(_parse_metadata(ova_xml, self.source.url))
+                vdi_map: dict[str, str] = {}
+                for disk in metadata.disks:
+                    ref, uuid = create_vdi(self.target, self.sr_ref, disk)
+                    self.created.append(ref)
+                    vdi_map[disk.vdi_uuid] = uuid
+                total = bars.new("total", None)
+                jobs = [
+                    self._guarded(self._disk_job(disk, vdi_map[disk.vdi_uuid], bars, total))
+                    for disk in metadata.disks
+                ]
+                self._run(jobs)
+                return import_metadata(self.target, metadata.to_bytes(), vdi_map)
+        finally:
+            self.stop.set()  # any disk still running gives up
+            bars.close()
+
+    def _run(self, jobs: list[Callable[[], int]]) -> None:
+        from xvatool.xapi.journal import run_parallel
+
+        try:
+            run_parallel(jobs, stop=self.stop)
+        except BaseException as exc:
+            # The disks stopped because another failed report that one, not their own stop.
+            first = self._first_error
+            if first is not None and first is not exc and not isinstance(exc, KeyboardInterrupt):
+                raise first from None
+            raise
+
+    def _guarded(self, job: Callable[[], int]) -> Callable[[], int]:
+        """`job`, which on failure records the first error and stops the other disks."""
+
+        def run() -> int:
+            try:
+                count = job()
+            except BaseException as exc:
+                with self._lock:
+                    if not self.stop.is_set():
+                        self._first_error = exc
+                        self.stop.set()
+                raise
+            with self._lock:
+                self.bytes_read += count
+            return count
+
+        return run
+
+    def _disk_job(
+        self, disk: DiskInfo, target_vdi: str, bars: ProgressBars, total: Callable[[int], None]
+    ) -> Callable[[], int]:
+        """One disk: its verified tar stream from the source as chunked frames into `target_vdi`."""
+        from xvatool._streams import TeeReader
+        from xvatool.xapi.tasks import managed_task, wait_task
+        from xvatool.xapi.transfer import chunked_frames, open_download
+        from xvatool.xva.reader import XvaReader
+
+        update = bars.new(disk.id, None, also=total)
+        where = f"{self.source.url}/export_raw_vdi?vdi={disk.vdi_uuid}"
+
+        def job() -> int:
+            params = {"vdi": disk.vdi_uuid, "format": "tar"}
+            with managed_task(self.source, f"xvatool export_raw_vdi {disk.vdi_uuid}") as source_task:
+                with open_download(self.source, "/export_raw_vdi", params, task=source_task) as body:
+                    tee = TeeReader(body, progress=update)
+                    reader = XvaReader.for_disk_stream(tee, size=disk.virtual_size, source=where)
+                    self._upload(target_vdi, _LiveBody(chunked_frames(self._extents(reader, tee))))
+                wait_task(self.source, source_task)
+            return tee.count
+
+        return job
+
+    def _extents(self, reader: XvaReader, tee: TeeReader) -> Iterator[tuple[int, memoryview]]:
+        """The disk's non-zero chunks as (offset, data); the target VDI already reads as zeros."""
+        from xvatool.xapi.export import _transport_errors
+        from xvatool.xva.disk import is_zero
+
+        with _transport_errors(tee):
+            for chunk in reader.chunks():
+                if self.stop.is_set():
+                    raise Interrupted("stopped: another disk failed")
+                if not is_zero(chunk.data):
+                    yield chunk.offset, chunk.data
+            tee.drain()  # what follows the tar, so the source's task completes cleanly
+
+    def _upload(self, target_vdi: str, live: _LiveBody) -> None:
+        """One `PUT /import_raw_vdi?chunked=true` of unknown length, then its task (§3.6)."""
+        from xvatool.xapi.tasks import managed_task, wait_task
+        from xvatool.xapi.transfer import upload_unsized
+
+        params = {"vdi": target_vdi, "format": "raw", "chunked": "true"}
+        with managed_task(self.target, f"xvatool import_raw_vdi {target_vdi}") as task:
+            try:
+                upload_unsized(self.target, "/import_raw_vdi", params, live, task=task)
+                wait_task(self.target, task)
+            except XvatoolError as exc:
+                if live.error is not None:  # the target failed because the source did
+                    raise live.error from exc
+                raise
+        if live.error is not None:  # cannot happen without the terminator, but never keep it
+            raise live.error
+
+    def discard(self) -> None:
+        """Destroy the VDIs created on the target; never raises (the failure is what matters)."""
+        from xvatool.xapi.vms import destroy_vdi
+
+        for ref in self.created:
+            destroy_vdi(self.target, ref)
+
+
+def _parse_metadata(ova_xml: bytes, url: str) -> Metadata:
+    """The host's ova.xml of a VM, as `/export` would describe it (a snapshot made a plain VM)."""
+    from xvatool.xva.ovaxml import Metadata
+
+    with location_context(file=f"{url}/export_metadata"):
+        return Metadata.from_bytes(ova_xml).without_snapshot_identity()
 
 
 def _updater(bar: ProgressBar | None) -> Callable[[int], None] | None:
@@ -169,6 +375,8 @@ def _updater(bar: ProgressBar | None) -> Callable[[int], None] | None:
 
 class _LiveBody:
     """The body factory for a live stream: consumed once, and ends cleanly if the source fails.
+
+    A chunked-frame body stops before its terminator, so the host cannot take it for whole.
 
     A reader error (bad chunk, source connection lost) is kept in `error` and the body simply
     stops, so the upload is half-closed rather than reset: the target then fails the import of

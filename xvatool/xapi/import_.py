@@ -23,18 +23,14 @@ destroyed with `discard=True`.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
-import socket
-import ssl
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlencode, urlsplit
 
 from xvatool._streams import READ_BUFFER_SIZE, LocalStream, TeeReader, open_local
 from xvatool.errors import (
@@ -42,7 +38,6 @@ from xvatool.errors import (
     Interrupted,
     LocalIOError,
     ResumeError,
-    TransferError,
     UsageError,
     XapiError,
     XvatoolError,
@@ -63,13 +58,12 @@ from xvatool.xva.extents import SEGMENT_SIZE, ArchiveIndex, DiskPlan, index_arch
 
 if TYPE_CHECKING:
     from xvatool.xapi.session import Session
+    from xvatool.xva.ovaxml import DiskInfo
 
-__all__ = ["ImportResult", "ImportedDisk", "import_stream", "import_vm"]
+__all__ = ["ImportResult", "ImportedDisk", "create_vdi", "import_metadata", "import_stream", "import_vm"]
 
 _log = logging.getLogger(__name__)
 
-UNKNOWN_LENGTH_REPLY_LIMIT = 4096
-"""Bytes of the host's reply kept after an upload of unknown length: headers and any error page."""
 # -- results ----------------------------------------------------------------------------------
 
 
@@ -142,75 +136,17 @@ def import_stream(
     the host waiting for bytes that never come. Not retried here: the caller owns the body.
     """
     from xvatool.xapi.tasks import managed_task, wait_task
-    from xvatool.xapi.transfer import upload
+    from xvatool.xapi.transfer import upload, upload_unsized
 
     params = {**({"sr_uuid": sr} if sr else {}), **_flags(restore, force)}
     with managed_task(session, "xvatool import") as task:
         if length is None:
-            _put_until_close(session, "/import", params, body, task=task)
+            upload_unsized(session, "/import", params, body, task=task)
         else:
             upload(session, "/import", params, body, length=length, task=task)
         result = wait_task(session, task, progress=progress)
     ref, uuid = _vm_of_result(session, result)
     return ImportResult(vm_uuid=uuid, vm_ref=ref)
-
-
-def _put_until_close(
-    session: Session, path: str, params: dict[str, str], body: BodyFactory, *, task: str
-) -> None:
-    """PUT a body of unknown length: no Content-Length, no Transfer-Encoding, then half-close.
-
-    httpx cannot send that framing, so this speaks HTTP/1.1 on a socket with the session's TLS
-    settings. A redirect cannot be followed (the live body cannot be replayed) and is an error.
-    """
-    url = urlsplit(session.url)
-    host = url.hostname or ""
-    port = url.port or (443 if url.scheme == "https" else 80)
-    target = path + ("?" + urlencode(params) if params else "")
-    headers = {
-        "Host": url.netloc,
-        **session.cookies(task_id=task),
-        "Content-Type": "application/octet-stream",
-        "Connection": "close",
-    }
-    head = (
-        f"PUT {target} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
-    ).encode()
-    try:
-        raw = socket.create_connection((host, port), timeout=session.timeout_s)
-        sock: socket.socket = raw
-        if url.scheme == "https":
-            verify = getattr(session, "_verify", True)  # the session's TLS policy (pinning included)
-            ctx = verify if isinstance(verify, ssl.SSLContext) else ssl.create_default_context()
-            sock = ctx.wrap_socket(raw, server_hostname=host)
-        with sock:
-            sock.sendall(head)
-            for piece in body():
-                sock.sendall(piece)
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_WR)
-            reply = _read_until_close(sock, UNKNOWN_LENGTH_REPLY_LIMIT)
-    except (OSError, ssl.SSLError) as exc:
-        raise TransferError(f"PUT {path}: {exc}", host=session.host) from exc
-    status = reply.split(b"\r\n", 1)[0]
-    parts = status.split()
-    if len(parts) < 2 or parts[1] != b"200":
-        raise TransferError(
-            f"PUT {path}: host answered {status.decode('latin-1')!r}", host=session.host, retryable=False
-        )
-    if reply.partition(b"\r\n\r\n")[2].startswith(b"HTTP/"):  # an inline error after the 200 (§3.0)
-        raise TransferError(f"PUT {path}: the host failed after accepting the body", host=session.host)
-
-
-def _read_until_close(sock: socket.socket, limit: int) -> bytes:
-    """The host's reply: it closes once the import finished (§3.0); keep at most `limit` bytes."""
-    parts: list[bytes] = []
-    kept = 0
-    while data := sock.recv(65536):
-        if kept < limit:
-            parts.append(data[: limit - kept])
-            kept += len(parts[-1])
-    return b"".join(parts)
 
 
 def _file_body(path: Path, update: Callable[[int], None] | None = None) -> BodyFactory:
@@ -425,25 +361,8 @@ class _ParallelImport:
         record = journal.disk(plan.disk.id)
         if record is not None and record.target_vdi:
             return record.target_vdi
-        disk = plan.disk
-        ref = self.session.call(
-            "VDI.create",
-            {
-                "name_label": disk.name_label,
-                "name_description": "",
-                "SR": self.sr_ref,
-                "virtual_size": str(disk.virtual_size),  # 64-bit ints go as strings (§1.4)
-                "type": disk.vdi_type or "user",
-                "sharable": False,
-                "read_only": False,
-                "other_config": {},
-                "xenstore_data": {},
-                "sm_config": {},
-                "tags": [],
-            },
-        )
-        uuid = str(self.session.call("VDI.get_uuid", ref))
-        journal.set_disk(disk.id, size=disk.virtual_size, target_vdi=uuid)
+        uuid = create_vdi(self.session, self.sr_ref, plan.disk)[1]
+        journal.set_disk(plan.disk.id, size=plan.disk.virtual_size, target_vdi=uuid)
         return uuid
 
     def _disk_job(
@@ -509,20 +428,12 @@ class _ParallelImport:
     def _import_metadata(
         self, index: ArchiveIndex, journal: Journal, restore: bool, force: bool
     ) -> tuple[str, str]:
-        from xvatool.xapi.tasks import managed_task, wait_task
-        from xvatool.xapi.transfer import upload
-        from xvatool.xva.assemble import ova_xml_tar
-
-        tar = ova_xml_tar(index.metadata.to_bytes())
-        params = _flags(restore, force)
+        vdi_map = {}
         for plan in index.disks:
             record = journal.disk(plan.disk.id)
             assert record is not None and record.target_vdi is not None
-            params[f"vdi:{plan.disk.vdi_uuid}"] = record.target_vdi  # §3.4 VDI remapping
-        with managed_task(self.session, "xvatool import_metadata") as task:
-            upload(self.session, "/import_metadata", params, lambda: [tar], length=len(tar), task=task)
-            result = wait_task(self.session, task)
-        return _vm_of_result(self.session, result)
+            vdi_map[plan.disk.vdi_uuid] = record.target_vdi
+        return import_metadata(self.session, index.metadata.to_bytes(), vdi_map, restore=restore, force=force)
 
     def _on_failure(self, journal: Journal, exc: BaseException, discard: bool) -> None:
         vdis = journal.target_vdis()
@@ -549,3 +460,58 @@ class _ParallelImport:
                 continue  # already gone
             destroy_vdi(self.session, str(ref))
         journal.remove()
+
+
+# -- the per-disk building blocks (parallel import, parallel migrate) -------------------------
+
+
+def create_vdi(session: Session, sr_ref: str, disk: DiskInfo) -> tuple[str, str]:
+    """`VDI.create` an empty VDI for `disk` in SR `sr_ref`; its (ref, uuid).
+
+    A new VDI reads as zeros, so a chunked upload (§3.6) needs to send only the non-zero data.
+    """
+    ref = str(
+        session.call(
+            "VDI.create",
+            {
+                "name_label": disk.name_label,
+                "name_description": "",
+                "SR": sr_ref,
+                "virtual_size": str(disk.virtual_size),  # 64-bit ints go as strings (§1.4)
+                "type": disk.vdi_type or "user",
+                "sharable": False,
+                "read_only": False,
+                "other_config": {},
+                "xenstore_data": {},
+                "sm_config": {},
+                "tags": [],
+            },
+        )
+    )
+    return ref, str(session.call("VDI.get_uuid", ref))
+
+
+def import_metadata(
+    session: Session,
+    ova_xml: bytes,
+    vdi_map: Mapping[str, str],
+    *,
+    restore: bool = False,
+    force: bool = False,
+) -> tuple[str, str]:
+    """`PUT /import_metadata` of `ova_xml` whose disks are VDIs already on the host; (ref, uuid).
+
+    `vdi_map` maps each source VDI uuid of the document to the uuid of the VDI holding its data
+    (`vdi:<source uuid>=<target uuid>`, §3.4).
+    """
+    from xvatool.xapi.tasks import managed_task, wait_task
+    from xvatool.xapi.transfer import upload
+    from xvatool.xva.assemble import ova_xml_tar
+
+    tar = ova_xml_tar(ova_xml)
+    params = _flags(restore, force)
+    params.update({f"vdi:{source}": target for source, target in vdi_map.items()})
+    with managed_task(session, "xvatool import_metadata") as task:
+        upload(session, "/import_metadata", params, lambda: [tar], length=len(tar), task=task)
+        result = wait_task(session, task)
+    return _vm_of_result(session, result)

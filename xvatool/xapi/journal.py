@@ -29,7 +29,6 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
@@ -360,24 +359,38 @@ def run_parallel(jobs: Sequence[Callable[[], T]], *, stop: threading.Event | Non
 
     Waiting for every job before raising lets each disk finish or journal what it did, so a
     resume has the most to build on. On Ctrl-C the main thread sets `stop` (jobs check it
-    between steps and give up) and returns at once, leaving the journal for `--resume`.
+    between steps and give up) and returns at once, leaving the journal for `--resume`. The
+    threads are daemons (not a `ThreadPoolExecutor`, whose threads are joined at interpreter
+    exit): a job stalled on a silent host must not keep the interrupted process alive.
     """
     if not jobs:
         return []
-    pool = ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="xvatool-disk")
+    results: list[Any] = [None] * len(jobs)
+    errors: list[BaseException | None] = [None] * len(jobs)
+
+    def run(index: int, job: Callable[[], T]) -> None:
+        try:
+            results[index] = job()
+        except BaseException as exc:  # handed to the main thread below
+            errors[index] = exc
+
+    threads = [
+        threading.Thread(target=run, args=(i, job), name=f"xvatool-disk-{i}", daemon=True)
+        for i, job in enumerate(jobs)
+    ]
     try:
-        futures = [pool.submit(job) for job in jobs]
-        errors = [f.exception() for f in futures]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
     except BaseException:
         if stop is not None:
             stop.set()
-        pool.shutdown(wait=False, cancel_futures=True)
         raise
-    pool.shutdown(wait=True)
     for error in errors:
         if error is not None:
             raise error
-    return [f.result() for f in futures]
+    return results
 
 
 def export_journal_path(out_path: Path) -> Path:

@@ -93,6 +93,10 @@ class FingerprintMismatch(ssl.SSLError):
             f"certificate fingerprint mismatch: pinned SHA256 {_colons(expected)}, host presented {presented}"
         )
 
+    def __str__(self) -> str:
+        # ssl.SSLError without errno/strerror would print its args tuple: "('certificate …',)"
+        return str(self.args[0])
+
 
 class _PinnedContext(ssl.SSLContext):
     """A TLS context that trusts exactly one certificate, named by its SHA-256 fingerprint.

@@ -7,7 +7,8 @@ Knows HTTP, never tar. The quirks, all from xapi-protocol.md §3.0:
 * ``302`` is followed manually (at most `MAX_REDIRECTS`), because a PUT must be re-sent with its
   whole body to the new host; uploads first probe with an empty PUT (no task id) so that a large
   body is never streamed into a redirect;
-* request bodies carry an exact ``Content-Length``: ``Transfer-Encoding`` is refused by the host;
+* request bodies carry an exact ``Content-Length``: ``Transfer-Encoding`` is refused by the host
+  (a live body the host can find the end of goes without either: `upload_unsized`);
 * a ``200`` may be followed by an inline ``HTTP/1.1 500 …`` in the body when the handler failed
   after the headers went out; the first bytes are sniffed for ``HTTP/``;
 * there is no ``Range``: a broken download restarts; uploads resume at a segment boundary;
@@ -30,6 +31,8 @@ import contextlib
 import html
 import logging
 import re
+import socket
+import ssl
 import struct
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -56,6 +59,7 @@ __all__ = [
     "open_download",
     "retrying",
     "upload",
+    "upload_unsized",
 ]
 
 log = logging.getLogger(__name__)
@@ -73,7 +77,8 @@ DEFAULT_BACKOFF_S = 1.0
 """Seconds before the first retry; doubled each time, up to `MAX_BACKOFF_S`."""
 MAX_BACKOFF_S = 30.0
 ERROR_BODY_LIMIT = 4096
-"""Bytes of an error page (or inline error) read to build a message."""
+"""Bytes of an error page (or inline error) read to build a message, or of the host's reply
+(headers and any error page) kept after an upload of unknown length."""
 INLINE_ERROR_PREFIX = b"HTTP/"
 """A body starting with this is an error response written after the 200 (§3.0, §5.1)."""
 CHUNKED_HEADER_SIZE = 12
@@ -389,7 +394,8 @@ def upload(
     the 200 says nothing about success, so wait on `task`. Raises `TransferError` (retryable) when
     the connection broke before the whole body was sent, or an inline error follows the 200.
     `length=None` is refused: the host cannot take a body of unknown size over HTTP/1.1 framing
-    that httpx supports (§3.0); compute it (`chunked_length`).
+    that httpx supports (§3.0); compute it (`chunked_length`), or send a live body whose end the
+    host finds by itself with `upload_unsized`.
     """
     if length is None:
         raise StreamStateError("upload needs the exact body length (xapi refuses Transfer-Encoding)")
@@ -427,3 +433,65 @@ def upload(
         raise TransferError(
             f"{what}: the host closed the connection after {sent} of {length} bytes", host=_host_of(url)
         )
+
+
+def upload_unsized(
+    session: Session, path: str, params: Mapping[str, str], body: BodyFactory, *, task: str
+) -> None:
+    """PUT a live body of unknown length: no Content-Length, no Transfer-Encoding, then half-close.
+
+    For bodies whose end the host finds by itself: a plain XVA on `/import` (the end of the tar,
+    or the peer's half-close for a compressed one, §3.3) and a `chunked=true` frame stream on
+    `/import_raw_vdi` (the 12-byte terminator, §3.6). httpx cannot send that framing, so this
+    speaks HTTP/1.1 on a socket with the session's TLS settings. `body()` is called once; a
+    redirect cannot be followed (the live body cannot be replayed) and is an error. Returns once
+    the host closed; the outcome is the task's.
+    """
+    url = urlsplit(_url(session, path, params))
+    host = url.hostname or ""
+    port = url.port or (443 if url.scheme == "https" else 80)
+    target = url.path + ("?" + url.query if url.query else "")
+    headers = {
+        "Host": url.netloc,
+        **session.cookies(task_id=task),
+        "Content-Type": "application/octet-stream",
+        "Connection": "close",
+    }
+    head = (
+        f"PUT {target} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    ).encode()
+    try:
+        raw = socket.create_connection((host, port), timeout=session.timeout_s)
+        sock: socket.socket = raw
+        if url.scheme == "https":
+            verify = getattr(session, "_verify", True)  # the session's TLS policy (pinning included)
+            ctx = verify if isinstance(verify, ssl.SSLContext) else ssl.create_default_context()
+            sock = ctx.wrap_socket(raw, server_hostname=host)
+        with sock:
+            sock.sendall(head)
+            for piece in body():
+                sock.sendall(piece)
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_WR)
+            reply = _read_until_close(sock, ERROR_BODY_LIMIT)
+    except (OSError, ssl.SSLError) as exc:
+        raise TransferError(f"PUT {path}: {exc}", host=session.host) from exc
+    status = reply.split(b"\r\n", 1)[0]
+    parts = status.split()
+    if len(parts) < 2 or parts[1] != b"200":
+        raise TransferError(
+            f"PUT {path}: host answered {status.decode('latin-1')!r}", host=session.host, retryable=False
+        )
+    if reply.partition(b"\r\n\r\n")[2].startswith(INLINE_ERROR_PREFIX):  # an inline error (§3.0)
+        raise TransferError(f"PUT {path}: the host failed after accepting the body", host=session.host)
+
+
+def _read_until_close(sock: socket.socket, limit: int) -> bytes:
+    """The host's reply: it closes once the upload is handled (§3.0); keep at most `limit` bytes."""
+    parts: list[bytes] = []
+    kept = 0
+    while data := sock.recv(65536):
+        if kept < limit:
+            parts.append(data[: limit - kept])
+            kept += len(parts[-1])
+    return b"".join(parts)

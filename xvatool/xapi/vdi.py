@@ -208,6 +208,18 @@ def vhd_virtual_size(path: str | os.PathLike[str]) -> int:
     return int(_VHD_SIZE.unpack_from(footer, _VHD_SIZE_OFFSET)[0])
 
 
+def _has_vhd_footer(path: Path, size: int) -> bool:
+    """Whether the file ends in a VHD footer (its last 512 bytes start with the cookie)."""
+    if size < VHD_FOOTER_SIZE or size % SECTOR_SIZE:
+        return False
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(size - VHD_FOOTER_SIZE)
+            return fh.read(len(VHD_COOKIE)) == VHD_COOKIE
+    except OSError as exc:
+        raise LocalIOError(exc.strerror or str(exc), path=str(path)) from exc
+
+
 def _round_up(n: int, unit: int) -> int:
     return -(-n // unit) * unit
 
@@ -359,6 +371,9 @@ def import_vdi(
         raise LocalIOError(exc.strerror or str(exc), path=str(source)) from exc
     if st.st_size == 0:
         raise UsageError(f"{source}: empty file")
+    if format == "raw" and _has_vhd_footer(source, st.st_size):
+        # A raw upload would make the VHD container itself the disk's contents.
+        raise UsageError(f"{source}: this is a VHD file (it ends in a 'conectix' footer); use --format vhd")
     if format == "vhd":
         if resume:
             raise UsageError("--resume works with raw images only (a VHD is sent in one request)")

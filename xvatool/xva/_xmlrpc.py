@@ -174,7 +174,8 @@ def parse_with_notes(data: bytes) -> tuple[Value, list[tuple[str, str]]]:
     try:
         root = etree.fromstring(data, parser)
     except etree.LxmlError as exc:
-        raise metadata_error(f"not well-formed XML: {exc}", "metadata-xml") from exc
+        detail = " ".join(str(exc).split())  # libxml2 messages may hold newlines: keep one line
+        raise metadata_error(f"not well-formed XML: {detail}", "metadata-xml") from exc
     dtd = root.getroottree().docinfo.internalDTD
     entities = list(dtd.iterentities()) if dtd is not None else []  # type: ignore[union-attr]
     if entities:

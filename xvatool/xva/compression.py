@@ -18,6 +18,7 @@ import zstandard
 
 from xvatool._types import Compression, Readable, Writable
 from xvatool.errors import FormatError, TruncatedError
+from xvatool.xva._zstdframes import FrameTracker, TrackedSource
 
 __all__ = [
     "COMPRESSIONS",
@@ -93,18 +94,23 @@ class PeekableStream:
 class _Decompressed:
     """A decompressing stream that turns codec errors into `FormatError`s."""
 
-    def __init__(self, inner: Readable, compression: Compression) -> None:
+    def __init__(self, inner: Readable, compression: Compression, frames: FrameTracker | None = None) -> None:
         self._inner = inner
         self._readinto = getattr(inner, "readinto", None)
         self._compression = compression
+        self._frames = frames
 
     def readinto(self, buf: bytearray | memoryview) -> int:
         try:
             if self._readinto is not None:
-                return int(self._readinto(buf) or 0)
-            data = self._inner.read(len(buf))
-            memoryview(buf)[: len(data)] = data
-            return len(data)
+                n = int(self._readinto(buf) or 0)
+            else:
+                data = self._inner.read(len(buf))
+                memoryview(buf)[: len(data)] = data
+                n = len(data)
+            if n == 0 and len(buf) and self._frames is not None and not self._frames.at_boundary:
+                raise EOFError("the input ends inside a zstd frame")
+            return n
         except EOFError as exc:
             raise TruncatedError(f"{self._compression} stream ends early: {exc}", code="truncated") from exc
         except (gzip.BadGzipFile, zlib.error, zstandard.ZstdError) as exc:
@@ -134,13 +140,18 @@ def open_decompressed(stream: Readable) -> tuple[Compression, Readable]:
         return kind, peekable
     inner: Readable
     if kind == "zstd":
+        # libzstd's reader ends quietly on a cut frame: the tracker tells a truncation apart.
+        frames = FrameTracker()
         dctx = zstandard.ZstdDecompressor(max_window_size=MAX_ZSTD_WINDOW)
         inner = dctx.stream_reader(
-            cast(BinaryIO, peekable), read_size=1 << 20, read_across_frames=True, closefd=False
+            cast(BinaryIO, TrackedSource(peekable, frames)),
+            read_size=1 << 20,
+            read_across_frames=True,
+            closefd=False,
         )
-    else:
-        # GzipFile reads multi-member streams from non-seekable input without seeking.
-        inner = gzip.GzipFile(fileobj=cast(BinaryIO, peekable), mode="rb")
+        return kind, _Decompressed(inner, kind, frames)
+    # GzipFile reads multi-member streams from non-seekable input without seeking.
+    inner = gzip.GzipFile(fileobj=cast(BinaryIO, peekable), mode="rb")
     return kind, _Decompressed(inner, kind)
 
 

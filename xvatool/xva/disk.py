@@ -164,7 +164,11 @@ class SparseFileSink:
         self.size = size
         self.bytes_written = 0
         try:
-            self._fd: int | None = os.open(self.part_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            # A stale part file (or a link planted in its place) is removed, never written through:
+            # data goes only into a new regular file inside the chosen folder.
+            self._remove_part()
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+            self._fd: int | None = os.open(self.part_path, flags, 0o600)
         except OSError as exc:
             raise LocalIOError(exc.strerror or str(exc), path=str(self.part_path)) from exc
 
@@ -195,7 +199,11 @@ class SparseFileSink:
             self._remove_part()
             raise LocalIOError(exc.strerror or str(exc), path=str(self.part_path)) from exc
         os.close(fd)
-        os.replace(self.part_path, self.path)
+        try:
+            os.replace(self.part_path, self.path)
+        except OSError as exc:  # e.g. a directory already has the final name
+            self._remove_part()
+            raise LocalIOError(f"cannot move into place: {exc.strerror or exc}", path=str(self.path)) from exc
         return self.path
 
     def abort(self) -> None:
