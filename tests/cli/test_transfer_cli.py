@@ -137,3 +137,21 @@ def test_create_refuses_dash_as_output(tmp_path, monkeypatch):
     run = CliRunner().invoke(main, ["create", "-o", "-", "--name", "x", "--disk", "d.img"])
     assert run.exit_code == 2 and "-o -" in run.output
     assert not (tmp_path / "-").exists()
+
+
+def test_import_refused_by_the_host_names_the_task_error(sim, tmp_path, monkeypatch):
+    """`--restore` of a VM that exists: one attempt, and the task's error code and parameters."""
+    from tests.xapi.test_import import count_uploads
+
+    out = tmp_path / "vm.xva"
+    runner = CliRunner()
+    host = _host_args(sim, tmp_path)
+    assert runner.invoke(main, ["export", *host, "demo-vm", "-o", str(out)]).exit_code == 0
+    sends = count_uploads(monkeypatch)
+    run = runner.invoke(main, ["import", *host, str(out), "--restore", "--retries", "3"])
+    assert run.exit_code == 1, run.output
+    assert "Traceback" not in run.output and len(run.output.strip().splitlines()) == 1
+    vm = sim.host.vm("demo-vm")
+    assert f"VM_TO_IMPORT_IS_NOT_NEWER_VERSION ['{vm}'" in run.output  # the code and its parameters
+    assert "the task says why" not in run.output
+    assert sends == ["/import"]

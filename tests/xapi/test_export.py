@@ -9,7 +9,7 @@ import pytest
 
 from xvatool._streams import TeeReader
 from xvatool.errors import ChecksumError, FormatError, TransferError, TruncatedError
-from xvatool.xapi.export import _transport_errors
+from xvatool.xapi.export import transport_errors
 from xvatool.xva.assemble import assemble_xva, ova_xml_tar, read_ova_xml_tar
 from xvatool.xva.disk import CHUNK_SIZE, BytesSource, is_zero
 from xvatool.xva.reader import XvaReader, read_disk_stream
@@ -100,7 +100,7 @@ def test_inline_error_mid_stream_is_a_retryable_transfer_error():
     page = b"HTTP/1.1 500 Internal Error\r\ncontent-length: 0\r\n\r\n"
     broken = raw[:first] + page + bytes(1024 - len(page))
     tee = TeeReader(io.BytesIO(broken))
-    with pytest.raises(TransferError) as info, _transport_errors(tee):
+    with pytest.raises(TransferError) as info, transport_errors(tee):
         read_disk_stream(tee, size=len(data), source="t")
     assert info.value.retryable
 
@@ -110,7 +110,7 @@ def test_checksum_error_is_not_turned_into_transfer_error():
     raw = bytearray(vdi_tar(data))
     raw[600] ^= 1
     tee = TeeReader(io.BytesIO(bytes(raw)))
-    with pytest.raises(ChecksumError), _transport_errors(tee):
+    with pytest.raises(ChecksumError), transport_errors(tee):
         read_disk_stream(tee, size=len(data), source="t")
 
 
@@ -195,7 +195,7 @@ import hashlib  # noqa: E402
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from xvatool.errors import ResumeError, UsageError  # noqa: E402
+from xvatool.errors import ResumeError, UsageError, XapiError  # noqa: E402
 from xvatool.xapi.export import export_stream, export_vm  # noqa: E402
 from xvatool.xapi.journal import export_journal_path  # noqa: E402
 from xvatool.xapi.session import connect  # noqa: E402
@@ -480,3 +480,28 @@ def test_parallel_export_reports_one_bar_per_disk_and_a_total(sim, tmp_path):
     assert set(bars.counts) == disk_labels | {"total"}
     assert bars.counts["total"] == sum(bars.counts[label] for label in disk_labels) > 0
     assert sorted(bars.closed) == sorted(bars.counts)
+
+
+def test_export_refused_by_the_host_is_not_retried(sim, tmp_path, monkeypatch):
+    """A 500 whose task failed for a lasting reason raises that reason at once, not 3 retries."""
+    from xvatool.sim.values import ApiFailure
+    from xvatool.xapi import transfer
+
+    gets: list[str] = []
+    real_open = transfer.open_download
+
+    def counting_open(session, path, *args, **kwargs):
+        gets.append(path)
+        return real_open(session, path, *args, **kwargs)
+
+    def refuse(vm, expected):
+        raise ApiFailure("VM_BAD_POWER_STATE", [vm, "halted", "running"])
+
+    monkeypatch.setattr(transfer, "open_download", counting_open)
+    monkeypatch.setattr(sim.host.ops, "assert_power", refuse)  # the VM started after our check
+    out = tmp_path / "vm.xva"
+    with session_of(sim) as s, pytest.raises(XapiError) as info:
+        export_vm(s, "demo-vm", out, mode="stream", snapshot="never", retries=3)
+    assert info.value.code == "VM_BAD_POWER_STATE" and info.value.params[1:] == ["halted", "running"]
+    assert gets == ["/export"]
+    assert no_leftovers(out) and not out.exists()

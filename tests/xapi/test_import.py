@@ -340,3 +340,47 @@ def test_parallel_import_progress_counts_the_data_sent(sim, exported):
     disk_labels = {d.id for d in result.disks}
     assert bars.counts["total"] == sum(bars.counts[label] for label in disk_labels)
     assert bars.counts["total"] == 5 * MiB  # the demo disks' non-zero blocks
+
+
+def count_uploads(monkeypatch) -> list[str]:
+    """The handler path of every `transfer.upload` from now on: one per attempt of each PUT."""
+    from xvatool.xapi import transfer
+
+    sends: list[str] = []
+    real_upload = transfer.upload
+
+    def counting_upload(session, handler, *args, **kwargs):
+        sends.append(handler)
+        return real_upload(session, handler, *args, **kwargs)
+
+    monkeypatch.setattr(transfer, "upload", counting_upload)
+    return sends
+
+
+def failed_tasks(sim):
+    state = sim.host.state
+    return [t for t in state.refs("task") if state.field("task", t, "status") != "success"]
+
+
+@pytest.mark.parametrize("mode", ["stream", "parallel"])
+def test_import_refused_by_the_host_after_its_200_is_not_retried(sim, exported, monkeypatch, mode):
+    """`--restore` of a VM that exists fails its task for good: raise the task's error at once."""
+    path, _ = exported
+    sends = count_uploads(monkeypatch)
+    vms = len(sim.host.state.refs("VM"))
+    with session_of(sim) as s, pytest.raises(XapiError) as info:
+        import_vm(s, path, mode=mode, restore=True, retries=3, segment_size=MiB)
+    assert info.value.code == "VM_TO_IMPORT_IS_NOT_NEWER_VERSION"
+    assert info.value.params  # the task's parameters are kept
+    assert sends.count("/import" if mode == "stream" else "/import_metadata") == 1
+    assert len(sim.host.state.refs("VM")) == vms
+    assert not failed_tasks(sim)
+
+
+@pytest.mark.parametrize("mode", ["stream", "parallel"])
+def test_import_leaves_no_failed_task_behind(sim, exported, mode):
+    """The redirect probe (an empty PUT without a task id) makes the host create a task: gone."""
+    path, _ = exported
+    with session_of(sim) as s:
+        import_vm(s, path, mode=mode, segment_size=MiB)
+    assert not failed_tasks(sim)

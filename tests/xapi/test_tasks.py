@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from tests.xapi.fakehost import rpc_failure, rpc_reply
-from xvatool.errors import HostError, XapiError
+from xvatool.errors import HostError, TransferError, UsageError, XapiError
 from xvatool.xapi import tasks
 from xvatool.xapi.session import connect
 from xvatool.xapi.tasks import (
@@ -193,3 +193,38 @@ def test_task_failure_peeks_without_waiting():
     assert error is not None and error.code == "VDI_TOO_LARGE"
     with session_for(TaskHost([("HANDLE_INVALID", "task", TASK)])) as s:
         assert tasks.task_failure(s, TASK) is None
+
+
+def failed(*error_info: str) -> dict:
+    return {"status": "failure", "progress": 1.0, "result": "", "error_info": list(error_info)}
+
+
+def test_task_reason_raises_a_lasting_task_error_instead_of_the_broken_transfer():
+    with session_for(TaskHost([failed("SR_FULL", "OpaqueRef:sr", "10", "5")])) as s:
+        with pytest.raises(XapiError) as info, tasks.task_reason(s, TASK):
+            raise TransferError("PUT /import: the host failed after answering 200")
+    assert (info.value.code, info.value.params) == ("SR_FULL", ["OpaqueRef:sr", "10", "5"])
+    assert isinstance(info.value.__cause__, TransferError)
+
+
+@pytest.mark.parametrize(
+    "record",
+    [pending(), failed("VDI_IO_ERROR", "Device I/O errors"), failed("INTERNAL_ERROR", "Unix.EPIPE")],
+)
+def test_task_reason_keeps_transient_failures_retryable(record):
+    with session_for(TaskHost([record])) as s:
+        with pytest.raises(TransferError) as info, tasks.task_reason(s, TASK):
+            raise TransferError("connection reset")
+    assert info.value.retryable
+    if record["error_info"]:
+        assert record["error_info"][0] in str(info.value.message)
+
+
+def test_task_reason_leaves_other_errors_and_success_alone():
+    host = TaskHost([failed("SR_FULL")])
+    with session_for(host) as s:
+        with pytest.raises(UsageError), tasks.task_reason(s, TASK):
+            raise UsageError("bad option")
+        with tasks.task_reason(s, TASK):
+            pass
+    assert "task.get_record" not in host.methods()

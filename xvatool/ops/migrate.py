@@ -233,7 +233,7 @@ class _ParallelMigration:
 
     def run(self, found: VmRef, edits: _Edits) -> tuple[str, str]:
         """Metadata, every disk at once, then the metadata import; the new VM's (ref, uuid)."""
-        from xvatool.xapi.export import _fetch_metadata
+        from xvatool.xapi.export import fetch_metadata
         from xvatool.xapi.import_ import create_vdi, import_metadata
         from xvatool.xapi.journal import DEFAULT_RETRIES, ProgressBars, with_retries
         from xvatool.xapi.vms import export_source
@@ -242,7 +242,7 @@ class _ParallelMigration:
         try:
             with export_source(self.source, found, snapshot="auto") as vm:
                 ova_xml = with_retries(
-                    lambda: _fetch_metadata(self.source, vm), retries=DEFAULT_RETRIES,
+                    lambda: fetch_metadata(self.source, vm), retries=DEFAULT_RETRIES,
                     what=f"metadata of {vm.uuid}",
                 )  # fmt: skip
                 metadata = edits.apply(_parse_metadata(ova_xml, self.source.url))
@@ -318,10 +318,10 @@ class _ParallelMigration:
 
     def _extents(self, reader: XvaReader, tee: TeeReader) -> Iterator[tuple[int, memoryview]]:
         """The disk's non-zero chunks as (offset, data); the target VDI already reads as zeros."""
-        from xvatool.xapi.export import _transport_errors
+        from xvatool.xapi.export import transport_errors
         from xvatool.xva.disk import is_zero
 
-        with _transport_errors(tee):
+        with transport_errors(tee):
             for chunk in reader.chunks():
                 if self.stop.is_set():
                     raise Interrupted("stopped: another disk failed")

@@ -65,6 +65,8 @@ __all__ = [
     "TransferMode",
     "export_stream",
     "export_vm",
+    "fetch_metadata",
+    "transport_errors",
 ]
 
 _log = logging.getLogger(__name__)
@@ -179,12 +181,15 @@ def _export_params(source: VmRef, compression: Compression) -> dict[str, str]:
 @contextmanager
 def _host_export(session: Session, source: VmRef, compression: Compression) -> Iterator[Readable]:
     """One `GET /export` with its own task; the task's outcome is checked when the body is done."""
-    from xvatool.xapi.tasks import create_task, destroy_task, wait_task
+    from xvatool.xapi.tasks import create_task, destroy_task, task_reason, wait_task
     from xvatool.xapi.transfer import open_download
 
     task = create_task(session, f"xvatool export {source.uuid}")
     try:
-        with open_download(session, "/export", _export_params(source, compression), task=task) as body:
+        with (
+            task_reason(session, task),
+            open_download(session, "/export", _export_params(source, compression), task=task) as body,
+        ):
             yield body
         wait_task(session, task)
     finally:
@@ -195,7 +200,7 @@ def _verify_xva_stream(tee: TeeReader, *, source: str) -> None:
     """Parse an XVA stream to its end, verifying every chunk, then read what follows the tar."""
     from xvatool.xva.reader import XvaReader
 
-    with _transport_errors(tee):
+    with transport_errors(tee):
         reader = XvaReader(tee, source=source)
         for _chunk in reader.chunks():
             pass
@@ -289,7 +294,7 @@ def _export_parallel_file(
     journal_path = export_journal_path(out)
     spool_dir = out.with_name(out.name + ".part.d")
     ova_xml = with_retries(
-        lambda: _fetch_metadata(session, source), retries=retries, what=f"metadata of {source.uuid}"
+        lambda: fetch_metadata(session, source), retries=retries, what=f"metadata of {source.uuid}"
     )
     with location_context(file=f"{session.url}/export_metadata"):
         parsed = Metadata.from_bytes(ova_xml)
@@ -368,16 +373,25 @@ def _stoppable(update: Callable[[int], None], stop: threading.Event) -> Callable
     return checked
 
 
-def _fetch_metadata(session: Session, source: VmRef) -> bytes:
-    from xvatool.xapi.tasks import managed_task, wait_task
+def fetch_metadata(session: Session, source: VmRef) -> bytes:
+    """The ova.xml of `source` from `GET /export_metadata` (§3.2), without its snapshots.
+
+    Public because a parallel export and a parallel migrate both start from it: the disks are
+    fetched one by one, and the document says which. Not retried here: callers wrap it in
+    `with_retries`. A lasting task failure raises its `XapiError` (`task_reason`).
+    """
+    from xvatool.xapi.tasks import managed_task, task_reason, wait_task
     from xvatool.xapi.transfer import open_download
     from xvatool.xva.assemble import read_ova_xml_tar
 
     params = {"uuid": source.uuid, "export_snapshots": "false"}  # §3.2: snapshots otherwise included
     with managed_task(session, f"xvatool export_metadata {source.uuid}") as task:
-        with open_download(session, "/export_metadata", params, task=task) as body:
+        with (
+            task_reason(session, task),
+            open_download(session, "/export_metadata", params, task=task) as body,
+        ):
             tee = TeeReader(body)
-            with _transport_errors(tee):
+            with transport_errors(tee):
                 ova_xml = read_ova_xml_tar(tee, source=f"{session.url}/export_metadata")
                 tee.drain()
         wait_task(session, task)
@@ -393,7 +407,7 @@ def _disk_fetcher(
     update: Callable[[int], None],
 ) -> Callable[[], str]:
     """A job fetching one disk into its spool, verified, retried; journals it done."""
-    from xvatool.xapi.tasks import managed_task, wait_task
+    from xvatool.xapi.tasks import managed_task, task_reason, wait_task
     from xvatool.xapi.transfer import open_download
     from xvatool.xva.reader import read_disk_stream
 
@@ -408,9 +422,13 @@ def _disk_fetcher(
                 fh = part.open("wb")
             except OSError as exc:
                 raise LocalIOError(f"cannot create spool: {exc.strerror}", path=str(part)) from exc
-            with fh, open_download(session, "/export_raw_vdi", params, task=task) as body:
+            with (
+                fh,
+                task_reason(session, task),
+                open_download(session, "/export_raw_vdi", params, task=task) as body,
+            ):
                 tee = TeeReader(body, _FileSink(fh, part), hasher=hasher, progress=update)
-                with _transport_errors(tee):
+                with transport_errors(tee):
                     read_disk_stream(tee, size=disk.virtual_size, source=where)
                     tee.drain()
                 fh.flush()
@@ -429,7 +447,7 @@ INLINE_ERROR_MARK = b"HTTP/1."
 
 
 @contextmanager
-def _transport_errors(tee: TeeReader) -> Iterator[None]:
+def transport_errors(tee: TeeReader) -> Iterator[None]:
     """Map what a broken download looks like to the format layer into a retryable TransferError.
 
     A cut connection ends the stream early (`TruncatedError`); an inline `HTTP/1.1 500` after the

@@ -135,15 +135,16 @@ def import_stream(
     until the peer stops sending (§3.3). XO's fake 1 PiB Content-Length would do too, but leaves
     the host waiting for bytes that never come. Not retried here: the caller owns the body.
     """
-    from xvatool.xapi.tasks import managed_task, wait_task
+    from xvatool.xapi.tasks import managed_task, task_reason, wait_task
     from xvatool.xapi.transfer import upload, upload_unsized
 
     params = {**({"sr_uuid": sr} if sr else {}), **_flags(restore, force)}
     with managed_task(session, "xvatool import") as task:
-        if length is None:
-            upload_unsized(session, "/import", params, body, task=task)
-        else:
-            upload(session, "/import", params, body, length=length, task=task)
+        with task_reason(session, task):
+            if length is None:
+                upload_unsized(session, "/import", params, body, task=task)
+            else:
+                upload(session, "/import", params, body, length=length, task=task)
         result = wait_task(session, task, progress=progress)
     ref, uuid = _vm_of_result(session, result)
     return ImportResult(vm_uuid=uuid, vm_ref=ref)
@@ -405,7 +406,7 @@ class _ParallelImport:
         probe: bool,
         update: Callable[[int], None],
     ) -> None:
-        from xvatool.xapi.tasks import managed_task, wait_task
+        from xvatool.xapi.tasks import managed_task, task_reason, wait_task
         from xvatool.xapi.transfer import chunked_frames, chunked_length, upload
 
         seg = plan.segments[seg_index]
@@ -422,7 +423,8 @@ class _ParallelImport:
 
         params = {"vdi": target, "format": "raw", "chunked": "true"}
         with managed_task(self.session, f"xvatool import_raw_vdi {target}") as task:
-            upload(self.session, "/import_raw_vdi", params, body, length=length, task=task, probe=probe)
+            with task_reason(self.session, task):
+                upload(self.session, "/import_raw_vdi", params, body, length=length, task=task, probe=probe)
             wait_task(self.session, task)
 
     def _import_metadata(
@@ -465,17 +467,18 @@ class _ParallelImport:
 # -- the per-disk building blocks (parallel import, parallel migrate) -------------------------
 
 
-def create_vdi(session: Session, sr_ref: str, disk: DiskInfo) -> tuple[str, str]:
+def create_vdi(session: Session, sr_ref: str, disk: DiskInfo, *, description: str = "") -> tuple[str, str]:
     """`VDI.create` an empty VDI for `disk` in SR `sr_ref`; its (ref, uuid).
 
     A new VDI reads as zeros, so a chunked upload (§3.6) needs to send only the non-zero data.
+    Only the disk's name, size and type are used (`xapi.vdi` passes a bare `DiskInfo`).
     """
     ref = str(
         session.call(
             "VDI.create",
             {
                 "name_label": disk.name_label,
-                "name_description": "",
+                "name_description": description,
                 "SR": sr_ref,
                 "virtual_size": str(disk.virtual_size),  # 64-bit ints go as strings (§1.4)
                 "type": disk.vdi_type or "user",
@@ -504,7 +507,7 @@ def import_metadata(
     `vdi_map` maps each source VDI uuid of the document to the uuid of the VDI holding its data
     (`vdi:<source uuid>=<target uuid>`, §3.4).
     """
-    from xvatool.xapi.tasks import managed_task, wait_task
+    from xvatool.xapi.tasks import managed_task, task_reason, wait_task
     from xvatool.xapi.transfer import upload
     from xvatool.xva.assemble import ova_xml_tar
 
@@ -512,6 +515,7 @@ def import_metadata(
     params = _flags(restore, force)
     params.update({f"vdi:{source}": target for source, target in vdi_map.items()})
     with managed_task(session, "xvatool import_metadata") as task:
-        upload(session, "/import_metadata", params, lambda: [tar], length=len(tar), task=task)
+        with task_reason(session, task):
+            upload(session, "/import_metadata", params, lambda: [tar], length=len(tar), task=task)
         result = wait_task(session, task)
     return _vm_of_result(session, result)

@@ -19,11 +19,13 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from xvatool.errors import HostError, MetadataError, XapiError, XvatoolError
+from xvatool.errors import HostError, MetadataError, TransferError, XapiError, XvatoolError
+from xvatool.xapi.journal import TRANSIENT_XAPI_CODES
 from xvatool.xapi.session import Session
 from xvatool.xva.ovaxml import parse_value
 
 __all__ = [
+    "BROKEN_TRANSFER_CODES",
     "EVENT_TIMEOUT_S",
     "POLL_INTERVAL_S",
     "create_task",
@@ -32,6 +34,7 @@ __all__ = [
     "parse_task_result_refs",
     "task_error",
     "task_failure",
+    "task_reason",
     "wait_task",
 ]
 
@@ -94,6 +97,35 @@ def task_failure(session: Session, task: str) -> XapiError | None:
     if str(record.get("status", _PENDING)) in ("failure", "cancelled"):
         return task_error(task, record)
     return None
+
+
+BROKEN_TRANSFER_CODES = TRANSIENT_XAPI_CODES | {"INTERNAL_ERROR"}
+"""Task errors that a broken connection itself causes (xapi reports a socket error under its
+handler as ``INTERNAL_ERROR``): they say nothing lasting, so the transfer stays retryable."""
+
+
+@contextlib.contextmanager
+def task_reason(session: Session, task: str) -> Iterator[None]:
+    """Around a transfer driven by `task`: a broken transfer raises the task's lasting error.
+
+    A handler that fails after its 200 writes an inline 500 or just closes (§3.0 "Errors after
+    the 200"); either way the reason, e.g. ``VM_TO_IMPORT_IS_NOT_NEWER_VERSION`` or ``SR_FULL``,
+    is on the task. Such a failure comes back on every retry, so it is raised at once as that
+    `XapiError` (code and parameters), which the retry loops do not retry. A task failed by the
+    broken connection itself (`BROKEN_TRANSFER_CODES`) or still pending leaves the
+    `TransferError` retryable, now naming the task's error when there is one.
+    """
+    try:
+        yield
+    except TransferError as exc:
+        failure = task_failure(session, task)
+        if failure is None:
+            raise
+        failure.host = exc.host or session.host
+        if failure.code in BROKEN_TRANSFER_CODES:
+            message = f"{exc.message} (task: {failure.message})"
+            raise TransferError(message, host=failure.host, retryable=exc.retryable) from exc
+        raise failure from exc
 
 
 def _settled(task: str, record: dict[str, Any]) -> str | None:

@@ -6,7 +6,7 @@ Knows HTTP, never tar. The quirks, all from xapi-protocol.md §3.0:
   re-sent by hand after a redirect because ``Location`` copies only the query;
 * ``302`` is followed manually (at most `MAX_REDIRECTS`), because a PUT must be re-sent with its
   whole body to the new host; uploads first probe with an empty PUT (no task id) so that a large
-  body is never streamed into a redirect;
+  body is never streamed into a redirect, and destroy the task the host made for the probe;
 * request bodies carry an exact ``Content-Length``: ``Transfer-Encoding`` is refused by the host
   (a live body the host can find the end of goes without either: `upload_unsized`);
 * a ``200`` may be followed by an inline ``HTTP/1.1 500 …`` in the body when the handler failed
@@ -44,6 +44,7 @@ import httpx
 
 from xvatool.errors import HostError, StreamStateError, TransferError, XvatoolError
 from xvatool.xapi.session import Session, base_url, translate_httpx_errors
+from xvatool.xapi.tasks import destroy_task
 
 __all__ = [
     "CHUNKED_END",
@@ -262,6 +263,33 @@ def _send(
     raise TransferError(f"more than {MAX_REDIRECTS} redirects", host=_host_of(url), retryable=False)
 
 
+def _task_of(response: httpx.Response) -> str | None:
+    """The task a handler created for a request without ``task_id`` (§3.0 "Tasks").
+
+    Lenient: ``task-id: X`` and ``task-id:X`` both reach httpx as the header ``task-id``.
+    """
+    return (response.headers.get("task-id") or "").strip() or None
+
+
+def _probe(session: Session, client: httpx.Client, url: str) -> str:
+    """Send the empty redirect probe (§3.0 "Redirects"); the URL the real upload should go to.
+
+    The probe carries no task id (it must not fail the caller's task), so the handler creates a
+    task of its own, which the empty body fails and which would stay listed on the host. Its id
+    comes back in the ``task-id`` header: the reply is read to the host's close (the handler is
+    then done with the task) and the task destroyed, best effort.
+    """
+    response, url = _send(session, client, "PUT", url, task=None, content=lambda: b"")
+    try:
+        task = _task_of(response)
+        _read_some(response, ERROR_BODY_LIMIT)
+    finally:
+        response.close()
+    if task is not None:
+        destroy_task(session, task)
+    return url
+
+
 # ------------------------------------------------------------------------------ download
 
 
@@ -278,8 +306,7 @@ class DownloadStream:
         self.url = url
         self.what = what
         self.host = _host_of(url)
-        # lenient: "task-id: X" on /export, "task-id:X" elsewhere (§3.0); httpx strips either
-        self.task_id: str | None = (response.headers.get("task-id") or "").strip() or None
+        self.task_id = _task_of(response)
         self.bytes_read = 0
         self._chunks = response.iter_raw()
         self._buffer = memoryview(b"")
@@ -418,8 +445,7 @@ def upload(
 
     with session.http(timeout_s) as client:
         if probe:
-            response, url = _send(session, client, "PUT", url, task=None, content=lambda: b"")
-            response.close()
+            url = _probe(session, client, url)
         response, url = _send(
             session, client, "PUT", url, task=task, content=counted, headers={"Content-Length": str(length)}
         )

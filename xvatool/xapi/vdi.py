@@ -22,7 +22,6 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import struct
@@ -34,9 +33,9 @@ from typing import Any, Literal
 import xxhash
 
 from xvatool.errors import LocalIOError, ResumeError, TransferError, UsageError, XapiError
-from xvatool.xapi.journal import Journal, import_journal_path
+from xvatool.xapi.journal import Journal, import_journal_path, is_transient
 from xvatool.xapi.session import Session
-from xvatool.xapi.tasks import managed_task, task_failure, wait_task
+from xvatool.xapi.tasks import managed_task, task_reason, wait_task
 from xvatool.xapi.transfer import (
     DEFAULT_RETRIES,
     chunked_frames,
@@ -76,8 +75,6 @@ VHD_FOOTER_SIZE = 512
 VHD_COOKIE = b"conectix"
 _VHD_SIZE = struct.Struct(">Q")
 _VHD_SIZE_OFFSET = 48  # "Current Size" in the VHD footer (VHD spec, hard disk footer format)
-TRANSIENT_TASK_ERRORS = frozenset({"VDI_IO_ERROR"})
-"""Task error codes that a second attempt may not meet (a cut-short transfer, §3.6)."""
 _RAW_PARAMS = {"format": "raw", "chunked": "true"}
 _SEGMENT_KEY = "vdi"
 
@@ -148,7 +145,7 @@ def export_vdi(
     expected = vdi.virtual_size if format == "raw" else 0
 
     def attempt() -> Path:
-        with managed_task(session, f"xvatool vdi-export {vdi.uuid}") as task, _task_reason(session, task):
+        with managed_task(session, f"xvatool vdi-export {vdi.uuid}") as task, task_reason(session, task):
             with SparseFileSink(out, expected) as sink:
                 params = {"vdi": vdi.uuid, "format": format}
                 with open_download(
@@ -171,22 +168,6 @@ def export_vdi(
                 return sink.commit()
 
     return retrying(attempt, retries)
-
-
-@contextlib.contextmanager
-def _task_reason(session: Session, task: str) -> Iterator[None]:
-    """A broken transfer whose task already failed for a lasting reason raises that reason instead.
-
-    The retry logic then stops (an `XapiError` is not retryable) rather than hitting e.g.
-    ``VDI_TOO_LARGE`` again; ``VDI_IO_ERROR`` stays a transient `TransferError`.
-    """
-    try:
-        yield
-    except TransferError as exc:
-        failure = task_failure(session, task)
-        if failure is not None and failure.code not in TRANSIENT_TASK_ERRORS:
-            raise failure from exc
-        raise
 
 
 # ------------------------------------------------------------------------------ import
@@ -225,22 +206,24 @@ def _round_up(n: int, unit: int) -> int:
 
 
 def _create_vdi(session: Session, sr: str, size: int, name: str) -> VdiInfo:
+    """A blank VDI of `size` bytes in SR `sr` (uuid or name), made by the import's `create_vdi`."""
+    from xvatool.xapi.import_ import create_vdi
+    from xvatool.xva.ovaxml import DiskInfo
+
     sr_ref, _ = find_sr(session, sr)
-    record = {
-        "name_label": name,
-        "name_description": "imported by xvatool",
-        "SR": sr_ref,
-        "virtual_size": str(size),  # 64-bit ints travel as strings (§1.4)
-        "type": "user",
-        "sharable": False,
-        "read_only": False,
-        "other_config": {},
-        "xenstore_data": {},
-        "sm_config": {},
-        "tags": [],
-    }
-    ref = str(session.call("VDI.create", record))
-    return VdiInfo(ref=ref, uuid=str(session.call("VDI.get_uuid", ref)), name_label=name, virtual_size=size)
+    disk = DiskInfo(
+        id="",
+        vdi_uuid="",
+        name_label=name,
+        virtual_size=size,
+        userdevice=None,
+        bootable=False,
+        vbd_uuid=None,
+        sr_name=None,
+        vdi_type="user",
+    )
+    ref, uuid = create_vdi(session, sr_ref, disk, description="imported by xvatool")
+    return VdiInfo(ref=ref, uuid=uuid, name_label=name, virtual_size=size)
 
 
 class _RawFile:
@@ -413,7 +396,7 @@ def _import_vhd(
             raise LocalIOError(exc.strerror or str(exc), path=str(source)) from exc
 
     def attempt() -> None:
-        with managed_task(session, f"xvatool vdi-import {vdi.uuid}") as task, _task_reason(session, task):
+        with managed_task(session, f"xvatool vdi-import {vdi.uuid}") as task, task_reason(session, task):
             params = {"vdi": vdi.uuid, "format": "vhd"}
             upload(session, "/import_raw_vdi", params, body, length=length, task=task, timeout_s=timeout_s)
             _wait_segment(session, task)
@@ -427,8 +410,8 @@ def _wait_segment(session: Session, task: str) -> None:
         wait_task(session, task)
     except XapiError as exc:
         # vhd-tool fails with VDI_IO_ERROR when the body was cut short (§3.6): sending the same
-        # bytes again is safe, so this is a transient failure of the transfer
-        if exc.code == "VDI_IO_ERROR":
+        # bytes again is safe, so this (like every transient code) is a failure of the transfer
+        if is_transient(exc):
             raise TransferError(f"the host could not write the data: {exc}", host=session.host) from exc
         raise
 
@@ -505,7 +488,7 @@ def _send_segment(
     def attempt() -> None:
         with (
             managed_task(session, f"xvatool vdi-import {vdi.uuid} segment {index}") as task,
-            _task_reason(session, task),
+            task_reason(session, task),
         ):
             upload(
                 session,
