@@ -331,13 +331,14 @@ class _ParallelMigration:
 
     def _upload(self, target_vdi: str, live: _LiveBody) -> None:
         """One `PUT /import_raw_vdi?chunked=true` of unknown length, then its task (§3.6)."""
-        from xvatool.xapi.tasks import managed_task, wait_task
+        from xvatool.xapi.tasks import managed_task, task_reason, wait_task
         from xvatool.xapi.transfer import upload_unsized
 
         params = {"vdi": target_vdi, "format": "raw", "chunked": "true"}
         with managed_task(self.target, f"xvatool import_raw_vdi {target_vdi}") as task:
             try:
-                upload_unsized(self.target, "/import_raw_vdi", params, live, task=task)
+                with task_reason(self.target, task):  # a broken upload reports the target's reason
+                    upload_unsized(self.target, "/import_raw_vdi", params, live, task=task)
                 wait_task(self.target, task)
             except XvatoolError as exc:
                 if live.error is not None:  # the target failed because the source did
