@@ -197,7 +197,7 @@ def test_vdi_export_passes_options(runner, fake, tmp_path):
         result = invoke(runner, fake, "vdi-export", "u-2", "-o", "x.vhd", "--format", "vhd", "--timeout", "5")
     assert result.exit_code == 0, result.output
     args, kwargs = exp.call_args
-    assert args[1:] == ("u-2", "x.vhd")
+    assert args[1:] == ("u-2", Path("x.vhd"))
     assert kwargs["format"] == "vhd" and kwargs["retries"] == 3
     assert args[0].timeout_s == 5.0
 

@@ -42,7 +42,7 @@ def test_export_passes_options_to_the_library(tmp_path, password_file):
     assert run.exit_code == 0, run.output
     assert connect.call_args.args[:3] == ("https://xen1", "root", "secret")
     kwargs = export_vm.call_args.kwargs
-    assert export_vm.call_args.args[1:] == ("web-01", str(out))
+    assert export_vm.call_args.args[1:] == ("web-01", out)
     assert (kwargs["mode"], kwargs["compression"], kwargs["snapshot"]) == ("parallel", "zstd", "never")
     assert (kwargs["retries"], kwargs["resume"]) == (0, True)
     doc = json.loads(run.output)

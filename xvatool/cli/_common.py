@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
@@ -22,6 +23,7 @@ __all__ = [
     "command_errors",
     "debug_option",
     "echo_json",
+    "file_output_option",
     "human_size",
     "json_option",
     "network_map_option",
@@ -69,6 +71,19 @@ def refuse_dash(_ctx: click.Context, param: click.Parameter, value: Any) -> Any:
         flag = (param.opts or ["-o"])[0]
         raise click.BadParameter(f"{flag} - (standard output) is not supported here; give a file name")
     return value
+
+
+def file_output_option(name: str, help: str) -> Callable[[F], F]:
+    """`-o/--output FILE`, required, passed as a `Path` under `name`; `-` is refused."""
+    return click.option(
+        "-o",
+        "--output",
+        name,
+        required=True,
+        type=click.Path(dir_okay=False, path_type=Path),
+        callback=refuse_dash,
+        help=help,
+    )
 
 
 def _set_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> None:

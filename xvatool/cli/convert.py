@@ -12,9 +12,9 @@ from xvatool.cli._common import (
     byte_progress,
     command_errors,
     echo_json,
+    file_output_option,
     json_option,
     network_map_option,
-    refuse_dash,
 )
 
 __all__ = ["COMMANDS", "SizeParam"]
@@ -56,15 +56,7 @@ _COMPRESS = click.Choice(["none", "gzip", "zstd"])
 
 
 @click.command("create")
-@click.option(
-    "-o",
-    "--output",
-    "output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    required=True,
-    callback=refuse_dash,
-    help="Archive to write (written as OUT.part, renamed when complete).",
-)
+@file_output_option("output", "Archive to write (written as OUT.part, renamed when complete).")
 @click.option("--name", required=True, help="name_label of the VM.")
 @click.option(
     "--disk",

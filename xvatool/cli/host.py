@@ -5,6 +5,8 @@ Each command parses its options, calls one library function and renders text or 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from xvatool.cli._common import (
@@ -12,10 +14,10 @@ from xvatool.cli._common import (
     command_errors,
     debug_option,
     echo_json,
+    file_output_option,
     human_size,
     json_option,
     quiet_option,
-    refuse_dash,
 )
 from xvatool.cli._connection import Connection, connection_options, retries_option
 
@@ -62,15 +64,7 @@ def vm_list_command(*, connect: Connection, as_json: bool) -> None:
 
 @click.command("vdi-export")
 @click.argument("vdi", metavar="VDI_UUID")
-@click.option(
-    "-o",
-    "--output",
-    "out",
-    required=True,
-    type=click.Path(dir_okay=False),
-    callback=refuse_dash,
-    help="File to write.",
-)
+@file_output_option("out", "File to write.")
 @click.option(
     "--format",
     "fmt",
@@ -86,7 +80,7 @@ def vm_list_command(*, connect: Connection, as_json: bool) -> None:
 @debug_option
 @command_errors
 def vdi_export_command(
-    *, connect: Connection, vdi: str, out: str, fmt: str, retries: int, as_json: bool
+    *, connect: Connection, vdi: str, out: Path, fmt: str, retries: int, as_json: bool
 ) -> None:
     """Download one disk to OUT (which must not exist; written as OUT.part, renamed when complete).
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from xvatool.cli._common import (
     command_errors,
     debug_option,
     echo_json,
+    file_output_option,
     json_option,
     progress_factory,
     quiet_option,
-    refuse_dash,
 )
 from xvatool.cli._connection import Connection, connection_options, retries_option
 
@@ -22,15 +24,7 @@ _MODE = click.Choice(["stream", "parallel"])
 
 @click.command("export")
 @click.argument("vm")
-@click.option(
-    "-o",
-    "--output",
-    "out",
-    required=True,
-    type=click.Path(dir_okay=False),
-    callback=refuse_dash,
-    help="The XVA to write.",
-)
+@file_output_option("out", "The XVA to write.")
 @click.option("--compress", type=click.Choice(["none", "gzip", "zstd"]), default="none", show_default=True)
 @click.option("--mode", type=_MODE, default="stream", show_default=True, help="One stream, or one per disk.")
 @click.option(
@@ -51,7 +45,7 @@ def export_command(
     *,
     connect: Connection,
     vm: str,
-    out: str,
+    out: Path,
     compress: str,
     mode: str,
     snapshot: str,
