@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 import XenAPI
 
 from tests.sim.helpers import call, failure, login, xml_call
 from xvatool.sim.testing import RunningHost
-
-
-@pytest.fixture
-def xen(sim: RunningHost) -> Iterator[XenAPI.Session]:
-    session = XenAPI.Session(sim.url)
-    session.xenapi.login_with_password(sim.user, sim.password, "1.0", "xvatool-tests")
-    try:
-        yield session
-    finally:
-        session.xenapi.session.logout()
-        session("close")()  # ServerProxy's own way to close its connection
 
 
 def test_wrong_password_is_the_host_error(sim: RunningHost) -> None:
