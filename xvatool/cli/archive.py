@@ -7,7 +7,15 @@ from pathlib import Path
 
 import click
 
-from xvatool.cli._common import byte_progress, command_errors, echo_json, human_size, json_option
+from xvatool.cli._common import (
+    byte_progress,
+    command_errors,
+    debug_option,
+    echo_json,
+    human_size,
+    json_option,
+    quiet_option,
+)
 
 __all__ = ["COMMANDS"]
 
@@ -17,6 +25,8 @@ _ARCHIVE = click.argument("archive", metavar="ARCHIVE")
 @click.command("inspect")
 @_ARCHIVE
 @json_option()
+@quiet_option
+@debug_option
 @command_errors
 def inspect_command(*, archive: str, as_json: bool) -> None:
     """Show the VM, disks and networks of an archive, reading only its metadata.
@@ -49,6 +59,8 @@ def inspect_command(*, archive: str, as_json: bool) -> None:
 @click.command("verify")
 @_ARCHIVE
 @json_option()
+@quiet_option
+@debug_option
 @command_errors
 def verify_command(*, archive: str, as_json: bool) -> None:
     """Check an archive completely (structure, metadata, every checksum); report every problem.
@@ -85,6 +97,8 @@ def verify_command(*, archive: str, as_json: bool) -> None:
 @click.option("--disk", "disks", multiple=True, metavar="UUID", help="Only this VDI uuid; repeat for more.")
 @click.option("--format", "fmt", type=click.Choice(["raw"]), default="raw", show_default=True,
               help="Image format.")  # fmt: skip
+@quiet_option
+@debug_option
 @command_errors
 def extract_command(*, archive: str, out_dir: Path, disks: tuple[str, ...], fmt: str) -> None:
     """Extract the disks of an archive as sparse raw images named <vdi-uuid>.raw, verified.

@@ -11,10 +11,12 @@ import click
 from xvatool.cli._common import (
     byte_progress,
     command_errors,
+    debug_option,
     echo_json,
     file_output_option,
     json_option,
     network_map_option,
+    quiet_option,
 )
 
 __all__ = ["COMMANDS", "SizeParam"]
@@ -85,6 +87,8 @@ _COMPRESS = click.Choice(["none", "gzip", "zstd"])
     help="Compress the whole archive (zstd needs a host that has the zstd binary).",
 )
 @json_option()
+@quiet_option
+@debug_option
 @command_errors
 def create_command(
     *, output: Path, name: str, disks: tuple[Path, ...], vcpus: int, memory: int,
@@ -143,6 +147,8 @@ def create_command(
 @click.option("--rename", default=None, help="New name_label for the VM.")
 @network_map_option("Rename a network so the VIF lands on NEW on import; repeatable.")
 @json_option()
+@quiet_option
+@debug_option
 @command_errors
 def repack_command(
     *, source: str, target: str, compression: str | None, checksum: str | None,
