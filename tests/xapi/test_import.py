@@ -158,13 +158,18 @@ def test_import_compressed_archive_in_parallel(sim, tmp_path):
     assert not list(tmp_path.glob("z.xva.*"))
 
 
-def test_stream_import_verifies_locally_first(sim, tmp_path, exported):
-    path, _ = exported
+def _with_first_chunk_flipped(path, out):
+    """A copy of the archive at `path` with one byte of its first data chunk flipped."""
     raw = bytearray(path.read_bytes())
     first = raw.index(b"/00000000\x00")
     raw[first - first % 512 + 512 + 7] ^= 0xFF
-    bad = tmp_path / "bad.xva"
-    bad.write_bytes(bytes(raw))
+    out.write_bytes(bytes(raw))
+    return out
+
+
+def test_stream_import_verifies_locally_first(sim, tmp_path, exported):
+    path, _ = exported
+    bad = _with_first_chunk_flipped(path, tmp_path / "bad.xva")
     before = len(sim.host.state.refs("VM"))
     with session_of(sim) as s:
         for mode in ("stream", "parallel"):
@@ -220,11 +225,7 @@ def test_import_follows_redirects(redirecting_sim, tmp_path, mode):
 
 def test_force_sends_a_corrupt_archive_and_the_host_accepts_it(sim, exported, tmp_path):
     path, _ = exported
-    raw = bytearray(path.read_bytes())
-    first = raw.index(b"/00000000\x00")
-    raw[first - first % 512 + 512 + 7] ^= 0xFF
-    bad = tmp_path / "bad.xva"
-    bad.write_bytes(bytes(raw))
+    bad = _with_first_chunk_flipped(path, tmp_path / "bad.xva")
     with session_of(sim) as s:
         result = import_vm(s, bad, mode="stream", force=True)
     assert s is not None and vm_ref_of(sim, result.vm_uuid)
