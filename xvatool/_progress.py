@@ -1,0 +1,145 @@
+"""The one progress type: a factory of bars, with a tqdm adapter and a null one.
+
+Library functions take ``progress: Progress | None``. A `Progress` is called with a label and a
+total (bytes, or None when unknown) and returns a `ProgressBar`; the caller feeds the bar byte
+counts with `update(n)` and closes it. Transfers ask for one bar per disk plus one labelled
+"total"; workflows prefix labels with the VM name (`labelled`) because several VMs run at once.
+Example::
+
+    export_vm(session, "web-01", "web.xva", progress=TqdmProgress())
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol
+
+__all__ = [
+    "NULL_PROGRESS",
+    "NullBar",
+    "Progress",
+    "ProgressBar",
+    "ProgressGroup",
+    "TqdmProgress",
+    "labelled",
+]
+
+
+class ProgressBar(Protocol):
+    """One bar: `update(n)` adds `n` bytes done; `close()` ends it. A `tqdm` bar is one."""
+
+    def update(self, n: int, /) -> object: ...
+    def close(self) -> None: ...
+
+
+class Progress(Protocol):
+    """Makes bars: ``progress(label, total_bytes)``; `total_bytes` is None when unknown."""
+
+    def __call__(self, label: str, total: int | None, /) -> ProgressBar: ...
+
+
+class NullBar:
+    """A bar that shows nothing."""
+
+    def update(self, n: int, /) -> object:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def _null_progress(label: str, total: int | None, /) -> ProgressBar:
+    return NullBar()
+
+
+NULL_PROGRESS: Progress = _null_progress
+"""A `Progress` whose bars show nothing."""
+
+
+def labelled(progress: Progress | None, prefix: str) -> Progress | None:
+    """A `Progress` whose bars carry `prefix` (a VM name) before the transfer's own label."""
+    if progress is None:
+        return None
+    inner = progress
+
+    def make(label: str, total: int | None, /) -> ProgressBar:
+        return inner(f"{prefix} {label}", total)
+
+    return make
+
+
+class _TqdmBar:
+    """A tqdm bar that gives its screen line back to its factory when closed."""
+
+    def __init__(self, bar: Any, release: Callable[[], None]) -> None:
+        self._bar = bar
+        self._release = release
+
+    def update(self, n: int, /) -> object:
+        return self._bar.update(n)
+
+    def close(self) -> None:
+        if self._bar is None:
+            return
+        self._bar.close()
+        self._bar = None
+        self._release()
+
+
+class TqdmProgress:
+    """Byte-counting tqdm bars on stderr; bars open at the same time get lines of their own."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._used: list[bool] = []
+
+    def __call__(self, label: str, total: int | None, /) -> ProgressBar:
+        from tqdm import tqdm
+
+        with self._lock:
+            slot = next((i for i, used in enumerate(self._used) if not used), len(self._used))
+            if slot == len(self._used):
+                self._used.append(True)
+            self._used[slot] = True
+        bar = tqdm(total=total, desc=label, unit="B", unit_scale=True, unit_divisor=1024,
+                   file=sys.stderr, position=slot, leave=True, dynamic_ncols=True)  # fmt: skip
+
+        def release() -> None:
+            with self._lock:
+                self._used[slot] = False
+
+        return _TqdmBar(bar, release)
+
+
+class ProgressGroup:
+    """The bars of one transfer (one per disk, often in threads); updates are serialised.
+
+    `new(label, total, also=…)` returns an updater; `also` (typically the "total" bar's updater)
+    is fed the same counts. `close()` closes every bar made.
+    """
+
+    def __init__(self, progress: Progress | None) -> None:
+        self._progress = progress
+        self._bars: list[ProgressBar] = []
+        self._lock = threading.Lock()
+
+    def new(
+        self, label: str, total: int | None, *, also: Callable[[int], None] | None = None
+    ) -> Callable[[int], None]:
+        bar: ProgressBar = self._progress(label, total) if self._progress else NullBar()
+        self._bars.append(bar)
+
+        def update(n: int) -> None:
+            with self._lock:
+                bar.update(n)
+            if also is not None:
+                also(n)
+
+        return update
+
+    def close(self) -> None:
+        for bar in self._bars:
+            bar.close()
+        self._bars.clear()
