@@ -41,15 +41,19 @@ def test_parse_fault_specs() -> None:
             parse_fault(bad)
 
 
-def test_faults_fire_the_given_number_of_times() -> None:
+def test_faults_count_firings_not_requests() -> None:
     faults = FaultSet()
     faults.add("export:stall=1:times=2")
     faults.add("export:drop-after=10")
-    assert set(faults.take("export")) == {"stall", "drop-after"}
-    assert set(faults.take("import")) == set()
-    assert set(faults.take("export")) == {"stall"}
-    assert faults.take("export") == {}
-    assert faults.pending() == []
+    armed = faults.armed("export")
+    assert set(armed) == {"stall", "drop-after"}
+    assert faults.armed("import") == {}
+    assert faults.armed("export") == armed  # arming for a request uses nothing up
+    assert faults.fire(armed["stall"]) and faults.fire(armed["drop-after"])
+    assert set(faults.armed("export")) == {"stall"}
+    assert faults.fire(armed["stall"])
+    assert not faults.fire(armed["stall"])  # used up (e.g. by a concurrent request)
+    assert faults.armed("export") == {} and faults.pending() == []
 
 
 def test_tar_corrupter_flips_the_nth_data_member_across_piece_boundaries() -> None:

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from tests.sim.helpers import call, login, task_record
 from xvatool.cli import main
 from xvatool.errors import UsageError
-from xvatool.sim.server import SimHost
+from xvatool.sim.server import SimHost, longest_prefix
 from xvatool.sim.testing import running_host
 from xvatool.xva.reader import XvaReader
 
@@ -133,9 +133,29 @@ def test_header_block_over_1024_bytes_gets_431(sim) -> None:
     assert httpx.get(f"{sim.url}/export", headers={"X-Padding": "a" * 500}).status_code == 401
 
 
-def test_unknown_paths_and_keep_alive(sim) -> None:
-    assert httpx.get(f"{sim.url}/nothing").status_code == 404
-    assert httpx.put(f"{sim.url}/export", content=b"").status_code == 404
+def test_handlers_are_chosen_by_longest_path_prefix(sim) -> None:
+    # No handler: xapi's default callback answers 403; an unknown method is 501.
+    assert httpx.get(f"{sim.url}/nothing").status_code == 403
+    assert httpx.get(f"{sim.url}/").status_code == 403
+    assert httpx.put(f"{sim.url}/export", content=b"").status_code == 403
+    assert httpx.delete(f"{sim.url}/export").status_code == 501
+    # With a trailing slash (as Xen Orchestra spells them) each path reaches its own handler.
+    for path in ("/export/", "/export_metadata/", "/export_raw_vdi/"):
+        assert httpx.get(f"{sim.url}{path}").status_code == 401, path
+    for path in ("/import/", "/import_metadata/", "/import_raw_vdi/"):
+        assert httpx.put(f"{sim.url}{path}", content=b"").status_code == 401, path
+    session = login(sim)
+    vm = sim.host.vm("demo-vm")
+    reply = httpx.get(f"{sim.url}/export/", params={"ref": vm, "session_id": session})
+    assert reply.status_code == 200 and reply.content.endswith(bytes(1024))
+    vdi = sim.host.vdis_of(vm)[1]
+    raw = httpx.get(f"{sim.url}/export_raw_vdi/", params={"vdi": vdi, "session_id": session})
+    assert raw.status_code == 200 and raw.content[:4096] == sim.host.disk_bytes(vdi, 0, 4096)
+    assert longest_prefix(["/export", "/export_raw_vdi"], "/export_raw_vdi/x") == "/export_raw_vdi"
+    assert longest_prefix(["/export"], "/exp") is None
+
+
+def test_rpc_keeps_the_connection_alive(sim) -> None:
     with httpx.Client() as client:
         for _ in range(3):  # RPC keeps the connection open
             reply = client.post(

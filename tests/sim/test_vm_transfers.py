@@ -130,7 +130,7 @@ def test_export_of_a_running_vm_fails(sim: RunningHost) -> None:
     assert record["status"] == "failure" and record["error_info"] == [
         "VM_BAD_POWER_STATE",
         vm,
-        "halted",
+        "halted, suspended",
         "running",
     ]
 

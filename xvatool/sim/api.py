@@ -1,14 +1,19 @@
-"""The API methods of the simulated host: sessions, generic getters, VM/VDI calls, tasks, events.
+"""The API of the simulated host: dispatch, `Async.` calls and sessions.
 
 `XapiApi.call(method, params)` is the whole API: it returns the call's value or raises
-`ApiFailure`; `rpc.py` wraps both into envelopes. Dispatch order follows xapi's
-(`server_helpers.ml`): unknown method → `MESSAGE_METHOD_UNKNOWN [method]`; wrong number of
-arguments → `MESSAGE_PARAMETER_COUNT_MISMATCH [method, expected, received]`; then the session
-check (`SESSION_INVALID [ref]`); then the call itself.
+`ApiFailure`; `rpc.py` wraps both into envelopes. Every message lives in one `MethodTable`
+(`methods.py`): the generated accessors of each class in `classes.py` and the explicit messages
+of `vm_messages.py`, `vdi_messages.py`, `task_messages.py`, `events.py` and the session messages
+below, so `system.listMethods` lists exactly what is served. To add messages, add them to their
+class's module (or a new one) and register it in `XapiApi.__init__`.
 
-Besides the explicit methods below, every class answers the generated messages `get_all`,
-`get_all_records`, `get_record`, `get_by_uuid`, `get_uuid`, `get_by_name_label` (classes with a
-name) and `get_<field>` for each field of its record, as generated xapi servers do.
+Dispatch follows xapi's generated server (gen_server.ml, server_helpers.ml): an `Async.` prefix
+is taken off first and every error names the message without it; a wrong number of parameters
+is `MESSAGE_PARAMETER_COUNT_MISMATCH [method, expected, received]`, counted without the session
+and expecting the parameters that have no default; then the session check (`SESSION_INVALID
+[ref]`); an `Async.` call of a message without an async form is the failure `["Fault", "No async
+mode for this operation (rpc: <method>)"]`; an unknown method checks its first parameter as a
+session (it would go to a host extension) and then is `MESSAGE_METHOD_UNKNOWN [method]`.
 """
 
 from __future__ import annotations
@@ -16,111 +21,31 @@ from __future__ import annotations
 import hmac
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
+from xvatool.sim.accessors import class_messages
+from xvatool.sim.classes import CLASSES
+from xvatool.sim.copies import Copier
+from xvatool.sim.events import event_messages
+from xvatool.sim.methods import ANY_ARITY, LIST_METHODS, Method, MethodTable
 from xvatool.sim.objects import ObjectOps
-from xvatool.sim.records import (
-    host_record,
-    network_record,
-    pbd_record,
-    pool_record,
-    session_record,
-    sr_record,
-    task_record,
-    vbd_record,
-    vdi_record,
-    vif_record,
-    vm_record,
-)
+from xvatool.sim.records import session_record
 from xvatool.sim.state import SimState
-from xvatool.sim.tasks import TaskManager, ref_fragment
-from xvatool.sim.values import I4, NULL_REF, ApiFailure, Record, now
+from xvatool.sim.task_messages import task_messages
+from xvatool.sim.tasks import TaskManager
+from xvatool.sim.values import ApiFailure, now
+from xvatool.sim.vdi_messages import vdi_messages
+from xvatool.sim.vm_messages import vm_messages
 
-__all__ = ["MAX_SESSIONS_ANONYMOUS", "MAX_SESSIONS_PER_GROUP", "Method", "XapiApi"]
+__all__ = ["MAX_SESSIONS_ANONYMOUS", "MAX_SESSIONS_PER_GROUP", "XapiApi"]
 
 MAX_SESSIONS_PER_GROUP = 500
 """Idle sessions kept per originator (root) or per user name (xapi-protocol.md §1.5)."""
 MAX_SESSIONS_ANONYMOUS = 400
 """Idle root sessions with an empty originator share this cap."""
-MAX_EVENT_TIMEOUT_S = 600.0
 LAST_ACTIVE_THRESHOLD_S = 600.0
 """`threshold_last_active`: a session's `last_active` field is refreshed at most this often."""
-
-_TEMPLATES: dict[str, Callable[..., Record]] = {
-    "pool": pool_record,
-    "host": host_record,
-    "SR": sr_record,
-    "PBD": pbd_record,
-    "network": network_record,
-    "VDI": vdi_record,
-    "VM": vm_record,
-    "VBD": vbd_record,
-    "VIF": vif_record,
-    "task": task_record,
-    "session": session_record,
-}
-_TEMPLATE_VALUES = {cls: make() for cls, make in _TEMPLATES.items()}
-_FIELDS = {cls: frozenset(values) for cls, values in _TEMPLATE_VALUES.items()}
-_VDI_TYPES = {"system", "user", "ephemeral", "suspend", "crashdump", "ha_statefile", "metadata", "redo_log",
-              "rrd", "pvs_cache", "cbt_metadata"}  # fmt: skip
-_NAMED = {"pool", "host", "SR", "network", "VDI", "VM", "task"}
-_HIDDEN_LISTS = {"session"}  # session refs are secrets: no get_all / get_all_records / events by "*"
-_SETTABLE = {"name_label", "name_description", "other_config", "tags"}
-_VDI_CREATE_KEYS = (
-    "name_label",
-    "name_description",
-    "type",
-    "sharable",
-    "read_only",
-    "other_config",
-    "xenstore_data",
-    "sm_config",
-    "tags",
-)
-
-
-@dataclass(frozen=True)
-class Method:
-    """One explicit API message: its handler and its arity, session argument included."""
-
-    func: Callable[..., Any]
-    min_args: int
-    max_args: int
-    session: bool = True
-    async_ok: bool = False
-    to_result: Callable[[Any], str] = lambda value: ref_fragment(value) if value else ""
-
-
-def _checked(cls: str, field: str, value: Any) -> Any:
-    """`value` if it has the type of the field in a default record, else `FIELD_TYPE_ERROR [field]`.
-
-    Strings, bools, string maps and string sets only: what clients may set through this API.
-    """
-    template = _TEMPLATE_VALUES[cls][field]
-    if isinstance(template, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(template, str):
-        ok = isinstance(value, str)
-    elif isinstance(template, dict):
-        ok = isinstance(value, dict) and all(
-            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-        )
-    elif isinstance(template, list):
-        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-    else:
-        ok = False
-    if not ok:
-        raise ApiFailure("FIELD_TYPE_ERROR", [field])
-    return value
-
-
-def _as_int(value: Any, field: str) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise ApiFailure("FIELD_TYPE_ERROR", [field]) from None
+_ASYNC = "Async."
 
 
 class XapiApi:
@@ -153,33 +78,21 @@ class XapiApi:
         self.max_sessions_anonymous = MAX_SESSIONS_ANONYMOUS
         self._login_lock = threading.Lock()
         self._used: dict[str, float] = {}  # guarded by state.lock; session -> last use (monotonic)
-        self.methods: dict[str, Method] = {
-            "system.listMethods": Method(self._list_methods, 0, 0, session=False),
-            "session.login_with_password": Method(self.login, 2, 4, session=False),
-            "session.logout": Method(self.logout, 1, 1),
-            "session.get_this_host": Method(lambda s, _self: self.ops.host_ref, 2, 2),
-            "session.get_this_user": Method(lambda s, _self: NULL_REF, 2, 2),
-            "VM.snapshot": Method(
-                lambda s, vm, name, *_: self.ops.snapshot_vm(vm, _checked("VM", "name_label", name)),
-                3,
-                4,
-                async_ok=True,
-            ),
-            "VM.destroy": Method(lambda s, vm: self.ops.destroy_vm(vm), 2, 2, async_ok=True),
-            "VM.start": Method(lambda s, vm, *_: self.ops.start_vm(vm), 4, 4, async_ok=True),
-            "VM.hard_shutdown": Method(lambda s, vm: self.ops.shutdown_vm(vm), 2, 2, async_ok=True),
-            "VM.clean_shutdown": Method(lambda s, vm: self.ops.shutdown_vm(vm), 2, 2, async_ok=True),
-            "VM.set_is_a_template": Method(self._vm_set_is_a_template, 3, 3),
-            "VDI.create": Method(self._vdi_create, 2, 2, async_ok=True),
-            "VDI.destroy": Method(lambda s, vdi: self.ops.destroy_vdi(vdi), 2, 2, async_ok=True),
-            "task.create": Method(self._task_create, 3, 3),
-            "task.cancel": Method(lambda s, task: self.tasks.cancel(task), 2, 2),
-            "task.destroy": Method(lambda s, task: self.tasks.destroy(task), 2, 2),
-            "task.set_progress": Method(self._task_set_progress, 3, 3),
-            "task.set_status": Method(self._task_set_status, 3, 3),
-            "event.from": Method(self.event_from, 4, 4),
-            "event.inject": Method(self._event_inject, 3, 3),
-        }
+        copier = Copier(ops, tasks)
+        self.methods = MethodTable()
+        for spec in CLASSES:
+            self.methods.update(class_messages(spec, state))
+        self.methods.update(vm_messages(ops, copier))
+        self.methods.update(vdi_messages(ops, copier))
+        self.methods.update(task_messages(tasks))
+        self.methods.update(event_messages(state))
+        self.methods.update(
+            {
+                LIST_METHODS: Method(lambda *_: self.methods.names(), 0, ANY_ARITY, session=False),
+                "session.login_with_password": Method(self.login, 2, 4, session=False),
+                "session.logout": Method.of(lambda session: self.logout(session), 0),
+            }
+        )
 
     # -- dispatch -------------------------------------------------------------------------------
 
@@ -189,77 +102,26 @@ class XapiApi:
         `coordinator` set means the call reached a pool member: a login there fails
         `HOST_IS_SLAVE [coordinator]`; calls with an existing pool session work (§1.3, §1.5).
         """
-        if coordinator is not None and method == "session.login_with_password":
+        is_async = method.startswith(_ASYNC)
+        name = method[len(_ASYNC) :] if is_async else method
+        if coordinator is not None and name == "session.login_with_password":
             raise ApiFailure("HOST_IS_SLAVE", [coordinator])
-        if method.startswith("Async."):
-            inner = self.methods.get(method[len("Async.") :])
-            if inner is None or not inner.async_ok:
-                raise ApiFailure("MESSAGE_METHOD_UNKNOWN", [method])
-            self._check_arity(method, inner, params)
-            self._check_session(params[0])
-            name = method[len("Async.") :]
-            return self.tasks.run_async(
-                f"Async.{name}", params[0], lambda _task: inner.func(*params), inner.to_result
-            )
-        explicit = self.methods.get(method)
-        if explicit is not None:
-            self._check_arity(method, explicit, params)
-            if explicit.session:
+        entry = self.methods.get(name)
+        if entry is None:
+            if params:
                 self._check_session(params[0])
-            result = explicit.func(*params)
+            raise ApiFailure("MESSAGE_METHOD_UNKNOWN", [name])
+        mismatch = entry.arity_failure(name, params)
+        if mismatch is not None:
+            raise mismatch
+        if entry.session:
+            self._check_session(params[0])
+        if not is_async:
+            result = entry.func(*params)
             return "" if result is None else result
-        func, arity = self._generic(method)
-        if len(params) != arity:
-            raise ApiFailure("MESSAGE_PARAMETER_COUNT_MISMATCH", [method, arity, len(params)])
-        self._check_session(params[0])
-        return func(*params[1:])
-
-    @staticmethod
-    def _check_arity(name: str, method: Method, params: list[Any]) -> None:
-        if not method.min_args <= len(params) <= method.max_args:
-            raise ApiFailure("MESSAGE_PARAMETER_COUNT_MISMATCH", [name, method.max_args, len(params)])
-
-    def _generic(self, method: str) -> tuple[Callable[..., Any], int]:
-        cls, _, message = method.partition(".")
-        fields = _FIELDS.get(cls)
-        if fields is None or not message:
-            raise ApiFailure("MESSAGE_METHOD_UNKNOWN", [method])
-        hidden = cls in _HIDDEN_LISTS
-        if message == "get_all" and not hidden:
-            return (lambda: self.state.refs(cls)), 1
-        if message == "get_all_records" and not hidden:
-            return (lambda: self.state.records(cls)), 1
-        if message == "get_record":
-            return (lambda ref: self.state.get(cls, ref)), 2
-        if message == "get_by_uuid":
-            return (lambda uuid: self._by_uuid(cls, uuid)), 2
-        if message == "get_by_name_label" and cls in _NAMED:
-            return (lambda label: self.state.find(cls, name_label=label)), 2
-        if message.startswith("get_") and message[4:] in fields:
-            return (lambda ref: self.state.field(cls, ref, message[4:])), 2
-        if message.startswith("set_") and message[4:] in _SETTABLE and message[4:] in fields:
-            name = message[4:]
-            return (lambda ref, value: self.state.update(cls, ref, **{name: _checked(cls, name, value)})), 3
-        if message == "add_to_other_config" and "other_config" in fields:
-
-            def add(ref: str, key: Any, value: Any) -> None:
-                _checked(cls, "other_config", {key: value})
-                self.state.mutate(cls, ref, lambda r: r["other_config"].__setitem__(key, value))
-
-            return add, 4
-        if message == "remove_from_other_config" and "other_config" in fields:
-            return (lambda ref, k: self.state.mutate(cls, ref, lambda r: r["other_config"].pop(k, None))), 3
-        raise ApiFailure("MESSAGE_METHOD_UNKNOWN", [method])
-
-    def _by_uuid(self, cls: str, uuid: Any) -> str:
-        refs = self.state.find(cls, uuid=uuid)
-        if not refs:
-            raise ApiFailure("UUID_INVALID", [cls, uuid])
-        return refs[0]
-
-    def _list_methods(self) -> list[str]:
-        generic = [f"{cls}.{m}" for cls in _TEMPLATES for m in ("get_record", "get_by_uuid", "get_uuid")]
-        return sorted({*self.methods, *generic})
+        if not entry.async_ok:
+            raise ApiFailure("Fault", [f"No async mode for this operation (rpc: {name})"])
+        return self.tasks.run_async(method, params[0], lambda _task: entry.func(*params), entry.to_result)
 
     # -- sessions -------------------------------------------------------------------------------
 
@@ -316,112 +178,3 @@ class XapiApi:
 
     def _tasks_of(self, session: str) -> list[str]:
         return list(self.state.field("session", session, "tasks"))
-
-    # -- VM and VDI -----------------------------------------------------------------------------
-
-    def _vm_set_is_a_template(self, session: str, vm: str, value: Any) -> None:
-        record = self.state.get("VM", vm)
-        _checked("VM", "is_a_template", value)
-        if value is True and record["power_state"] != "Halted":
-            raise ApiFailure("VM_BAD_POWER_STATE", [vm, "halted", record["power_state"].lower()])
-        self.state.update("VM", vm, is_a_template=value)
-
-    def _vdi_create(self, session: str, record: Any) -> str:
-        if not isinstance(record, dict):
-            raise ApiFailure("FIELD_TYPE_ERROR", ["args"])
-        for key in ("SR", "virtual_size"):
-            if key not in record:
-                raise ApiFailure("FIELD_TYPE_ERROR", [key])
-        fields = {k: _checked("VDI", k, record[k]) for k in _VDI_CREATE_KEYS if k in record}
-        if fields.get("type", "user") not in _VDI_TYPES:
-            raise ApiFailure("FIELD_TYPE_ERROR", ["type"])
-        return self.ops.create_vdi(
-            str(record["SR"]), _as_int(record["virtual_size"], "virtual_size"), **fields
-        )
-
-    # -- tasks ----------------------------------------------------------------------------------
-
-    def _task_create(self, session: str, label: Any, description: Any) -> str:
-        _checked("task", "name_label", label)
-        _checked("task", "name_description", description)
-        return self.tasks.create(label, description, session=session)
-
-    def _task_set_progress(self, session: str, task: str, value: Any) -> None:
-        self.state.get("task", task)
-        try:
-            progress = float(value)
-        except (TypeError, ValueError):
-            raise ApiFailure("FIELD_TYPE_ERROR", ["value"]) from None
-        self.state.update("task", task, progress=progress)
-
-    def _task_set_status(self, session: str, task: str, value: Any) -> None:
-        if value not in ("pending", "success", "failure", "cancelling", "cancelled"):
-            raise ApiFailure("FIELD_TYPE_ERROR", ["value"])
-        self.state.update("task", task, status=value)
-
-    # -- events ---------------------------------------------------------------------------------
-
-    @staticmethod
-    def _token(generation: int) -> str:
-        return f"{generation:020d},{0:020d}"
-
-    def event_from(self, session: str, classes: Any, token: Any, timeout: Any) -> dict[str, Any]:
-        """`event.from(classes, token, timeout)` (xapi-protocol.md §2.5)."""
-        if not isinstance(classes, list):
-            raise ApiFailure("FIELD_TYPE_ERROR", ["classes"])
-        subs = {str(c).lower() if "/" not in str(c) else str(c) for c in classes}
-        since = self._parse_token(token)
-        try:
-            wait_s = min(max(float(timeout), 0.0), MAX_EVENT_TIMEOUT_S)
-        except (TypeError, ValueError):
-            raise ApiFailure("FIELD_TYPE_ERROR", ["timeout"]) from None
-
-        def wanted(cls: str, ref: str) -> bool:
-            low = cls.lower()
-            if f"{low}/{ref}" in subs or low in subs:
-                return True
-            return "*" in subs and cls not in _HIDDEN_LISTS
-
-        deadline = time.monotonic() + wait_s
-        with self.state.changed:
-            while True:
-                changes = self.state.changes_since(since, wanted)
-                generation = self.state.generation
-                remaining = deadline - time.monotonic()
-                if changes or since < 0 or remaining <= 0:
-                    break
-                self.state.changed.wait(remaining)
-            counts = {
-                cls.lower(): I4(len(self.state.refs(cls)))
-                for cls in _TEMPLATES
-                if cls.lower() in subs or ("*" in subs and cls not in _HIDDEN_LISTS)
-            }
-        events = []
-        for change in changes:
-            event: dict[str, Any] = {
-                "id": str(change.generation),
-                "timestamp": f"{time.time():.6f}",
-                "class": change.cls.lower(),
-                "operation": change.operation,
-                "ref": change.ref,
-            }
-            if change.snapshot is not None:
-                event["snapshot"] = change.snapshot
-            events.append(event)
-        return {"events": events, "valid_ref_counts": counts, "token": self._token(generation)}
-
-    def _parse_token(self, token: Any) -> int:
-        if token == "":
-            return -1
-        first, sep, _ = str(token).partition(",")
-        if not sep or not first.isdigit():
-            raise ApiFailure("EVENT_FROM_TOKEN_PARSE_FAILURE", [token])
-        return int(first)
-
-    def _event_inject(self, session: str, cls: Any, ref: Any) -> str:
-        """`event.inject(class, ref)`: a `mod` event on the object; the token works as a barrier."""
-        if str(cls) not in _TEMPLATES:
-            raise ApiFailure("HANDLE_INVALID", [cls, ref])
-        with self.state.transaction():
-            self.state.mutate(str(cls), str(ref), lambda r: None)  # HANDLE_INVALID if missing
-            return self._token(self.state.generation)

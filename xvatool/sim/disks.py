@@ -8,20 +8,23 @@ format layer (`xvatool.xva.disk`); nothing here holds more than one 1 MiB block 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Self
 
-from xvatool.xva.convert import atomic_output
+from xvatool._files import AtomicFile
 from xvatool.xva.disk import CHUNK_SIZE, RawFileSource, is_zero
 
 __all__ = ["DiskTargets", "copy_sparse", "create_sparse", "overwrite", "write_nonzero"]
 
 
 def create_sparse(path: Path, size: int) -> None:
-    """A new all-hole file of `size` bytes, written as `path.part` then renamed."""
-    with atomic_output(path) as handle:
-        handle.truncate(size)
+    """A new all-hole file of `size` bytes, under a temporary name until complete.
+
+    Raises `OSError` when the file system cannot hold a file that large; nothing is left then.
+    """
+    with AtomicFile(path) as out:
+        out.file.truncate(size)
 
 
 def write_nonzero(fd: int, offset: int, data: bytes | bytearray | memoryview) -> None:
@@ -37,13 +40,22 @@ def write_nonzero(fd: int, offset: int, data: bytes | bytearray | memoryview) ->
             os.pwrite(fd, piece, offset + start)
 
 
-def copy_sparse(source: Path, target: Path) -> None:
-    """Copy a disk file block by block, writing only non-zero blocks (holes stay holes)."""
+def copy_sparse(
+    source: Path, target: Path, *, size: int | None = None, progress: Callable[[int], None] | None = None
+) -> None:
+    """Copy a disk file block by block, writing only non-zero blocks (holes stay holes).
+
+    `target` (`size` bytes, default the source's) appears, or is replaced, only once the copy is
+    complete. `progress` gets the bytes of the source covered so far after each block; an
+    exception it raises (a cancelled task) stops the copy and leaves `target` as it was.
+    """
     reader = RawFileSource(source)
-    with atomic_output(target) as dst:
-        dst.truncate(reader.size)
+    with AtomicFile(target) as out:
+        out.file.truncate(reader.size if size is None else size)
         for offset, block in reader.blocks():
-            write_nonzero(dst.fileno(), offset, block)
+            write_nonzero(out.fileno(), offset, block)
+            if progress is not None:
+                progress(offset + len(block))
 
 
 class DiskTargets:

@@ -12,13 +12,16 @@ Kinds (xapi-protocol.md §5 and §7.8 list the real-world failures they imitate)
 - `corrupt-chunk=N` – flip one byte in the data of the Nth chunk sent (0 = the first data
   member of an XVA or `vdi/` tar; the Nth MiB of a raw download); checksums stay the originals.
 
-Each fault fires `times` times (default 1), then the handler behaves.
+Each fault fires `times` times (default 1), then the handler behaves. Only a firing counts: a
+request during which the fault's condition never arises (an upload probe with an empty body
+under `drop-after=1MiB`) leaves it armed for the next one.
 """
 
 from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from xvatool.errors import UsageError
@@ -114,16 +117,24 @@ class FaultSet:
         with self._lock:
             self._faults.clear()
 
-    def take(self, handler: str) -> dict[str, Fault]:
-        """The faults (by kind) that fire for this request of `handler`; each uses up one firing."""
-        fired: dict[str, Fault] = {}
+    def armed(self, handler: str) -> dict[str, Fault]:
+        """The faults (the first of each kind) that may fire during one request of `handler`."""
+        found: dict[str, Fault] = {}
         with self._lock:
             for fault in self._faults:
-                if fault.handler == handler and fault.remaining > 0 and fault.kind not in fired:
-                    fault.remaining -= 1
-                    fired[fault.kind] = fault
-            self._faults = [f for f in self._faults if f.remaining > 0]
-        return fired
+                if fault.handler == handler and fault.remaining > 0:
+                    found.setdefault(fault.kind, fault)
+        return found
+
+    def fire(self, fault: Fault) -> bool:
+        """Use up one firing of `fault`; False if it has none left (another request took it)."""
+        with self._lock:
+            if fault.remaining <= 0:
+                return False
+            fault.remaining -= 1
+            if fault.remaining == 0:
+                self._faults = [f for f in self._faults if f is not fault]
+            return True
 
     def pending(self) -> list[Fault]:
         """Faults that have not fired all their times yet."""
@@ -135,11 +146,13 @@ class TarCorrupter:
     """Follows a tar byte stream and flips the first byte of the Nth data member's data.
 
     Works on the uncompressed stream as it is produced, in pieces of any size, by parsing each
-    512-byte header as it passes; `ova.xml` and checksum members are not counted.
+    512-byte header as it passes; `ova.xml` and checksum members are not counted. `fire` is
+    asked just before the flip (the fault's firing); if it says no, the stream stays intact.
     """
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, fire: Callable[[], bool] = lambda: True) -> None:
         self.index = index
+        self._fire = fire
         self._seen = 0
         self._header = bytearray()
         self._skip = 0  # bytes of data + padding left in the current member
@@ -156,9 +169,10 @@ class TarCorrupter:
         while pos < len(view) and not self.done:
             if self._skip:
                 if self._flip_next:
-                    if out is None:
-                        out = bytearray(view)
-                    out[pos] ^= 0xFF
+                    if self._fire():
+                        if out is None:
+                            out = bytearray(view)
+                        out[pos] ^= 0xFF
                     self._flip_next = False
                     self.done = True
                 step = min(self._skip, len(view) - pos)

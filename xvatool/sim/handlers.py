@@ -8,7 +8,9 @@ Behaviour follows xapi-protocol.md §3.0:
   `task-id` header; the handler sets progress 0.0 when it takes over;
 - every data request is answered on its own connection, closed afterwards (`Connection: close`);
 - errors before the status line are HTML pages (`500` with the API error text, or the status the
-  host uses); errors after it are written into the body as `HTTP/1.1 500 …` (http_svr.ml).
+  host uses); errors after it are written into the body as `HTTP/1.1 500 …` (http_svr.ml);
+- a `Content-Length` that is not a 64-bit count of ASCII digits is a `400` before anything else,
+  logged as one line.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import parse_qsl
 
-from xvatool.sim.faults import Fault, FaultSet
+from xvatool.sim.faults import Fault, FaultSet, TarCorrupter
 from xvatool.sim.rpc import html_error
 from xvatool.sim.values import ApiFailure
 
@@ -39,6 +41,7 @@ __all__ = [
     "TaskProgress",
     "describe",
     "inline_500",
+    "parse_content_length",
     "run_handler",
 ]
 
@@ -67,6 +70,23 @@ class FaultAbort(Exception):
     def __init__(self, kind: str) -> None:
         super().__init__(kind)
         self.kind = kind
+
+
+_INT64_MAX = (1 << 63) - 1
+
+
+def parse_content_length(value: str | None) -> int | None:
+    """The `Content-Length` header as a byte count (None without one).
+
+    `HttpReject(400)` unless it is ASCII digits within a signed 64-bit int, the range of xapi's
+    `Int64.of_string` (so neither `²` nor `10^30` gets further than the header).
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if not text or not text.isascii() or not text.isdigit() or int(text) > _INT64_MAX:
+        raise HttpReject(400, detail=f"bad Content-Length {value[:40]!r}")
+    return int(text)
 
 
 def inline_500(detail: str) -> bytes:
@@ -101,6 +121,7 @@ class DataRequest:
     own_task: bool = False
     faults: dict[str, Fault] = field(default_factory=dict)
     headers_sent: bool = False
+    content_length: int | None = None
     abort_failure: ApiFailure | None = None
     """The task error when an injected fault aborts the transfer (handler-specific)."""
 
@@ -124,6 +145,20 @@ class DataRequest:
     def flag(self, name: str) -> bool:
         """Only the literal value `true` counts (`find_query_flag`)."""
         return self.param(name) == "true"
+
+    def fire(self, kind: str) -> Fault | None:
+        """The armed fault of `kind` if it fires now (one firing used up), else None."""
+        fault = self.faults.get(kind)
+        if fault is None or self.fault_source is None or not self.fault_source.fire(fault):
+            return None
+        return fault
+
+    def corrupter(self) -> TarCorrupter | None:
+        """A `TarCorrupter` for an armed `corrupt-chunk` fault, firing when it flips its byte."""
+        fault = self.faults.get("corrupt-chunk")
+        if fault is None:
+            return None
+        return TarCorrupter(fault.bytes, lambda: self.fire("corrupt-chunk") is not None)
 
     # -- authentication and task ----------------------------------------------------------------
 
@@ -156,7 +191,7 @@ class DataRequest:
         False means the `302` has been sent (xapi-protocol.md §3.0 "Redirects") and the handler
         is done; the request then has no task of its own.
         """
-        if "redirect" in self.faults:
+        if self.fire("redirect") is not None:
             self.redirect()
             return False
         self.take_task(label)
@@ -259,29 +294,37 @@ class BodyWriter:
         self._request = request
         self._out = request.wfile
         self.sent = 0
-        drop = request.faults.get("drop-after")
-        inline = request.faults.get("inline-500-after")
-        self._limit: tuple[int, str] | None = None
-        for fault in (drop, inline):
-            if fault is not None and (self._limit is None or fault.bytes < self._limit[0]):
-                self._limit = (fault.bytes, fault.kind)
-        stall = request.faults.get("stall")
-        self._stall_s = stall.arg if stall else 0.0
+        self._limit = _abort_limit(request)
+        self._stall = "stall" in request.faults
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         view = memoryview(data).cast("B")
         n = len(view)
         if self._limit is not None and self.sent + n >= self._limit[0]:
-            keep = self._limit[0] - self.sent
-            self._out.write(view[:keep])
-            self.sent += keep
-            raise FaultAbort(self._limit[1])
+            if self._request.fire(self._limit[1]) is not None:
+                keep = self._limit[0] - self.sent
+                self._out.write(view[:keep])
+                self.sent += keep
+                raise FaultAbort(self._limit[1])
+            self._limit = None  # used up meanwhile by another request
         self._out.write(view)
         self.sent += n
-        if self._stall_s and n:
-            time.sleep(self._stall_s)
-            self._stall_s = 0.0
+        if self._stall and n:
+            self._stall = False
+            stall = self._request.fire("stall")
+            if stall is not None:
+                time.sleep(stall.arg)
         return n
+
+
+def _abort_limit(request: DataRequest) -> tuple[int, str] | None:
+    """(bytes, kind) of the armed `drop-after` / `inline-500-after` fault that comes first."""
+    limit: tuple[int, str] | None = None
+    for kind in ("drop-after", "inline-500-after"):
+        fault = request.faults.get(kind)
+        if fault is not None and (limit is None or fault.bytes < limit[0]):
+            limit = (fault.bytes, kind)
+    return limit
 
 
 class BodyReader:
@@ -292,31 +335,31 @@ class BodyReader:
     """
 
     def __init__(self, request: DataRequest, length: int | None) -> None:
+        self._request = request
         self._in = request.rfile
         self._left = length
         self.received = 0
-        self._limit: tuple[int, str] | None = None
-        for kind in ("drop-after", "inline-500-after"):
-            fault = request.faults.get(kind)
-            if fault is not None and (self._limit is None or fault.bytes < self._limit[0]):
-                self._limit = (fault.bytes, kind)
-        stall = request.faults.get("stall")
-        self._stall_s = stall.arg if stall else 0.0
+        self._limit = _abort_limit(request)
+        self._stall = "stall" in request.faults
 
     def readinto(self, buf: bytearray | memoryview) -> int:
-        if self._stall_s:
-            time.sleep(self._stall_s)
-            self._stall_s = 0.0
         view = memoryview(buf).cast("B")
         want = len(view)
         if self._left is not None:
             want = min(want, self._left)
-        if self._limit is not None:
-            if self.received >= self._limit[0]:
-                raise FaultAbort(self._limit[1])
-            want = min(want, self._limit[0] - self.received)
         if want <= 0:
             return 0
+        if self._stall:
+            self._stall = False
+            stall = self._request.fire("stall")
+            if stall is not None:
+                time.sleep(stall.arg)
+        if self._limit is not None and self.received >= self._limit[0]:
+            if self._request.fire(self._limit[1]) is not None:
+                raise FaultAbort(self._limit[1])
+            self._limit = None  # used up meanwhile by another request
+        if self._limit is not None:
+            want = min(want, self._limit[0] - self.received)
         n = self._in.readinto(view[:want]) or 0  # type: ignore[attr-defined]
         self.received += n
         if self._left is not None:
@@ -368,11 +411,14 @@ def run_handler(request: DataRequest, body: Callable[[DataRequest], None]) -> No
     reacts to either and then reads the task finds it settled.
     """
     try:
+        request.content_length = parse_content_length(request.headers.get("Content-Length"))
         request.authenticate()
         if request.fault_source is not None:
-            request.faults = request.fault_source.take(request.handler_name)
+            request.faults = request.fault_source.armed(request.handler_name)
         body(request)
     except HttpReject as reject:
+        if reject.status == 400:
+            log.warning("400 %s %s: %s", request.method, request.path, reject.detail)
         _fail(request, reject.failure)
         if not request.headers_sent:
             extra = [("WWW-Authenticate", 'Basic realm="xapi"')] if reject.status == 401 else []

@@ -20,7 +20,6 @@ Rules reproduced (xva-format.md §2.3, §2.6, §5; xapi-protocol.md §3.3–3.4)
 from __future__ import annotations
 
 import copy
-import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +28,7 @@ from xvatool.errors import FormatError
 from xvatool.sim.objects import ObjectOps
 from xvatool.sim.records import XAPI_VERSION, network_record, vbd_record, vdi_record, vif_record, vm_record
 from xvatool.sim.state import SimState
-from xvatool.sim.values import NULL_REF, ApiFailure, DateTime, Record, new_uuid
+from xvatool.sim.values import NULL_REF, ApiFailure, DateTime, Record, new_uuid, random_mac
 from xvatool.xva.ovaxml import WARNING_CODES, Metadata, XapiObject
 
 __all__ = ["ImportOptions", "Importer", "check_metadata"]
@@ -116,12 +115,6 @@ def merge_record(template: Record, snapshot: dict[str, Any], where: str) -> Reco
             continue
         out[key] = _coerce(out[key], value, f"{where} {key}")
     return out
-
-
-def _random_mac() -> str:
-    # Locally administered unicast, as xapi's generated MACs are.
-    octets = [0x02, *(random.randrange(256) for _ in range(5))]
-    return ":".join(f"{o:02x}" for o in octets)
 
 
 @dataclass
@@ -307,6 +300,6 @@ class Importer:
         if vm is None or network is None:
             return
         fields = merge_record(vif_record(), snap, f"VIF {obj.id}")
-        mac = fields["MAC"] if self.options.restore and fields["MAC"] else _random_mac()
+        mac = fields["MAC"] if self.options.restore and fields["MAC"] else random_mac()
         keep = {k: fields[k] for k in ("device", "MTU", "other_config", "locking_mode")}
         self.ops.create_vif(vm, network, MAC=mac, **keep)

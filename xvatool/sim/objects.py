@@ -1,8 +1,9 @@
-"""Object lifecycle shared by the API and the data handlers: VDIs, VMs, snapshots, power state.
+"""Object lifecycle shared by the API and the data handlers: VDIs, VBDs, VIFs, VMs, power state.
 
 Each operation keeps the two sides of every link consistent (VM.VBDs ↔ VBD.VM, VDI.VBDs,
-SR.VDIs, network.VIFs, VM.snapshots ↔ snapshot_of) inside one state transaction, so the state
-file never records half an operation.
+SR.VDIs, network.VIFs, VM.snapshots ↔ snapshot_of, VM.parent ↔ children) inside one state
+transaction, which the state rolls back if the operation fails, so the state file never records
+half an operation. Snapshots, clones and copies live in `copies.py`.
 """
 
 from __future__ import annotations
@@ -12,20 +13,16 @@ import itertools
 from collections.abc import Iterator
 from typing import Any
 
-from xvatool.sim.disks import copy_sparse, create_sparse
-from xvatool.sim.records import vbd_record, vdi_record, vif_record
+from xvatool.sim.disks import create_sparse
+from xvatool.sim.lifecycle import allowed_power_states, check_vm_operation, power_name
+from xvatool.sim.records import vbd_record, vdi_record, vif_record, vm_record
 from xvatool.sim.state import SimState
-from xvatool.sim.values import NULL_REF, ApiFailure, Record, new_uuid, now
+from xvatool.sim.values import NULL_REF, ApiFailure, Record
 
-__all__ = ["ObjectOps", "power_name"]
+__all__ = ["SECTOR_SIZE", "ObjectOps"]
 
 _domids = itertools.count(1)
 SECTOR_SIZE = 512
-
-
-def power_name(state: str) -> str:
-    """Power states as error parameters: lower case (`Record_util.power_state_to_string`)."""
-    return state.lower()
 
 
 class ObjectOps:
@@ -40,7 +37,9 @@ class ObjectOps:
     def create_vdi(self, sr: str, virtual_size: int, *, adopt_file: bool = False, **fields: Any) -> str:
         """A new empty (all-hole) VDI of `virtual_size` bytes in `sr`.
 
-        `adopt_file=True` takes the disk file already at `fields["location"]` instead.
+        `adopt_file=True` takes the disk file already at `fields["location"]` instead. Sizes
+        are rounded up to whole sectors; a negative size is `FIELD_TYPE_ERROR`, one larger than
+        the SR `SR_FULL [requested, maximum]`. A failure leaves neither a record nor a file.
         """
         if virtual_size < 0:
             raise ApiFailure("FIELD_TYPE_ERROR", ["virtual_size"])
@@ -48,12 +47,18 @@ class ObjectOps:
         sr_record = self.state.get("SR", sr)
         if sr_record["content_type"] == "iso":
             raise ApiFailure("SR_OPERATION_NOT_SUPPORTED", [sr])
+        if virtual_size > sr_record["physical_size"]:
+            raise ApiFailure("SR_FULL", [virtual_size, sr_record["physical_size"]])
         record = vdi_record(SR=sr, virtual_size=virtual_size, **fields)
-        with self.state.transaction():
+        with self.state.transaction():  # rolled back if the file cannot be made
             ref = self.state.add("VDI", record)
-            if not adopt_file:
-                create_sparse(self.state.disk_path(ref), virtual_size)
             self.state.mutate("SR", sr, lambda r: r["VDIs"].append(ref))
+            if not adopt_file:
+                try:
+                    create_sparse(self.state.disk_path(ref), virtual_size)
+                except OSError as exc:
+                    detail = f"cannot create the disk: {exc.strerror}"
+                    raise ApiFailure("SR_BACKEND_FAILURE", ["", detail, ""]) from None
         return ref
 
     def destroy_vdi(self, vdi: str) -> None:
@@ -93,23 +98,38 @@ class ObjectOps:
     # -- VBDs and VIFs --------------------------------------------------------------------------
 
     def create_vbd(self, vm: str, vdi: str, **fields: Any) -> str:
-        """A VBD linking `vm` to `vdi` (`OpaqueRef:NULL` for an empty CD drive)."""
-        owners = {"VM": vm} if vdi == NULL_REF else {"VM": vm, "VDI": vdi}
-        return self._add_joint("VBD", vbd_record(VM=vm, VDI=vdi, **fields), owners)
+        """A VBD linking `vm` to `vdi` (`OpaqueRef:NULL` for an empty CD drive).
 
-    def destroy_vbd(self, vbd: str) -> None:
-        """Remove a VBD and both links to it."""
-        self._remove_joint("VBD", vbd, ("VM", "VDI"))
+        `userdevice` "autodetect" takes the lowest free number; a taken one is
+        `DEVICE_ALREADY_EXISTS [userdevice]` (xapi_vbd.ml).
+        """
+        with self.state.transaction():
+            fields["userdevice"] = self._free_device(vm, "VBD", "userdevice", fields.get("userdevice", "0"))
+            owners = {"VM": vm} if vdi == NULL_REF else {"VM": vm, "VDI": vdi}
+            return self._add_joint("VBD", vbd_record(VM=vm, VDI=vdi, **fields), owners)
+
+    def destroy_vbd(self, vbd: str, *, check: bool = False) -> None:
+        """Remove a VBD and both links to it; `check` refuses an attached one, as `VBD.destroy` does."""
+        self._remove_joint("VBD", vbd, ("VM", "VDI"), check=check)
 
     def create_vif(self, vm: str, network: str, **fields: Any) -> str:
-        """A VIF linking `vm` to `network`."""
-        return self._add_joint(
-            "VIF", vif_record(VM=vm, network=network, **fields), {"VM": vm, "network": network}
-        )
+        """A VIF linking `vm` to `network`; a `device` the VM already has is `DEVICE_ALREADY_EXISTS`."""
+        with self.state.transaction():
+            fields["device"] = self._free_device(vm, "VIF", "device", fields.get("device", "0"))
+            record = vif_record(VM=vm, network=network, **fields)
+            return self._add_joint("VIF", record, {"VM": vm, "network": network})
 
-    def destroy_vif(self, vif: str) -> None:
-        """Remove a VIF and both links to it."""
-        self._remove_joint("VIF", vif, ("VM", "network"))
+    def destroy_vif(self, vif: str, *, check: bool = False) -> None:
+        """Remove a VIF and both links to it; `check` refuses an attached one, as `VIF.destroy` does."""
+        self._remove_joint("VIF", vif, ("VM", "network"), check=check)
+
+    def _free_device(self, vm: str, cls: str, key: str, wanted: str) -> str:
+        used = {str(self.state.field(cls, ref, key)) for ref in self.state.field("VM", vm, f"{cls}s")}
+        if wanted == "autodetect":
+            return str(next(n for n in itertools.count() if str(n) not in used))
+        if wanted in used:
+            raise ApiFailure("DEVICE_ALREADY_EXISTS", [wanted])
+        return wanted
 
     # A VBD or VIF joins two objects; each owner lists it in its `VBDs`/`VIFs` field, and the
     # joint names each owner in the field named after the owner's class.
@@ -121,11 +141,19 @@ class ObjectOps:
                 self._link(owner, owner_cls, f"{cls}s", ref)
         return ref
 
-    def _remove_joint(self, cls: str, ref: str, owner_classes: tuple[str, str]) -> None:
+    def _remove_joint(
+        self, cls: str, ref: str, owner_classes: tuple[str, str], *, check: bool = False
+    ) -> None:
         with self.state.transaction():
+            if check:
+                self.state.get(cls, ref)  # HANDLE_INVALID
             if not self.state.exists(cls, ref):
                 return
             record = self.state.get(cls, ref)
+            if check and record["currently_attached"]:
+                owner = self.state.field("VM", record["VM"], "uuid")
+                detail = f"{cls} '{record['uuid']}' still attached to '{owner}'"
+                raise ApiFailure("OPERATION_NOT_ALLOWED", [detail])
             for owner_cls in owner_classes:
                 self._unlink(record[owner_cls], owner_cls, f"{cls}s", ref)
             self.state.remove(cls, ref)
@@ -139,24 +167,31 @@ class ObjectOps:
 
     # -- VMs ------------------------------------------------------------------------------------
 
+    def create_vm(self, **fields: Any) -> str:
+        """`VM.create`: a Halted VM with the given fields over the defaults."""
+        return self.state.add("VM", vm_record(**fields))
+
     def assert_power(self, vm: str, expected: tuple[str, ...]) -> Record:
         """The VM's record, or `VM_BAD_POWER_STATE [vm, expected, actual]`."""
         record = self.state.get("VM", vm)
         if record["power_state"] not in expected:
-            raise ApiFailure(
-                "VM_BAD_POWER_STATE", [vm, power_name(expected[0]), power_name(record["power_state"])]
-            )
+            allowed = ", ".join(power_name(state) for state in expected)
+            raise ApiFailure("VM_BAD_POWER_STATE", [vm, allowed, power_name(record["power_state"])])
+        return record
+
+    def assert_vm_operation(self, vm: str, op: str) -> Record:
+        """The VM's record if `op` is allowed now, else the host's error (`lifecycle.py`)."""
+        record = self.assert_power(vm, allowed_power_states(self.state.get("VM", vm), op))
+        check_vm_operation(record, vm, op)
         return record
 
     def destroy_vm(self, vm: str) -> None:
-        """`VM.destroy`: the VM, its VBDs and VIFs go; its VDIs stay (as on a host)."""
+        """`VM.destroy`: the VM, its VBDs and VIFs go; its VDIs stay (as on a host).
+
+        Its children in the snapshot tree move up to its parent (xapi_vm.ml `destroy`).
+        """
         with self.state.transaction():
-            record = self.state.get("VM", vm)
-            if record["is_control_domain"]:
-                raise ApiFailure("OPERATION_NOT_ALLOWED", ["cannot destroy the control domain"])
-            self.assert_power(vm, ("Halted", "Suspended"))
-            for task, op in record["current_operations"].items():
-                raise ApiFailure("OTHER_OPERATION_IN_PROGRESS", ["VM", vm, op, task])
+            record = self.assert_vm_operation(vm, "destroy")
             for vbd in record["VBDs"]:
                 self.destroy_vbd(vbd)
             for vif in record["VIFs"]:
@@ -165,14 +200,19 @@ class ObjectOps:
             for snap in record["snapshots"]:
                 if self.state.exists("VM", snap):
                     self.state.update("VM", snap, snapshot_of=NULL_REF)
+            parent = record["parent"]
+            self._unlink(parent, "VM", "children", vm)
+            for child in record["children"]:
+                if self.state.exists("VM", child):
+                    self.state.update("VM", child, parent=parent)
+                    if parent != NULL_REF and self.state.exists("VM", parent):
+                        self._link(parent, "VM", "children", child)
             self.state.remove("VM", vm)
 
     def start_vm(self, vm: str) -> None:
         """Halted → Running, resident on this host, disks attached."""
         with self.state.transaction():
-            record = self.assert_power(vm, ("Halted",))
-            if record["is_a_template"]:
-                raise ApiFailure("VM_IS_TEMPLATE", [vm, "start"])
+            record = self.assert_vm_operation(vm, "start")
             self.state.update("VM", vm, power_state="Running", resident_on=self.host_ref, domid=next(_domids))
             for vbd in record["VBDs"]:
                 self.state.update("VBD", vbd, currently_attached=True)
@@ -180,92 +220,17 @@ class ObjectOps:
                 self.state.update("VIF", vif, currently_attached=True)
             self.state.mutate("host", self.host_ref, lambda r: r["resident_VMs"].append(vm))
 
-    def shutdown_vm(self, vm: str) -> None:
-        """Running/Paused → Halted, disks detached."""
+    def reboot_vm(self, vm: str, op: str = "clean_reboot") -> None:
+        """`VM.clean_reboot` / `VM.hard_reboot`: the power state checks, then nothing changes."""
+        self.assert_vm_operation(vm, op)
+
+    def shutdown_vm(self, vm: str, op: str = "hard_shutdown") -> None:
+        """`VM.clean_shutdown` (Running only) / `VM.hard_shutdown`: → Halted, disks detached."""
         with self.state.transaction():
-            record = self.assert_power(vm, ("Running", "Paused"))
+            record = self.assert_vm_operation(vm, op)
             self.state.update("VM", vm, power_state="Halted", resident_on=NULL_REF, domid=-1)
             for vbd in record["VBDs"]:
                 self.state.update("VBD", vbd, currently_attached=False)
             for vif in record["VIFs"]:
                 self.state.update("VIF", vif, currently_attached=False)
             self._unlink(self.host_ref, "host", "resident_VMs", vm)
-
-    def snapshot_vm(self, vm: str, new_name: str) -> str:
-        """`VM.snapshot`: a Halted template copy with copied disks (holes preserved).
-
-        The disk files are copied first, without holding the state lock (the API stays
-        responsive meanwhile); the records then appear in one transaction.
-        """
-        record = self.state.get("VM", vm)
-        if record["is_control_domain"] or record["is_a_snapshot"]:
-            raise ApiFailure("OPERATION_NOT_ALLOWED", ["VM cannot be snapshotted"])
-        vbds = [self.state.get("VBD", vbd) for vbd in record["VBDs"]]
-        copies: dict[str, str] = {}  # source VDI -> location of its copy
-        try:
-            for vbd in vbds:
-                if vbd["type"] != "CD" and vbd["VDI"] != NULL_REF and not vbd["empty"]:
-                    location = new_uuid()
-                    copy_sparse(self.state.disk_path(vbd["VDI"]), self.state.disk_dir / f"{location}.img")
-                    copies[vbd["VDI"]] = location
-            return self._snapshot_records(vm, record, vbds, copies, new_name)
-        except BaseException:
-            for location in copies.values():
-                (self.state.disk_dir / f"{location}.img").unlink(missing_ok=True)
-            raise
-
-    def _snapshot_records(
-        self, vm: str, record: Record, vbds: list[Record], copies: dict[str, str], new_name: str
-    ) -> str:
-        with self.state.transaction():
-            stamp = now()
-            snap = dict(
-                record,
-                uuid=new_uuid(),
-                name_label=new_name,
-                power_state="Halted",
-                is_a_template=True,
-                is_a_snapshot=True,
-                snapshot_of=vm,
-                snapshot_time=stamp,
-                snapshots=[],
-                children=[],
-                resident_on=NULL_REF,
-                domid=-1,
-                VBDs=[],
-                VIFs=[],
-                current_operations={},
-                allowed_operations=["export", "clone", "copy", "destroy"],
-                other_config=dict(record["other_config"]),
-            )
-            snap_ref = self.state.add("VM", snap)
-            self.state.mutate("VM", vm, lambda r: r["snapshots"].append(snap_ref))
-            for vbd in vbds:
-                vdi = vbd["VDI"]
-                if vdi in copies:
-                    source = self.state.get("VDI", vdi)
-                    same = ("name_label", "name_description", "type", "sharable", "read_only", "sm_config")
-                    new_vdi = self.create_vdi(
-                        source["SR"],
-                        source["virtual_size"],
-                        adopt_file=True,
-                        location=copies[vdi],
-                        is_a_snapshot=True,
-                        snapshot_of=vdi,
-                        snapshot_time=stamp,
-                        **{k: source[k] for k in same},
-                    )
-                    self._link(vdi, "VDI", "snapshots", new_vdi)
-                    vdi = new_vdi
-                kept = ("device", "userdevice", "bootable", "mode", "type", "empty", "unpluggable")
-                self.create_vbd(snap_ref, vdi, **{k: vbd[k] for k in kept})
-            for vif in record["VIFs"]:
-                vif_rec = self.state.get("VIF", vif)
-                self.create_vif(
-                    snap_ref,
-                    vif_rec["network"],
-                    device=vif_rec["device"],
-                    MAC=vif_rec["MAC"],
-                    MTU=vif_rec["MTU"],
-                )
-        return snap_ref

@@ -244,6 +244,7 @@ def vm_record(**fields: Any) -> Record:
             "snapshot_of": NULL_REF,
             "snapshots": [],
             "snapshot_time": EPOCH,
+            "snapshot_info": {},
             "transportable_snapshot_id": "",
             "is_control_domain": False,
             "VBDs": [],

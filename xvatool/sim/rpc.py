@@ -7,7 +7,8 @@ Emission rules (ocaml-rpc non-strict mode, §1.4), shared with ova.xml and so wr
 format layer's codec: strings and ints as bare `<value>` text (ints therefore reach Python
 clients as strings), `<boolean>1</boolean>`, `<double>` with 16 significant digits (17 where 16
 would round), `<dateTime.iso8601>` in `YYYYMMDDTHH:MM:SSZ`, arrays and structs as usual.
-API failures are HTTP 200 envelopes; unparsable requests get the HTML 500 page.
+API failures are HTTP 200 envelopes; unparsable requests get the HTML 500 page. Over XML-RPC,
+`system.listMethods` answers the bare array of names, without the envelope, as xapi does.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 from xml.parsers.expat import ExpatError
 
+from xvatool.sim.methods import LIST_METHODS
 from xvatool.sim.values import ApiFailure, DateTime
 from xvatool.xva._xmlrpc import dump_value
 
@@ -54,8 +56,8 @@ def dump_xml_value(value: Any) -> str:
     return dump_value(value).decode("utf-8")
 
 
-def xml_response(envelope: dict[str, Any]) -> bytes:
-    """A complete `methodResponse` document carrying one envelope struct."""
+def xml_response(envelope: Any) -> bytes:
+    """A complete `methodResponse` document carrying one value (normally the envelope struct)."""
     return (
         b'<?xml version="1.0"?><methodResponse><params><param>'
         + dump_value(envelope)
@@ -113,6 +115,8 @@ def handle_xmlrpc(api: Api, body: bytes) -> RpcReply:
     if not method:
         return 500, "text/html", html_error(500, "Internal Error", "no methodName")
     ok, value = _run(api, method, plain)
+    if ok and method == LIST_METHODS:  # the one answer xapi sends bare (api_server.ml `callback`)
+        return 200, "text/xml", xml_response(value)
     envelope = (
         {"Status": "Success", "Value": value} if ok else {"Status": "Failure", "ErrorDescription": value}
     )

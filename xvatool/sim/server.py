@@ -25,7 +25,7 @@ from xvatool.errors import UsageError
 from xvatool.sim import vdi_handlers, vm_handlers
 from xvatool.sim.api import XapiApi
 from xvatool.sim.faults import Fault, FaultSet
-from xvatool.sim.handlers import DataRequest, run_handler
+from xvatool.sim.handlers import DataRequest, HttpReject, parse_content_length, run_handler
 from xvatool.sim.objects import ObjectOps
 from xvatool.sim.records import XAPI_VERSION
 from xvatool.sim.rpc import MAX_RPC_BODY, handle_jsonrpc, handle_xmlrpc, html_error
@@ -33,7 +33,14 @@ from xvatool.sim.seed import DEMO_DISK_SIZES, seed_base, seed_demo
 from xvatool.sim.state import SimState
 from xvatool.sim.tasks import TaskManager
 
-__all__ = ["AUTH_FAILURE_DELAY_S", "MAX_HEADER_BYTES", "SimHost", "serve_forever", "tls_context"]
+__all__ = [
+    "AUTH_FAILURE_DELAY_S",
+    "MAX_HEADER_BYTES",
+    "SimHost",
+    "longest_prefix",
+    "serve_forever",
+    "tls_context",
+]
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +54,28 @@ AUTH_FAILURE_DELAY_S = 1.0
 """Seconds a failed login waits in `serve_forever`, so a listening host is slow to brute-force."""
 
 DataHandler = Callable[[DataRequest], None]
-_GET: dict[str, tuple[str, DataHandler]] = {
+HandlerTable = dict[str, tuple[str, DataHandler]]
+_GET: HandlerTable = {
     "/export": ("export", vm_handlers.export),
     "/export_metadata": ("export_metadata", vm_handlers.export_metadata),
     "/export_raw_vdi": ("export_raw_vdi", vdi_handlers.export_raw_vdi),
 }
-_PUT: dict[str, tuple[str, DataHandler]] = {
+_PUT: HandlerTable = {
     "/import": ("import", vm_handlers.import_vm),
     "/import_metadata": ("import_metadata", vm_handlers.import_metadata),
     "/import_raw_vdi": ("import_raw_vdi", vdi_handlers.import_raw_vdi),
 }
+_JSON_RPC_PATHS = ("/jsonrpc", "/json")
+
+
+def longest_prefix(keys: Iterable[str], path: str) -> str | None:
+    """The one of `keys` that is the longest prefix of `path` (http_svr.ml's radix tree lookup).
+
+    So `/export/`, `/export?…` and even `/exportfoo` reach `/export`, while `/export_raw_vdi/`
+    reaches `/export_raw_vdi`.
+    """
+    found = [key for key in keys if path.startswith(key)]
+    return max(found, key=len) if found else None
 
 
 class SimHost:
@@ -349,16 +368,21 @@ class _Handler(BaseHTTPRequestHandler):
     # -- RPC ------------------------------------------------------------------------------------
 
     def do_POST(self) -> None:
-        length = self.headers.get("Content-Length")
-        if "Transfer-Encoding" in self.headers or length is None or not length.isdigit():
+        path = self.path.split("?", 1)[0]
+        try:
+            length = parse_content_length(self.headers.get("Content-Length"))
+        except HttpReject as reject:
+            log.warning("400 POST %s: %s", path, reject.detail)
+            self._page(400, reject.detail)
+            return
+        if "Transfer-Encoding" in self.headers or length is None:
             self._page(500, "a request body needs Content-Length")
             return
-        if int(length) > MAX_RPC_BODY:
+        if length > MAX_RPC_BODY:
             self._page(500, "request body too large")
             return
-        body = self.rfile.read(int(length))
-        path = self.path.split("?", 1)[0]
-        if path in ("/jsonrpc", "/json"):
+        body = self.rfile.read(length)
+        if longest_prefix(_JSON_RPC_PATHS, path) is not None:
             status, ctype, data = handle_jsonrpc(self._api_call, body)
         else:  # "/", "/RPC2" and any other POST path fall through to XML-RPC (§1.1)
             status, ctype, data = handle_xmlrpc(self._api_call, body)
@@ -404,13 +428,13 @@ class _Handler(BaseHTTPRequestHandler):
     def do_PUT(self) -> None:
         self._data(_PUT)
 
-    def _data(self, table: dict[str, tuple[str, DataHandler]]) -> None:
+    def _data(self, table: HandlerTable) -> None:
         path, _, query = self.path.partition("?")
-        entry = table.get(path)
-        if entry is None:
-            self._page(404, f"no handler for {self.command} {path}")
+        key = longest_prefix(table, path)
+        if key is None:  # no handler: xapi's default callback answers 403 (http_svr.ml)
+            self._page(403, "Access to the requested resource is forbidden.")
             return
-        name, func = entry
+        name, func = table[key]
         request = DataRequest(
             host=self.sim,
             method=self.command,

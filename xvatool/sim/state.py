@@ -9,6 +9,10 @@ One `SimState` per data directory. Layout of the directory::
 Sessions and tasks live in memory only: a restarted xapi forgets sessions too (clients see
 `SESSION_INVALID`, xapi-protocol.md §1.6).
 
+A transaction that ends with an exception is rolled back: every record it added, changed or
+removed is restored and nothing is written, so a failed call leaves no half-made object behind
+(e.g. a VDI record whose disk file could not be created).
+
 Concurrency: `lock` (an RLock) guards `_objects`, `_stamps`, `_deleted` and `generation`; every
 read or write of a record goes through it. Disk files are not guarded by it: each transfer opens
 its own file descriptor and uses positioned I/O. `changed` (a Condition on `lock`) wakes
@@ -25,32 +29,34 @@ import contextlib
 import copy
 import fcntl
 import json
-import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from xvatool._files import write_bytes_atomic
 from xvatool.errors import LocalIOError, UsageError
+from xvatool.sim.classes import ALL_CLASSES, PERSISTENT_CLASSES
 from xvatool.sim.values import ApiFailure, DateTime, Record, new_ref
-from xvatool.xva.convert import atomic_output
 
-__all__ = [
-    "ALL_CLASSES",
-    "MAX_DELETED_EVENTS",
-    "PERSISTENT_CLASSES",
-    "Change",
-    "SimState",
-]
+__all__ = ["MAX_DELETED_EVENTS", "Change", "SimState"]
 
-PERSISTENT_CLASSES = ("pool", "host", "SR", "PBD", "network", "VDI", "VM", "VBD", "VIF")
-ALL_CLASSES = (*PERSISTENT_CLASSES, "session", "task")
 MAX_DELETED_EVENTS = 10_000
 """Deletions remembered for event.from; an older token gets `EVENTS_LOST`."""
 STATE_FILE = "state.json"
 _DT_TAG = "__datetime__"
+
+
+@dataclass(slots=True)
+class _Undo:
+    """What rolling back the outermost transaction restores."""
+
+    generation: int
+    oldest_known: int
+    before: dict[tuple[str, str], tuple[Record | None, tuple[int, int] | None]] = field(default_factory=dict)
+    deletions: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +116,7 @@ class SimState:
         self._oldest_known = 0
         self._depth = 0
         self._dirty = False
+        self._undo: _Undo | None = None  # the outermost transaction's journal
         self._lock_file: IO[bytes] | None = None
         self._load()
 
@@ -150,17 +157,9 @@ class SimState:
                 self._stamps[ref] = (0, 0)
 
     def _save(self) -> None:
-        """Write every persistent object atomically: `state.json.part`, fsync, rename, fsync dir."""
+        """Write every persistent object atomically and durably (temporary name, fsync, rename)."""
         doc = {"objects": {cls: _encode(self._objects[cls]) for cls in PERSISTENT_CLASSES}}
-        path = self.data_dir / STATE_FILE
-        data = json.dumps(doc, sort_keys=True).encode("utf-8")
-        with atomic_output(path) as handle:
-            handle.write(data)
-        dir_fd = os.open(self.data_dir, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_bytes_atomic(self.data_dir / STATE_FILE, json.dumps(doc, sort_keys=True).encode("utf-8"))
 
     @property
     def is_empty(self) -> bool:
@@ -170,19 +169,53 @@ class SimState:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
-        """Group changes: the state file is written once, and waiters woken, at the outermost exit."""
+        """Group changes: the state file is written once, and waiters woken, at the outermost exit.
+
+        An exception leaving the outermost transaction undoes all of its changes instead.
+        """
         with self.lock:
+            if self._depth == 0:
+                self._undo = _Undo(self.generation, self._oldest_known)
             self._depth += 1
             try:
                 yield
+            except BaseException:
+                if self._depth == 1:
+                    self._roll_back()
+                raise
             finally:
                 self._depth -= 1
-                if self._depth == 0 and self._dirty:
-                    self._dirty = False
-                    self._save()
+                if self._depth == 0:
+                    self._undo = None
+                    if self._dirty:
+                        self._dirty = False
+                        self._save()
                     self.changed.notify_all()
-                elif self._depth == 0:
-                    self.changed.notify_all()
+
+    def _journal(self, cls: str, ref: str) -> None:
+        """Remember how `ref` looked before the transaction first touched it."""
+        undo = self._undo
+        if undo is not None and (cls, ref) not in undo.before:
+            record = self._objects[cls].get(ref)
+            undo.before[(cls, ref)] = (copy.deepcopy(record), self._stamps.get(ref))
+
+    def _roll_back(self) -> None:
+        undo = self._undo
+        if undo is None:
+            return
+        for (cls, ref), (record, stamp) in undo.before.items():
+            if record is None:
+                self._objects[cls].pop(ref, None)
+            else:
+                self._objects[cls][ref] = record
+            if stamp is None:
+                self._stamps.pop(ref, None)
+            else:
+                self._stamps[ref] = stamp
+        for _ in range(min(undo.deletions, len(self._deleted))):
+            self._deleted.pop()
+        self.generation, self._oldest_known = undo.generation, undo.oldest_known
+        self._dirty = False
 
     def _touch(self, cls: str, ref: str, *, created: bool = False) -> None:
         self.generation += 1
@@ -200,6 +233,7 @@ class SimState:
         """Store a new object and return its ref."""
         ref = ref or new_ref()
         with self.transaction():
+            self._journal(cls, ref)
             self._objects[cls][ref] = record
             self._touch(cls, ref, created=True)
         return ref
@@ -231,6 +265,7 @@ class SimState:
             record = self._objects[cls].get(ref)
             if record is None:
                 raise ApiFailure("HANDLE_INVALID", [cls, ref])
+            self._journal(cls, ref)
             record.update(fields)
             self._touch(cls, ref)
 
@@ -240,19 +275,24 @@ class SimState:
             record = self._objects[cls].get(ref)
             if record is None:
                 raise ApiFailure("HANDLE_INVALID", [cls, ref])
+            self._journal(cls, ref)
             change(record)
             self._touch(cls, ref)
 
     def remove(self, cls: str, ref: str) -> None:
         """Delete an object; a missing one is ignored (cleanup paths call this freely)."""
         with self.transaction():
-            if self._objects[cls].pop(ref, None) is None:
+            if ref not in self._objects[cls]:
                 return
+            self._journal(cls, ref)
+            del self._objects[cls][ref]
             created, _ = self._stamps.pop(ref, (0, 0))
             self.generation += 1
             if len(self._deleted) == self._deleted.maxlen:
                 self._oldest_known = self._deleted[0][0]
             self._deleted.append((self.generation, cls, ref, created))
+            if self._undo is not None:
+                self._undo.deletions += 1
             if cls in PERSISTENT_CLASSES:
                 self._dirty = True
 

@@ -53,6 +53,12 @@ class TaskManager:
         self.state = state
         self._host_ref = host_ref
         self._finished: list[tuple[str, float]] = []  # guarded by state.lock; (task, finished at)
+        self._running = threading.local()  # .task: the task of the `Async.` call on this thread
+
+    def current(self) -> str | None:
+        """The task of the `Async.` call running on this thread (progress, cancellation), if any."""
+        task: str | None = getattr(self._running, "task", None)
+        return task
 
     def create(self, label: str, description: str = "", *, session: str | None = None) -> str:
         """A new pending task, owned by `session` (listed in the session's `tasks`)."""
@@ -164,6 +170,7 @@ class TaskManager:
         task = self.create(label, session=session)
 
         def runner() -> None:
+            self._running.task = task
             try:
                 value = work(task)
             except ApiFailure as failure:

@@ -9,6 +9,7 @@ go into ova.xml unchanged and `sim.rpc` encodes them with the same codec.
 
 from __future__ import annotations
 
+import secrets
 import time
 import uuid
 from collections.abc import Sequence
@@ -27,6 +28,7 @@ __all__ = [
     "new_ref",
     "new_uuid",
     "now",
+    "random_mac",
 ]
 
 NULL_REF = "OpaqueRef:NULL"
@@ -51,6 +53,11 @@ def new_ref() -> str:
 def new_uuid() -> str:
     """A fresh random UUID string."""
     return str(uuid.uuid4())
+
+
+def random_mac() -> str:
+    """A locally administered unicast MAC, as xapi generates for new VIFs."""
+    return ":".join(f"{octet:02x}" for octet in (0x02, *secrets.token_bytes(5)))
 
 
 class ApiFailure(Exception):

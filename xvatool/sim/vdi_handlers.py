@@ -6,10 +6,13 @@ Formats: `raw` (the whole disk, zeros included), `vhd` (a dynamic VHD, see `vhd.
 only the frames sent are written. Quirks: `task-id:X` without a space; no Content-Length on
 downloads; 404 for an unknown format, `chunked` with a non-raw format, or `Transfer-Encoding`;
 400 `VDI_MISSING` without `vdi` or SR; a short or broken upload fails the task `VDI_IO_ERROR`.
+An upload with `sr_id` creates its VDI first (raw with a Content-Length only) and, unlike a host,
+destroys it again when the upload fails, so a failed upload leaves no VDI and no disk file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 from collections.abc import Iterator
@@ -17,7 +20,6 @@ from collections.abc import Iterator
 from xvatool.errors import FormatError
 from xvatool.sim import vhd
 from xvatool.sim.disks import overwrite
-from xvatool.sim.faults import TarCorrupter
 from xvatool.sim.handlers import BodyReader, BodyWriter, DataRequest, HttpReject, TaskProgress
 from xvatool.sim.tasks import ref_fragment
 from xvatool.sim.values import ApiFailure
@@ -123,8 +125,8 @@ def export_raw_vdi(request: DataRequest) -> None:
     )
     host.tasks.set_progress(request.task, 0.0)
     pieces = {"raw": _raw_pieces, "tar": _tar_pieces, "vhd": vhd.vhd_pieces}[fmt](path, size)
+    corrupter = request.corrupter() if fmt == "tar" else None
     corrupt = request.faults.get("corrupt-chunk")
-    corrupter = TarCorrupter(corrupt.bytes) if corrupt and fmt == "tar" else None
     flip_at = corrupt.bytes * CHUNK_SIZE if corrupt and fmt == "raw" else -1
     progress = TaskProgress(request, size)
     body = BodyWriter(request)
@@ -133,7 +135,7 @@ def export_raw_vdi(request: DataRequest) -> None:
         for piece in pieces:
             if corrupter is not None:
                 piece = corrupter.feed(piece)
-            elif sent <= flip_at < sent + len(piece):
+            elif sent <= flip_at < sent + len(piece) and request.fire("corrupt-chunk"):
                 flipped = bytearray(piece)
                 flipped[flip_at - sent] ^= 0xFF
                 piece = flipped
@@ -146,11 +148,12 @@ def export_raw_vdi(request: DataRequest) -> None:
 # -- import --------------------------------------------------------------------------------------
 
 
-def _target(request: DataRequest, fmt: str, length: int | None) -> str:
+def _target(request: DataRequest, fmt: str, length: int | None) -> tuple[str, bool]:
+    """The VDI to write and whether it was created for this upload (`sr_id`, raw, sized)."""
     host = request.host
     vdi_param = request.param("vdi")
     if vdi_param is not None:
-        return _resolve_vdi(request, vdi_param)
+        return _resolve_vdi(request, vdi_param), False
     sr = request.param("sr_id")
     sr_uuid = request.param("sr_uuid")
     if sr is None and sr_uuid is not None:
@@ -162,7 +165,7 @@ def _target(request: DataRequest, fmt: str, length: int | None) -> str:
         raise HttpReject(
             400, ApiFailure("VDI_MISSING"), detail="Importing directly into an SR needs raw + length"
         )
-    return host.ops.create_vdi(sr, length, name_label="Imported VDI")
+    return host.ops.create_vdi(sr, length, name_label="Imported VDI"), True
 
 
 def import_raw_vdi(request: DataRequest) -> None:
@@ -179,9 +182,20 @@ def import_raw_vdi(request: DataRequest) -> None:
     chunked = "chunked" in request.query or "chunked" in request.cookies
     if chunked and fmt != "raw":
         raise HttpReject(404, ApiFailure("INTERNAL_ERROR", ["Cannot handle chunked VHD"]))
-    header = request.headers.get("Content-Length")
-    length = int(header) if header is not None and header.isdigit() else None
-    vdi = _target(request, fmt, length)
+    length = request.content_length
+    vdi, created = _target(request, fmt, length)
+    try:
+        _receive(request, vdi, fmt, chunked, length)
+    except BaseException:
+        if created:  # an upload into a VDI made for it leaves nothing behind when it fails
+            with contextlib.suppress(ApiFailure):
+                host.ops.destroy_vdi(vdi)
+        raise
+    host.tasks.complete(request.task, ref_fragment(vdi))
+
+
+def _receive(request: DataRequest, vdi: str, fmt: str, chunked: bool, length: int | None) -> None:
+    host = request.host
     size = int(host.state.field("VDI", vdi, "virtual_size"))
     request.send_upload_head()
     host.tasks.set_progress(request.task, 0.0)
@@ -204,26 +218,29 @@ def import_raw_vdi(request: DataRequest) -> None:
             raise ApiFailure("VDI_IO_ERROR", [str(exc)]) from None
         finally:
             os.close(fd)
-    host.tasks.complete(request.task, ref_fragment(vdi))
 
 
 def _receive_raw(request: DataRequest, body: BodyReader, fd: int, size: int, length: int | None) -> None:
-    """Sequential bytes from offset 0; exactly Content-Length (or the VDI size) must arrive."""
+    """Sequential bytes from offset 0, written as they arrive, up to the VDI's size.
+
+    Exactly Content-Length (or the VDI size) must arrive and fit: a short body, or a longer one
+    than the disk, ends in `VDI_IO_ERROR` after what fits has been written, as vhd-tool's copy
+    does. (XO announces 1 PiB for streams of unknown length and relies on exactly that.)
+    """
     expected = length if length is not None else size
-    if expected > size:
-        raise IO_ERROR
-    progress = TaskProgress(request, expected)
+    progress = TaskProgress(request, min(expected, size))
     buf = bytearray(CHUNK_SIZE)
     position = 0
-    while position < expected:
-        want = min(CHUNK_SIZE, expected - position)
+    while position < min(expected, size):
+        want = min(CHUNK_SIZE, min(expected, size) - position)
         got = _fill(body, memoryview(buf)[:want])
+        overwrite(fd, position, memoryview(buf)[:got])
         if got < want:
-            overwrite(fd, position, memoryview(buf)[:got])
             raise IO_ERROR
-        overwrite(fd, position, memoryview(buf)[:want])
         position += want
         progress.add(want)
+    if expected > size:
+        raise IO_ERROR
 
 
 def _fill(body: BodyReader, view: memoryview) -> int:

@@ -16,7 +16,6 @@ from xvatool._types import Compression
 from xvatool.errors import XvatoolError
 from xvatool.sim.disks import DiskTargets
 from xvatool.sim.exporter import plan_export
-from xvatool.sim.faults import TarCorrupter
 from xvatool.sim.handlers import BodyReader, BodyWriter, DataRequest, FaultAbort, HttpReject, TaskProgress
 from xvatool.sim.importer import Importer, ImportOptions, check_metadata
 from xvatool.sim.tasks import refs_fragment
@@ -77,7 +76,7 @@ def export(request: DataRequest) -> None:
     if not request.start("VM.export"):
         return
     vm = _resolve_vm(request)
-    host.ops.assert_power(vm, ("Halted", "Suspended"))
+    host.ops.assert_vm_operation(vm, "export")
     preserve = _bool_param(request, "preserve_power_state", False)
     compression = _COMPRESSION.get(request.param("use_compression") or "", "none")
     plan = plan_export(host.state, [vm], preserve_power_state=preserve)
@@ -92,8 +91,7 @@ def export(request: DataRequest) -> None:
     writer = XvaWriter(
         plan.metadata, sources, checksum="xxhash", ova_mtime=int(time.time()), progress=progress.add
     )
-    corrupt = request.faults.get("corrupt-chunk")
-    corrupter = TarCorrupter(corrupt.bytes) if corrupt else None
+    corrupter = request.corrupter()
     with host.ops.vm_operation(vm, request.task, "export"):
         body = BodyWriter(request)
         with CompressingWriter(body, compression) as out:
@@ -130,8 +128,8 @@ def export_metadata(request: DataRequest) -> None:
     data = b"".join(archive_pieces(plan.metadata.to_bytes(), [], ova_mtime=int(time.time())))
     _export_head(request, [("Content-Length", str(len(data)))])
     body = BodyWriter(request)
-    corrupt = request.faults.get("corrupt-chunk")
-    body.write(TarCorrupter(corrupt.bytes).feed(data) if corrupt else data)
+    corrupter = request.corrupter()
+    body.write(corrupter.feed(data) if corrupter else data)
     host.tasks.complete(request.task, "")
 
 
@@ -145,15 +143,6 @@ def _import_sr(request: DataRequest) -> str:
     if default == NULL_REF or not state.exists("SR", default):
         raise ApiFailure("DEFAULT_SR_NOT_FOUND", [default])
     return str(default)
-
-
-def _content_length(request: DataRequest) -> int | None:
-    value = request.headers.get("Content-Length")
-    if value is None:
-        return None
-    if not value.strip().isdigit():
-        raise HttpReject(400, detail="bad Content-Length")
-    return int(value)
 
 
 def _problem_failure(problem: Problem) -> ApiFailure:
@@ -180,7 +169,7 @@ def _open_upload(request: DataRequest) -> BodyReader:
     request.abort_failure = ApiFailure("IMPORT_ERROR_PREMATURE_EOF")
     if "Transfer-Encoding" in request.headers:
         raise HttpReject(403, ApiFailure("IMPORT_ERROR_CANNOT_HANDLE_CHUNKED"))
-    body = BodyReader(request, _content_length(request))
+    body = BodyReader(request, request.content_length)
     request.send_upload_head()
     return body
 
