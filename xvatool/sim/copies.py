@@ -25,10 +25,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from xvatool._files import remove_quietly
-from xvatool.sim.disks import copy_sparse
+from xvatool.sim.disks import backend_failure, copy_sparse
 from xvatool.sim.objects import ObjectOps
 from xvatool.sim.records import vm_record
 from xvatool.sim.tasks import TaskManager
@@ -109,7 +110,7 @@ class Copier:
             raise ApiFailure("VDI_TOO_SMALL", [into, source["virtual_size"]])
         task = self._task()
         with self.ops.vdi_operation(vdi, task, "copy"), self.ops.vdi_operation(into, task, "copy"):
-            copy_sparse(
+            _copy_file(
                 self.state.disk_path(vdi),
                 self.state.disk_path(into),
                 size=target["virtual_size"],
@@ -138,7 +139,7 @@ class Copier:
         elif op is DiskOp.COPY:
             fields.update(on_boot=source["on_boot"] if source["on_boot"] == "reset" else "persist")
         location = new_uuid()
-        copy_sparse(self.state.disk_path(vdi), self.state.disk_dir / f"{location}.img", progress=progress)
+        _copy_file(self.state.disk_path(vdi), self.state.disk_dir / f"{location}.img", progress=progress)
         return _NewDisk(target_sr, location, int(source["virtual_size"]), fields)
 
     def _disk_record(self, vdi: str, op: DiskOp, disk: _NewDisk) -> str:
@@ -270,6 +271,14 @@ class Copier:
                 self.tasks.check_cancelled(task)
 
         return report
+
+
+def _copy_file(source: Path, target: Path, **options: Any) -> None:
+    """`copy_sparse`, with a local I/O error reported as the storage backend's failure."""
+    try:
+        copy_sparse(source, target, **options)
+    except OSError as exc:
+        raise backend_failure("copy the disk", exc) from None
 
 
 def _swap(items: list[str], old: str, new: str) -> None:

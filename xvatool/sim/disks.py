@@ -13,9 +13,15 @@ from pathlib import Path
 from typing import Self
 
 from xvatool._files import AtomicFile
+from xvatool.sim.values import ApiFailure
 from xvatool.xva.disk import CHUNK_SIZE, RawFileSource, is_zero
 
-__all__ = ["DiskTargets", "copy_sparse", "create_sparse", "overwrite", "write_nonzero"]
+__all__ = ["DiskTargets", "backend_failure", "copy_sparse", "create_sparse", "overwrite", "write_nonzero"]
+
+
+def backend_failure(action: str, exc: OSError) -> ApiFailure:
+    """A disk file operation that failed on this machine, as the storage backend error it stands for."""
+    return ApiFailure("SR_BACKEND_FAILURE", ["", f"cannot {action}: {exc.strerror or exc}", ""])
 
 
 def create_sparse(path: Path, size: int) -> None:

@@ -13,7 +13,7 @@ import itertools
 from collections.abc import Iterator
 from typing import Any
 
-from xvatool.sim.disks import create_sparse
+from xvatool.sim.disks import backend_failure, create_sparse
 from xvatool.sim.lifecycle import allowed_power_states, check_vm_operation, power_name
 from xvatool.sim.records import vbd_record, vdi_record, vif_record, vm_record
 from xvatool.sim.state import SimState
@@ -57,8 +57,7 @@ class ObjectOps:
                 try:
                     create_sparse(self.state.disk_path(ref), virtual_size)
                 except OSError as exc:
-                    detail = f"cannot create the disk: {exc.strerror}"
-                    raise ApiFailure("SR_BACKEND_FAILURE", ["", detail, ""]) from None
+                    raise backend_failure("create the disk", exc) from None
         return ref
 
     def destroy_vdi(self, vdi: str) -> None:
