@@ -430,6 +430,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _data(self, table: HandlerTable) -> None:
         path, _, query = self.path.partition("?")
+        self.log_message("")  # the method and path only, never the query (it may hold a session)
         key = longest_prefix(table, path)
         if key is None:  # no handler: xapi's default callback answers 403 (http_svr.ml)
             self._page(403, "Access to the requested resource is forbidden.")
