@@ -161,5 +161,8 @@ def _stop_and_check(served: Served, ids: tuple[object, object, object], raw: byt
         for uuid in uploaded:  # with a length, and without one (XO's 1 PiB Content-Length)
             (vdi,) = state.find("VDI", uuid=uuid)
             assert host.disk_bytes(vdi) == raw, uuid
+        # dom0, demo-vm and its import; the clone and the snapshot were destroyed, the snapshot's
+        # disks too (the clone's stay, as VM.destroy leaves disks): 2 + 2 + 2 + 2 uploaded
+        assert len(state.refs("VM")) == 3 and len(state.refs("VDI")) == 8
     finally:
         host.close()

@@ -92,6 +92,16 @@ async function main() {
     results.failed_task_code = error.code
   }
   await xapi.callAsync('VM.destroy', cloneRef)
+  // What XO's VM_snapshot and VM_destroy do next with a snapshot.
+  await snapshot.set_is_a_template(false)
+  await snapshot.update_blocked_operations('destroy', null)
+  await snapshot.update_other_config('default_template', null)
+  const snapshotDisks = (await xapi.barrier(snapshotRef)).$VBDs.filter(vbd => vbd.type === 'Disk')
+  check(snapshotDisks.length === 2 && !(await xapi.barrier(snapshotRef)).is_a_template, 'snapshot un-templated')
+  await xapi.callAsync('VM.destroy', snapshotRef)
+  for (const vbd of snapshotDisks) {
+    await xapi.callAsync('VDI.destroy', vbd.VDI)
+  }
 
   // GET /export/ and /export_raw_vdi/ (each with a task of its own, watched).
   const xva = join(workDir, 'export.xva')
@@ -125,8 +135,14 @@ async function main() {
       type: 'user',
       virtual_size: size,
     })
+    // XO's VDI_importContent: its own task, named in the VDI's other_config, progress set by the client.
+    const task = await xapi.createTask(`Importing content into VDI ${vdiRef}`)
+    const vdi = await xapi.barrier(vdiRef)
+    await vdi.update_other_config({ 'xo:import:task': await xapi.getField('task', task, 'uuid') })
+    await xapi.call('task.set_progress', task, 0.5)
     const body = fileStream(raw, { withLength })
-    await xapi.putResource(body, '/import_raw_vdi/', { query: { format: 'raw', vdi: vdiRef } })
+    await xapi.putResource(body, '/import_raw_vdi/', { query: { format: 'raw', vdi: vdiRef }, task })
+    await vdi.update_other_config({ 'xo:import:task': null })
     results.uploaded_vdis.push(await xapi.getField('VDI', vdiRef, 'uuid'))
   }
 
