@@ -34,7 +34,7 @@ from xvatool.sim.records import (
 )
 from xvatool.sim.values import Record
 
-__all__ = ["ALL_CLASSES", "CLASSES", "PERSISTENT_CLASSES", "ClassSpec", "spec_of"]
+__all__ = ["ALL_CLASSES", "CLASSES", "PERSISTENT_CLASSES", "SPECS", "ClassSpec"]
 
 _NAMED = frozenset({"name_label", "name_description", "other_config", "tags"})
 _DEVICE = frozenset({"other_config", "qos_algorithm_type", "qos_algorithm_params"})
@@ -131,11 +131,7 @@ CLASSES: tuple[ClassSpec, ...] = (
     ClassSpec("task", task_record, frozenset({"other_config"}), persistent=False),
     ClassSpec("session", session_record, frozenset({"other_config"}), listed=False, persistent=False),
 )
-_BY_NAME = {spec.name: spec for spec in CLASSES}
+SPECS: Mapping[str, ClassSpec] = {spec.name: spec for spec in CLASSES}
+"""The specs by exact (case-sensitive) class name."""
 PERSISTENT_CLASSES = tuple(spec.name for spec in CLASSES if spec.persistent)
 ALL_CLASSES = tuple(spec.name for spec in CLASSES)
-
-
-def spec_of(cls: str) -> ClassSpec | None:
-    """The spec of a class by its exact (case-sensitive) name, or None."""
-    return _BY_NAME.get(cls)

@@ -85,7 +85,7 @@ class Copier:
     # -- VDIs -----------------------------------------------------------------------------------
 
     def snapshot_vdi(self, vdi: str) -> str:
-        """`VDI.snapshot`: a read-only-in-spirit copy in the same SR, linked both ways."""
+        """`VDI.snapshot`: a copy in the same SR, `is_a_snapshot`, listed in the source's `snapshots`."""
         return self._single_vdi(vdi, DiskOp.SNAPSHOT, None)
 
     def clone_vdi(self, vdi: str) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from xvatool.sim.classes import CLASSES, spec_of
+from xvatool.sim.classes import CLASSES, SPECS
 from xvatool.sim.methods import Method
 from xvatool.sim.state import SimState
 from xvatool.sim.values import I4, ApiFailure
@@ -81,7 +81,7 @@ def event_messages(state: SimState) -> dict[str, Method]:
 
     def inject(session: str, cls: Any, ref: Any) -> str:
         """A `mod` event on the object; the token it returns works as a barrier."""
-        if spec_of(str(cls)) is None:
+        if str(cls) not in SPECS:
             raise ApiFailure("HANDLE_INVALID", [cls, ref])
         with state.transaction():
             state.mutate(str(cls), str(ref), lambda record: None)  # HANDLE_INVALID if missing

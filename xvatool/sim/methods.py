@@ -12,15 +12,24 @@ decimal string, since XML-RPC clients send 64-bit values as strings).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from xvatool.sim.classes import ClassSpec
-from xvatool.sim.values import ApiFailure
+from xvatool.sim.values import ApiFailure, Record
 from xvatool.xva._xmlrpc import dump_value, int_or_none
 
-__all__ = ["ANY_ARITY", "LIST_METHODS", "Method", "MethodTable", "as_int", "checked_value", "value_fragment"]
+__all__ = [
+    "ANY_ARITY",
+    "LIST_METHODS",
+    "Method",
+    "MethodTable",
+    "as_int",
+    "checked_value",
+    "constructor_fields",
+    "value_fragment",
+]
 
 LIST_METHODS = "system.listMethods"
 """Answered without the `Status`/`Value` envelope over XML-RPC (api_server.ml)."""
@@ -134,3 +143,13 @@ def checked_value(spec: ClassSpec, name: str, value: Any) -> Any:
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return list(value)
     raise ApiFailure("FIELD_TYPE_ERROR", [name])
+
+
+def constructor_fields(spec: ClassSpec, record: Any, keys: Collection[str]) -> Record:
+    """The fields of a constructor's record argument that `keys` allows, each type-checked.
+
+    Fields not in `keys` are ignored, as xapi's record unmarshalling ignores unknown members.
+    """
+    if not isinstance(record, dict):
+        raise ApiFailure("FIELD_TYPE_ERROR", ["args"])
+    return {k: checked_value(spec, k, v) for k, v in record.items() if k in keys}

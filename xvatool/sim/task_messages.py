@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from xvatool.sim.classes import spec_of
+from xvatool.sim.classes import SPECS
 from xvatool.sim.methods import Method, checked_value
 from xvatool.sim.tasks import TaskManager
 from xvatool.sim.values import ApiFailure
@@ -24,8 +24,7 @@ _STATUSES = ("pending", "success", "failure", "cancelling", "cancelled")
 def task_messages(tasks: TaskManager) -> dict[str, Method]:
     """`task.*` messages by wire name."""
     state = tasks.state
-    spec = spec_of("task")
-    assert spec is not None
+    spec = SPECS["task"]
 
     def create(session: str, label: Any, description: Any) -> str:
         checked_value(spec, "name_label", label)

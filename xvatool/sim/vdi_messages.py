@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from xvatool.sim.classes import spec_of
+from xvatool.sim.classes import SPECS
 from xvatool.sim.copies import Copier
-from xvatool.sim.methods import Method, as_int, checked_value
+from xvatool.sim.methods import Method, as_int, checked_value, constructor_fields
 from xvatool.sim.objects import ObjectOps
 from xvatool.sim.values import NULL_REF, ApiFailure
-from xvatool.sim.vm_messages import constructor_fields
 
 __all__ = ["vdi_messages"]
 
@@ -26,8 +25,7 @@ _VDI_TYPES = ("system", "user", "ephemeral", "suspend", "crashdump", "ha_statefi
 
 def vdi_messages(ops: ObjectOps, copier: Copier) -> dict[str, Method]:
     """`VDI.*` messages by wire name."""
-    spec = spec_of("VDI")
-    assert spec is not None
+    spec = SPECS["VDI"]
 
     def create(session: str, record: Any) -> str:
         fields = constructor_fields(spec, record, _CREATE_KEYS)

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from xvatool.sim.classes import ClassSpec, spec_of
+from xvatool.sim.classes import SPECS
 from xvatool.sim.copies import Copier
-from xvatool.sim.methods import Method, checked_value
+from xvatool.sim.methods import Method, checked_value, constructor_fields
 from xvatool.sim.objects import ObjectOps
-from xvatool.sim.values import NULL_REF, ApiFailure, Record, random_mac
+from xvatool.sim.values import NULL_REF, ApiFailure, random_mac
 
-__all__ = ["constructor_fields", "vm_messages"]
+__all__ = ["vm_messages"]
 
 _VM_DERIVED = frozenset({
     "uuid", "power_state", "allowed_operations", "current_operations", "is_a_snapshot", "snapshot_of",
@@ -31,19 +31,6 @@ _VIF_CREATE = ("device", "MAC", "MTU", "other_config", "qos_algorithm_type", "qo
                "locking_mode", "ipv4_allowed", "ipv6_allowed")  # fmt: skip
 
 
-def _spec(cls: str) -> ClassSpec:
-    spec = spec_of(cls)
-    assert spec is not None, cls
-    return spec
-
-
-def constructor_fields(spec: ClassSpec, record: Any, keys: frozenset[str] | tuple[str, ...]) -> Record:
-    """The fields of a constructor's record argument that `keys` allows, each type-checked."""
-    if not isinstance(record, dict):
-        raise ApiFailure("FIELD_TYPE_ERROR", ["args"])
-    return {k: checked_value(spec, k, v) for k, v in record.items() if k in keys}
-
-
 def _ref(record: dict[str, Any], key: str) -> str:
     value = record.get(key, NULL_REF)
     if not isinstance(value, str):
@@ -54,7 +41,7 @@ def _ref(record: dict[str, Any], key: str) -> str:
 def vm_messages(ops: ObjectOps, copier: Copier) -> dict[str, Method]:
     """`VM.*`, `VBD.*` and `VIF.*` messages by wire name."""
     state = ops.state
-    vm_spec = _spec("VM")
+    vm_spec = SPECS["VM"]
 
     def name(value: Any) -> str:
         return str(checked_value(vm_spec, "name_label", value))
@@ -74,7 +61,7 @@ def vm_messages(ops: ObjectOps, copier: Copier) -> dict[str, Method]:
         return ops.create_vm(**fields)
 
     def create_vbd(session: str, record: Any) -> str:
-        fields = constructor_fields(_spec("VBD"), record, _VBD_CREATE)
+        fields = constructor_fields(SPECS["VBD"], record, _VBD_CREATE)
         vm, vdi = _ref(record, "VM"), _ref(record, "VDI")
         state.get("VM", vm)
         if vdi != NULL_REF or not fields.get("empty", False):
@@ -82,7 +69,7 @@ def vm_messages(ops: ObjectOps, copier: Copier) -> dict[str, Method]:
         return ops.create_vbd(vm, vdi, **fields)
 
     def create_vif(session: str, record: Any) -> str:
-        fields = constructor_fields(_spec("VIF"), record, _VIF_CREATE)
+        fields = constructor_fields(SPECS["VIF"], record, _VIF_CREATE)
         vm, network = _ref(record, "VM"), _ref(record, "network")
         state.get("VM", vm)
         state.get("network", network)
