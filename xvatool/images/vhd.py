@@ -618,6 +618,7 @@ class VhdWriter:
         view = memoryview(buf)
         bitmap = bytearray(_bitmap_bytes(BLOCK_SIZE))
         pending = iter(self.blocks)
+        declared = set(self.blocks)
         current: int | None = None
         diff = self.parent is not None
 
@@ -642,6 +643,10 @@ class VhdWriter:
             pos = 0
             while pos < len(data):
                 index, start = divmod(offset + pos, BLOCK_SIZE)
+                n = min(BLOCK_SIZE - start, len(data) - pos)
+                if index != current and index not in declared and not diff and is_zero(data[pos : pos + n]):
+                    pos += n  # zeros in an absent block of a dynamic disk read as zeros anyway
+                    continue
                 if index != current:
                     if current is not None:
                         yield full_bitmap if not diff else bytes(bitmap)
@@ -650,7 +655,6 @@ class VhdWriter:
                     current = index
                     view[:] = zero_block
                     bitmap[:] = bytes(len(bitmap))
-                n = min(BLOCK_SIZE - start, len(data) - pos)
                 view[start : start + n] = data[pos : pos + n]
                 if diff:
                     _set_bits(bitmap, start // SECTOR, (start + n) // SECTOR)

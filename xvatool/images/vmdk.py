@@ -393,6 +393,9 @@ class VmdkReader:
             max(header.overhead, header.descriptor_offset + header.descriptor_size) * SECTOR,
             "the first grain",
         )
+        gt_sectors = -(-header.gtes_per_gt * 4 // SECTOR)
+        gd_sectors = -(-(-(-header.capacity // header.grain_size) // header.gtes_per_gt) * 4 // SECTOR)
+        max_metadata = max(gt_sectors, gd_sectors, 1)  # the largest metadata block a marker announces
         next_lba = 0
         while True:
             at = self._in.position
@@ -404,7 +407,7 @@ class VmdkReader:
                     if lba:
                         raise self._error("end-of-stream marker with a sector count", at, "vmdk-marker")
                     return
-                if kind not in (MARKER_GT, MARKER_GD, MARKER_FOOTER) or lba > header.capacity:
+                if kind not in (MARKER_GT, MARKER_GD, MARKER_FOOTER) or lba > max_metadata:
                     raise self._error(f"unknown marker type {kind} ({lba} sectors)", at, "vmdk-marker")
                 if kind == MARKER_FOOTER:
                     if lba < 1:
