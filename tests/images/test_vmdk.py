@@ -67,6 +67,7 @@ def test_writer_refuses_misuse():
         VmdkWriter(1 << 20, level=12)
 
 
+X_GRAIN = zlib.compress(b"x" * 65536)
 GOOD = vmdk_of(disk(3 * MiB, (0, b"a" * 100_000), (2 * MiB, b"b" * 5)))
 FIRST_GRAIN = 1024  # header + one descriptor sector
 
@@ -89,15 +90,11 @@ def stream_with(*records: bytes) -> bytes:
         (GOOD[:20] + struct.pack("<Q", 100) + GOOD[28:], "grain size"),
         (GOOD[:73] + b"\r\n\r\n" + GOOD[77:], "newline"),
         (
-            stream_with(
-                grain_marker(128, zlib.compress(bytes(65536))), grain_marker(0, zlib.compress(b"x" * 65536))
-            ),
+            stream_with(grain_marker(128, zlib.compress(bytes(65536))), grain_marker(0, X_GRAIN)),
             "out of order",
         ),
         (
-            stream_with(
-                grain_marker(0, zlib.compress(b"x" * 65536)), grain_marker(0, zlib.compress(b"x" * 65536))
-            ),
+            stream_with(grain_marker(0, X_GRAIN), grain_marker(0, X_GRAIN)),
             "out of order",
         ),
         (stream_with(grain_marker(3, zlib.compress(b"x" * 65536))), "grain-aligned"),
