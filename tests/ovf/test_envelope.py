@@ -118,25 +118,60 @@ VS = '<VirtualSystem ovf:id="a"><VirtualHardwareSection>{}</VirtualHardwareSecti
         (b'<Envelope xmlns="http://www.vmware.com/schema/ovf/1/envelope"/>', "unsupported OVF namespace"),
         (b"<html/>", "not an OVF"),
         (minimal(""), "no VirtualSystem"),
-        (minimal('<References><File ovf:id="f" ovf:href="../../etc/passwd"/></References>' + VS.format("")),
-         None),
-        (minimal('<DiskSection><Disk ovf:diskId="d" ovf:capacity="1" ovf:capacityAllocationUnits="byte * 2^60"/>'
-                 "</DiskSection>" + VS.format("")), "absurd"),
-        (minimal('<DiskSection><Disk ovf:diskId="d" ovf:capacity="-5"/></DiskSection>' + VS.format("")),
-         "out of range"),
-        (minimal('<DiskSection><Disk ovf:diskId="d" ovf:capacity="5" ovf:fileRef="nope"/></DiskSection>'
-                 + VS.format("")), "not listed"),
-        (minimal(VS.format("<Item><rasd:ResourceType xmlns:rasd='r'>17</rasd:ResourceType>"
-                           "<rasd:HostResource xmlns:rasd='r'>ovf:/disk/ghost</rasd:HostResource></Item>")),
-         "not in the DiskSection"),
-        (minimal(VS.format("<Item><ResourceType>4</ResourceType><VirtualQuantity>1</VirtualQuantity>"
-                           "<AllocationUnits>byte * 2^50</AllocationUnits></Item>")), "absurd"),
-        (minimal(VS.format("<Item><ResourceType>3</ResourceType><VirtualQuantity>lots</VirtualQuantity></Item>")),
-         "not a number"),
+        (
+            minimal(
+                '<References><File ovf:id="f" ovf:href="../../etc/passwd"/></References>' + VS.format("")
+            ),
+            None,
+        ),
+        (
+            minimal(
+                '<DiskSection><Disk ovf:diskId="d" ovf:capacity="1" '
+                'ovf:capacityAllocationUnits="byte * 2^60"/></DiskSection>' + VS.format("")
+            ),
+            "absurd",
+        ),
+        (
+            minimal('<DiskSection><Disk ovf:diskId="d" ovf:capacity="-5"/></DiskSection>' + VS.format("")),
+            "out of range",
+        ),
+        (
+            minimal(
+                '<DiskSection><Disk ovf:diskId="d" ovf:capacity="5" ovf:fileRef="nope"/></DiskSection>'
+                + VS.format("")
+            ),
+            "not listed",
+        ),
+        (
+            minimal(
+                VS.format(
+                    "<Item><rasd:ResourceType xmlns:rasd='r'>17</rasd:ResourceType>"
+                    "<rasd:HostResource xmlns:rasd='r'>ovf:/disk/ghost</rasd:HostResource></Item>"
+                )
+            ),
+            "not in the DiskSection",
+        ),
+        (
+            minimal(
+                VS.format(
+                    "<Item><ResourceType>4</ResourceType><VirtualQuantity>1</VirtualQuantity>"
+                    "<AllocationUnits>byte * 2^50</AllocationUnits></Item>"
+                )
+            ),
+            "absurd",
+        ),
+        (
+            minimal(
+                VS.format(
+                    "<Item><ResourceType>3</ResourceType><VirtualQuantity>lots</VirtualQuantity></Item>"
+                )
+            ),
+            "not a number",
+        ),
         (minimal("<x/>" * 200_001), "more than"),
         (b" " * (17 << 20), "over the"),
     ],
-)  # fmt: skip
+)
 def test_hostile_descriptors_are_one_format_error(data, match):
     if match is None:
         env = parse_envelope(data, file="p.ova", member="p.ovf")  # parsing is fine; reading refuses the href
@@ -172,10 +207,17 @@ def test_written_envelopes_read_back(system_names, vcpus, memory_mib, disks, net
             attachments.append(DiskAttachment(disk_id))
         nics = tuple(Nic(n, "aa:bb:cc:dd:ee:0f") for n in networks)
         startup = StartupEntry(s, 5, 0) if len(system_names) > 1 else None
-        systems.append(VirtualSystem(f"id{s}", name, vcpus, memory_mib * MiB, tuple(attachments), nics, "", "",
-                                     startup))  # fmt: skip
-    env = Envelope(version, tuple(files), tuple(all_disks), tuple(dict.fromkeys(networks)), tuple(systems),
-                   "app" if len(systems) > 1 else None)  # fmt: skip
+        systems.append(
+            VirtualSystem(f"id{s}", name, vcpus, memory_mib * MiB, tuple(attachments), nics, "", "", startup)
+        )
+    env = Envelope(
+        version,
+        tuple(files),
+        tuple(all_disks),
+        tuple(dict.fromkeys(networks)),
+        tuple(systems),
+        "app" if len(systems) > 1 else None,
+    )
     back = parse_envelope(write_envelope(env, version=version))
     assert back.version == version
     assert [(s.id, s.name, s.vcpus, s.memory, s.startup) for s in back.systems] == [

@@ -19,8 +19,13 @@ STREAM = ("vmdk", "subformat=streamOptimized")
 
 def test_virtualbox_ova_manifest_at_the_end(tmp_path, qemu_img):
     content, vmdk = qemu_disk(qemu_img, tmp_path, "d.vmdk", 9437184, *STREAM, seed=1)
-    ova = build_ova(tmp_path / "debian.ova", "debian.ovf", envelope_text("virtualbox-1.0.ovf"),
-                    [("debian-disk001.vmdk", vmdk)], manifest="end")  # fmt: skip
+    ova = build_ova(
+        tmp_path / "debian.ova",
+        "debian.ovf",
+        envelope_text("virtualbox-1.0.ovf"),
+        [("debian-disk001.vmdk", vmdk)],
+        manifest="end",
+    )
     result = convert(str(ova), str(tmp_path / "debian.xva"))
     assert result.verified and result.vms == ["debian"]
     assert xva_disks(tmp_path / "debian.xva") == {0: content}
@@ -32,8 +37,14 @@ def test_virtualbox_ova_manifest_at_the_end(tmp_path, qemu_img):
 
 def test_virtualbox_2_0_sha1_bsd_spelling(tmp_path, qemu_img):
     content, vmdk = qemu_disk(qemu_img, tmp_path, "d.vmdk", 9437184, *STREAM, seed=2)
-    ova = build_ova(tmp_path / "alpine.ova", "alpine.ovf", envelope_text("virtualbox-2.0.ovf"),
-                    [("alpine-disk001.vmdk", vmdk)], algorithm="sha1", spaced=True)  # fmt: skip
+    ova = build_ova(
+        tmp_path / "alpine.ova",
+        "alpine.ovf",
+        envelope_text("virtualbox-2.0.ovf"),
+        [("alpine-disk001.vmdk", vmdk)],
+        algorithm="sha1",
+        spaced=True,
+    )
     convert(str(ova), str(tmp_path / "alpine.xva"))
     assert xva_disks(tmp_path / "alpine.xva") == {0: content}
 
@@ -61,14 +72,26 @@ def test_ovftool_ova_manifest_first_two_disks(tmp_path, qemu_img):
 
 def _xencenter(tmp_path, qemu_img, **options):
     opts = "subformat=dynamic,force_size=on"
-    disks = [qemu_disk(qemu_img, tmp_path, f"{n}.vhd", size, "vpc", opts, seed=n)
-             for n, size in enumerate([4 * MiB, 2 * MiB, 3 * MiB])]  # fmt: skip
-    names = ["11111111-aaaa-4bbb-8ccc-000000000001.vhd", "11111111-aaaa-4bbb-8ccc-000000000002.vhd",
-             "22222222-aaaa-4bbb-8ccc-000000000001.vhd"]  # fmt: skip
+    disks = [
+        qemu_disk(qemu_img, tmp_path, f"{n}.vhd", size, "vpc", opts, seed=n)
+        for n, size in enumerate([4 * MiB, 2 * MiB, 3 * MiB])
+    ]
+    names = [
+        "11111111-aaaa-4bbb-8ccc-000000000001.vhd",
+        "11111111-aaaa-4bbb-8ccc-000000000002.vhd",
+        "22222222-aaaa-4bbb-8ccc-000000000001.vhd",
+    ]
     sizes = {f"SIZE{n + 1}": len(d[1]) for n, d in enumerate(disks)}
     text = envelope_text("xencenter-vapp.ovf", **sizes)
-    ova = build_ova(tmp_path / "app.ova", "app.ovf", text, list(zip(names, [d[1] for d in disks], strict=True)),
-                    manifest="start", algorithm="sha1", **options)  # fmt: skip
+    ova = build_ova(
+        tmp_path / "app.ova",
+        "app.ovf",
+        text,
+        list(zip(names, [d[1] for d in disks], strict=True)),
+        manifest="start",
+        algorithm="sha1",
+        **options,
+    )
     return ova, [d[0] for d in disks]
 
 
@@ -124,8 +147,8 @@ def test_gzip_compressed_and_chunked_files(tmp_path, qemu_img):
     ]
     text = envelope_text("virtualbox-1.0.ovf").replace(
         b'<File ovf:id="file1" ovf:href="debian-disk001.vmdk"/>',
-        f'<File ovf:id="file1" ovf:href="debian-disk001.vmdk" ovf:size="{len(packed)}" ovf:compression="gzip" '
-        f'ovf:chunkSize="{chunk}"/>'.encode(),
+        f'<File ovf:id="file1" ovf:href="debian-disk001.vmdk" ovf:size="{len(packed)}" '
+        f'ovf:compression="gzip" ovf:chunkSize="{chunk}"/>'.encode(),
     )
     assert len(chunks) > 2
     ova = build_ova(tmp_path / "c.ova", "c.ovf", text, chunks, manifest="start")
@@ -150,9 +173,14 @@ def test_an_unpacked_folder_package(tmp_path, qemu_img):
 
 
 def test_a_package_without_manifest_converts_but_says_so(tmp_path, qemu_img):
-    content, vmdk = qemu_disk(qemu_img, tmp_path, "d.vmdk", 9437184, *STREAM, seed=8)
-    ova = build_ova(tmp_path / "n.ova", "n.ovf", envelope_text("virtualbox-1.0.ovf"),
-                    [("debian-disk001.vmdk", vmdk)], manifest=None)  # fmt: skip
+    _, vmdk = qemu_disk(qemu_img, tmp_path, "d.vmdk", 9437184, *STREAM, seed=8)
+    ova = build_ova(
+        tmp_path / "n.ova",
+        "n.ovf",
+        envelope_text("virtualbox-1.0.ovf"),
+        [("debian-disk001.vmdk", vmdk)],
+        manifest=None,
+    )
     result = convert(str(ova), str(tmp_path / "n.xva"))
     assert not result.verified
     assert any("no manifest" in note for note in result.notes)

@@ -29,38 +29,67 @@ __all__ = ["COMMANDS"]
 )
 @click.option("--vm", default=None, metavar="NAME", help="Convert only this VM of a multi-VM package.")
 @click.option(
-    "--ovf-version", type=click.Choice(["1.0", "2.0"]), default="1.0", show_default=True,
+    "--ovf-version",
+    type=click.Choice(["1.0", "2.0"]),
+    default="1.0",
+    show_default=True,
     help="OVF version of a written descriptor (1.0 is read by every importer).",
-)  # fmt: skip
+)
 @click.option(
-    "--digest", type=click.Choice(["sha256", "sha1"]), default="sha256", show_default=True,
+    "--digest",
+    type=click.Choice(["sha256", "sha1"]),
+    default="sha256",
+    show_default=True,
     help="Manifest digest of a written package (sha1 for very old importers).",
-)  # fmt: skip
+)
 @click.option(
-    "--level", type=click.IntRange(0, 9), default=6, show_default=True,
+    "--level",
+    type=click.IntRange(0, 9),
+    default=6,
+    show_default=True,
     help="zlib level of written VMDK grains (1 is about 3x faster, a little larger).",
-)  # fmt: skip
+)
 @click.option(
-    "--checksum", type=click.Choice(["xxhash", "sha1"]), default="xxhash", show_default=True,
+    "--checksum",
+    type=click.Choice(["xxhash", "sha1"]),
+    default="xxhash",
+    show_default=True,
     help="Chunk checksums of a written XVA (sha1 also imports on hosts older than 8.1).",
-)  # fmt: skip
+)
 @click.option(
-    "--compress", "compression", type=click.Choice(["none", "gzip", "zstd"]), default="none",
-    show_default=True, help="Compression of a written XVA.",
-)  # fmt: skip
+    "--compress",
+    "compression",
+    type=click.Choice(["none", "gzip", "zstd"]),
+    default="none",
+    show_default=True,
+    help="Compression of a written XVA.",
+)
 @click.option("--force", is_flag=True, help="Replace existing output files.")
 @click.option(
-    "--spool-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    "--spool-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
     help="Folder for the temporary copy of a VHD stored out of disk order (default: the system's).",
-)  # fmt: skip
+)
 @json_option()
 @quiet_option
 @debug_option
 @command_errors
 def convert_command(
-    *, source: str, target: str, to: str | None, vm: str | None, ovf_version: str, digest: str, level: int,
-    checksum: str, compression: str, force: bool, spool_dir: Path | None, as_json: bool,
-) -> None:  # fmt: skip
+    *,
+    source: str,
+    target: str,
+    to: str | None,
+    vm: str | None,
+    ovf_version: str,
+    digest: str,
+    level: int,
+    checksum: str,
+    compression: str,
+    force: bool,
+    spool_dir: Path | None,
+    as_json: bool,
+) -> None:
     """Convert between an XVA and an OVF package (.ova or a folder), by content, both ways.
 
     IN is an .xva, an .ova (plain or gzip-compressed), a package folder or its .ovf file, or - for
@@ -79,10 +108,19 @@ def convert_command(
     total = Path(source).stat().st_size if source != "-" and Path(source).is_file() else None
     with byte_progress("convert", total) as update:
         result = convert(
-            source, target, to=to, vm=vm, ovf_version=ovf_version, digest=digest,  # type: ignore[arg-type]
-            level=level, checksum=checksum, compression=compression,  # type: ignore[arg-type]
-            overwrite=force, spool_dir=str(spool_dir) if spool_dir else None, progress=update,
-        )  # fmt: skip
+            source,
+            target,
+            to=to,
+            vm=vm,
+            ovf_version=ovf_version,
+            digest=digest,  # type: ignore[arg-type]
+            level=level,
+            checksum=checksum,
+            compression=compression,  # type: ignore[arg-type]
+            overwrite=force,
+            spool_dir=str(spool_dir) if spool_dir else None,
+            progress=update,
+        )
     for note in result.notes:
         click.echo(f"xvatool: note: {note}", err=True)
     if as_json:

@@ -42,11 +42,25 @@ MAX_VCPUS = 4096
 MAX_MEMORY = 64 << 40
 """Bytes."""
 _UNIT_WORDS = {
-    "byte": 1, "bytes": 1, "kb": 1 << 10, "kilobyte": 1 << 10, "kilobytes": 1 << 10, "kib": 1 << 10,
-    "mb": 1 << 20, "megabyte": 1 << 20, "megabytes": 1 << 20, "mib": 1 << 20,
-    "gb": 1 << 30, "gigabyte": 1 << 30, "gigabytes": 1 << 30, "gib": 1 << 30,
-    "tb": 1 << 40, "terabyte": 1 << 40, "terabytes": 1 << 40, "tib": 1 << 40,
-}  # fmt: skip
+    "byte": 1,
+    "bytes": 1,
+    "kb": 1 << 10,
+    "kilobyte": 1 << 10,
+    "kilobytes": 1 << 10,
+    "kib": 1 << 10,
+    "mb": 1 << 20,
+    "megabyte": 1 << 20,
+    "megabytes": 1 << 20,
+    "mib": 1 << 20,
+    "gb": 1 << 30,
+    "gigabyte": 1 << 30,
+    "gigabytes": 1 << 30,
+    "gib": 1 << 30,
+    "tb": 1 << 40,
+    "terabyte": 1 << 40,
+    "terabytes": 1 << 40,
+    "tib": 1 << 40,
+}
 _POWER = re.compile(r"byte\*(\d+)\^(\d+)")
 _CONTROLLERS = {5: "ide", 6: "scsi", 20: "sata", 7: "other", 8: "other"}
 _DISK_TYPES = {17, 19}
@@ -125,12 +139,15 @@ class _Parser:
                 compression = (self.attr(el, "compression") or "").lower()
                 if compression not in ("", "identity", "gzip"):
                     raise self.error(f"file {href!r}: unsupported compression {compression!r}")
-                out.append(FileRef(
-                    file_id, href,
-                    self.integer(size, f"size of {href!r}") if size is not None else None,
-                    "gzip" if compression == "gzip" else "",
-                    self.integer(chunk, f"chunk size of {href!r}", low=1) if chunk is not None else None,
-                ))  # fmt: skip
+                out.append(
+                    FileRef(
+                        file_id,
+                        href,
+                        self.integer(size, f"size of {href!r}") if size is not None else None,
+                        "gzip" if compression == "gzip" else "",
+                        self.integer(chunk, f"chunk size of {href!r}", low=1) if chunk is not None else None,
+                    )
+                )
         if len(out) > MAX_ITEMS or len({f.id for f in out}) != len(out):
             raise self.error("too many files, or two files with one id")
         return tuple(out)
@@ -158,10 +175,15 @@ class _Parser:
                 if self.attr(el, "parentRef"):
                     raise self.error(f"disk {disk_id!r} is a delta of another disk (ovf:parentRef)")
                 populated = self.attr(el, "populatedSize")
-                out.append(VirtualDisk(
-                    disk_id, capacity, self.attr(el, "fileRef"), self.attr(el, "format") or "",
-                    self.integer(populated, "populated size") if populated is not None else None,
-                ))  # fmt: skip
+                out.append(
+                    VirtualDisk(
+                        disk_id,
+                        capacity,
+                        self.attr(el, "fileRef"),
+                        self.attr(el, "format") or "",
+                        self.integer(populated, "populated size") if populated is not None else None,
+                    )
+                )
         if len(out) > MAX_ITEMS or len({d.disk_id for d in out}) != len(out):
             raise self.error("too many disks, or two disks with one id")
         return tuple(out)
@@ -223,8 +245,17 @@ class _Parser:
         if len(hardware) > 1:
             self.notes.append(f"{ident}: {len(hardware)} VirtualHardwareSections; the first one was used")
         vcpus, memory, disks, nics = self.hardware(ident, hardware[0])
-        return VirtualSystem(ident, name, vcpus, memory, disks, nics, os_name,
-                             self.child_text(el, "Description") or "", startup)  # fmt: skip
+        return VirtualSystem(
+            ident,
+            name,
+            vcpus,
+            memory,
+            disks,
+            nics,
+            os_name,
+            self.child_text(el, "Description") or "",
+            startup,
+        )
 
     def hardware(
         self, ident: str, section: etree._Element
@@ -265,9 +296,19 @@ class _Parser:
                 device = _DEVICE.search(f.get("Connection", ""))
                 userdevice = int(device.group(1)) if device else None
                 order = (userdevice if userdevice is not None else 1 << 20, index, unit * 4096 + position)
-                disks.append((order, DiskAttachment(
-                    disk_id, controller, index, unit, f.get("ElementName") or f.get("Caption", ""), userdevice
-                )))  # fmt: skip
+                disks.append(
+                    (
+                        order,
+                        DiskAttachment(
+                            disk_id,
+                            controller,
+                            index,
+                            unit,
+                            f.get("ElementName") or f.get("Caption", ""),
+                            userdevice,
+                        ),
+                    )
+                )
             elif kind == 10:
                 mac = f.get("Address") or None
                 nics.append(Nic(f.get("Connection", ""), mac, f.get("ResourceSubType") or None))

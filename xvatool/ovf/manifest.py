@@ -102,7 +102,9 @@ def check_digest(
         raise FormatError(
             f"the manifest uses {expected.algorithm} for {name!r}, which was not computed; "
             "a manifest using SHA-512 must come before the files it covers",
-            code="ovf-manifest", file=file, member=name,
-        )  # fmt: skip
+            code="ovf-manifest",
+            file=file,
+            member=name,
+        )
     if actual != expected.hex:
         raise ChecksumError(name, expected.hex, actual, file=file)
