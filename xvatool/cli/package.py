@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import click
 
+from xvatool._types import ChecksumKind, Compression
 from xvatool.cli._common import (
     byte_progress,
     command_errors,
@@ -82,10 +84,10 @@ def convert_command(
     to: str | None,
     vm: str | None,
     ovf_version: str,
-    digest: str,
+    digest: Literal["sha256", "sha1"],
     level: int,
-    checksum: str,
-    compression: str,
+    checksum: ChecksumKind,
+    compression: Compression,
     force: bool,
     spool_dir: Path | None,
     as_json: bool,
@@ -113,10 +115,10 @@ def convert_command(
             to=to,
             vm=vm,
             ovf_version=ovf_version,
-            digest=digest,  # type: ignore[arg-type]
+            digest=digest,
             level=level,
             checksum=checksum,
-            compression=compression,  # type: ignore[arg-type]
+            compression=compression,
             overwrite=force,
             spool_dir=str(spool_dir) if spool_dir else None,
             progress=update,
