@@ -90,6 +90,8 @@ def detect_input(path: str) -> Kind:
         raise LocalIOError(exc.strerror or str(exc), path=path) from exc
     if fmt in ("xva", "ova", "ovf"):
         return fmt
+    if fmt == "tar":
+        return "ova"  # a tar without a descriptor first: the OVA reader says what is wrong with it
     raise FormatError(
         f"neither an XVA nor an OVF package (content looks like {fmt})", code="not-a-package", file=path
     )

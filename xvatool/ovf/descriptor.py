@@ -5,9 +5,10 @@ older ovftool and VirtualBox releases read nothing newer), and nothing we descri
 ``version="2.0"`` writes the same document in the 2.0 namespace for tools that want it. The
 hardware is what ovftool writes for a VMware VM: CPUs, memory in MiB, LSI Logic SCSI
 controllers with the disks in device order (unit 7 is the controller's own), E1000 adapters on
-named networks; `VirtualSystemType` ``vmx-07`` because VMware refuses families it does not know
-and every other importer ignores it. CIM properties are written in schema (alphabetical) order,
-which ovftool checks.
+named networks (a disk's XenServer device number goes into `rasd:Connection` as ``device=N``,
+the way XenCenter records it, so it survives a round trip); `VirtualSystemType` ``vmx-07``
+because VMware refuses families it does not know and every other importer ignores it. CIM
+properties are written in schema (alphabetical) order, which ovftool checks.
 """
 
 from __future__ import annotations
@@ -112,17 +113,17 @@ class _Builder:
             instance += 1
         for position, attachment in enumerate(system.disks):
             controller, unit = divmod(position, UNITS_PER_SCSI)
-            self.item(
-                hardware,
-                {
-                    "AddressOnParent": str(unit if unit < 7 else unit + 1),
-                    "ElementName": attachment.name or f"Hard Disk {position + 1}",
-                    "HostResource": f"ovf:/disk/{disk_ids[attachment.disk_id]}",
-                    "InstanceID": str(instance),
-                    "Parent": str(first_controller + controller),
-                    "ResourceType": "17",
-                },
-            )
+            props = {
+                "AddressOnParent": str(unit if unit < 7 else unit + 1),
+                "ElementName": attachment.name or f"Hard Disk {position + 1}",
+                "HostResource": f"ovf:/disk/{disk_ids[attachment.disk_id]}",
+                "InstanceID": str(instance),
+                "Parent": str(first_controller + controller),
+                "ResourceType": "17",
+            }
+            if attachment.userdevice is not None:  # XenServer's device number, as XenCenter records it
+                props["Connection"] = f"{disk_ids[attachment.disk_id]},device={attachment.userdevice}"
+            self.item(hardware, props)
             instance += 1
         for position, nic in enumerate(system.nics):
             props = {
