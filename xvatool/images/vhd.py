@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 
 from xvatool._types import Readable
 from xvatool.errors import FormatError, TruncatedError, UsageError, location_context
+from xvatool.images.cursor import Cursor
 from xvatool.images.extents import Extent
-from xvatool.images.raw import read_fully
 from xvatool.xva.disk import CHUNK_SIZE, is_zero
 
 __all__ = [
@@ -305,50 +305,6 @@ def _set_runs(bitmap: bytes | bytearray, sectors: int) -> Iterator[tuple[int, in
         yield start, sectors
 
 
-class _Input:
-    """The stream with a byte position, exact reads and skips; errors name the file."""
-
-    def __init__(self, stream: Readable, source: str | None) -> None:
-        self.stream = stream
-        self.source = source
-        self.position = 0
-        self._scratch = bytearray(CHUNK_SIZE)
-
-    def read_into(self, view: memoryview, what: str) -> None:
-        got = read_fully(self.stream, view)
-        if got != len(view):
-            raise TruncatedError(f"VHD ends inside {what}", file=self.source, offset=self.position + got)
-        self.position += got
-
-    def read(self, count: int, what: str) -> bytes:
-        buf = bytearray(count)
-        self.read_into(memoryview(buf), what)
-        return bytes(buf)
-
-    def skip_to(self, offset: int, what: str) -> None:
-        if offset < self.position:
-            raise FormatError(
-                f"{what} at {offset} lies behind data already read; this VHD cannot be streamed",
-                code="vhd-layout",
-                file=self.source,
-                offset=offset,
-            )
-        view = memoryview(self._scratch)
-        while self.position < offset:
-            self.read_into(view[: min(len(view), offset - self.position)], f"the gap before {what}")
-
-    def drain_tail(self) -> tuple[bytes, int]:
-        """Read to the end; return the last 512 bytes and the offset where they start."""
-        tail = b""
-        view = memoryview(self._scratch)
-        while n := read_fully(self.stream, view):
-            tail = (tail + bytes(view[:n]))[-SECTOR:]
-            self.position += n
-            if n < len(view):
-                break
-        return tail, self.position - len(tail)
-
-
 class VhdReader:
     """Reads a fixed, dynamic or differencing VHD from a stream, front to back, never seeking.
 
@@ -376,7 +332,7 @@ class VhdReader:
         self.source = source
         self.length = length
         self._check_footer = check_footer
-        self._in = _Input(stream, source)
+        self._in = Cursor(stream, "VHD", source)
         self._used = False
         head = self._in.read(SECTOR, "the footer copy")
         self.header: VhdHeader | None = None
@@ -493,7 +449,7 @@ class VhdReader:
     def _final_footer(self) -> None:
         if self.length is not None:
             self._in.skip_to(self.length - SECTOR, "the footer")
-        tail, at = self._in.drain_tail()
+        tail, at = self._in.drain_tail(SECTOR)
         if len(tail) < SECTOR:
             raise TruncatedError("VHD ends without its footer", file=self.source, offset=self._in.position)
         with location_context(file=self.source):

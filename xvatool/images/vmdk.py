@@ -24,9 +24,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from xvatool._types import Readable
-from xvatool.errors import FormatError, TruncatedError, UsageError
+from xvatool.errors import FormatError, UsageError
+from xvatool.images.cursor import Cursor
 from xvatool.images.extents import Extent
-from xvatool.images.raw import read_fully
 from xvatool.xva.disk import is_zero
 from xvatool.xva.ovaxml import MAX_VIRTUAL_SIZE
 
@@ -184,39 +184,6 @@ def parse_descriptor(text: str) -> tuple[dict[str, str], list[str]]:
     return entries, extents
 
 
-class _Input:
-    """The stream with a byte position, exact reads and skips; errors name the file."""
-
-    def __init__(self, stream: Readable, source: str | None) -> None:
-        self.stream = stream
-        self.source = source
-        self.position = 0
-        self._scratch = bytearray(1 << 20)
-
-    def read_into(self, view: memoryview, what: str) -> None:
-        got = read_fully(self.stream, view)
-        if got != len(view):
-            raise TruncatedError(f"VMDK ends inside {what}", file=self.source, offset=self.position + got)
-        self.position += got
-
-    def read(self, count: int, what: str) -> bytes:
-        buf = bytearray(count)
-        self.read_into(memoryview(buf), what)
-        return bytes(buf)
-
-    def skip_to(self, offset: int, what: str) -> None:
-        if offset < self.position:
-            raise FormatError(
-                f"{what} at {offset} lies behind data already read; this VMDK cannot be streamed",
-                code="vmdk-layout",
-                file=self.source,
-                offset=offset,
-            )
-        view = memoryview(self._scratch)
-        while self.position < offset:
-            self.read_into(view[: min(len(view), offset - self.position)], f"the gap before {what}")
-
-
 class VmdkReader:
     """Reads a streamOptimized or monolithicSparse VMDK from a stream, front to back.
 
@@ -237,7 +204,7 @@ class VmdkReader:
     def __init__(self, stream: Readable, *, length: int | None = None, source: str | None = None) -> None:
         self.source = source
         self.length = length
-        self._in = _Input(stream, source)
+        self._in = Cursor(stream, "VMDK", source)
         self._used = False
         head = self._in.read(SECTOR, "the header")
         if head.startswith(b"# Disk DescriptorFile"):
