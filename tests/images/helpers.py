@@ -59,3 +59,11 @@ class Trickle:
         piece = bytes(self._data[self._pos : self._pos + n])
         self._pos += len(piece)
         return piece
+
+
+def disk_bytes(size: int, *pieces: tuple[int, bytes]) -> bytes:
+    """`size` zero bytes with `pieces` written in."""
+    out = bytearray(size)
+    for offset, data in pieces:
+        out[offset : offset + len(data)] = data
+    return bytes(out)

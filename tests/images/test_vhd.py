@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.images.helpers import MiB, Trickle, image_bytes
+from tests.images.helpers import disk_bytes as disk
 from xvatool.errors import FormatError, TruncatedError, UsageError
 from xvatool.images import BlockSourceImage, VhdParent, VhdReader, VhdWriter
 from xvatool.images.vhd import BLOCK_SIZE, DISK_DIFFERENCING, DISK_DYNAMIC, VhdFooter
@@ -24,13 +25,6 @@ def vhd_of(content: bytes, *, blocks=None, parent=None, extents=None) -> bytes:
     data = b"".join(bytes(p) for p in writer.pieces(extents if extents is not None else image.extents()))
     assert len(data) == writer.length
     return data
-
-
-def disk(size: int, *pieces: tuple[int, bytes]) -> bytes:
-    out = bytearray(size)
-    for offset, data in pieces:
-        out[offset : offset + len(data)] = data
-    return bytes(out)
 
 
 def test_layout_is_the_hosts():

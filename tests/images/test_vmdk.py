@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.images.helpers import MiB, Trickle, image_bytes
+from tests.images.helpers import disk_bytes as disk
 from xvatool.errors import FormatError, TruncatedError, UsageError
 from xvatool.images import BlockSourceImage, VmdkReader, VmdkWriter
 from xvatool.images.vmdk import VmdkHeader
@@ -23,13 +24,6 @@ def vmdk_of(content: bytes, **options) -> bytes:
     data = b"".join(writer.pieces(image.extents()))
     assert writer.bytes_written == len(data)
     return data
-
-
-def disk(size: int, *pieces: tuple[int, bytes]) -> bytes:
-    out = bytearray(size)
-    for offset, data in pieces:
-        out[offset : offset + len(data)] = data
-    return bytes(out)
 
 
 @settings(max_examples=40, deadline=None)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 from xvatool._files import AtomicFile
-from xvatool._streams import LocalStream
+from xvatool._streams import LocalStream, TeeReader
 from xvatool._types import ChecksumKind, Compression, Readable
 from xvatool.errors import FormatError, LocalIOError, UsageError
 from xvatool.images.extents import DiskImage, ordered_image, rechunk
@@ -32,7 +32,7 @@ from xvatool.images.vmdkwriter import DEFAULT_LEVEL
 from xvatool.ovf.manifest import DigestAlgorithm
 from xvatool.ovf.model import Envelope, VirtualDisk, VirtualSystem
 from xvatool.ovf.reading import PackageDisk, PackageReader, open_package
-from xvatool.ovf.writing import Layout, package_name, write_package
+from xvatool.ovf.writing import Layout, PackageOptions, package_name, write_package
 from xvatool.ovf.xvamodel import metadata_from_system, system_from_metadata
 from xvatool.xva.compression import PeekableStream, open_decompressed
 from xvatool.xva.disk import CHUNK_SIZE
@@ -111,29 +111,6 @@ def _target_kind(target: str, to: str | None, source: Kind) -> str:
     )
 
 
-class _Counting:
-    """A Readable reporting how many bytes were read (the progress of a conversion)."""
-
-    def __init__(self, stream: Readable, progress: Callable[[int], None]) -> None:
-        self._stream = stream
-        self._progress = progress
-
-    def readinto(self, buf: bytearray | memoryview) -> int:
-        readinto = getattr(self._stream, "readinto", None)
-        if readinto is not None:
-            n = int(readinto(buf) or 0)
-        else:
-            data = self._stream.read(len(buf))
-            n = len(data)
-            memoryview(buf)[:n] = data
-        self._progress(n)
-        return n
-
-    def read(self, size: int = -1) -> bytes:
-        buf = bytearray(size if size >= 0 else 1 << 20)
-        return bytes(buf[: self.readinto(buf)])
-
-
 @contextlib.contextmanager
 def _input(source: str, progress: Callable[[int], None] | None) -> Iterator[tuple[Kind, Readable | None]]:
     """The source's kind and stream (standard input for "-"), counted for progress; no stream for a folder."""
@@ -144,7 +121,7 @@ def _input(source: str, progress: Callable[[int], None] | None) -> Iterator[tupl
         fmt = sniff(head.peek(1024))
         if fmt not in ("xva", "ova"):
             raise FormatError(f"standard input is neither an XVA nor an OVA ({fmt})", code="not-a-package")
-        yield fmt, _Counting(head, progress) if progress else head
+        yield fmt, TeeReader(head, progress=progress) if progress else head
         return
     kind = detect_input(source)
     if kind == "ovf":
@@ -156,7 +133,7 @@ def _input(source: str, progress: Callable[[int], None] | None) -> Iterator[tupl
         raise LocalIOError(exc.strerror or str(exc), path=source) from exc
     with handle:
         stream = LocalStream(handle, source)
-        yield kind, _Counting(stream, progress) if progress else stream
+        yield kind, TeeReader(stream, progress=progress) if progress else stream
 
 
 def convert(
@@ -184,6 +161,7 @@ def convert(
         convert("appliance.ova", "xvas/")
         convert("appliance.ova", "db.xva", vm="db")
     """
+    options = PackageOptions(ovf_version, digest, level, overwrite)
     with _input(source, progress) as (kind, stream):
         target_kind = _target_kind(target, to, kind)
         if target_kind not in ("xva", "ova", "ovf", "xvas"):
@@ -194,27 +172,11 @@ def convert(
                 raise UsageError("both sides are XVA: use `xvatool repack` to rewrite an XVA")
             layout: Layout = "ova" if target_kind == "ova" else "folder"
             assert stream is not None
-            return _xva_to_package(
-                stream,
-                label,
-                Path(target),
-                layout,
-                ovf_version=ovf_version,
-                digest=digest,
-                level=level,
-                overwrite=overwrite,
-            )
+            return _xva_to_package(stream, label, Path(target), layout, options)
         with open_package(stream if stream is not None else source, source=label) as reader:
             if target_kind in ("ova", "ovf"):
                 return _package_to_package(
-                    reader,
-                    Path(target),
-                    kind,
-                    "ova" if target_kind == "ova" else "folder",
-                    ovf_version=ovf_version,
-                    digest=digest,
-                    level=level,
-                    overwrite=overwrite,
+                    reader, Path(target), kind, "ova" if target_kind == "ova" else "folder", options
                 )
             return _package_to_xvas(
                 reader,
@@ -282,11 +244,7 @@ def _xva_to_package(
     source: str,
     target: Path,
     layout: Layout,
-    *,
-    ovf_version: str,
-    digest: DigestAlgorithm,
-    level: int,
-    overwrite: bool,
+    options: PackageOptions,
 ) -> ConvertResult:
     with open_archive(stream, source=source) as reader:
         xva = system_from_metadata(reader.metadata)
@@ -302,10 +260,7 @@ def _xva_to_package(
             envelope,
             images,
             layout=layout,
-            ovf_version=ovf_version,
-            digest=digest,
-            level=level,
-            overwrite=overwrite,
+            options=options,
             before_commit=feed.drain,
         )
     return ConvertResult(
@@ -464,11 +419,7 @@ def _package_to_package(
     target: Path,
     kind: Kind,
     layout: Layout,
-    *,
-    ovf_version: str,
-    digest: DigestAlgorithm,
-    level: int,
-    overwrite: bool,
+    options: PackageOptions,
 ) -> ConvertResult:
     envelope = reader.envelope
     order = _stream_order(envelope)
@@ -490,10 +441,7 @@ def _package_to_package(
         out_envelope,
         images,
         layout=layout,
-        ovf_version=ovf_version,
-        digest=digest,
-        level=level,
-        overwrite=overwrite,
+        options=options,
         before_commit=lambda: drained.extend(iterator),
     )
     return ConvertResult(

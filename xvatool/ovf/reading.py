@@ -80,6 +80,16 @@ def check_href(href: str, *, file: str | None) -> str:
     return href
 
 
+def _check_size(file: FileRef, size: int, *, member: str | None = None, file_name: str | None = None) -> None:
+    if file.size is not None and size != file.size:
+        raise FormatError(
+            f"the descriptor says {file.size} bytes, the file holds {size}",
+            code="ovf-size",
+            member=member,
+            file=file_name,
+        )
+
+
 class _Part:
     """One stored part of a file (the whole file, or one chunk) being read and hashed."""
 
@@ -341,12 +351,8 @@ class OvaReader(PackageReader):
                 seen.add(href)
                 stream = _FileStream(self._parts(member, href, chunked=href != name), self._part_done)
                 stored = file.size if href != name else member.size
-                if file.size is not None and href == name and file.size != member.size:
-                    raise FormatError(
-                        f"the descriptor says {file.size} bytes, the member holds {member.size}",
-                        code="ovf-size",
-                        member=name,
-                    )
+                if href == name:
+                    _check_size(file, member.size, member=name)
                 disk = disk_files.get(file.id)
                 if disk is not None:
                     item = self._open_image(disk, file, stream, stored)
@@ -356,12 +362,7 @@ class OvaReader(PackageReader):
                         raise FormatError("raw disk file longer than its disk", code="ovf-size", member=name)
                 else:
                     stream.drain()
-                if file.size is not None and stream.size != file.size:
-                    raise FormatError(
-                        f"the descriptor says {file.size} bytes, the file holds {stream.size}",
-                        code="ovf-size",
-                        member=name,
-                    )
+                _check_size(file, stream.size, member=name)
             missing = [f.href for f in self.envelope.files if f.href not in seen]
             if missing:
                 raise FormatError(
@@ -454,12 +455,7 @@ class FolderReader(PackageReader):
                     item = self._open_image(disk, file, stream, stored)
                     yield item
                 stream.drain()
-                if file.size is not None and stream.size != file.size:
-                    raise FormatError(
-                        f"the descriptor says {file.size} bytes, the file holds {stream.size}",
-                        code="ovf-size",
-                        file=self._label(file),
-                    )
+                _check_size(file, stream.size, file_name=self._label(file))
         self._finish()
 
 

@@ -28,10 +28,20 @@ from xvatool.ovf.manifest import Digest, DigestAlgorithm, MultiHasher, format_ma
 from xvatool.ovf.model import Envelope, FileRef, VirtualDisk
 from xvatool.ovf.tarball import OvaTarWriter
 
-__all__ = ["Layout", "PackageResult", "package_name", "write_package"]
+__all__ = ["Layout", "PackageOptions", "PackageResult", "package_name", "write_package"]
 
 Layout = Literal["ova", "folder"]
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True)
+class PackageOptions:
+    """How a package is written: OVF version, manifest digest, VMDK zlib level, overwriting."""
+
+    ovf_version: str = "1.0"
+    digest: DigestAlgorithm = "sha256"
+    level: int = DEFAULT_LEVEL
+    overwrite: bool = False
 
 
 @dataclass(frozen=True)
@@ -111,10 +121,7 @@ def write_package(
     images: Iterable[tuple[str, DiskImage]],
     *,
     layout: Layout = "ova",
-    ovf_version: str = "1.0",
-    digest: DigestAlgorithm = "sha256",
-    level: int = DEFAULT_LEVEL,
-    overwrite: bool = False,
+    options: PackageOptions = PackageOptions(),
     before_commit: Callable[[], None] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> PackageResult:
@@ -126,46 +133,21 @@ def write_package(
     path inside one. `before_commit` runs after the last byte and before anything is renamed
     into place: converters finish verifying their source there. Example::
 
-        write_package("web.ova", envelope, [("vmdisk1", RawFileImage("web.img"))])
+        write_package("web.ova", envelope, [("vmdisk1", RawFileImage("web.img"))],
+                      options=PackageOptions(digest="sha1"))
     """
     target = Path(target)
     if layout == "ova":
-        name = package_name(target.stem)
-        folder = None
+        folder, name = None, package_name(target.stem)
+    elif target.suffix.lower() == ".ovf":
+        folder, name = target.parent, target.stem
     else:
-        folder, name = (
-            (target.parent, target.stem)
-            if target.suffix.lower() == ".ovf"
-            else (target, package_name(envelope.systems[0].name if envelope.systems else "package"))
-        )
+        folder, name = target, package_name(envelope.systems[0].name if envelope.systems else "package")
     envelope, hrefs = _layout(envelope, package_name(name))
     ordered = _images_in_order(envelope, images)
     if folder is None:
-        return _write_ova(
-            target,
-            envelope,
-            hrefs,
-            ordered,
-            ovf_version=ovf_version,
-            digest=digest,
-            level=level,
-            overwrite=overwrite,
-            before_commit=before_commit,
-            progress=progress,
-        )
-    return _write_folder(
-        folder,
-        name,
-        envelope,
-        hrefs,
-        ordered,
-        ovf_version=ovf_version,
-        digest=digest,
-        level=level,
-        overwrite=overwrite,
-        before_commit=before_commit,
-        progress=progress,
-    )
+        return _write_ova(target, envelope, hrefs, ordered, options, before_commit, progress)
+    return _write_folder(folder, name, envelope, hrefs, ordered, options, before_commit, progress)
 
 
 def _write_ova(
@@ -173,20 +155,17 @@ def _write_ova(
     envelope: Envelope,
     hrefs: list[str],
     ordered: Iterator[tuple[VirtualDisk, DiskImage]],
-    *,
-    ovf_version: str,
-    digest: DigestAlgorithm,
-    level: int,
-    overwrite: bool,
+    options: PackageOptions,
     before_commit: Callable[[], None] | None,
     progress: Callable[[int], None] | None,
 ) -> PackageResult:
+    digest = options.digest
     name = package_name(target.stem)
-    with AtomicFile(target, overwrite=overwrite) as atomic:
+    with AtomicFile(target, overwrite=options.overwrite) as atomic:
         tar = OvaTarWriter(atomic.file, algorithms=(digest,), mtime=int(time.time()))
-        members = [tar.add_bytes(f"{name}.ovf", write_envelope(envelope, version=ovf_version))]
+        members = [tar.add_bytes(f"{name}.ovf", write_envelope(envelope, version=options.ovf_version))]
         for (disk, image), href in zip(ordered, hrefs, strict=True):
-            members.append(tar.add_pieces(href, _vmdk_pieces(disk, href, image, level, progress)))
+            members.append(tar.add_pieces(href, _vmdk_pieces(disk, href, image, options.level, progress)))
         manifest = format_manifest((m.name, Digest(digest, m.hasher.digests()[digest])) for m in members)
         tar.add_bytes(f"{name}.mf", manifest)
         tar.finish()
@@ -202,14 +181,11 @@ def _write_folder(
     envelope: Envelope,
     hrefs: list[str],
     ordered: Iterator[tuple[VirtualDisk, DiskImage]],
-    *,
-    ovf_version: str,
-    digest: DigestAlgorithm,
-    level: int,
-    overwrite: bool,
+    options: PackageOptions,
     before_commit: Callable[[], None] | None,
     progress: Callable[[int], None] | None,
 ) -> PackageResult:
+    digest = options.digest
     try:
         folder.mkdir(parents=False, exist_ok=True)
     except OSError as exc:
@@ -221,23 +197,25 @@ def _write_folder(
         digests: list[tuple[str, Digest]] = []
         sized: list[FileRef] = []
         for (disk, image), href, ref in zip(ordered, hrefs, envelope.files, strict=True):
-            atomic = stack.enter_context(AtomicFile(folder / href, overwrite=overwrite))
+            atomic = stack.enter_context(AtomicFile(folder / href, overwrite=options.overwrite))
             outputs.append(atomic)
             hasher, size = MultiHasher((digest,)), 0
-            for piece in _vmdk_pieces(disk, href, image, level, progress):
+            for piece in _vmdk_pieces(disk, href, image, options.level, progress):
                 hasher.update(piece)
                 atomic.file.write(piece)
                 size += len(piece)
             files.append((href, size))
             digests.append((href, Digest(digest, hasher.digests()[digest])))
             sized.append(dataclasses.replace(ref, size=size))
-        descriptor = write_envelope(dataclasses.replace(envelope, files=tuple(sized)), version=ovf_version)
+        descriptor = write_envelope(
+            dataclasses.replace(envelope, files=tuple(sized)), version=options.ovf_version
+        )
         hasher = MultiHasher((digest,))
         hasher.update(descriptor)
         manifest = format_manifest([(f"{name}.ovf", Digest(digest, hasher.digests()[digest])), *digests])
-        mf = stack.enter_context(AtomicFile(folder / f"{name}.mf", overwrite=overwrite))
+        mf = stack.enter_context(AtomicFile(folder / f"{name}.mf", overwrite=options.overwrite))
         mf.file.write(manifest)
-        ovf = stack.enter_context(AtomicFile(folder / f"{name}.ovf", overwrite=overwrite))
+        ovf = stack.enter_context(AtomicFile(folder / f"{name}.ovf", overwrite=options.overwrite))
         ovf.file.write(descriptor)
         if before_commit is not None:
             before_commit()
