@@ -18,7 +18,8 @@ from xvatool.images.extents import (
 )
 from xvatool.images.formats import SNIFF_SIZE, Format, ImageFormat, open_image, open_image_file, sniff
 from xvatool.images.raw import RawFileImage, RawStreamImage
-from xvatool.images.vhd import VhdParent, VhdReader, VhdWriter
+from xvatool.images.vhd import VhdParent, VhdReader
+from xvatool.images.vhdwriter import VhdWriter
 from xvatool.images.vmdk import VmdkReader
 from xvatool.images.vmdkwriter import VmdkWriter
 
