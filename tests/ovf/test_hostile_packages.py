@@ -189,3 +189,16 @@ def test_folder_package_hrefs_cannot_leave_the_folder(tmp_path, vmdk):
     with pytest.raises(FormatError, match="outside the package folder"):
         convert(str(folder), str(tmp_path / "x.xva"))
     assert not (tmp_path / "x.xva").exists()
+
+
+def test_a_differencing_vhd_disk_is_refused(tmp_path):
+    from xvatool.images import VhdParent, VhdWriter
+
+    writer = VhdWriter(9437184, [0], parent=VhdParent(b"p" * 16, "base.vhd"))
+    vhd = b"".join(bytes(p) for p in writer.pieces([(0, memoryview(b"x" * 512))]))
+    descriptor = DESCRIPTOR.replace(
+        b"http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized",
+        b"http://go.microsoft.com/fwlink/?LinkId=137171",
+    )
+    ova = build_ova(tmp_path / "p.ova", "p.ovf", descriptor, [(VMDK_NAME, vhd)])
+    refused(tmp_path, ova, "differencing VHD needs its parent")

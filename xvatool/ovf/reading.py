@@ -247,7 +247,13 @@ class PackageReader:
             elif fmt == "vhd" or (fmt == "raw" and ("vhd" in declared or "137171" in declared)):
                 if fmt == "raw" and length is None:
                     raise FormatError("a compressed fixed VHD cannot be streamed", code="image-format")
-                chosen, image = "vhd", VhdReader(peek, length=length, source=label)
+                vhd = VhdReader(peek, length=length, source=label)
+                if vhd.parent is not None:
+                    raise FormatError(
+                        "a differencing VHD needs its parent; a package disk cannot be one",
+                        code="image-format",
+                    )
+                chosen, image = "vhd", vhd
             elif fmt == "raw" and "vmdk" in declared:
                 raise FormatError("declared a VMDK, but the content is not one", code="image-format")
             elif fmt == "raw":
