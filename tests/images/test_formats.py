@@ -35,6 +35,8 @@ def tar_with(name: str) -> bytes:
         (tar_with("appliance.ovf"), "ova"),
         (tar_with("vdi/00000000"), "tar"),
         (b'<?xml version="1.0"?>\n<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1">', "ovf"),
+        ('<?xml version="1.0"?><Envelope/>'.encode("utf-16"), "ovf"),
+        ('<?xml version="1.0"?><Envelope/>'.encode("utf-16-be").join([b"\xfe\xff", b""]), "ovf"),
         (bytes(0x8001) + b"CD001" + bytes(100), "iso"),
         (bytes(4096), "raw"),
         (b"\x00\x01\x02" * 400, "raw"),

@@ -88,6 +88,10 @@ def sniff(head: bytes, tail: bytes | None = None) -> Format:
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     if text.startswith(b"<") and b"Envelope" in head[:4096]:
         return "ovf"
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):  # a UTF-16 descriptor, as .NET writes them
+        decoded = head[:8192].decode("utf-16", "ignore").lstrip()
+        if decoded.startswith("<") and "Envelope" in decoded:
+            return "ovf"
     if head[0x8001:0x8006] == _ISO_MAGIC:
         return "iso"
     if tail is not None and len(tail) >= 512 and tail[-512:].startswith(FOOTER_COOKIE):
