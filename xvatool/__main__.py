@@ -1,0 +1,7 @@
+"""``python -m xvatool``: the command line, as the ``xvatool`` script runs it."""
+
+from xvatool.cli import main
+
+__all__: list[str] = []
+
+main()
