@@ -13,6 +13,7 @@ same time turned out to need (`gc`), so a snapshot is readable at every moment i
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,9 +32,9 @@ from xvatool.repo.layout import (
 )
 from xvatool.repo.objects import CHUNK, ID_SIZE, INDEX, SNAPSHOT, Codec
 from xvatool.repo.snapshot import Snapshot, SnapshotDisk
-from xvatool.repo.storage import Storage
+from xvatool.repo.storage import Storage, open_storage
 
-__all__ = ["LATEST_PREFIX", "PASSWORD_HINT", "Repository"]
+__all__ = ["LATEST_PREFIX", "PASSWORD_HINT", "Repository", "init_repository", "open_repository"]
 
 LATEST_PREFIX = "latest:"
 PASSWORD_HINT = "give its passphrase with XVATOOL_REPO_PASSWORD or --repo-password-file"
@@ -202,3 +203,36 @@ class Repository:
             view = memoryview(data)
             for start in range(0, len(data), ID_SIZE):
                 yield bytes(view[start : start + ID_SIZE])
+
+
+def open_repository(
+    location: str | os.PathLike[str], *, passphrase: str | None = None, s3_endpoint: str | None = None
+) -> Repository:
+    """Open the repository at a folder or ``s3://BUCKET/PREFIX``.
+
+    Example::
+
+        repo = open_repository("s3://backups/xen", passphrase=secret, s3_endpoint="https://minio:9000")
+    """
+    storage = open_storage(location, s3_endpoint=s3_endpoint)
+    try:
+        return Repository.open(storage, passphrase=passphrase)
+    except BaseException:
+        storage.close()
+        raise
+
+
+def init_repository(
+    location: str | os.PathLike[str],
+    *,
+    passphrase: str | None = None,
+    s3_endpoint: str | None = None,
+    kdf: KdfParams = DEFAULT_KDF,
+) -> Repository:
+    """Create a repository (encrypted when `passphrase` is given) at an empty location."""
+    storage = open_storage(location, s3_endpoint=s3_endpoint)
+    try:
+        return Repository.create(storage, passphrase=passphrase, kdf=kdf)
+    except BaseException:
+        storage.close()
+        raise
