@@ -49,16 +49,30 @@ S3_ENDPOINT_ENV = "XVATOOL_S3_ENDPOINT"
 
 def repo_access_options(func: F) -> F:
     """``--repo-password-file`` and ``--s3-endpoint`` (with their environment variables)."""
-    func = click.option("--s3-endpoint", envvar=S3_ENDPOINT_ENV, metavar="URL",
-                        help=f"S3-compatible endpoint (MinIO, Ceph…); or {S3_ENDPOINT_ENV}.")(func)  # fmt: skip
-    func = click.option("--repo-password-file", type=click.Path(dir_okay=False), metavar="FILE",
-                        help=f"File holding the repository passphrase (or {REPO_PASSWORD_ENV}).")(func)  # fmt: skip
+    func = click.option(
+        "--s3-endpoint",
+        envvar=S3_ENDPOINT_ENV,
+        metavar="URL",
+        help=f"S3-compatible endpoint (MinIO, Ceph…); or {S3_ENDPOINT_ENV}.",
+    )(func)
+    func = click.option(
+        "--repo-password-file",
+        type=click.Path(dir_okay=False),
+        metavar="FILE",
+        help=f"File holding the repository passphrase (or {REPO_PASSWORD_ENV}).",
+    )(func)
     return func
 
 
 def _repo_option(func: F) -> F:
-    return click.option("-r", "--repo", "repo_option", envvar=REPO_ENV, metavar="REPO",
-                        help=f"The repository: a folder or s3://BUCKET/PREFIX (or {REPO_ENV}).")(func)  # fmt: skip
+    return click.option(
+        "-r",
+        "--repo",
+        "repo_option",
+        envvar=REPO_ENV,
+        metavar="REPO",
+        help=f"The repository: a folder or s3://BUCKET/PREFIX (or {REPO_ENV}).",
+    )(func)
 
 
 def _passphrase(password_file: str | None, *, confirm: bool = False) -> str | None:
@@ -67,7 +81,9 @@ def _passphrase(password_file: str | None, *, confirm: bool = False) -> str | No
     if REPO_PASSWORD_ENV in os.environ:
         return os.environ[REPO_PASSWORD_ENV]
     if sys.stdin.isatty():
-        return str(click.prompt("Repository passphrase", hide_input=True, confirmation_prompt=confirm, err=True))
+        return str(
+            click.prompt("Repository passphrase", hide_input=True, confirmation_prompt=confirm, err=True)
+        )
     return None
 
 
@@ -106,8 +122,9 @@ def _split(args: tuple[str, ...], option: str | None) -> tuple[str, list[str]]:
 
 
 @contextmanager
-def _opened(args: tuple[str, ...], option: str | None, password_file: str | None,
-            s3_endpoint: str | None) -> Iterator[tuple[Repository, list[str]]]:  # fmt: skip
+def _opened(
+    args: tuple[str, ...], option: str | None, password_file: str | None, s3_endpoint: str | None
+) -> Iterator[tuple[Repository, list[str]]]:
     location, rest = _split(args, option)
     repo = open_repo(location, password_file, s3_endpoint)
     try:
@@ -129,7 +146,7 @@ def _progress() -> Progress | None:
 def _common(func: F) -> F:
     """The options every repo subcommand takes, in the house order."""
     for decorator in (command_errors, debug_option, quiet_option, repo_access_options, _repo_option):
-        func = decorator(func)
+        func = cast(F, decorator(func))
     return func
 
 
@@ -147,8 +164,15 @@ def _exactly(rest: list[str], count: int, what: str) -> list[str]:
 @click.option("--encrypt", is_flag=True, help="AES-256-GCM with a key derived from a passphrase (Argon2id).")
 @json_option()
 @_common
-def init_command(*, args: tuple[str, ...], repo_option: str | None, encrypt: bool, as_json: bool,
-                 repo_password_file: str | None, s3_endpoint: str | None) -> None:  # fmt: skip
+def init_command(
+    *,
+    args: tuple[str, ...],
+    repo_option: str | None,
+    encrypt: bool,
+    as_json: bool,
+    repo_password_file: str | None,
+    s3_endpoint: str | None,
+) -> None:
     """Create an empty backup repository in a folder or under s3://BUCKET/PREFIX.
 
     With --encrypt, chunks, indexes and snapshot manifests (VM names included) are encrypted
@@ -168,7 +192,9 @@ def init_command(*, args: tuple[str, ...], repo_option: str | None, encrypt: boo
     if encrypt:
         passphrase = _passphrase(repo_password_file, confirm=True)
         if passphrase is None:
-            raise RepositoryPasswordError(f"--encrypt needs a passphrase: --repo-password-file or {REPO_PASSWORD_ENV}")
+            raise RepositoryPasswordError(
+                f"--encrypt needs a passphrase: --repo-password-file or {REPO_PASSWORD_ENV}"
+            )
     repo = init_repository(location, passphrase=passphrase, s3_endpoint=s3_endpoint)
     repo.close()
     if as_json:
@@ -182,11 +208,20 @@ def init_command(*, args: tuple[str, ...], repo_option: str | None, encrypt: boo
 
 @click.command("add")
 @click.argument("args", nargs=-1, metavar="[REPO] ARCHIVE...")
-@click.option("--time", "when", metavar="ISO8601", help="Snapshot time (default: each file's modification time).")
+@click.option(
+    "--time", "when", metavar="ISO8601", help="Snapshot time (default: each file's modification time)."
+)
 @json_option("new snapshots")
 @_common
-def add_command(*, args: tuple[str, ...], repo_option: str | None, when: str | None, as_json: bool,
-                repo_password_file: str | None, s3_endpoint: str | None) -> None:  # fmt: skip
+def add_command(
+    *,
+    args: tuple[str, ...],
+    repo_option: str | None,
+    when: str | None,
+    as_json: bool,
+    repo_password_file: str | None,
+    s3_endpoint: str | None,
+) -> None:
     """Store existing XVA archives as snapshots, verifying every chunk on the way in.
 
     Archives from xe, XenCenter, Xen Orchestra and xvatool, plain, gzip or zstd; "-" reads
@@ -208,8 +243,10 @@ def add_command(*, args: tuple[str, ...], repo_option: str | None, when: str | N
         echo_json([s.to_json() for s in added])
         return
     for path, snapshot in zip(archives, added, strict=True):
-        click.echo(f"{path}: snapshot {snapshot.short_id} of {snapshot.vm_name}, "
-                   f"{human_size(snapshot.logical_bytes)} logical, {human_size(snapshot.new_bytes)} new")  # fmt: skip
+        click.echo(
+            f"{path}: snapshot {snapshot.short_id} of {snapshot.vm_name}, "
+            f"{human_size(snapshot.logical_bytes)} logical, {human_size(snapshot.new_bytes)} new"
+        )
 
 
 # --------------------------------------------------------------------------------------- snapshots
@@ -220,8 +257,15 @@ def add_command(*, args: tuple[str, ...], repo_option: str | None, when: str | N
 @click.option("--vm", metavar="VM", help="Only this VM's snapshots (name or uuid).")
 @json_option("snapshots")
 @_common
-def snapshots_command(*, args: tuple[str, ...], repo_option: str | None, vm: str | None, as_json: bool,
-                      repo_password_file: str | None, s3_endpoint: str | None) -> None:  # fmt: skip
+def snapshots_command(
+    *,
+    args: tuple[str, ...],
+    repo_option: str | None,
+    vm: str | None,
+    as_json: bool,
+    repo_password_file: str | None,
+    s3_endpoint: str | None,
+) -> None:
     """List snapshots, oldest first (reads manifests only, never chunk data).
 
     \b
@@ -236,8 +280,17 @@ def snapshots_command(*, args: tuple[str, ...], repo_option: str | None, vm: str
         return
     rows = [("ID", "TIME (UTC)", "VM", "DISKS", "LOGICAL", "DATA", "NEW")]
     for s in snapshots:
-        rows.append((s.short_id, s.time.strftime("%Y-%m-%d %H:%M:%S"), s.vm_name, str(len(s.disks)),
-                     human_size(s.logical_bytes), human_size(s.data_bytes), human_size(s.new_bytes)))  # fmt: skip
+        rows.append(
+            (
+                s.short_id,
+                s.time.strftime("%Y-%m-%d %H:%M:%S"),
+                s.vm_name,
+                str(len(s.disks)),
+                human_size(s.logical_bytes),
+                human_size(s.data_bytes),
+                human_size(s.new_bytes),
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
@@ -249,14 +302,35 @@ def snapshots_command(*, args: tuple[str, ...], repo_option: str | None, vm: str
 
 @click.command("export")
 @click.argument("args", nargs=-1, metavar="[REPO] SNAPSHOT")
-@click.option("-o", "--output", "output", required=True, metavar="OUT.xva|-", help="Archive to write; - for stdout.")
-@click.option("--compress", "compression", default="none", show_default=True,
-              type=click.Choice(["none", "gzip", "zstd"]), help="Compression of the archive.")  # fmt: skip
-@click.option("--checksum", default="xxhash", show_default=True, type=click.Choice(["xxhash", "sha1"]),
-              help="Checksum members: xxhash (hosts since 2019) or sha1 (every host).")  # fmt: skip
+@click.option(
+    "-o", "--output", "output", required=True, metavar="OUT.xva|-", help="Archive to write; - for stdout."
+)
+@click.option(
+    "--compress",
+    "compression",
+    default="none",
+    show_default=True,
+    type=click.Choice(["none", "gzip", "zstd"]),
+    help="Compression of the archive.",
+)
+@click.option(
+    "--checksum",
+    default="xxhash",
+    show_default=True,
+    type=click.Choice(["xxhash", "sha1"]),
+    help="Checksum members: xxhash (hosts since 2019) or sha1 (every host).",
+)
 @_common
-def export_command(*, args: tuple[str, ...], repo_option: str | None, output: str, compression: str,
-                   checksum: str, repo_password_file: str | None, s3_endpoint: str | None) -> None:  # fmt: skip
+def export_command(
+    *,
+    args: tuple[str, ...],
+    repo_option: str | None,
+    output: str,
+    compression: str,
+    checksum: str,
+    repo_password_file: str | None,
+    s3_endpoint: str | None,
+) -> None:
     """Write a snapshot as a standard XVA archive that any host imports.
 
     SNAPSHOT is a unique id prefix or latest:VM. Every chunk is authenticated and checked
@@ -279,18 +353,35 @@ def export_command(*, args: tuple[str, ...], repo_option: str | None, output: st
             return
         with atomic_output(Path(output)) as out:
             stats = export_snapshot(repo, snapshot, out, **options)
-    click.echo(f"wrote {output}: snapshot {snapshot.short_id} of {snapshot.vm_name}, "
-               f"{human_size(stats.output_bytes)}", err=True)  # fmt: skip
+    click.echo(
+        f"wrote {output}: snapshot {snapshot.short_id} of {snapshot.vm_name}, "
+        f"{human_size(stats.output_bytes)}",
+        err=True,
+    )
 
 
 @click.command("extract")
 @click.argument("args", nargs=-1, metavar="[REPO] SNAPSHOT")
-@click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False, path_type=Path),
-              metavar="DIR", help="Folder for the <vdi-uuid>.raw files.")  # fmt: skip
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="Folder for the <vdi-uuid>.raw files.",
+)
 @json_option("written files")
 @_common
-def extract_command(*, args: tuple[str, ...], repo_option: str | None, output: Path, as_json: bool,
-                    repo_password_file: str | None, s3_endpoint: str | None) -> None:  # fmt: skip
+def extract_command(
+    *,
+    args: tuple[str, ...],
+    repo_option: str | None,
+    output: Path,
+    as_json: bool,
+    repo_password_file: str | None,
+    s3_endpoint: str | None,
+) -> None:
     """Write a snapshot's disks as sparse raw images DIR/<vdi-uuid>.raw.
 
     \b
@@ -317,8 +408,15 @@ def extract_command(*, args: tuple[str, ...], repo_option: str | None, output: P
 @click.option("--read-data", is_flag=True, help="Also read, authenticate and hash every chunk.")
 @json_option("report")
 @_common
-def check_command(*, args: tuple[str, ...], repo_option: str | None, read_data: bool, as_json: bool,
-                  repo_password_file: str | None, s3_endpoint: str | None) -> None:  # fmt: skip
+def check_command(
+    *,
+    args: tuple[str, ...],
+    repo_option: str | None,
+    read_data: bool,
+    as_json: bool,
+    repo_password_file: str | None,
+    s3_endpoint: str | None,
+) -> None:
     """Check that every snapshot can be restored; exit 1 naming the damaged snapshots.
 
     Reads every manifest, ova.xml and index and checks every referenced chunk is stored;
@@ -341,11 +439,15 @@ def check_command(*, args: tuple[str, ...], repo_option: str | None, read_data: 
         for note in report.notes:
             click.echo(f"note: {note}")
         read = f", {report.chunks_read} read" if read_data else ""
-        click.echo(f"{report.snapshots} snapshots, {report.chunks} chunks{read}: "
-                   f"{'no problems' if report.ok else f'{len(report.problems)} problems'}")  # fmt: skip
+        click.echo(
+            f"{report.snapshots} snapshots, {report.chunks} chunks{read}: "
+            f"{'no problems' if report.ok else f'{len(report.problems)} problems'}"
+        )
     if not report.ok:
         damaged = ", ".join(s[:8] for s in report.damaged_snapshots) or "none named"
-        raise RepositoryError(f"{len(report.problems)} problems; damaged snapshots: {damaged}", location=repo.location)
+        raise RepositoryError(
+            f"{len(report.problems)} problems; damaged snapshots: {damaged}", location=repo.location
+        )
 
 
 # ------------------------------------------------------------------------------------ forget / prune
@@ -353,9 +455,11 @@ def check_command(*, args: tuple[str, ...], repo_option: str | None, read_data: 
 
 def _render_prune(report: Any) -> None:
     verb = "would delete" if report.dry_run else "deleted"
-    click.echo(f"prune: {verb} {report.deleted} objects ({human_size(report.deleted_bytes)}), "
-               f"set aside {report.fossilized} ({human_size(report.fossilized_bytes)}), "
-               f"put back {report.restored}, {report.trash_removed} forgotten manifests removed")  # fmt: skip
+    click.echo(
+        f"prune: {verb} {report.deleted} objects ({human_size(report.deleted_bytes)}), "
+        f"set aside {report.fossilized} ({human_size(report.fossilized_bytes)}), "
+        f"put back {report.restored}, {report.trash_removed} forgotten manifests removed"
+    )
     if report.waiting_for:
         click.echo(f"prune: space is freed once these runs end: {', '.join(report.waiting_for)}")
 
@@ -373,10 +477,23 @@ def _render_prune(report: Any) -> None:
 @click.option("--prune", "and_prune", is_flag=True, help="Run prune afterwards to reclaim the space.")
 @json_option("decisions")
 @_common
-def forget_command(*, args: tuple[str, ...], repo_option: str | None, vm: str | None, keep_last: int,
-                   keep_hourly: int, keep_daily: int, keep_weekly: int, keep_monthly: int, keep_yearly: int,
-                   dry_run: bool, and_prune: bool, as_json: bool, repo_password_file: str | None,
-                   s3_endpoint: str | None) -> None:  # fmt: skip
+def forget_command(
+    *,
+    args: tuple[str, ...],
+    repo_option: str | None,
+    vm: str | None,
+    keep_last: int,
+    keep_hourly: int,
+    keep_daily: int,
+    keep_weekly: int,
+    keep_monthly: int,
+    keep_yearly: int,
+    dry_run: bool,
+    and_prune: bool,
+    as_json: bool,
+    repo_password_file: str | None,
+    s3_endpoint: str | None,
+) -> None:
     """Forget snapshots by retention policy (per VM) or by id; --prune reclaims the space.
 
     Each rule keeps the newest snapshot of each of its last N periods (UTC), as restic does; a
@@ -412,8 +529,15 @@ def forget_command(*, args: tuple[str, ...], repo_option: str | None, vm: str | 
 @click.option("--dry-run", is_flag=True, help="Only count what would be removed.")
 @json_option("report")
 @_common
-def prune_command(*, args: tuple[str, ...], repo_option: str | None, dry_run: bool, as_json: bool,
-                  repo_password_file: str | None, s3_endpoint: str | None) -> None:  # fmt: skip
+def prune_command(
+    *,
+    args: tuple[str, ...],
+    repo_option: str | None,
+    dry_run: bool,
+    as_json: bool,
+    repo_password_file: str | None,
+    s3_endpoint: str | None,
+) -> None:
     """Delete objects no snapshot references; safe while backups run.
 
     Unreferenced objects are first set aside; they are deleted once no backup that started
@@ -438,8 +562,14 @@ def prune_command(*, args: tuple[str, ...], repo_option: str | None, dry_run: bo
 @click.argument("args", nargs=-1, metavar="[REPO]")
 @json_option("statistics")
 @_common
-def stats_command(*, args: tuple[str, ...], repo_option: str | None, as_json: bool,
-                  repo_password_file: str | None, s3_endpoint: str | None) -> None:  # fmt: skip
+def stats_command(
+    *,
+    args: tuple[str, ...],
+    repo_option: str | None,
+    as_json: bool,
+    repo_password_file: str | None,
+    s3_endpoint: str | None,
+) -> None:
     """Snapshots, chunks, logical and stored bytes.
 
     \b
@@ -468,8 +598,16 @@ def _render_repo_backup(report: RepoBackupReport) -> None:
     rows = [("VM", "STATUS", "LOGICAL", "NEW", "TIME", "SNAPSHOT / ERROR")]
     for r in report.results:
         detail = (r.snapshot or "")[:8] if r.status == "ok" else (r.error or "")
-        rows.append((r.vm_name, r.status, human_size(r.logical_bytes), human_size(r.new_bytes),
-                     f"{r.duration_s:.1f}s", detail))  # fmt: skip
+        rows.append(
+            (
+                r.vm_name,
+                r.status,
+                human_size(r.logical_bytes),
+                human_size(r.new_bytes),
+                f"{r.duration_s:.1f}s",
+                detail,
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     for row in rows:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[5])
@@ -479,10 +617,19 @@ def _render_repo_backup(report: RepoBackupReport) -> None:
 
 
 def run_repo_backup(
-    connect: Callable[[], Any], vms: tuple[str, ...], all_vms: bool, tags: tuple[str, ...], *, repo: str,
-    jobs: int, shard: str | None, compression: str, as_json: bool, repo_password_file: str | None,
+    connect: Callable[[], Any],
+    vms: tuple[str, ...],
+    all_vms: bool,
+    tags: tuple[str, ...],
+    *,
+    repo: str,
+    jobs: int,
+    shard: str | None,
+    compression: str,
+    as_json: bool,
+    repo_password_file: str | None,
     s3_endpoint: str | None,
-) -> None:  # fmt: skip
+) -> None:
     """`backup --repo`: one snapshot per VM; exit 0, 3 (some failed) or 1 (all failed)."""
     from xvatool.ops.backup import Selection
     from xvatool.ops.repo_backup import backup_to_repository, parse_shard
@@ -490,31 +637,54 @@ def run_repo_backup(
     share = parse_shard(shard) if shard else None
     repository = open_repo(repo, repo_password_file, s3_endpoint)
     try:
-        report = backup_to_repository(connect, Selection(vms, all_vms, tags), repository, jobs=jobs, shard=share,
-                                      compression=cast("Any", compression), progress=_progress())  # fmt: skip
+        report = backup_to_repository(
+            connect,
+            Selection(vms, all_vms, tags),
+            repository,
+            jobs=jobs,
+            shard=share,
+            compression=cast("Any", compression),
+            progress=_progress(),
+        )
     finally:
         repository.close()
     echo_json(report.to_json()) if as_json else _render_repo_backup(report)
     failed = [r.vm_name for r in report.failed]
     if report.exit_code == 3:
-        raise PartialFailure(f"{len(failed)} of {len(report.results)} backups failed: {', '.join(failed)}",
-                             failed=failed)  # fmt: skip
+        raise PartialFailure(
+            f"{len(failed)} of {len(report.results)} backups failed: {', '.join(failed)}", failed=failed
+        )
     if report.exit_code == 1:
         raise XvatoolError(f"all {len(failed)} backups failed")
 
 
 def run_repo_restore(
-    connect: Callable[[], Any], snapshot: str, *, repo: str, sr: str | None, restore_identity: bool, mode: str,
-    as_json: bool, repo_password_file: str | None, s3_endpoint: str | None,
-) -> None:  # fmt: skip
+    connect: Callable[[], Any],
+    snapshot: str,
+    *,
+    repo: str,
+    sr: str | None,
+    restore_identity: bool,
+    mode: str,
+    as_json: bool,
+    repo_password_file: str | None,
+    s3_endpoint: str | None,
+) -> None:
     """`restore --repo REPO SNAPSHOT`: prints the new VM's uuid."""
     from xvatool.ops.repo_backup import restore_from_repository
 
     repository = open_repo(repo, repo_password_file, s3_endpoint)
     try:
         with connect() as session:
-            result = restore_from_repository(session, repository, snapshot, sr=sr, restore_identity=restore_identity,
-                                             mode=cast("Any", mode), progress=_progress())  # fmt: skip
+            result = restore_from_repository(
+                session,
+                repository,
+                snapshot,
+                sr=sr,
+                restore_identity=restore_identity,
+                mode=cast("Any", mode),
+                progress=_progress(),
+            )
     finally:
         repository.close()
     echo_json(result.to_json()) if as_json else click.echo(result.vm_uuid)
@@ -532,8 +702,17 @@ def repo_group() -> None:
     """
 
 
-for _command in (init_command, add_command, snapshots_command, export_command, extract_command, check_command,
-                 forget_command, prune_command, stats_command):  # fmt: skip
+for _command in (
+    init_command,
+    add_command,
+    snapshots_command,
+    export_command,
+    extract_command,
+    check_command,
+    forget_command,
+    prune_command,
+    stats_command,
+):
     repo_group.add_command(_command)
 
 COMMANDS: list[click.Command] = [repo_group]

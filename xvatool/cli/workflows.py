@@ -98,8 +98,12 @@ def _target_session(
 @click.option("--tag", "tags", multiple=True, metavar="TAG", help="VMs carrying this tag (repeatable).")
 @click.option("--dest", type=click.Path(file_okay=False, path_type=Path),
               help="Backup folder (the simple mode); each VM gets DEST/<name>-<uuid8>/.")  # fmt: skip
-@click.option("--repo", envvar="XVATOOL_REPO", metavar="REPO",
-              help="Back up into a repository instead (folder or s3://BUCKET/PREFIX; or XVATOOL_REPO).")
+@click.option(
+    "--repo",
+    envvar="XVATOOL_REPO",
+    metavar="REPO",
+    help="Back up into a repository instead (folder or s3://BUCKET/PREFIX; or XVATOOL_REPO).",
+)
 @click.option("--shard", metavar="K/N", help="With --repo: only the K-th of N stable shares of the VMs.")
 @repo_access_options
 @click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1), help="VMs at once.")
@@ -136,9 +140,22 @@ def backup_command(
         raise UsageError("choose VMs with --vm, --all or --tag")
     if dest is None and repo:
         if keep is not None or mode != "stream":
-            raise UsageError("--keep and --mode are for --dest; prune a repository with `xvatool repo forget`")
-        run_repo_backup(connect, vms, all_vms, tags, repo=repo, jobs=jobs, shard=shard, compression=compression,
-                        as_json=as_json, repo_password_file=repo_password_file, s3_endpoint=s3_endpoint)  # fmt: skip
+            raise UsageError(
+                "--keep and --mode are for --dest; prune a repository with `xvatool repo forget`"
+            )
+        run_repo_backup(
+            connect,
+            vms,
+            all_vms,
+            tags,
+            repo=repo,
+            jobs=jobs,
+            shard=shard,
+            compression=compression,
+            as_json=as_json,
+            repo_password_file=repo_password_file,
+            s3_endpoint=s3_endpoint,
+        )
         return
     if dest is None:
         raise UsageError("choose where to: --dest FOLDER or --repo REPO")
@@ -156,8 +173,12 @@ def backup_command(
 @click.command("restore")
 @connection_options
 @click.argument("backup", metavar="BACKUP|SNAPSHOT")
-@click.option("--repo", envvar="XVATOOL_REPO", metavar="REPO",
-              help="Restore SNAPSHOT (id prefix or latest:VM) from this repository (or XVATOOL_REPO).")
+@click.option(
+    "--repo",
+    envvar="XVATOOL_REPO",
+    metavar="REPO",
+    help="Restore SNAPSHOT (id prefix or latest:VM) from this repository (or XVATOOL_REPO).",
+)
 @repo_access_options
 @click.option("--sr", help="SR uuid or name (default: the pool's default SR).")
 @click.option("--restore-identity", is_flag=True, help="Keep the VM's identity (MACs…) as backed up.")
@@ -193,8 +214,17 @@ def restore_command(
 
     source = click.get_current_context().get_parameter_source("repo")
     if repo and (source != click.core.ParameterSource.ENVIRONMENT or not Path(backup).is_file()):
-        run_repo_restore(connect, backup, repo=repo, sr=sr, restore_identity=restore_identity, mode=mode,
-                         as_json=as_json, repo_password_file=repo_password_file, s3_endpoint=s3_endpoint)  # fmt: skip
+        run_repo_restore(
+            connect,
+            backup,
+            repo=repo,
+            sr=sr,
+            restore_identity=restore_identity,
+            mode=mode,
+            as_json=as_json,
+            repo_password_file=repo_password_file,
+            s3_endpoint=s3_endpoint,
+        )
         return
     with connect() as session:
         result = restore(session, Path(backup), sr=sr, restore_identity=restore_identity,

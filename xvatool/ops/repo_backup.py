@@ -176,8 +176,13 @@ class _RepoBackupJob:
                 metadata = reader.metadata
                 if self.progress is not None:
                     bar = self.progress(vm.name_label, sum(d.virtual_size for d in metadata.disks))
-                writer = self.run.snapshot(metadata, vm_uuid=vm.uuid, vm_name=vm.name_label, time=moment,
-                                           source={"host": _source_url(session)})  # fmt: skip
+                writer = self.run.snapshot(
+                    metadata,
+                    vm_uuid=vm.uuid,
+                    vm_name=vm.name_label,
+                    time=moment,
+                    source={"host": _source_url(session)},
+                )
                 snapshot = ingest_reader(writer, reader, progress=bar.update if bar else None)
             result.status = "ok"
             result.snapshot = snapshot.id
@@ -288,7 +293,11 @@ def restore_from_repository(
     sources = {disk.id: SnapshotDiskSource(repo, disk) for disk in found.disks}
     sr_ref, sr_uuid = find_sr(session, sr)
     bar = progress(found.vm_name, found.logical_bytes) if progress is not None else None
-    update = bar.update if bar is not None else None
+
+    def update(n: int) -> None:
+        if bar is not None:
+            bar.update(n)
+
     try:
         if mode == "stream":
             writer = XvaWriter(metadata, sources, progress=update)
@@ -304,16 +313,21 @@ def restore_from_repository(
             def body(source: SnapshotDiskSource = source) -> Iterator[bytes | memoryview]:
                 def extents() -> Iterator[tuple[int, memoryview]]:
                     for offset, data in source.blocks():
-                        if update is not None:
-                            update(len(data))
+                        update(len(data))
                         yield offset, data
 
                 return chunked_frames(extents())
 
             with managed_task(session, f"xvatool restore {vdi_uuid}") as task:
                 with task_reason(session, task):
-                    upload(session, "/import_raw_vdi", {"vdi": vdi_uuid, "format": "raw", "chunked": "true"},
-                           body, length=length, task=task)  # fmt: skip
+                    upload(
+                        session,
+                        "/import_raw_vdi",
+                        {"vdi": vdi_uuid, "format": "raw", "chunked": "true"},
+                        body,
+                        length=length,
+                        task=task,
+                    )
                 wait_task(session, task)
         vm_ref, vm_uuid = import_metadata(session, metadata.to_bytes(), vdi_map, restore=restore_identity)
         return RepoRestoreResult(vm_uuid, vm_ref, found, mode)

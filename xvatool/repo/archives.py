@@ -53,10 +53,17 @@ def add_archives(
             with open_archive(path) as reader:
                 metadata = reader.metadata
                 vm = metadata.vm
-                bar = progress(vm.name_label, sum(d.virtual_size for d in metadata.disks)) if progress else None
+                bar = (
+                    progress(vm.name_label, sum(d.virtual_size for d in metadata.disks)) if progress else None
+                )
                 try:
-                    writer = run.snapshot(metadata, vm_uuid=vm.uuid, vm_name=vm.name_label, time=moment,
-                                          source={"archive": os.path.basename(path) if path != "-" else "-"})  # fmt: skip
+                    writer = run.snapshot(
+                        metadata,
+                        vm_uuid=vm.uuid,
+                        vm_name=vm.name_label,
+                        time=moment,
+                        source={"archive": os.path.basename(path) if path != "-" else "-"},
+                    )
                     added.append(ingest_reader(writer, reader, progress=bar.update if bar else None))
                 finally:
                     if bar is not None:

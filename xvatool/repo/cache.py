@@ -30,8 +30,9 @@ def cache_dir() -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
-        raise LocalIOError(f"cannot create the cache folder: {exc.strerror or exc} (set {CACHE_ENV})",
-                           path=str(folder)) from exc  # fmt: skip
+        raise LocalIOError(
+            f"cannot create the cache folder: {exc.strerror or exc} (set {CACHE_ENV})", path=str(folder)
+        ) from exc
     return folder
 
 

@@ -154,13 +154,17 @@ class _Check:
             self.problem("chunk-missing", object_key(DATA_PREFIX, oid), "chunk is missing", None)
         waiting = tables.count("fossil")[0] - len(list(tables.difference("fossil", DATA_REFS)))
         if waiting:
-            self.report.notes.append(f"{waiting} referenced chunks wait in fossils/; the next prune puts them back")
+            self.report.notes.append(
+                f"{waiting} referenced chunks wait in fossils/; the next prune puts them back"
+            )
         unreferenced, size = 0, 0
         for _, object_size, _ in tables.difference("present", DATA_REFS):
             unreferenced += 1
             size += object_size
         if unreferenced:
-            self.report.notes.append(f"{unreferenced} unreferenced chunks ({size} bytes); prune reclaims them")
+            self.report.notes.append(
+                f"{unreferenced} unreferenced chunks ({size} bytes); prune reclaims them"
+            )
         if read_data:
             self.read_all()
 
@@ -202,7 +206,9 @@ class _Check:
         storage = self.repo.storage
         leases = read_leases(storage)
         if leases:
-            self.report.notes.append(f"{len(leases)} leases of running or killed runs (stale ones are removed by the next run)")
+            self.report.notes.append(
+                f"{len(leases)} leases of running or killed runs (stale ones are removed by the next run)"
+            )
         if storage.stat(COLLECTION_KEY) is not None:
             self.report.notes.append("a garbage collection is pending; the next prune finishes it")
         trash = sum(1 for _ in storage.list(TRASH_PREFIX))
@@ -211,7 +217,10 @@ class _Check:
 
 
 def _bounded(
-    pool: ThreadPoolExecutor, func: Callable[[bytes], RepositoryError | None], items: Iterator[bytes], limit: int
+    pool: ThreadPoolExecutor,
+    func: Callable[[bytes], RepositoryError | None],
+    items: Iterator[bytes],
+    limit: int,
 ) -> Iterator[tuple[bytes, RepositoryError | None]]:
     """`pool.map` with at most `limit` items in flight (ids come from a database cursor)."""
     window: collections.deque[tuple[bytes, Future[RepositoryError | None]]] = collections.deque()

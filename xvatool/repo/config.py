@@ -44,8 +44,11 @@ class RepoConfig:
 
     @classmethod
     def new(cls, encryption: dict[str, Any] | None = None, *, repo_id: str | None = None) -> RepoConfig:
-        return cls(id=repo_id or os.urandom(16).hex(), created=format_time(dt.datetime.now(dt.UTC)),
-                   encryption=encryption)  # fmt: skip
+        return cls(
+            id=repo_id or os.urandom(16).hex(),
+            created=format_time(dt.datetime.now(dt.UTC)),
+            encryption=encryption,
+        )
 
     @property
     def encrypted(self) -> bool:

@@ -41,7 +41,11 @@ class ForgetReport:
         def one(d: Decision) -> dict[str, Any]:
             return {**d.snapshot.to_json(), "reasons": d.reasons}
 
-        return {"dry_run": self.dry_run, "keep": [one(d) for d in self.kept], "remove": [one(d) for d in self.removed]}
+        return {
+            "dry_run": self.dry_run,
+            "keep": [one(d) for d in self.kept],
+            "remove": [one(d) for d in self.removed],
+        }
 
 
 def forget(

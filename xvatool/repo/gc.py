@@ -115,7 +115,9 @@ def _write_record(repo: Repository, record: dict[str, Any]) -> None:
 
 
 class _Prune:
-    def __init__(self, repo: Repository, lease: Lease, report: PruneReport, say: Callable[[str], None]) -> None:
+    def __init__(
+        self, repo: Repository, lease: Lease, report: PruneReport, say: Callable[[str], None]
+    ) -> None:
         self.repo = repo
         self.storage = repo.storage
         self.lease = lease
@@ -124,10 +126,16 @@ class _Prune:
 
     def writers(self, now: float) -> list[LeaseInfo]:
         leases = live_leases(self.storage, now, exclude=self.lease.key)
-        older = [lease for lease in leases if lease.kind == "prune" and (lease.start, lease.key) < (self.lease.start, self.lease.key)]
+        older = [
+            lease
+            for lease in leases
+            if lease.kind == "prune" and (lease.start, lease.key) < (self.lease.start, self.lease.key)
+        ]
         if older:
-            raise RepositoryBusyError(f"another prune is running (host {older[0].hostname}, pid {older[0].pid})",
-                                      location=self.storage.location)  # fmt: skip
+            raise RepositoryBusyError(
+                f"another prune is running (host {older[0].hostname}, pid {older[0].pid})",
+                location=self.storage.location,
+            )
         return [lease for lease in leases if lease.kind != "prune"]
 
     def purge_trash(self, oldest_writer: float | None) -> None:
@@ -153,7 +161,9 @@ class _Prune:
         with scratch_dir() as folder, IdTables(folder / "ids.sqlite") as tables:
             self.mark(tables)
             for prefix, (refs, present) in _NAMESPACES.items():
-                tables.add_many(present, ((id_of_key(i.key), i.size, i.mtime) for i in self.storage.list(prefix)))
+                tables.add_many(
+                    present, ((id_of_key(i.key), i.size, i.mtime) for i in self.storage.list(prefix))
+                )
                 for oid, size, mtime in tables.difference(present, refs):
                     if mtime >= cutoff:
                         continue
@@ -167,9 +177,13 @@ class _Prune:
                     self.report.fossilized_bytes += size
         if not self.report.dry_run:
             closed = self.lease.now()
-            _write_record(self.repo, {"state": "closed", "prune": self.lease.key, "started": self.lease.start,
-                                      "closed": closed})  # fmt: skip
-        self.say(f"set aside {self.report.fossilized} unreferenced objects ({self.report.fossilized_bytes} bytes)")
+            _write_record(
+                self.repo,
+                {"state": "closed", "prune": self.lease.key, "started": self.lease.start, "closed": closed},
+            )
+        self.say(
+            f"set aside {self.report.fossilized} unreferenced objects ({self.report.fossilized_bytes} bytes)"
+        )
 
     def ready(self, record: dict[str, Any], writers: list[LeaseInfo]) -> bool:
         """Whether phase 2 may run: no live writer can have seen the fossils in place."""
@@ -203,11 +217,15 @@ class _Prune:
                 self.report.deleted_bytes += info.size
         if not self.report.dry_run:
             self.storage.delete(COLLECTION_KEY)
-        self.say(f"deleted {self.report.deleted} objects ({self.report.deleted_bytes} bytes), "
-                 f"put back {self.report.restored}")  # fmt: skip
+        self.say(
+            f"deleted {self.report.deleted} objects ({self.report.deleted_bytes} bytes), "
+            f"put back {self.report.restored}"
+        )
 
 
-def prune(repo: Repository, *, dry_run: bool = False, say: Callable[[str], None] | None = None) -> PruneReport:
+def prune(
+    repo: Repository, *, dry_run: bool = False, say: Callable[[str], None] | None = None
+) -> PruneReport:
     """Reclaim the space of objects no snapshot references; safe beside running backups.
 
     Returns what was done. Objects set aside while a backup runs are deleted by a later prune,
@@ -233,7 +251,9 @@ def prune(repo: Repository, *, dry_run: bool = False, say: Callable[[str], None]
         record = _read_record(repo)
         if record is not None:
             if not job.ready(record, writers):
-                speak(f"a collection waits for {len(report.waiting_for)} running backup(s); run prune again later")
+                speak(
+                    f"a collection waits for {len(report.waiting_for)} running backup(s); prune again later"
+                )
                 return report
             job.delete()
         cutoff = now if oldest is None else min(now, oldest - CLOCK_MARGIN_S)

@@ -47,15 +47,16 @@ class IdTables:
         if name not in self._tables:
             if not _NAME.fullmatch(name):
                 raise ValueError(f"bad table name {name!r}")
-            self._db.execute(
-                f"CREATE TABLE IF NOT EXISTS {name} (id BLOB PRIMARY KEY, size INTEGER, mtime REAL) WITHOUT ROWID"
-            )
+            columns = "id BLOB PRIMARY KEY, size INTEGER, mtime REAL"
+            self._db.execute(f"CREATE TABLE IF NOT EXISTS {name} ({columns}) WITHOUT ROWID")
             self._tables.add(name)
         return name
 
     def add(self, table: str, oid: bytes, size: int = 0, mtime: float = 0.0) -> bool:
         """Add one id; True if it was not there yet."""
-        cursor = self._db.execute(f"INSERT OR IGNORE INTO {self._table(table)} VALUES (?, ?, ?)", (oid, size, mtime))
+        cursor = self._db.execute(
+            f"INSERT OR IGNORE INTO {self._table(table)} VALUES (?, ?, ?)", (oid, size, mtime)
+        )
         return cursor.rowcount == 1
 
     def add_many(self, table: str, rows: Iterable[bytes | tuple[bytes, int, float]]) -> None:
@@ -77,11 +78,16 @@ class IdTables:
 
     def __contains__(self, item: tuple[str, bytes]) -> bool:
         table, oid = item
-        return self._db.execute(f"SELECT 1 FROM {self._table(table)} WHERE id = ?", (oid,)).fetchone() is not None
+        return (
+            self._db.execute(f"SELECT 1 FROM {self._table(table)} WHERE id = ?", (oid,)).fetchone()
+            is not None
+        )
 
     def count(self, table: str) -> tuple[int, int]:
         """(rows, total size) of a table."""
-        rows, size = self._db.execute(f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM {self._table(table)}").fetchone()
+        rows, size = self._db.execute(
+            f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM {self._table(table)}"
+        ).fetchone()
         return int(rows), int(size)
 
     def rows(self, table: str) -> Iterator[tuple[bytes, int, float]]:

@@ -70,9 +70,12 @@ class ChunkStore:
         self._recent: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self._lock = threading.Lock()
 
-    def submit(self, data: bytes | bytearray | memoryview, expected: bytes | None) -> Future[ChunkResult] | None:
+    def submit(
+        self, data: bytes | bytearray | memoryview, expected: bytes | None
+    ) -> Future[ChunkResult] | None:
         """Start storing one chunk (≤ 1 MiB); None if it is all zeros. Blocks while all buffers
-        are in use, which is what keeps a fast reader from running ahead of slow storage."""
+        are in use, which is what keeps a fast reader from running ahead of slow storage.
+        """
         n = len(data)
         buf = self._free.get()
         buf[:n] = data
@@ -130,7 +133,11 @@ class DiskWriter:
     """
 
     def __init__(
-        self, repo: Repository, store: ChunkStore, record: SnapshotDisk, parent_ids: Iterator[bytes] | None = None
+        self,
+        repo: Repository,
+        store: ChunkStore,
+        record: SnapshotDisk,
+        parent_ids: Iterator[bytes] | None = None,
     ) -> None:
         self.repo = repo
         self.store = store
@@ -170,7 +177,9 @@ class DiskWriter:
         """Store chunk `index` (its bytes are copied before this returns)."""
         length = min(CHUNK_SIZE, self.record.virtual_size - index * CHUNK_SIZE)
         if len(data) > length:
-            raise UsageError(f"disk {self.record.id}: chunk {index} holds {len(data)} bytes, at most {length} fit")
+            raise UsageError(
+                f"disk {self.record.id}: chunk {index} holds {len(data)} bytes, at most {length} fit"
+            )
         self._advance(index)
         future = self.store.submit(data, self._expected(index))
         if future is not None:
@@ -277,9 +286,14 @@ class SnapshotWriter:
         ids = [d.id for d in self.metadata.disks]
         if disk.id not in ids:
             raise UsageError(f"disk {disk.id} is not a data-carrying disk of this VM")
-        record = SnapshotDisk(id=disk.id, vdi_uuid=disk.vdi_uuid, name=disk.name_label,
-                              userdevice=disk.userdevice, virtual_size=disk.virtual_size,
-                              source=dict(source or {"method": "full"}))  # fmt: skip
+        record = SnapshotDisk(
+            id=disk.id,
+            vdi_uuid=disk.vdi_uuid,
+            name=disk.name_label,
+            userdevice=disk.userdevice,
+            virtual_size=disk.virtual_size,
+            source=dict(source or {"method": "full"}),
+        )
         parent = self._parent_disk(disk, ids.index(disk.id))
         parent_ids = self.repo.disk_chunk_ids(parent) if parent is not None else None
         writer = self._disks[disk.id] = DiskWriter(self.repo, self.store, record, parent_ids)
@@ -348,7 +362,7 @@ class _Reblocker:
 
 
 def ingest_reader(
-    writer: SnapshotWriter, reader: XvaReader, *, progress: Callable[[int], None] | None = None
+    writer: SnapshotWriter, reader: XvaReader, *, progress: Callable[[int], object] | None = None
 ) -> Snapshot:
     """Store every chunk of a verified XVA stream and commit the snapshot.
 
@@ -437,9 +451,19 @@ class WriterRun:
         """A writer for one VM's snapshot, with the VM's latest snapshot as parent."""
         if self.store is None:
             raise StreamStateError("the run has not started")
-        return SnapshotWriter(self.repo, self.store, self.lease, metadata, vm_uuid=vm_uuid, vm_name=vm_name,
-                              time=time, source=source, parent=self.parent_of(vm_uuid),
-                              hostname=socket.gethostname(), on_commit=self.committed)  # fmt: skip
+        return SnapshotWriter(
+            self.repo,
+            self.store,
+            self.lease,
+            metadata,
+            vm_uuid=vm_uuid,
+            vm_name=vm_name,
+            time=time,
+            source=source,
+            parent=self.parent_of(vm_uuid),
+            hostname=socket.gethostname(),
+            on_commit=self.committed,
+        )
 
     def committed(self, snapshot: Snapshot) -> None:
         """Record a snapshot this run wrote, as the parent of the VM's next one."""

@@ -62,12 +62,19 @@ class MasterKey:
 
 
 def _derive(passphrase: str, salt: bytes, params: KdfParams) -> bytes:
-    kdf = Argon2id(salt=salt, length=KEY_SIZE, iterations=params.iterations, lanes=params.lanes,
-                   memory_cost=params.memory_kib)  # fmt: skip
+    kdf = Argon2id(
+        salt=salt,
+        length=KEY_SIZE,
+        iterations=params.iterations,
+        lanes=params.lanes,
+        memory_cost=params.memory_kib,
+    )
     return kdf.derive(passphrase.encode("utf-8"))
 
 
-def new_key_block(passphrase: str, repo_id: str, params: KdfParams = DEFAULT_KDF) -> tuple[dict[str, Any], MasterKey]:
+def new_key_block(
+    passphrase: str, repo_id: str, params: KdfParams = DEFAULT_KDF
+) -> tuple[dict[str, Any], MasterKey]:
     """A fresh master key and the JSON block that stores it wrapped by `passphrase`."""
     if not passphrase:
         raise RepositoryPasswordError("the passphrase is empty")
@@ -83,7 +90,9 @@ def new_key_block(passphrase: str, repo_id: str, params: KdfParams = DEFAULT_KDF
     return block, MasterKey(secret[:KEY_SIZE], secret[KEY_SIZE:])
 
 
-def open_key_block(block: dict[str, Any], passphrase: str, repo_id: str, *, location: str | None = None) -> MasterKey:
+def open_key_block(
+    block: dict[str, Any], passphrase: str, repo_id: str, *, location: str | None = None
+) -> MasterKey:
     """Unwrap the master key; `RepositoryPasswordError` when the passphrase is wrong."""
     try:
         kdf = block["kdf"]
@@ -94,7 +103,11 @@ def open_key_block(block: dict[str, Any], passphrase: str, repo_id: str, *, loca
         sealed = base64.b64decode(block["key"], validate=True)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ObjectCorruptError(f"malformed key block: {exc}", location=location, key="config") from exc
-    if not (0 < params.memory_kib <= MAX_KDF_MEMORY_KIB and 0 < params.iterations <= 100 and 0 < params.lanes <= 64):
+    if not (
+        0 < params.memory_kib <= MAX_KDF_MEMORY_KIB
+        and 0 < params.iterations <= 100
+        and 0 < params.lanes <= 64
+    ):
         raise ObjectCorruptError("key block asks for unreasonable KDF costs", location=location, key="config")
     try:
         secret = AESGCM(_derive(passphrase, salt, params)).decrypt(
@@ -103,5 +116,7 @@ def open_key_block(block: dict[str, Any], passphrase: str, repo_id: str, *, loca
     except (InvalidTag, ValueError) as exc:
         raise RepositoryPasswordError("wrong passphrase for this repository", location=location) from exc
     if len(secret) != 2 * KEY_SIZE:
-        raise ObjectCorruptError("the key block holds a key of the wrong size", location=location, key="config")
+        raise ObjectCorruptError(
+            "the key block holds a key of the wrong size", location=location, key="config"
+        )
     return MasterKey(secret[:KEY_SIZE], secret[KEY_SIZE:])

@@ -51,7 +51,7 @@ MAX_LEASE_SIZE = 4096
 
 
 def machine_id() -> str:
-    """This machine: /etc/machine-id when readable (containers share host names), else the name."""
+    """The id of this machine: /etc/machine-id when readable (containers share host names), else the name."""
     try:
         with open("/etc/machine-id", encoding="ascii") as f:
             value = f.read(64).strip()
@@ -99,8 +99,15 @@ def read_leases(storage: Storage) -> list[LeaseInfo]:
         try:
             body = json.loads(storage.get(info.key)[:MAX_LEASE_SIZE])
             leases.append(
-                LeaseInfo(info.key, str(body["kind"]), str(body["hostname"]), str(body.get("machine", "")),
-                          int(body["pid"]), float(body.get("start") or info.mtime), info.mtime)  # fmt: skip
+                LeaseInfo(
+                    info.key,
+                    str(body["kind"]),
+                    str(body["hostname"]),
+                    str(body.get("machine", "")),
+                    int(body["pid"]),
+                    float(body.get("start") or info.mtime),
+                    info.mtime,
+                )
             )
         except ObjectMissingError:
             continue  # released while we listed
@@ -150,19 +157,28 @@ class Lease:
         self._thread: threading.Thread | None = None
 
     def _body(self) -> bytes:
-        body = {"kind": self.kind, "hostname": socket.gethostname(), "machine": machine_id(),
-                "pid": os.getpid(), "start": self.start or None}  # fmt: skip
+        body = {
+            "kind": self.kind,
+            "hostname": socket.gethostname(),
+            "machine": machine_id(),
+            "pid": os.getpid(),
+            "start": self.start or None,
+        }
         return json.dumps(body, sort_keys=True).encode()
 
     def acquire(self) -> Self:
         self.storage.put(self.key, self._body())
         info = self.storage.stat(self.key)
         if info is None:
-            raise RepositoryError("a lease vanished right after it was written", location=self.storage.location)
+            raise RepositoryError(
+                "a lease vanished right after it was written", location=self.storage.location
+            )
         self.start = info.mtime
         self.storage.put(self.key, self._body())
         self._last_ok = time.monotonic()
-        self._thread = threading.Thread(target=self._refresh_loop, name=f"repo-lease-{self.kind}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._refresh_loop, name=f"repo-lease-{self.kind}", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -199,8 +215,9 @@ class Lease:
         if time.monotonic() - self._last_ok > STALE_S - SAFETY_S:
             raise RepositoryBusyError(
                 "the lease could not be refreshed for too long; a prune may have run meanwhile",
-                location=self.storage.location, key=self.key,
-            )  # fmt: skip
+                location=self.storage.location,
+                key=self.key,
+            )
 
     def release(self) -> None:
         self._stop.set()
@@ -210,7 +227,12 @@ class Lease:
         try:
             self.storage.delete(self.key)
         except RepositoryError as exc:
-            log.warning("%s: cannot remove lease %s: %s (it goes stale by itself)", self.storage.location, self.key, exc)
+            log.warning(
+                "%s: cannot remove lease %s: %s (it goes stale by itself)",
+                self.storage.location,
+                self.key,
+                exc,
+            )
 
     def __enter__(self) -> Self:
         return self.acquire()

@@ -79,7 +79,9 @@ def snapshot_metadata(repo: Repository, snapshot: Snapshot) -> Metadata:
     have = sorted((d.id, d.virtual_size) for d in metadata.disks)
     want = sorted((d.id, d.virtual_size) for d in snapshot.disks)
     if have != want:
-        raise ObjectCorruptError(f"snapshot {snapshot.short_id}: ova.xml and the manifest list different disks")
+        raise ObjectCorruptError(
+            f"snapshot {snapshot.short_id}: ova.xml and the manifest list different disks"
+        )
     return metadata
 
 

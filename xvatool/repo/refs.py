@@ -48,7 +48,11 @@ def manifests(repo: Repository, *, trash: bool) -> list[str]:
 
 
 def mark_snapshot(
-    repo: Repository, snapshot: Snapshot, tables: IdTables, *, failed: dict[bytes, RepositoryError] | None = None
+    repo: Repository,
+    snapshot: Snapshot,
+    tables: IdTables,
+    *,
+    failed: dict[bytes, RepositoryError] | None = None,
 ) -> list[RepositoryError]:
     """Add everything `snapshot` references to the ``data_refs`` and ``index_refs`` tables.
 

@@ -85,8 +85,9 @@ class Repository:
         key = None
         if config.encryption is not None:
             if passphrase is None:
-                raise RepositoryPasswordError(f"the repository is encrypted: {PASSWORD_HINT}",
-                                              location=storage.location)  # fmt: skip
+                raise RepositoryPasswordError(
+                    f"the repository is encrypted: {PASSWORD_HINT}", location=storage.location
+                )
             key = open_key_block(config.encryption, passphrase, config.id, location=storage.location)
         return cls(storage, config, key)
 
@@ -181,7 +182,9 @@ class Repository:
                 raise UsageError(f"{self.location}: no snapshot of VM {vm!r}")
             uuids = {s.vm_uuid for s in candidates}
             if len(uuids) > 1:
-                raise UsageError(f"{len(uuids)} VMs are named {vm!r}; give its uuid: {', '.join(sorted(uuids))}")
+                raise UsageError(
+                    f"{len(uuids)} VMs are named {vm!r}; give its uuid: {', '.join(sorted(uuids))}"
+                )
             return candidates[-1]
         prefix = spec.lower()
         if not _HEX_PREFIX.fullmatch(prefix):
@@ -190,14 +193,17 @@ class Repository:
         if not matches:
             raise UsageError(f"{self.location}: no snapshot {spec!r}")
         if len(matches) > 1:
-            raise UsageError(f"snapshot id prefix {spec!r} is ambiguous ({len(matches)} snapshots); give more digits")
+            raise UsageError(
+                f"snapshot id prefix {spec!r} is ambiguous ({len(matches)} snapshots); give more digits"
+            )
         return self.load_snapshot(matches[0])
 
     # -- disk indexes -----------------------------------------------------------------------
 
     def disk_chunk_ids(self, disk: SnapshotDisk) -> Iterator[bytes]:
         """The chunk ids of a disk in order, one per 1 MiB (`objects.ZERO_ID` for zeros); streams
-        one index segment at a time."""
+        one index segment at a time.
+        """
         for segment in disk.segments:
             data = self.load(INDEX, bytes.fromhex(segment))
             view = memoryview(data)

@@ -16,6 +16,7 @@ killed writer left behind.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -45,9 +46,17 @@ CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 60.0
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 _TRANSIENT_CODES = frozenset(
-    {"SlowDown", "RequestTimeout", "Throttling", "ThrottlingException", "RequestLimitExceeded",
-     "InternalError", "ServiceUnavailable", "OperationAborted"}
-)  # fmt: skip
+    {
+        "SlowDown",
+        "RequestTimeout",
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "InternalError",
+        "ServiceUnavailable",
+        "OperationAborted",
+    }
+)
 
 
 class S3Storage:
@@ -97,8 +106,9 @@ class S3Storage:
                 return RepositoryError(f"bucket {self.bucket!r} does not exist", location=self.location)
             retryable = status >= 500 or status == 429 or code in _TRANSIENT_CODES
             message = str(error.get("Message") or code or status)
-            return RepositoryError(f"S3 {code or status}: {message}", location=self.location, key=key,
-                                   retryable=retryable)  # fmt: skip
+            return RepositoryError(
+                f"S3 {code or status}: {message}", location=self.location, key=key, retryable=retryable
+            )
         if isinstance(exc, NoCredentialsError):
             return RepositoryError(
                 "no S3 credentials: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or "
@@ -146,9 +156,10 @@ class S3Storage:
     def _put_multipart(self, key: str, view: memoryview) -> None:
         full = self._key(key)
         created = self._call(
-            "create multipart upload", key,
+            "create multipart upload",
+            key,
             lambda: self._client.create_multipart_upload(Bucket=self.bucket, Key=full),
-        )  # fmt: skip
+        )
         upload_id = created["UploadId"]
         parts: list[dict[str, Any]] = []
         try:
@@ -156,17 +167,19 @@ class S3Storage:
                 body = bytes(view[start : start + PART_SIZE])
 
                 def send(number: int = number, body: bytes = body) -> Any:
-                    return self._client.upload_part(Bucket=self.bucket, Key=full, UploadId=upload_id,
-                                                    PartNumber=number, Body=body)  # fmt: skip
+                    return self._client.upload_part(
+                        Bucket=self.bucket, Key=full, UploadId=upload_id, PartNumber=number, Body=body
+                    )
 
                 answer = self._call(f"PUT part {number}", key, send)
                 parts.append({"PartNumber": number, "ETag": answer["ETag"]})
             self._call(
-                "complete multipart upload", key,
+                "complete multipart upload",
+                key,
                 lambda: self._client.complete_multipart_upload(
                     Bucket=self.bucket, Key=full, UploadId=upload_id, MultipartUpload={"Parts": parts}
                 ),
-            )  # fmt: skip
+            )
         except BaseException:
             try:
                 self._client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
@@ -176,7 +189,9 @@ class S3Storage:
 
     def stat(self, key: str) -> ObjectInfo | None:
         try:
-            head = self._call("HEAD", key, lambda: self._client.head_object(Bucket=self.bucket, Key=self._key(key)))
+            head = self._call(
+                "HEAD", key, lambda: self._client.head_object(Bucket=self.bucket, Key=self._key(key))
+            )
         except ObjectMissingError:
             return None
         return ObjectInfo(key, int(head["ContentLength"]), head["LastModified"].timestamp())
@@ -187,7 +202,9 @@ class S3Storage:
     def move(self, src: str, dst: str) -> None:
         source = {"Bucket": self.bucket, "Key": self._key(src)}
         self._call(
-            "COPY", src, lambda: self._client.copy_object(Bucket=self.bucket, Key=self._key(dst), CopySource=source)
+            "COPY",
+            src,
+            lambda: self._client.copy_object(Bucket=self.bucket, Key=self._key(dst), CopySource=source),
         )
         self.delete(src)
 
@@ -198,9 +215,11 @@ class S3Storage:
             args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full}
             if token:
                 args["ContinuationToken"] = token
-            page = self._call("LIST", prefix, lambda args=args: self._client.list_objects_v2(**args))
+            page = self._call("LIST", prefix, functools.partial(self._client.list_objects_v2, **args))
             for item in page.get("Contents", ()):
-                yield ObjectInfo(item["Key"][len(self.prefix) :], int(item["Size"]), item["LastModified"].timestamp())
+                yield ObjectInfo(
+                    item["Key"][len(self.prefix) :], int(item["Size"]), item["LastModified"].timestamp()
+                )
             if not page.get("IsTruncated"):
                 return
             token = page.get("NextContinuationToken")
@@ -209,17 +228,22 @@ class S3Storage:
         """Abort multipart uploads under the prefix that were started before `before`."""
         removed = 0
         page = self._call(
-            "list multipart uploads", None,
+            "list multipart uploads",
+            None,
             lambda: self._client.list_multipart_uploads(Bucket=self.bucket, Prefix=self.prefix),
-        )  # fmt: skip
+        )
         for upload in page.get("Uploads", ()):
             if upload["Initiated"].timestamp() < before:
                 self._call(
-                    "abort multipart upload", upload["Key"],
-                    lambda upload=upload: self._client.abort_multipart_upload(
-                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    "abort multipart upload",
+                    upload["Key"],
+                    functools.partial(
+                        self._client.abort_multipart_upload,
+                        Bucket=self.bucket,
+                        Key=upload["Key"],
+                        UploadId=upload["UploadId"],
                     ),
-                )  # fmt: skip
+                )
                 removed += 1
         return removed
 

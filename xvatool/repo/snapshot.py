@@ -168,7 +168,9 @@ class Snapshot:
                 id=snapshot_id,
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise ObjectCorruptError(f"malformed snapshot manifest: {exc}", key=f"snapshots/{snapshot_id}") from exc
+            raise ObjectCorruptError(
+                f"malformed snapshot manifest: {exc}", key=f"snapshots/{snapshot_id}"
+            ) from exc
 
     def to_json(self) -> dict[str, Any]:
         """What `repo snapshots --json` prints for this snapshot."""
@@ -181,11 +183,18 @@ class Snapshot:
             "source": self.source,
             "parent": self.parent,
             "disks": [
-                {"vdi_uuid": d.vdi_uuid, "virtual_size": d.virtual_size, "name": d.name,
-                 "userdevice": d.userdevice, "chunks": d.chunks, "data_bytes": d.data_bytes,
-                 "new_bytes": d.new_bytes, "source": d.source}
+                {
+                    "vdi_uuid": d.vdi_uuid,
+                    "virtual_size": d.virtual_size,
+                    "name": d.name,
+                    "userdevice": d.userdevice,
+                    "chunks": d.chunks,
+                    "data_bytes": d.data_bytes,
+                    "new_bytes": d.new_bytes,
+                    "source": d.source,
+                }
                 for d in self.disks
-            ],  # fmt: skip
+            ],
             "logical_bytes": self.logical_bytes,
             "data_bytes": self.data_bytes,
             "new_bytes": self.new_bytes,

@@ -76,7 +76,8 @@ class Storage(Protocol):
 
     def remove_leftovers(self, before: float) -> int:
         """Remove what killed writers left behind before storage time `before` (temporary files,
-        unfinished multipart uploads); returns how many were removed."""
+        unfinished multipart uploads); returns how many were removed.
+        """
         ...
 
     def close(self) -> None:
