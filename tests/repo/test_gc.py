@@ -16,7 +16,9 @@ from xvatool.repo.repository import init_repository
 from xvatool.xva.opening import open_archive
 
 
-def test_a_backup_reusing_forgotten_chunks_survives_a_prune_that_runs_meanwhile(repo_place, tmp_path, monkeypatch):
+def test_a_backup_reusing_forgotten_chunks_survives_a_prune_that_runs_meanwhile(
+    repo_place, tmp_path, monkeypatch
+):
     monkeypatch.setattr(gc, "CLOCK_MARGIN_S", 0.0)  # make the chunks old enough to be collected at once
     folder = tmp_path / "src"
     folder.mkdir()

@@ -71,7 +71,10 @@ def test_nightly_backups_restore_every_night_and_store_only_what_changed(host, r
         for n, (snapshot_id, digests) in enumerate(expected.items()):
             mode = "parallel" if n % 2 else "stream"
             restored = restore_from_repository(session, repo, snapshot_id[:12], mode=mode)
-            assert [d.sha256 for d in vm_disk_digests(session, restored.vm_uuid)] == digests, (snapshot_id, mode)
+            assert [d.sha256 for d in vm_disk_digests(session, restored.vm_uuid)] == digests, (
+                snapshot_id,
+                mode,
+            )
 
 
 def test_shards_split_a_pool_stably(host, repo_place):
@@ -147,7 +150,10 @@ def test_kill_9_in_the_middle_of_a_backup_leaves_a_sound_repository(host, repo_p
     command = [sys.executable, "-m", "xvatool", "backup", "--host", host.url, "--password-file", str(password_file),
                "--vm", "big", "-q"]  # fmt: skip
     log = tmp_path / "backup.log"
-    with open(log, "wb") as err, subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=err) as process:
+    with (
+        open(log, "wb") as err,
+        subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=err) as process,
+    ):
         deadline = time.monotonic() + 120
         try:
             while len(repo_place.keys("data/")) < 8:

@@ -23,7 +23,9 @@ from xvatool.xva.validate import validate_archive
 def _vm(tmp_path, name, seed, sizes=(5 * MIB, 3 * MIB + 512), blocks=(0, 2)):
     folder = tmp_path / f"src-{name}-{seed}"
     folder.mkdir()
-    images = [disk_image(folder / f"d{i}.img", size, seed=seed + i, blocks=blocks) for i, size in enumerate(sizes)]
+    images = [
+        disk_image(folder / f"d{i}.img", size, seed=seed + i, blocks=blocks) for i, size in enumerate(sizes)
+    ]
     return archive_with(folder, name, images), images
 
 
@@ -93,7 +95,9 @@ def test_encryption_round_trip_hides_names_and_refuses_a_wrong_passphrase(repo_p
         open_repository(repo_place.location, passphrase="wrong", s3_endpoint=repo_place.endpoint)
     with pytest.raises(RepositoryPasswordError, match="encrypted"):
         open_repository(repo_place.location, s3_endpoint=repo_place.endpoint)
-    reopened = open_repository(repo_place.location, passphrase="correct horse", s3_endpoint=repo_place.endpoint)
+    reopened = open_repository(
+        repo_place.location, passphrase="correct horse", s3_endpoint=repo_place.endpoint
+    )
     (listed,) = reopened.snapshots()
     assert listed.vm_name == "secret-vm-name"
     extracted = extract_snapshot(reopened, listed, tmp_path / "x")
@@ -152,7 +156,9 @@ def test_forget_by_policy_dry_run_changes_nothing(repo_place, tmp_path):
     repo = _repo(repo_place)
     archive, _ = _vm(tmp_path, "vm", 1)
     add_archives(repo, [archive, archive, archive])
-    report = forget(repo, __import__("xvatool.repo.policy", fromlist=["KeepPolicy"]).KeepPolicy(last=1), dry_run=True)
+    report = forget(
+        repo, __import__("xvatool.repo.policy", fromlist=["KeepPolicy"]).KeepPolicy(last=1), dry_run=True
+    )
     assert len(report.removed) == 2 and len(repo.snapshots()) == 3
     with pytest.raises(UsageError, match="keep"):
         forget(repo, None)
