@@ -147,8 +147,8 @@ def test_kill_9_in_the_middle_of_a_backup_leaves_a_sound_repository(host, repo_p
     env = {**os.environ, "XVATOOL_REPO": repo_place.location}
     if repo_place.endpoint:
         env["XVATOOL_S3_ENDPOINT"] = repo_place.endpoint
-    command = [sys.executable, "-m", "xvatool", "backup", "--host", host.url, "--password-file", str(password_file),
-               "--vm", "big", "-q"]  # fmt: skip
+    command = [sys.executable, "-m", "xvatool", "backup", "--host", host.url,
+               "--password-file", str(password_file), "--vm", "big", "-q"]  # fmt: skip
     log = tmp_path / "backup.log"
     with (
         open(log, "wb") as err,

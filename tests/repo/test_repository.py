@@ -86,7 +86,7 @@ def test_snapshot_names_prefix_and_latest(repo_place, tmp_path):
 def test_encryption_round_trip_hides_names_and_refuses_a_wrong_passphrase(repo_place, tmp_path, fast_kdf):
     archive, images = _vm(tmp_path, "secret-vm-name", 3)
     repo = _repo(repo_place, passphrase="correct horse", kdf=fast_kdf)
-    (snapshot,) = add_archives(repo, [archive])
+    add_archives(repo, [archive])
     storage = repo_place.storage()
     for info in storage.list(""):
         if info.key != "config":
