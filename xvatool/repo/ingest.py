@@ -315,6 +315,7 @@ class SnapshotWriter:
             new_bytes=added + sum(d.new_bytes for d in disks),
             tool=str(self._meta["tool"]),
         )
+        self.repo.storage.flush()  # every chunk and segment durable before the manifest names them
         self.lease.check()
         self.repo.save_snapshot(snapshot)
         if self._on_commit is not None:

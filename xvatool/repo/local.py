@@ -9,6 +9,7 @@ crash leaves the old state or the new one. Temporary files match `xvatool._files
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fnmatch
 import os
@@ -22,6 +23,10 @@ from xvatool.repo.storage import ObjectInfo
 
 __all__ = ["LOCAL_WRITERS", "LocalStorage"]
 
+try:
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
+except OSError:  # pragma: no cover - platforms without a C library handle
+    _LIBC = None
 LOCAL_WRITERS = 3
 """Chunk workers for a local folder: both cores hash and compress, a third overlaps the I/O."""
 
@@ -69,16 +74,33 @@ class LocalStorage:
         except OSError as exc:
             raise self._error(exc, key) from exc
 
-    def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
+    def put(self, key: str, data: bytes | bytearray | memoryview, *, durable: bool = True) -> None:
         path = self._path(key)
         try:
             self._folder(path)
-            with AtomicFile(path) as out:
+            with AtomicFile(path, sync=durable) as out:
                 out.file.write(data)
         except OSError as exc:
             raise self._error(exc, key) from exc
         except LocalIOError as exc:
             raise RepositoryError(exc.message, location=self.location, key=key) from exc
+
+    def flush(self) -> None:
+        """``syncfs`` of the repository's file system (Linux), else a global ``sync``.
+
+        One call instead of two fsyncs per chunk: chunk files are written with ``durable=False``
+        and made durable together before the snapshot that references them is committed.
+        """
+        try:
+            fd = os.open(self.root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except OSError as exc:
+            raise self._error(exc, ".") from exc
+        try:
+            syncfs = getattr(_LIBC, "syncfs", None) if _LIBC is not None else None
+            if syncfs is None or syncfs(fd) != 0:
+                os.sync()
+        finally:
+            os.close(fd)
 
     def stat(self, key: str) -> ObjectInfo | None:
         try:

@@ -107,9 +107,13 @@ class Repository:
         return self.codec.object_id(data)
 
     def put(self, kind: bytes, object_id: bytes, data: bytes | bytearray | memoryview) -> int:
-        """Seal and store one object; returns the stored size."""
+        """Seal and store one object; returns the stored size.
+
+        Only manifests are durable at once: chunks, segments and ova.xml become durable with the
+        `Storage.flush` that precedes the commit of the snapshot referencing them.
+        """
         blob = self.codec.seal(kind, object_id, data)
-        self.storage.put(self.key_of(kind, object_id), blob)
+        self.storage.put(self.key_of(kind, object_id), blob, durable=kind == SNAPSHOT)
         return len(blob)
 
     def store(self, kind: bytes, data: bytes | bytearray | memoryview) -> tuple[bytes, int]:

@@ -143,7 +143,8 @@ class S3Storage:
 
         return self._call("GET", key, read)
 
-    def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
+    def put(self, key: str, data: bytes | bytearray | memoryview, *, durable: bool = True) -> None:
+        """An S3 object is durable once its PUT returned; `durable` changes nothing."""
         view = memoryview(data).cast("B")
         if len(view) > MULTIPART_THRESHOLD:
             self._put_multipart(key, view)
@@ -186,6 +187,9 @@ class S3Storage:
             except (ClientError, BotoCoreError) as exc:
                 log.warning("%s: cannot abort the multipart upload of %s: %s", self.location, key, exc)
             raise
+
+    def flush(self) -> None:
+        return None
 
     def stat(self, key: str) -> ObjectInfo | None:
         try:

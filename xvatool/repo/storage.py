@@ -54,8 +54,13 @@ class Storage(Protocol):
         """The object's bytes; `ObjectMissingError` if it does not exist."""
         ...
 
-    def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
-        """Store `data` under `key`, atomically and durably, replacing any older object."""
+    def put(self, key: str, data: bytes | bytearray | memoryview, *, durable: bool = True) -> None:
+        """Store `data` under `key`, atomically, replacing any older object; durably unless
+        ``durable=False``, which defers durability to the next `flush`."""
+        ...
+
+    def flush(self) -> None:
+        """Make every earlier `put` durable (one file system sync; nothing to do on S3)."""
         ...
 
     def stat(self, key: str) -> ObjectInfo | None:
