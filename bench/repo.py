@@ -30,8 +30,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 MiB = 1 << 20
-TEXT = b"".join(b"%08d the quick brown fox jumps over the lazy dog; lorem ipsum dolor sit amet\n" % i
-                for i in range(20000))[:MiB]  # fmt: skip
+TEXT = b"".join(
+    b"%08d the quick brown fox jumps over the lazy dog; lorem ipsum dolor sit amet\n" % i
+    for i in range(20000)
+)[:MiB]
 
 
 def parse_size(text: str) -> int:
@@ -78,8 +80,13 @@ def s3_put_throughput(total: int) -> None:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    client = boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1",
-                          aws_access_key_id="x", aws_secret_access_key="x")  # fmt: skip
+    client = boto3.client(
+        "s3",
+        endpoint_url=f"http://{host}:{port}",
+        region_name="us-east-1",
+        aws_access_key_id="x",
+        aws_secret_access_key="x",
+    )
     client.create_bucket(Bucket="bench")
     try:
         for size in (MiB, 16 * MiB):
@@ -87,11 +94,19 @@ def s3_put_throughput(total: int) -> None:
             count = total // size
             started = time.perf_counter()
             with ThreadPoolExecutor(16) as pool:
-                list(pool.map(lambda i: client.put_object(Bucket="bench", Key=f"{size}/{i}", Body=body),
-                              range(count)))  # fmt: skip
+                list(
+                    pool.map(
+                        lambda i, size=size, body=body: client.put_object(
+                            Bucket="bench", Key=f"{size}/{i}", Body=body
+                        ),
+                        range(count),
+                    )
+                )
             seconds = time.perf_counter() - started
-            print(f"S3 PUT {size // MiB:>2} MiB objects x16 in flight: {total / seconds / 1e6:7.1f} MB/s "
-                  f"({count / seconds:6.1f} requests/s)")  # fmt: skip
+            print(
+                f"S3 PUT {size // MiB:>2} MiB objects x16 in flight: {total / seconds / 1e6:7.1f} MB/s "
+                f"({count / seconds:6.1f} requests/s)"
+            )
     finally:
         server.stop()
 
@@ -136,21 +151,32 @@ def main() -> None:
             again_s, _ = run([*xvatool, "backup", "--vm", "bench", "--repo", str(repo), *conn], env)
             added = stored(repo) - first
             with open(os.devnull, "wb") as null:
-                read_s, read_rss = run([*xvatool, "repo", "export", str(repo), "latest:bench", "-o", "-", "-q"],
-                                       env, stdout=null.fileno())  # fmt: skip
+                read_s, read_rss = run(
+                    [*xvatool, "repo", "export", str(repo), "latest:bench", "-o", "-", "-q"],
+                    env,
+                    stdout=null.fileno(),
+                )
 
     print(f"VM: one {size / 1e9:.2f} GB disk, {data / 1e9:.2f} GB of data (half random, half text)")
     print(
         f"export to a file:        {export_s:6.2f} s  {size / export_s / 1e9:5.2f} GB/s of disk   (baseline)"
     )
-    print(f"backup into a repository:{backup_s:6.2f} s  {size / backup_s / 1e9:5.2f} GB/s of disk   "
-          f"ratio {export_s / backup_s:.2f}x (goal >= 0.8x); stored {first / 1e6:.1f} MB")  # fmt: skip
-    print(f"second backup, unchanged:{again_s:6.2f} s  added {added} bytes = {100 * added / data:.4f}% of the data "
-          "(goal <= 1%)")  # fmt: skip
-    print(f"peak RSS: backup {backup_rss / MiB:.0f} MiB (goal <= 256), export {export_rss / MiB:.0f} MiB, "
-          f"repo export {read_rss / MiB:.0f} MiB")  # fmt: skip
-    print(f"repo export to /dev/null:{read_s:6.2f} s  {size / read_s / 1e9:5.2f} GB/s of disk (goal >= 1), "
-          f"{data / read_s / 1e9:.2f} GB/s of data")  # fmt: skip
+    print(
+        f"backup into a repository:{backup_s:6.2f} s  {size / backup_s / 1e9:5.2f} GB/s of disk   "
+        f"ratio {export_s / backup_s:.2f}x (goal >= 0.8x); stored {first / 1e6:.1f} MB"
+    )
+    print(
+        f"second backup, unchanged:{again_s:6.2f} s  added {added} bytes = "
+        f"{100 * added / data:.4f}% of the data (goal <= 1%)"
+    )
+    print(
+        f"peak RSS: backup {backup_rss / MiB:.0f} MiB (goal <= 256), export {export_rss / MiB:.0f} MiB, "
+        f"repo export {read_rss / MiB:.0f} MiB"
+    )
+    print(
+        f"repo export to /dev/null:{read_s:6.2f} s  {size / read_s / 1e9:5.2f} GB/s of disk (goal >= 1), "
+        f"{data / read_s / 1e9:.2f} GB/s of data"
+    )
     if args.s3:
         s3_put_throughput(256 * MiB)
 

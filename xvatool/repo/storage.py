@@ -56,7 +56,8 @@ class Storage(Protocol):
 
     def put(self, key: str, data: bytes | bytearray | memoryview, *, durable: bool = True) -> None:
         """Store `data` under `key`, atomically, replacing any older object; durably unless
-        ``durable=False``, which defers durability to the next `flush`."""
+        ``durable=False``, which defers durability to the next `flush`.
+        """
         ...
 
     def flush(self) -> None:
