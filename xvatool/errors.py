@@ -15,6 +15,11 @@ problem" with one class, and the CLI can map each branch to one exit code::
     ├── UsageError                    the user asked for something impossible        exit 2
     │   └── LocalIOError              a local file could not be read or written        exit 2
     ├── PartialFailure                some items of a batch failed, others succeeded    exit 3
+    ├── RepositoryError               a backup repository cannot be used or is damaged
+    │   ├── RepositoryPasswordError   no passphrase, or the wrong one
+    │   ├── ObjectMissingError        an object the repository needs is not stored
+    │   ├── ObjectCorruptError        an object fails authentication, its hash or decoding
+    │   └── RepositoryBusyError       another prune runs, or this writer's lease was lost
     └── Interrupted                   Ctrl-C; state was kept for --resume               exit 130
 
 API misuse by a programmer (calling things in the wrong order) raises `StreamStateError`, a
@@ -43,7 +48,12 @@ __all__ = [
     "Interrupted",
     "LocalIOError",
     "MetadataError",
+    "ObjectCorruptError",
+    "ObjectMissingError",
     "PartialFailure",
+    "RepositoryBusyError",
+    "RepositoryError",
+    "RepositoryPasswordError",
     "ResumeError",
     "StreamStateError",
     "TransferError",
@@ -213,6 +223,46 @@ class Interrupted(XvatoolError):
     """The user interrupted the operation; any resumable state was kept."""
 
     exit_code = 130
+
+
+# -- backup repositories (xvatool.repo) -------------------------------------------------------
+
+
+class RepositoryError(XvatoolError):
+    """A backup repository cannot be used as asked, or is damaged.
+
+    `location` names the repository (a folder or ``s3://bucket/prefix``), `key` the object inside
+    it when one is at fault. `retryable` marks storage failures another attempt may cure
+    (throttling, resets); `xvatool._retry.is_transient` reads it.
+    """
+
+    def __init__(
+        self, message: str, *, location: str | None = None, key: str | None = None, retryable: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.location = location
+        self.key = key
+        self.retryable = retryable
+
+    def __str__(self) -> str:
+        where = [part for part in (self.location, self.key) if part]
+        return f"{': '.join(where)}: {self.message}" if where else self.message
+
+
+class RepositoryPasswordError(RepositoryError):
+    """The repository is encrypted and no passphrase was given, or the passphrase is wrong."""
+
+
+class ObjectMissingError(RepositoryError):
+    """An object the repository refers to (chunk, index, snapshot) is not stored."""
+
+
+class ObjectCorruptError(RepositoryError):
+    """A stored object fails authentication, does not hash to its name, or cannot be decoded."""
+
+
+class RepositoryBusyError(RepositoryError):
+    """Another prune holds the repository, or this writer's lease expired before it committed."""
 
 
 class StreamStateError(RuntimeError):

@@ -12,7 +12,7 @@ def test_demo_runs_end_to_end_with_small_disks(tmp_path):
     assert summary.disk_sizes == [4 << 20, 2 << 20]
     assert summary.archive.is_file() and summary.archive.parent.parent == tmp_path / "backups"
     assert summary.restored_vm_uuid != summary.vm_uuid
-    assert [name for name, _ in summary.steps][-1] == "compare disks"
+    assert [name for name, _ in summary.steps][-2:] == ["compare disks", "repository: two nightly backups"]
     assert any("equal" in line for line in lines)
     assert not any("DIFFERENT" in line for line in lines)
 

@@ -24,6 +24,7 @@ from xvatool.cli._common import (
     quiet_option,
 )
 from xvatool.cli._connection import INSECURE_WARNING, Connection, connection_options, read_password_file
+from xvatool.cli.repo import repo_access_options, run_repo_backup, run_repo_restore
 from xvatool.errors import PartialFailure, UsageError, XvatoolError
 
 if TYPE_CHECKING:
@@ -95,8 +96,16 @@ def _target_session(
 @click.option("--vm", "vms", multiple=True, metavar="VM", help="VM name or uuid (repeatable).")
 @click.option("--all", "all_vms", is_flag=True, help="Every VM except templates, snapshots and dom0.")
 @click.option("--tag", "tags", multiple=True, metavar="TAG", help="VMs carrying this tag (repeatable).")
-@click.option("--dest", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Backup folder; each VM gets DEST/<name>-<uuid8>/.")  # fmt: skip
+@click.option("--dest", type=click.Path(file_okay=False, path_type=Path),
+              help="Backup folder (the simple mode); each VM gets DEST/<name>-<uuid8>/.")  # fmt: skip
+@click.option(
+    "--repo",
+    envvar="XVATOOL_REPO",
+    metavar="REPO",
+    help="Back up into a repository instead (folder or s3://BUCKET/PREFIX; or XVATOOL_REPO).",
+)
+@click.option("--shard", metavar="K/N", help="With --repo: only the K-th of N stable shares of the VMs.")
+@repo_access_options
 @click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1), help="VMs at once.")
 @click.option("--keep", type=click.IntRange(min=1), help="Keep the N newest complete backups per VM.")
 @click.option("--compress", "compression", default="none", show_default=True,
@@ -108,23 +117,50 @@ def _target_session(
 @debug_option
 @command_errors
 def backup_command(
-    *, connect: Connection, vms: tuple[str, ...], all_vms: bool, tags: tuple[str, ...], dest: Path,
+    *, connect: Connection, vms: tuple[str, ...], all_vms: bool, tags: tuple[str, ...], dest: Path | None,
+    repo: str | None, shard: str | None, repo_password_file: str | None, s3_endpoint: str | None,
     jobs: int, keep: int | None, compression: str, mode: str, as_json: bool,
 ) -> None:  # fmt: skip
     """Back up VMs: export each (verified), write DEST/<name>-<uuid8>/<time>.xva and a manifest.
 
-    Running VMs are exported through a temporary snapshot. A failing VM does not stop the
-    others; the exit code is 0 when all succeeded, 3 when some failed, 1 when all failed.
+    With --repo instead of --dest, each VM becomes one snapshot in a deduplicated repository
+    (see `xvatool repo`): only chunks the repository lacks are stored. Running VMs are exported
+    through a temporary snapshot. A failing VM does not stop the others; the exit code is 0 when
+    all succeeded, 3 when some failed, 1 when all failed.
 
     \b
     Example:
       XVATOOL_PASSWORD=… xvatool backup --host https://xen1 --fingerprint AB:CD:… \\
           --tag nightly --dest /backups --jobs 2 --keep 7 --compress zstd
+      xvatool backup --host https://xen1 --all --repo s3://backups/xen --shard 1/2
     """
     from xvatool.ops.backup import Selection, backup
 
     if not (vms or all_vms or tags):
         raise UsageError("choose VMs with --vm, --all or --tag")
+    if dest is None and repo:
+        if keep is not None or mode != "stream":
+            raise UsageError(
+                "--keep and --mode are for --dest; prune a repository with `xvatool repo forget`"
+            )
+        run_repo_backup(
+            connect,
+            vms,
+            all_vms,
+            tags,
+            repo=repo,
+            jobs=jobs,
+            shard=shard,
+            compression=compression,
+            as_json=as_json,
+            repo_password_file=repo_password_file,
+            s3_endpoint=s3_endpoint,
+        )
+        return
+    if dest is None:
+        raise UsageError("choose where to: --dest FOLDER or --repo REPO")
+    if shard:
+        raise UsageError("--shard needs --repo")
     report = backup(
         connect, Selection(vms, all_vms, tags), dest, jobs=jobs, keep=keep,
         compression=cast("Compression", compression), mode=cast("ExportMode", mode),
@@ -136,7 +172,14 @@ def backup_command(
 
 @click.command("restore")
 @connection_options
-@click.argument("backup", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("backup", metavar="BACKUP|SNAPSHOT")
+@click.option(
+    "--repo",
+    envvar="XVATOOL_REPO",
+    metavar="REPO",
+    help="Restore SNAPSHOT (id prefix or latest:VM) from this repository (or XVATOOL_REPO).",
+)
+@repo_access_options
 @click.option("--sr", help="SR uuid or name (default: the pool's default SR).")
 @click.option("--restore-identity", is_flag=True, help="Keep the VM's identity (MACs…) as backed up.")
 @click.option("--mode", default="stream", show_default=True, type=click.Choice(["stream", "parallel"]))
@@ -147,7 +190,10 @@ def backup_command(
 def restore_command(
     *,
     connect: Connection,
-    backup: Path,
+    backup: str,
+    repo: str | None,
+    repo_password_file: str | None,
+    s3_endpoint: str | None,
     sr: str | None,
     restore_identity: bool,
     mode: str,
@@ -155,17 +201,33 @@ def restore_command(
 ) -> None:
     """Restore a backup (its .xva or its manifest) after checking the archive's sha256.
 
-    Prints the new VM's uuid.
+    With --repo, restore a repository snapshot instead (every chunk authenticated as it is
+    read). Prints the new VM's uuid.
 
     \b
     Example:
       xvatool restore --host https://xen1 --sr "Local storage" \\
           /backups/web-01-6f1c4d3e/20261127T051500Z.xva
+      xvatool restore --host https://xen1 --repo /backups/repo latest:web-01
     """
     from xvatool.ops.restore import restore
 
+    source = click.get_current_context().get_parameter_source("repo")
+    if repo and (source != click.core.ParameterSource.ENVIRONMENT or not Path(backup).is_file()):
+        run_repo_restore(
+            connect,
+            backup,
+            repo=repo,
+            sr=sr,
+            restore_identity=restore_identity,
+            mode=mode,
+            as_json=as_json,
+            repo_password_file=repo_password_file,
+            s3_endpoint=s3_endpoint,
+        )
+        return
     with connect() as session:
-        result = restore(session, backup, sr=sr, restore_identity=restore_identity,
+        result = restore(session, Path(backup), sr=sr, restore_identity=restore_identity,
                          mode=cast("ExportMode", mode), progress=progress_factory())  # fmt: skip
     echo_json(result.to_json()) if as_json else click.echo(result.vm_uuid)
 

@@ -4,7 +4,8 @@ It starts the simulated host on a free loopback port with a fresh temporary data
 demo VM, then: backs the VM up (with progress bars), inspects and verifies the archive, restores
 it into the same host, and checks that every restored disk equals the original byte for byte
 (both hashed through `GET /export_raw_vdi`, and both equal to the digest in the backup
-manifest). Nothing outside the temporary folder is touched, and the folder is removed at the end
+manifest); finally it backs the VM up twice into a repository, the second night storing almost
+nothing. Nothing outside the temporary folder is touched, and the folder is removed at the end
 unless `workdir` was given.
 
 Example::
@@ -159,6 +160,9 @@ def _run(
             if not equal:
                 raise XvatoolError("the restored disks differ from the originals")
 
+        with _step(steps, "repository: two nightly backups", say):
+            _repository_nights(session_factory, vm.uuid, root / "repo", say)
+
     return DemoSummary(
         vm_name=vm.name_label,
         vm_uuid=vm.uuid,
@@ -169,6 +173,23 @@ def _run(
         disks_equal=equal,
         steps=steps,
     )
+
+
+def _repository_nights(
+    session_factory: Callable[[], Any], vm_uuid: str, folder: Path, say: Callable[[str], None]
+) -> None:
+    """Back the VM up twice into a repository: the second night stores almost nothing."""
+    from xvatool.ops.backup import Selection
+    from xvatool.ops.repo_backup import backup_to_repository
+    from xvatool.repo.repository import init_repository
+
+    repo = init_repository(folder)
+    for night in ("first", "second"):
+        result = backup_to_repository(session_factory, Selection(vms=(vm_uuid,)), repo).results[0]
+        if result.status != "ok":
+            raise XvatoolError(f"repository backup failed: {result.error}")
+        say(f"   {night} backup: snapshot {(result.snapshot or '')[:8]}, {result.data_bytes} bytes of data, "
+            f"{result.new_bytes} bytes stored")  # fmt: skip
 
 
 def _device_key(userdevice: str | None) -> tuple[int, str]:
