@@ -20,12 +20,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from xvatool.errors import (
+    CbtBitmapError,
     ChecksumError,
     FormatError,
     HostError,
     Interrupted,
     LocalIOError,
     MetadataError,
+    NbdError,
+    NbdProtocolError,
+    NbdTlsError,
     PartialFailure,
     ResumeError,
     StreamStateError,
@@ -101,6 +105,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "ArchiveInfo",
     "BackupReport",
+    "CbtBitmapError",
     "ChecksumError",
     "Chunk",
     "CreateResult",
@@ -118,6 +123,9 @@ __all__ = [
     "Metadata",
     "MetadataError",
     "MigrateResult",
+    "NbdError",
+    "NbdProtocolError",
+    "NbdTlsError",
     "NetworkInfo",
     "PartialFailure",
     "Problem",
