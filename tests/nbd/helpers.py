@@ -168,7 +168,9 @@ def nbd_server(
         server.close()
 
 
-def target(port: int, *, leaf: Leaf | None = None, subject: str = SUBJECT, name: str = EXPORT_NAME) -> NbdTarget:
+def target(
+    port: int, *, leaf: Leaf | None = None, subject: str = SUBJECT, name: str = EXPORT_NAME
+) -> NbdTarget:
     return NbdTarget(
         "127.0.0.1", port, name, cert=leaf.cert_pem if leaf else None, subject=subject if leaf else None
     )
@@ -270,7 +272,9 @@ class RawClient:
         size, flags = struct.unpack(">QH", reply[:10])
         return size, flags, reply[10:]
 
-    def request(self, kind: int, handle: int, offset: int, length: int, flags: int = 0, payload: bytes = b"") -> None:
+    def request(
+        self, kind: int, handle: int, offset: int, length: int, flags: int = 0, payload: bytes = b""
+    ) -> None:
         self.sock.sendall(REQUEST.pack(REQUEST_MAGIC, flags, kind, handle, offset, length) + payload)
 
     def reply(self) -> tuple[int, int, int]:

@@ -231,6 +231,9 @@ class NbdServer:
     def close(self) -> None:
         """Stop accepting, cut every connection, join the threads; idempotent."""
         self._stop.set()
+        if self._listener is not None:
+            with contextlib.suppress(OSError):  # wakes accept() at once on Linux; the poll is the fallback
+                self._listener.shutdown(socket.SHUT_RDWR)
         if self._accept_thread is not None:
             self._accept_thread.join()
             self._accept_thread = None
