@@ -222,13 +222,14 @@ class NbdConnection:
     def _starttls(self, target: NbdTarget, *, allow_plain: bool, context: ssl.SSLContext | None) -> None:
         reply, text = self._option(Option.STARTTLS)
         if reply & _ERROR_BIT:
-            answer = _reply_name(reply) + (f" {text!r}" if text else "")
+            detail = text.decode("utf-8", "replace")[:200]
+            answer = _reply_name(reply) + (f": {detail!r}" if detail else "")
             if allow_plain:
                 _log.info("%s: NBD server declined TLS (%s); continuing in plain text", self.host, answer)
                 return
             raise NbdTlsError(
-                f"the NBD server declined TLS ({answer}); its pool serves insecure_nbd, "
-                "which this connection does not allow",
+                f"the NBD server declined TLS ({answer}), as a pool on an insecure_nbd network does; "
+                "plain NBD was not allowed",
                 host=self.host,
             )
         if reply != Reply.ACK:
@@ -315,7 +316,7 @@ class NbdConnection:
                 length=length,
             )
         view = buffer_for(handle)[:length]
-        with self._translated(f"in the middle of a reply (offset {offset})"):
+        with self._translated("in the middle of the reply", offset=offset, length=length):
             got = recv_exactly(self._sock, view)
         if got != length:
             raise NbdError(
@@ -383,15 +384,22 @@ class NbdConnection:
         return bytes(buf)
 
     @contextlib.contextmanager
-    def _translated(self, what: str) -> Iterator[None]:
+    def _translated(
+        self, what: str, *, offset: int | None = None, length: int | None = None
+    ) -> Iterator[None]:
         try:
             yield
         except TimeoutError as exc:
             raise NbdError(
-                f"no data from the server for {self.timeout_s:g} s {what}", host=self.host
+                f"no data from the server for {self.timeout_s:g} s {what}",
+                host=self.host,
+                offset=offset,
+                length=length,
             ) from exc
         except OSError as exc:  # resets, TLS alerts (ssl.SSLError is an OSError)
-            raise NbdError(f"connection lost {what}: {_reason(exc)}", host=self.host) from exc
+            raise NbdError(
+                f"connection lost {what}: {_reason(exc)}", host=self.host, offset=offset, length=length
+            ) from exc
 
 
 def _reason(exc: BaseException) -> str:

@@ -129,6 +129,7 @@ class NbdReader:
         self._free: list[bytearray] = []
         self._discard_below = 0  # answers for seqs below this belong to an abandoned read_ranges
         self._next_seq = 0
+        self._reading = False
         self._failure: BaseException | None = None
         self._stopping = False
         self.size = -1
@@ -163,8 +164,13 @@ class NbdReader:
         with self._cond:
             if self._stopping:
                 raise StreamStateError("the NBD reader is closed")
-            first = issued = self._next_seq
-        next_out = first
+            if self._reading:
+                raise StreamStateError("one read_ranges at a time on an NBD reader")
+            if self._failure is not None:
+                raise self._failure
+            self._reading = True
+            issued = self._next_seq
+        next_out = issued
         exhausted = False
         held: bytearray | None = None
         try:
@@ -180,7 +186,6 @@ class NbdReader:
                         else:
                             heapq.heappush(self._queue, _Read(issued, *piece))
                             issued += 1
-                    self._next_seq = issued
                     if exhausted and next_out == issued:
                         return
                     self._cond.notify_all()
@@ -192,9 +197,10 @@ class NbdReader:
                 yield read.offset, memoryview(held)[: read.length]
         finally:
             with self._cond:
+                self._reading = False
                 if held is not None:
                     self._free.append(held)
-                self._discard_below = max(self._discard_below, issued)
+                self._next_seq = self._discard_below = issued
                 self._queue = [r for r in self._queue if r.seq >= issued]
                 heapq.heapify(self._queue)
                 for seq in [s for s in self._done if s < issued]:
