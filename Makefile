@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/verify.py
 	$(BIN)/python bench/create.py
 	$(BIN)/python bench/transfer.py
+	$(BIN)/python bench/nbd.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
