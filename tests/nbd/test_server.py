@@ -334,7 +334,10 @@ def test_close_cuts_idle_clients_and_joins(disk, pki, client_ctx, connect):
     inside.hello()
     inside.starttls(client_ctx)
     inside.export()
-    wait_until(lambda: server.active_connections == 2)
+    handshaking = connect(server)
+    handshaking.hello()
+    assert handshaking.option(Option.STARTTLS)[2] == Reply.ACK  # and no ClientHello ever follows
+    wait_until(lambda: server.active_connections == 3)
     server.close()
     assert server.active_connections == 0
     assert is_closed(waiting.sock)

@@ -359,8 +359,10 @@ class _Session:
                 self._reply(option, Reply.ERR_TLS_REQD)
                 continue
             self._reply(option, Reply.ACK)
+            # Handshake after the swap, so that abort() reaches the socket a handshake blocks on.
+            self.sock = context.wrap_socket(self.sock, server_side=True, do_handshake_on_connect=False)
             try:
-                self.sock = context.wrap_socket(self.sock, server_side=True)
+                self.sock.do_handshake()
             except (ssl.SSLError, OSError) as exc:
                 _log.info("NBD TLS handshake failed: %s", exc)
                 raise _Closed from exc
