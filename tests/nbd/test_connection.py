@@ -30,8 +30,6 @@ from .helpers import (
     EXPORT_NAME,
     SUBJECT,
     VDI_UUID,
-    Pki,
-    make_disk,
     nbd_server,
     recv_all,
     scripted_server,
@@ -41,17 +39,7 @@ from .helpers import (
 )
 
 MiB = 1 << 20
-
-
-@pytest.fixture(scope="module")
-def pki():
-    return Pki.make()
-
-
-@pytest.fixture
-def disk(tmp_path):
-    path = tmp_path / "disk.raw"
-    return path, make_disk(path, 2 * MiB + 512)
+DISK_SIZE = 2 * MiB + 512
 
 
 def test_plain_read_and_disc(disk):

@@ -20,25 +20,15 @@ import pytest
 from xvatool.errors import NbdTlsError
 from xvatool.nbd import NbdConnection, NbdReader
 
-from .helpers import EXPORT_NAME, VDI_UUID, Pki, make_disk, nbd_server, target
+from .helpers import EXPORT_NAME, VDI_UUID, nbd_server, target
 
 MiB = 1 << 20
+DISK_SIZE = 7 * MiB + 512
 
 
 def need(tool: str) -> None:
     if shutil.which(tool) is None:
         pytest.skip(f"{tool} is not installed")
-
-
-@pytest.fixture(scope="module")
-def pki():
-    return Pki.make()
-
-
-@pytest.fixture
-def disk(tmp_path):
-    path = tmp_path / "disk.raw"
-    return path, make_disk(path, 7 * MiB + 512)
 
 
 def free_port() -> int:

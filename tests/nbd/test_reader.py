@@ -19,8 +19,6 @@ from xvatool.nbd.protocol import REQUEST, SIMPLE_REPLY, SIMPLE_REPLY_MAGIC
 from .helpers import (
     EXPORT_NAME,
     VDI_UUID,
-    Pki,
-    make_disk,
     nbd_server,
     recv_all,
     scripted_server,
@@ -30,13 +28,8 @@ from .helpers import (
 from .test_connection import serve_export
 
 MiB = 1 << 20
+DISK_SIZE = 5 * MiB + 3 * 512
 QUICK = RetryPolicy(retries=2, sleep=lambda s: None)
-
-
-@pytest.fixture
-def disk(tmp_path):
-    path = tmp_path / "disk.raw"
-    return path, make_disk(path, 5 * MiB + 3 * 512)
 
 
 def collect(reader, ranges):
@@ -236,8 +229,7 @@ def test_leaving_early_then_reading_again(disk):
             collect(reader, [(0, 512)])
 
 
-def test_tls_over_four_connections(disk):
-    pki = Pki.make()
+def test_tls_over_four_connections(disk, pki):
     path, data = disk
     with nbd_server({VDI_UUID: path}, tls=pki.leaf.server_context()) as (server, _):
         with NbdReader(target(server.port, leaf=pki.leaf)) as reader:

@@ -26,28 +26,16 @@ from .helpers import (
     EXPORT_NAME,
     SESSION,
     VDI_UUID,
-    Pki,
     RawClient,
     is_closed,
-    make_disk,
     nbd_server,
     recv_all,
     wait_until,
 )
 
 MiB = 1 << 20
+DISK_SIZE = 3 * MiB
 CMD_FLAG_FUA = 1
-
-
-@pytest.fixture(scope="module")
-def pki():
-    return Pki.make()
-
-
-@pytest.fixture
-def disk(tmp_path):
-    path = tmp_path / "disk.raw"
-    return path, make_disk(path, 3 * MiB)
 
 
 @pytest.fixture
