@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from xvatool.errors import UsageError
+from xvatool.errors import StreamStateError, UsageError
 from xvatool.nbd import ExportName, FileExport, NbdServer
 from xvatool.nbd.protocol import (
     CLIENT_FIXED_NEWSTYLE,
@@ -331,6 +331,21 @@ def test_close_cuts_idle_clients_and_joins(disk, pki, client_ctx, connect):
     assert is_closed(waiting.sock)
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", server.port), timeout=1)
+
+
+def test_serves_ipv6_loopback_and_only_once():
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    with NbdServer(lambda name: None) as server:
+        try:
+            host, port = server.serve("::1", 0)
+        except UsageError:
+            pytest.skip("no IPv6 loopback")
+        assert host == "::1"
+        with socket.create_connection(("::1", port), timeout=5) as sock:
+            assert recv_all(sock, 8) == b"NBDMAGIC"
+        with pytest.raises(StreamStateError):
+            server.serve()
 
 
 def test_serve_reports_a_taken_port():

@@ -40,7 +40,7 @@ from types import TracebackType
 from typing import Literal, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from xvatool.errors import UsageError
+from xvatool.errors import StreamStateError, UsageError
 from xvatool.nbd.protocol import (
     CLIENT_FIXED_NEWSTYLE,
     CLIENT_FLAGS,
@@ -215,9 +215,10 @@ class NbdServer:
     def serve(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
         """Listen on `host`:`port` (0 = any free port) and accept in a thread; returns the address."""
         if self._listener is not None:
-            raise UsageError("this NBD server is already serving")
+            raise StreamStateError("an NBD server serves once")
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
-            listener = socket.create_server((host, port), backlog=LISTEN_BACKLOG)
+            listener = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
         except OSError as exc:
             raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
         listener.settimeout(POLL_INTERVAL_S)
