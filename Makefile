@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/transfer.py
 	$(BIN)/python bench/convert.py
 	$(BIN)/python bench/repo.py --s3
+	$(BIN)/python bench/nbd.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

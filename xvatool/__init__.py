@@ -20,12 +20,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from xvatool.errors import (
+    CbtBitmapError,
     ChecksumError,
     FormatError,
     HostError,
     Interrupted,
     LocalIOError,
     MetadataError,
+    NbdError,
+    NbdProtocolError,
+    NbdTlsError,
     ObjectCorruptError,
     ObjectMissingError,
     PartialFailure,
@@ -106,6 +110,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "ArchiveInfo",
     "BackupReport",
+    "CbtBitmapError",
     "ChecksumError",
     "Chunk",
     "CreateResult",
@@ -123,6 +128,9 @@ __all__ = [
     "Metadata",
     "MetadataError",
     "MigrateResult",
+    "NbdError",
+    "NbdProtocolError",
+    "NbdTlsError",
     "NetworkInfo",
     "ObjectCorruptError",
     "ObjectMissingError",

@@ -10,7 +10,11 @@ problem" with one class, and the CLI can map each branch to one exit code::
     │   └── MetadataError             ova.xml is not a valid XVA metadata document
     ├── HostError                     the host (or the network to it) is at fault
     │   ├── XapiError                 an API failure: code + params, as xapi sends them
-    │   └── TransferError             an HTTP data transfer failed (reset, 5xx, inline 500, stall)
+    │   ├── TransferError             an HTTP data transfer failed (reset, 5xx, inline 500, stall)
+    │   │   └── NbdError              an NBD connection or request failed (drop, stall, error reply)
+    │   │       ├── NbdProtocolError  the NBD peer broke the protocol (magic, handle, length)
+    │   │       └── NbdTlsError       the NBD server's certificate or TLS offer was not acceptable
+    │   └── CbtBitmapError            a changed-block bitmap does not fit the disk it describes
     ├── ResumeError                   a journal does not match the archive or host it claims
     ├── UsageError                    the user asked for something impossible        exit 2
     │   └── LocalIOError              a local file could not be read or written        exit 2
@@ -42,12 +46,16 @@ import contextlib
 from collections.abc import Iterator, Sequence
 
 __all__ = [
+    "CbtBitmapError",
     "ChecksumError",
     "FormatError",
     "HostError",
     "Interrupted",
     "LocalIOError",
     "MetadataError",
+    "NbdError",
+    "NbdProtocolError",
+    "NbdTlsError",
     "ObjectCorruptError",
     "ObjectMissingError",
     "PartialFailure",
@@ -179,6 +187,55 @@ class TransferError(HostError):
     def __init__(self, message: str, *, host: str | None = None, retryable: bool = True) -> None:
         super().__init__(message, host=host)
         self.retryable = retryable
+
+
+class NbdError(TransferError):
+    """An NBD connection or request failed; `retryable` tells whether reconnecting may help.
+
+    `errno` is the error a server put in its reply (22 = EINVAL), when it sent one; `offset` and
+    `length` name the READ the failure belongs to. The export name never appears in a message:
+    xapi's carries the session id.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        host: str | None = None,
+        retryable: bool = True,
+        errno: int | None = None,
+        offset: int | None = None,
+        length: int | None = None,
+    ) -> None:
+        super().__init__(message, host=host, retryable=retryable)
+        self.errno = errno
+        self.offset = offset
+        self.length = length
+
+    def __str__(self) -> str:
+        text = self.message
+        if self.offset is not None:
+            size = f"of {self.length} bytes " if self.length is not None else ""
+            text = f"NBD read {size}at offset {self.offset}: {text}"
+        return f"{self.host}: {text}" if self.host else text
+
+
+class NbdProtocolError(NbdError):
+    """The NBD peer sent something the protocol does not allow; reconnecting will not help."""
+
+    def __init__(self, message: str, *, host: str | None = None, offset: int | None = None) -> None:
+        super().__init__(message, host=host, retryable=False, offset=offset)
+
+
+class NbdTlsError(NbdError):
+    """The NBD server refused TLS, or its certificate is not the one the host vouched for."""
+
+    def __init__(self, message: str, *, host: str | None = None) -> None:
+        super().__init__(message, host=host, retryable=False)
+
+
+class CbtBitmapError(HostError):
+    """A `VDI.list_changed_blocks` bitmap does not fit the disk it describes (length, base64)."""
 
 
 class ResumeError(XvatoolError):
