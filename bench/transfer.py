@@ -156,8 +156,8 @@ def main() -> None:
     parser.add_argument("--fill", type=float, default=0.6, help="fraction of 1 MiB blocks holding data")
     args = parser.parse_args()
 
-    from xvatool.xapi.export import export_vm
-    from xvatool.xapi.import_ import import_vm
+    from xvatool.ops.export import export_vm
+    from xvatool.ops.import_ import import_vm
     from xvatool.xapi.session import connect
     from xvatool.xapi.vms import find_sr
 

@@ -39,13 +39,13 @@ from xvatool.errors import (
 if TYPE_CHECKING:
     from xvatool.ops.backup import BackupReport, Selection, VmBackupResult, backup
     from xvatool.ops.demo import DemoSummary, run_demo
+    from xvatool.ops.export import ExportResult, export_stream, export_vm
+    from xvatool.ops.import_ import ImportResult, import_stream, import_vm
     from xvatool.ops.manifest import Manifest, verify_backup
     from xvatool.ops.migrate import MigrateResult, migrate
     from xvatool.ops.restore import RestoreResult, restore
     from xvatool.ops.retention import RetentionResult, apply_retention
     from xvatool.sim import SimHost, running_host
-    from xvatool.xapi.export import ExportResult, export_stream, export_vm
-    from xvatool.xapi.import_ import ImportResult, import_stream, import_vm
     from xvatool.xapi.inventory import DiskSummary, VmSummary, list_vms
     from xvatool.xapi.session import Session, connect
     from xvatool.xapi.vdi import export_vdi, import_vdi
@@ -67,8 +67,8 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(["RestoreResult", "restore"], "xvatool.ops.restore"),
     **dict.fromkeys(["RetentionResult", "apply_retention"], "xvatool.ops.retention"),
     **dict.fromkeys(["SimHost", "running_host"], "xvatool.sim"),
-    **dict.fromkeys(["ExportResult", "export_stream", "export_vm"], "xvatool.xapi.export"),
-    **dict.fromkeys(["ImportResult", "import_stream", "import_vm"], "xvatool.xapi.import_"),
+    **dict.fromkeys(["ExportResult", "export_stream", "export_vm"], "xvatool.ops.export"),
+    **dict.fromkeys(["ImportResult", "import_stream", "import_vm"], "xvatool.ops.import_"),
     **dict.fromkeys(["DiskSummary", "VmSummary", "list_vms"], "xvatool.xapi.inventory"),
     **dict.fromkeys(["Session", "connect"], "xvatool.xapi.session"),
     **dict.fromkeys(["export_vdi", "import_vdi"], "xvatool.xapi.vdi"),

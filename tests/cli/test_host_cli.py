@@ -189,7 +189,7 @@ def test_vdi_import_passes_options(runner, fake, tmp_path):
     assert result.stdout.strip() == "new-uuid"
     kwargs = imp.call_args.kwargs
     assert kwargs["vdi_uuid"] == "u-1" and kwargs["sr"] is None
-    assert kwargs["format"] == "vhd" and kwargs["resume"] is True and kwargs["retries"] == 0
+    assert kwargs["format"] == "vhd" and kwargs["resume"] is True and kwargs["retry"].retries == 0
 
 
 def test_vdi_export_passes_options(runner, fake, tmp_path):
@@ -198,7 +198,7 @@ def test_vdi_export_passes_options(runner, fake, tmp_path):
     assert result.exit_code == 0, result.output
     args, kwargs = exp.call_args
     assert args[1:] == ("u-2", Path("x.vhd"))
-    assert kwargs["format"] == "vhd" and kwargs["retries"] == 3
+    assert kwargs["format"] == "vhd" and kwargs["retry"].retries == 3
     assert args[0].timeout_s == 5.0
 
 

@@ -5,9 +5,12 @@ import struct
 
 import pytest
 
+from tests.progress import RecordingProgress
+from tests.retry import instant
 from tests.xapi.fakehost import FakeXapi, ScriptedServer, sim_host
+from xvatool._files import temp_files_of
 from xvatool.errors import ResumeError, TransferError, UsageError, XapiError
-from xvatool.xapi import tasks, transfer
+from xvatool.xapi import tasks
 from xvatool.xapi.journal import import_journal_path
 from xvatool.xapi.session import connect
 from xvatool.xapi.vdi import export_vdi, import_vdi, vhd_virtual_size
@@ -24,14 +27,7 @@ def fake():
 
 
 @pytest.fixture(autouse=True)
-def no_backoff(monkeypatch):
-    monkeypatch.setattr(transfer, "DEFAULT_BACKOFF_S", 0.0)
-    real = transfer.retrying
-
-    def fast(op, retries=transfer.DEFAULT_RETRIES, backoff=0.0, **kw):
-        return real(op, retries, 0.0, **kw)
-
-    monkeypatch.setattr("xvatool.xapi.vdi.retrying", fast)
+def fast_polls(monkeypatch):
     monkeypatch.setattr(tasks, "POLL_INTERVAL_S", 0.01)
 
 
@@ -51,12 +47,13 @@ def test_export_raw_round_trip(fake, tmp_path):
     content = disk_image(5 * MIB)
     vdi = fake.add_vdi(content)
     out = tmp_path / "disk.raw"
-    seen = []
+    bars = RecordingProgress()
     with session(fake) as s:
-        assert export_vdi(s, vdi.uuid, out, progress=lambda d, t: seen.append((d, t))) == out
+        assert export_vdi(s, vdi.uuid, out, progress=bars) == out
     assert out.read_bytes() == content
-    assert not (tmp_path / "disk.raw.part").exists()
-    assert seen[-1] == (5 * MIB, 5 * MIB)
+    assert temp_files_of(tmp_path) == []
+    ((label, total),) = bars.totals.items()
+    assert total == 5 * MIB and bars.counts[label] == 5 * MIB and bars.closed == [label]
     assert not fake.tasks  # destroyed
     assert fake.logouts == 1
 
@@ -67,7 +64,7 @@ def test_export_retries_short_body_and_inline_500(fake, tmp_path):
     fake.faults = ["short", "inline500"]
     out = tmp_path / "d.raw"
     with session(fake) as s:
-        export_vdi(s, vdi.uuid, out, retries=2)
+        export_vdi(s, vdi.uuid, out, retry=instant(2))
     assert out.read_bytes() == content
     assert len([r for r in fake.calls if r[0] == "task.create"]) == 3
 
@@ -77,7 +74,7 @@ def test_export_retries_zero_fails_and_leaves_no_output(fake, tmp_path):
     fake.faults = ["short"]
     out = tmp_path / "d.raw"
     with session(fake) as s, pytest.raises(TransferError, match="body ended"):
-        export_vdi(s, vdi.uuid, out, retries=0)
+        export_vdi(s, vdi.uuid, out, retry=instant(0))
     assert not out.exists() and not (tmp_path / "d.raw.part").exists()
 
 
@@ -138,7 +135,7 @@ def test_import_retries_a_dropped_segment(fake, tmp_path):
     _write_image(src, content)
     fake.faults = [None, "drop"]  # second segment's first attempt breaks
     with session(fake) as s:
-        uuid = import_vdi(s, src, sr="Local storage", segment_size=2 * MIB, retries=1)
+        uuid = import_vdi(s, src, sr="Local storage", segment_size=2 * MIB, retry=instant(1))
     assert bytes(fake.vdi_by_uuid(uuid).data) == content
 
 
@@ -147,10 +144,10 @@ def test_import_task_vdi_io_error_is_retried(fake, tmp_path):
     _write_image(src, b"\x05" * MIB)
     fake.faults = ["fail-task"]
     with session(fake) as s:
-        import_vdi(s, src, sr="Local storage", retries=1)
+        import_vdi(s, src, sr="Local storage", retry=instant(1))
     with session(fake) as s, pytest.raises(TransferError, match="VDI_IO_ERROR"):
         fake.faults = ["fail-task"]
-        import_vdi(s, src, sr="Local storage", retries=0)
+        import_vdi(s, src, sr="Local storage", retry=instant(0))
 
 
 def test_import_resume_sends_only_unfinished_segments(fake, tmp_path):
@@ -159,7 +156,7 @@ def test_import_resume_sends_only_unfinished_segments(fake, tmp_path):
     _write_image(src, content)
     fake.faults = [None, "drop"]
     with session(fake) as s, pytest.raises(TransferError):
-        import_vdi(s, src, sr="Local storage", segment_size=2 * MIB, retries=0)
+        import_vdi(s, src, sr="Local storage", segment_size=2 * MIB, retry=instant(0))
     journal = import_journal_path(src, fake.url)
     assert journal.exists()
     (uuid,) = [v.uuid for v in fake.vdis.values()]
@@ -178,7 +175,7 @@ def test_resume_refuses_changed_file(fake, tmp_path):
     _write_image(src, b"\x01" * (4 * MIB))
     fake.faults = [None, "drop"]
     with session(fake) as s, pytest.raises(TransferError):
-        import_vdi(s, src, sr="Local storage", segment_size=2 * MIB, retries=0)
+        import_vdi(s, src, sr="Local storage", segment_size=2 * MIB, retry=instant(0))
     _write_image(src, b"\x02" * (5 * MIB))
     with session(fake) as s, pytest.raises(ResumeError, match="file_size"):
         import_vdi(s, src, sr="Local storage", segment_size=2 * MIB, resume=True)
@@ -189,7 +186,7 @@ def test_resume_refuses_vanished_vdi(fake, tmp_path):
     _write_image(src, b"\x01" * (4 * MIB))
     fake.faults = [None, "drop"]
     with session(fake) as s, pytest.raises(TransferError):
-        import_vdi(s, src, sr="Local storage", segment_size=2 * MIB, retries=0)
+        import_vdi(s, src, sr="Local storage", segment_size=2 * MIB, retry=instant(0))
     fake.vdis.clear()
     with session(fake) as s, pytest.raises(ResumeError, match="no longer exists"):
         import_vdi(s, src, sr="Local storage", segment_size=2 * MIB, resume=True)
@@ -325,10 +322,10 @@ def test_sim_export_survives_faults(simr, tmp_path, fault):
     with _sim_session(simr, timeout=0.5) as s:
         simr.host.add_fault(fault)
         with pytest.raises(TransferError):
-            export_vdi(s, uuid, out, retries=0)
+            export_vdi(s, uuid, out, retry=instant(0))
         assert not out.exists()
         simr.host.add_fault(fault)
-        export_vdi(s, uuid, out, retries=1)
+        export_vdi(s, uuid, out, retry=instant(1))
     assert out.read_bytes() == simr.host.disk_bytes(ref)
 
 
@@ -336,7 +333,7 @@ def test_sim_export_follows_redirect(simr, tmp_path):
     ref, uuid = _sim_disk(simr)
     simr.host.add_fault("export_raw_vdi:redirect")
     with _sim_session(simr) as s:
-        export_vdi(s, uuid, tmp_path / "d.raw", retries=0)
+        export_vdi(s, uuid, tmp_path / "d.raw", retry=instant(0))
     assert (tmp_path / "d.raw").read_bytes() == simr.host.disk_bytes(ref)
 
 
@@ -351,9 +348,9 @@ def test_sim_import_survives_faults(simr, tmp_path, fault):
     with _sim_session(simr, timeout=0.5) as s:
         simr.host.add_fault(fault)
         with pytest.raises(TransferError):
-            import_vdi(s, src, vdi_uuid=uuid, retries=0)
+            import_vdi(s, src, vdi_uuid=uuid, retry=instant(0))
         simr.host.add_fault(fault)
-        assert import_vdi(s, src, vdi_uuid=uuid, retries=1, resume=True) == uuid
+        assert import_vdi(s, src, vdi_uuid=uuid, retry=instant(1), resume=True) == uuid
     assert simr.host.disk_bytes(ref, 0, 3 * MIB) == src.read_bytes()
 
 
@@ -363,7 +360,7 @@ def test_sim_import_follows_redirect_found_by_probe(simr, tmp_path):
     src.write_bytes(b"\x33" * MIB)
     simr.host.add_fault("import_raw_vdi:redirect")
     with _sim_session(simr) as s:
-        import_vdi(s, src, vdi_uuid=uuid, retries=0)
+        import_vdi(s, src, vdi_uuid=uuid, retry=instant(0))
     assert simr.host.disk_bytes(ref, 0, MIB) == src.read_bytes()
 
 
@@ -374,7 +371,7 @@ def test_sim_import_resume_after_failure(simr, tmp_path):
     simr.host.add_fault("import_raw_vdi:drop-after=1MiB:times=3")
     with _sim_session(simr) as s:
         with pytest.raises(TransferError):
-            import_vdi(s, src, vdi_uuid=uuid, segment_size=2 * MIB, retries=0)
+            import_vdi(s, src, vdi_uuid=uuid, segment_size=2 * MIB, retry=instant(0))
         assert import_journal_path(src, s.url).exists()
     simr.host.faults = type(simr.host.faults)()  # disarm
     with _sim_session(simr) as s:
@@ -387,7 +384,7 @@ def test_existing_journal_without_resume_is_refused(fake, tmp_path):
     _write_image(src, b"\x01" * (4 * MIB))
     fake.faults = [None, "drop"]
     with session(fake) as s, pytest.raises(TransferError):
-        import_vdi(s, src, sr="Local storage", segment_size=2 * MIB, retries=0)
+        import_vdi(s, src, sr="Local storage", segment_size=2 * MIB, retry=instant(0))
     with session(fake) as s, pytest.raises(UsageError, match="use --resume"):
         import_vdi(s, src, sr="Local storage", segment_size=2 * MIB)
     assert len(fake.vdis) == 1
@@ -398,7 +395,7 @@ def test_resume_resends_a_segment_whose_content_changed(fake, tmp_path):
     _write_image(src, b"\x01" * (4 * MIB))
     fake.faults = [None, "drop"]
     with session(fake) as s, pytest.raises(TransferError):
-        import_vdi(s, src, sr="Local storage", segment_size=2 * MIB, retries=0)
+        import_vdi(s, src, sr="Local storage", segment_size=2 * MIB, retry=instant(0))
     st = src.stat()
     with open(src, "r+b") as fh:  # same size, same mtime, different first segment
         fh.write(b"\x09" * 512)
@@ -429,7 +426,7 @@ def test_export_lasting_task_failure_is_not_retried(fake, tmp_path):
     vdi = fake.add_vdi(disk_image(2 * MIB))
     fake.faults = ["too-large", None]
     with session(fake) as s, pytest.raises(XapiError, match="VDI_TOO_LARGE"):
-        export_vdi(s, vdi.uuid, tmp_path / "d.raw", retries=3)
+        export_vdi(s, vdi.uuid, tmp_path / "d.raw", retry=instant(3))
     assert len([c for c in fake.calls if c[0] == "task.create"]) == 1
     assert fake.faults == [None]
 
@@ -437,27 +434,24 @@ def test_export_lasting_task_failure_is_not_retried(fake, tmp_path):
 def test_import_progress_reaches_total(fake, tmp_path):
     src = tmp_path / "d.raw"
     _write_image(src, disk_image(5 * MIB))
-    seen: list[tuple[int, int]] = []
+    bars = RecordingProgress()
     with session(fake) as s:
-        import_vdi(
-            s, src, sr="Local storage", segment_size=2 * MIB, progress=lambda d, t: seen.append((d, t))
-        )
-    assert seen[-1] == (5 * MIB, 5 * MIB)
-    assert all(t == 5 * MIB for _, t in seen)
-    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
-    assert len({d for d, _ in seen}) >= 5  # per block, not only per segment
+        import_vdi(s, src, sr="Local storage", segment_size=2 * MIB, progress=bars)
+    assert bars.totals == {"d.raw": 5 * MIB} and bars.counts == {"d.raw": 5 * MIB}
+    assert all(n > 0 for n in bars.updates["d.raw"])
+    assert len(bars.updates["d.raw"]) >= 5  # per block, not only per segment
 
 
 def test_ctrl_c_keeps_journal_and_cleans_up(fake, tmp_path):
     src = tmp_path / "d.raw"
     _write_image(src, b"\x01" * (4 * MIB))
 
-    def interrupt(done, total):
+    def interrupt(label, done):
         if done > 2 * MIB:
             raise KeyboardInterrupt
 
     with session(fake) as s, pytest.raises(KeyboardInterrupt):
-        import_vdi(s, src, sr="Local storage", segment_size=2 * MIB, progress=interrupt)
+        import_vdi(s, src, sr="Local storage", segment_size=2 * MIB, progress=RecordingProgress(interrupt))
     assert import_journal_path(src, fake.url).exists()
     assert not fake.tasks  # the segment's task was destroyed
     assert fake.logouts == 1

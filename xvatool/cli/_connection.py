@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from xvatool._retry import DEFAULT_RETRIES, RetryPolicy
 from xvatool.errors import LocalIOError, UsageError
 
 if TYPE_CHECKING:
@@ -212,10 +213,17 @@ def connection_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _retry_policy(_ctx: click.Context, _param: click.Parameter, value: int) -> RetryPolicy:
+    return RetryPolicy(retries=value)
+
+
 retries_option = click.option(
     "--retries",
+    "retry",
     type=click.IntRange(min=0),
-    default=3,
+    default=DEFAULT_RETRIES,
     show_default=True,
+    callback=_retry_policy,
     help="Retry transient failures (reset, 5xx, stall) this many times, resuming; 0 fails at once.",
 )
+"""``--retries N``; the command receives ``retry``, a `RetryPolicy`."""

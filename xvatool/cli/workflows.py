@@ -20,8 +20,8 @@ from xvatool.cli._common import (
     human_size,
     json_option,
     network_map_option,
-    progress_factory,
     quiet_option,
+    terminal_progress,
 )
 from xvatool.cli._connection import INSECURE_WARNING, Connection, connection_options, read_password_file
 from xvatool.errors import PartialFailure, UsageError, XvatoolError
@@ -29,7 +29,7 @@ from xvatool.errors import PartialFailure, UsageError, XvatoolError
 if TYPE_CHECKING:
     from xvatool._types import Compression
     from xvatool.ops.backup import BackupReport, ExportMode
-    from xvatool.xapi.export import TransferMode
+    from xvatool.ops.export import TransferMode
     from xvatool.xapi.session import Session
 
 __all__ = ["COMMANDS"]
@@ -128,7 +128,7 @@ def backup_command(
     report = backup(
         connect, Selection(vms, all_vms, tags), dest, jobs=jobs, keep=keep,
         compression=cast("Compression", compression), mode=cast("ExportMode", mode),
-        progress=progress_factory(),
+        progress=terminal_progress(),
     )  # fmt: skip
     echo_json(report.to_json()) if as_json else _render_backup(report)
     _backup_outcome(report)
@@ -166,7 +166,7 @@ def restore_command(
 
     with connect() as session:
         result = restore(session, backup, sr=sr, restore_identity=restore_identity,
-                         mode=cast("ExportMode", mode), progress=progress_factory())  # fmt: skip
+                         mode=cast("ExportMode", mode), progress=terminal_progress())  # fmt: skip
     echo_json(result.to_json()) if as_json else click.echo(result.vm_uuid)
 
 
@@ -215,7 +215,7 @@ def migrate_command(
     target = _target_session(to_url, to_user, to_password_file, to_fingerprint, to_ca_bundle, to_insecure)
     with connect() as source, target(source.timeout_s) as dest:
         result = migrate(source, dest, vm, sr=sr, network_map=map_network, shutdown_source=shutdown_source,
-                         mode=cast("TransferMode", mode), progress=progress_factory())  # fmt: skip
+                         mode=cast("TransferMode", mode), progress=terminal_progress())  # fmt: skip
     if as_json:
         echo_json(result.to_json())
         return
@@ -243,7 +243,7 @@ def demo_command(*, keep_dir: Path | None, as_json: bool) -> None:
     from xvatool.ops.demo import run_demo
 
     say = None if as_json else click.echo
-    summary = run_demo(workdir=keep_dir, progress=progress_factory(), say=say)
+    summary = run_demo(workdir=keep_dir, progress=terminal_progress(), say=say)
     if as_json:
         echo_json(summary.to_json())
         return
