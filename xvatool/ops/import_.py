@@ -28,14 +28,17 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xvatool._files import remove_tree
 from xvatool._progress import Progress, ProgressBar, ProgressGroup
 from xvatool._retry import DEFAULT_RETRY, RetryPolicy
 from xvatool._streams import READ_BUFFER_SIZE, LocalStream, TeeReader, open_local
@@ -95,6 +98,19 @@ class ImportResult:
 
 
 # -- stream mode ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _private_folder(beside: Path) -> Iterator[Path]:
+    """A new folder only we can use, next to `beside`, removed with its contents afterwards."""
+    try:
+        folder = Path(tempfile.mkdtemp(prefix=f".{beside.name}.", suffix=".part.d", dir=beside.parent))
+    except OSError as exc:
+        raise LocalIOError(exc.strerror or str(exc), path=str(beside.parent)) from exc
+    try:
+        yield folder
+    finally:
+        remove_tree(folder)
 
 
 def create_disk_vdi(session: Session, sr_ref: str, disk: DiskInfo) -> tuple[str, str]:
@@ -250,12 +266,15 @@ class _ParallelImport:
                     "to remove its VDIs and start over"
                 )
             self._discard(Journal.load(self.journal_path))
-        index = index_archive(
-            self.path,
-            segment_size=self.segment_size,
-            progress=self.bars.new("verify", self.path.stat().st_size).update,
-        )
-        try:
+        # A compressed archive's extents are spooled for reading back at offsets: into a fresh
+        # private folder, so that nothing planted at a predictable name is ever written through.
+        with _private_folder(self.path) as spool_dir:
+            index = index_archive(
+                self.path,
+                segment_size=self.segment_size,
+                spool_path=spool_dir / "extents",
+                progress=self.bars.new("verify", self.path.stat().st_size).update,
+            )
             journal = self._journal(index, resume)
             try:
                 disks = self._send_disks(index, journal)
@@ -266,11 +285,8 @@ class _ParallelImport:
                 self.stop.set()
                 self._on_failure(journal, exc, discard)
                 raise
-            journal.remove()
-            return ImportResult(vm_uuid=vm_uuid, vm_ref=vm_ref, mode="parallel", disks=disks)
-        finally:
-            if index.spooled:
-                index.data_path.unlink(missing_ok=True)
+        journal.remove()
+        return ImportResult(vm_uuid=vm_uuid, vm_ref=vm_ref, mode="parallel", disks=disks)
 
     def _journal(self, index: ArchiveIndex, resume: bool) -> Journal:
         key = {
