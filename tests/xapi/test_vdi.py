@@ -9,7 +9,7 @@ from tests.progress import RecordingProgress
 from tests.retry import instant
 from tests.xapi.fakehost import FakeXapi, ScriptedServer, sim_host
 from xvatool._files import temp_files_of
-from xvatool.errors import ResumeError, TransferError, UsageError, XapiError
+from xvatool.errors import LocalIOError, ResumeError, TransferError, UsageError, XapiError
 from xvatool.xapi import tasks
 from xvatool.xapi.journal import import_journal_path
 from xvatool.xapi.session import connect
@@ -256,7 +256,7 @@ def test_import_into_too_small_vdi(fake, tmp_path):
 
 
 def test_import_missing_file(fake, tmp_path):
-    with session(fake) as s, pytest.raises(UsageError):
+    with session(fake) as s, pytest.raises(LocalIOError, match=r"missing\.raw"):
         import_vdi(s, tmp_path / "missing.raw", sr="Local storage")
 
 

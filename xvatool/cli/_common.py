@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
 
-from xvatool.errors import Interrupted, XvatoolError
+from xvatool.cli._exit import EXIT_INTERRUPTED, exit_code_of
+from xvatool.errors import XvatoolError
 
 if TYPE_CHECKING:
     from xvatool._progress import Progress, ProgressBar
@@ -39,7 +40,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def command_errors(func: Callable[P, R]) -> Callable[P, R]:
-    """Turn any `XvatoolError` into one line on stderr and its exit code.
+    """Turn any `XvatoolError` into one line on stderr and its exit code (`cli._exit.EXIT_CODES`).
 
     Other exceptions keep their traceback: they are bugs and must be loud. `--debug` shows the
     traceback of expected errors too.
@@ -54,12 +55,12 @@ def command_errors(func: Callable[P, R]) -> Callable[P, R]:
             resumable = "resume" in ctx.params  # only transfers keep state worth resuming
             hint = "; partial state was kept for --resume" if resumable else ""
             click.echo(f"xvatool: interrupted{hint}", err=True)
-            ctx.exit(Interrupted.exit_code)
+            ctx.exit(EXIT_INTERRUPTED)
         except XvatoolError as exc:
             if (ctx.find_root().obj or {}).get("debug"):
                 raise
             click.echo(f"xvatool: {exc}", err=True)
-            ctx.exit(exc.exit_code)
+            ctx.exit(exit_code_of(exc))
         raise AssertionError("unreachable")
 
     return wrapper
