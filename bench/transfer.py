@@ -75,8 +75,7 @@ def serve(work: Path) -> Iterator[str]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    entry = "from xvatool.cli import main; main()"
-    cmd = [sys.executable, "-c", entry, "serve", "--data", str(work / "host"),
+    cmd = [sys.executable, "-m", "xvatool", "serve", "--data", str(work / "host"),
            "--listen", f"127.0.0.1:{port}", "--password-file", str(pw)]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -39,3 +39,16 @@ def test_import_and_format_layer_do_not_load_the_http_client():
     code = "import sys, xvatool, xvatool.cli; xvatool.validate_archive; print('httpx' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_python_dash_m_runs_this_checkout():
+    out = subprocess.run(
+        [sys.executable, "-m", "xvatool", "--version"], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == f"xvatool, version {xvatool.__version__}"
+
+
+def test_version_comes_from_the_package_metadata():
+    import importlib.metadata
+
+    assert xvatool.__version__ == importlib.metadata.version("xvatool")

@@ -17,6 +17,7 @@ and the format layer never drags in the HTTP client.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 from typing import TYPE_CHECKING, Any
 
 from xvatool.errors import (
@@ -57,7 +58,8 @@ if TYPE_CHECKING:
     from xvatool.xva.validate import ArchiveInfo, Report, inspect_archive, validate_archive
     from xvatool.xva.writer import WriteStats, XvaWriter, write_xva
 
-__version__ = "0.1.0"
+__version__ = importlib.metadata.version("xvatool")
+"""The installed distribution's version: pyproject.toml is the one place it is written."""
 
 _LAZY: dict[str, str] = {
     **dict.fromkeys(["BackupReport", "Selection", "VmBackupResult", "backup"], "xvatool.ops.backup"),

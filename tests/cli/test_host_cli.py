@@ -251,8 +251,8 @@ def test_sigterm_keeps_a_foreign_handler(monkeypatch):
 
 
 def test_vm_list_against_xvatool_serve_process(tmp_path):
-    """The real thing: `xvatool serve` in one process, `xvatool vm list` in another."""
-    exe = [str(Path(sys.executable).with_name("xvatool"))]
+    """The real thing: `xvatool serve` in one process, `xvatool vm list` in another (this checkout)."""
+    exe = [sys.executable, "-m", "xvatool"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("XVATOOL_")}
     env["PYTHONUNBUFFERED"] = "1"  # the URL line must arrive while the server runs
     server = subprocess.Popen(

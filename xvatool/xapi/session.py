@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import ipaddress
 import logging
 import re
@@ -41,6 +42,7 @@ from xvatool.xva.ovaxml import DateTime
 __all__ = [
     "DEFAULT_TIMEOUT_S",
     "MAX_RPC_RESPONSE_SIZE",
+    "ORIGINATOR",
     "Session",
     "connect",
     "normalize_fingerprint",
@@ -57,6 +59,8 @@ RPC_PATH = "/"
 """xapi serves XML-RPC at ``POST /`` and ``POST /RPC2`` (§1.1)."""
 API_VERSION = "1.1"
 """The ``version`` argument of login_with_password (§1.5)."""
+ORIGINATOR = f"xvatool/{importlib.metadata.version('xvatool')}"
+"""Who we are to the host: the `originator` of login (§1.5) and the User-Agent of every request."""
 THUMBPRINT_REQUEST_HEADER = "x-xenapi-request-host-certificate-thumbprint"
 THUMBPRINT_RESPONSE_HEADER = "x-xenapi-response-host-certificate-thumbprint"
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
@@ -268,12 +272,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _originator() -> str:
-    from xvatool import __version__  # late: xvatool/__init__ may import this package
-
-    return f"xvatool/{__version__}"
-
-
 class _Proxy:
     """``session.xenapi.VM.get_record(ref)`` → ``session.call("VM.get_record", ref)``."""
 
@@ -335,7 +333,7 @@ class Session:
             transport=self._transport,
             follow_redirects=False,
             trust_env=False,  # no proxies or netrc credentials picked up behind the user's back
-            headers={"User-Agent": _originator()},
+            headers={"User-Agent": ORIGINATOR},
         )
 
     def http(self, timeout_s: float | None = None) -> httpx.Client:
@@ -436,7 +434,7 @@ class Session:
     def _login_once(self, user: str, password: str) -> None:
         headers = {THUMBPRINT_REQUEST_HEADER: "sha-256:master"} if self.fingerprint else None
         data, reply_headers = self._post(
-            "session.login_with_password", (user, password, API_VERSION, _originator()), headers
+            "session.login_with_password", (user, password, API_VERSION, ORIGINATOR), headers
         )
         # sent alongside a HOST_IS_SLAVE failure when asked for (§1.3)
         self._master_thumbprint = reply_headers.get(THUMBPRINT_RESPONSE_HEADER)
