@@ -99,7 +99,7 @@ def test_prompt_on_terminal(monkeypatch):
         fingerprint=None,
         ca_bundle=None,
         insecure=False,
-        timeout=5,
+        timeout_s=5,
     )
     assert c.password == "typed"
     assert c.password == "typed"

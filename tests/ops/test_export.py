@@ -250,8 +250,8 @@ def host_disk_digests(sim, vm_ref: str) -> dict[str, str]:
     return out
 
 
-def session_of(sim, timeout=5.0):
-    return connect(sim.url, sim.user, sim.password, timeout=timeout)
+def session_of(sim, timeout_s=5.0):
+    return connect(sim.url, sim.user, sim.password, timeout_s=timeout_s)
 
 
 def no_leftovers(out: Path) -> bool:
@@ -348,7 +348,7 @@ FAULTS = ["drop-after=1MiB", "stall=2", "inline-500-after=1MiB"]
 def test_stream_export_survives_transient_faults(sim, tmp_path, fault):
     sim.host.add_fault(f"export:{fault}")
     out = tmp_path / "vm.xva"
-    with session_of(sim, timeout=1.0) as s:
+    with session_of(sim, timeout_s=1.0) as s:
         export_vm(s, "demo-vm", out, mode="stream", retry=instant(2))
     assert not sim.host.faults.pending()
     assert archive_disk_digests(out) == host_disk_digests(sim, sim.host.vm("demo-vm"))
@@ -358,7 +358,7 @@ def test_stream_export_survives_transient_faults(sim, tmp_path, fault):
 def test_parallel_export_survives_transient_faults(sim, tmp_path, fault):
     sim.host.add_fault(f"export_raw_vdi:{fault}:times=2")
     out = tmp_path / "vm.xva"
-    with session_of(sim, timeout=1.0) as s:
+    with session_of(sim, timeout_s=1.0) as s:
         export_vm(s, "demo-vm", out, mode="parallel", retry=instant(3))
     assert not sim.host.faults.pending()
     assert archive_disk_digests(out) == host_disk_digests(sim, sim.host.vm("demo-vm"))

@@ -194,7 +194,7 @@ def test_sr_by_name_and_unknown_sr(sim, exported):
 def test_stream_import_survives_transient_faults(sim, exported, fault):
     path, digests = exported
     sim.host.add_fault(f"import:{fault}")
-    with session_of(sim, timeout=1.0) as s:
+    with session_of(sim, timeout_s=1.0) as s:
         result = import_vm(s, path, mode="stream", retry=instant(2))
     assert not sim.host.faults.pending()
     assert host_disk_digests(sim, vm_ref_of(sim, result.vm_uuid)) == digests
@@ -207,7 +207,7 @@ def test_stream_import_survives_transient_faults(sim, exported, fault):
 def test_parallel_import_survives_transient_faults(sim, exported, fault):
     path, digests = exported
     sim.host.add_fault(fault)
-    with session_of(sim, timeout=1.0) as s:
+    with session_of(sim, timeout_s=1.0) as s:
         result = import_vm(s, path, mode="parallel", retry=instant(3), segment_size=MiB)
     assert not sim.host.faults.pending()
     assert host_disk_digests(sim, vm_ref_of(sim, result.vm_uuid)) == digests

@@ -21,7 +21,7 @@ SESSION = "OpaqueRef:sess-1"
 
 
 def session_for(url: str, timeout: float = 5.0) -> Session:
-    s = Session(url, timeout=timeout)
+    s = Session(url, timeout_s=timeout)
     s.ref = SESSION
     return s
 

@@ -319,7 +319,7 @@ def test_sim_export_import_round_trip(simr, tmp_path):
 def test_sim_export_survives_faults(simr, tmp_path, fault):
     ref, uuid = _sim_disk(simr)
     out = tmp_path / "d.raw"
-    with _sim_session(simr, timeout=0.5) as s:
+    with _sim_session(simr, timeout_s=0.5) as s:
         simr.host.add_fault(fault)
         with pytest.raises(TransferError):
             export_vdi(s, uuid, out, retry=instant(0))
@@ -345,7 +345,7 @@ def test_sim_import_survives_faults(simr, tmp_path, fault):
     ref, uuid = _sim_disk(simr)
     src = tmp_path / "d.raw"
     src.write_bytes(bytes(range(256)) * (3 * MIB // 256))
-    with _sim_session(simr, timeout=0.5) as s:
+    with _sim_session(simr, timeout_s=0.5) as s:
         simr.host.add_fault(fault)
         with pytest.raises(TransferError):
             import_vdi(s, src, vdi_uuid=uuid, retry=instant(0))

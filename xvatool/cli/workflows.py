@@ -83,9 +83,9 @@ def _target_session(
     else:
         raise UsageError(f"give the target's password with --to-password-file or {TO_PASSWORD_ENV}")
 
-    def factory(timeout: float) -> Session:
+    def factory(timeout_s: float) -> Session:
         return connect(url, user, password, fingerprint=fingerprint, ca_bundle=ca_bundle,
-                       insecure=insecure, timeout=timeout)  # fmt: skip
+                       insecure=insecure, timeout_s=timeout_s)  # fmt: skip
 
     return factory
 

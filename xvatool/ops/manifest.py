@@ -270,8 +270,9 @@ def _device_order(disk: DiskInfo) -> tuple[int, str]:
     return (len(device), device)
 
 
-def manifest_path_for(archive: Path) -> Path:
+def manifest_path_for(archive: str | os.PathLike[str]) -> Path:
     """`DIR/<stamp>.xva` → `DIR/<stamp>.manifest.json`."""
+    archive = Path(archive)
     stem = archive.name[: -len(ARCHIVE_SUFFIX)] if archive.name.endswith(ARCHIVE_SUFFIX) else archive.name
     return archive.with_name(stem + MANIFEST_SUFFIX)
 

@@ -122,8 +122,9 @@ def _entry(manifest_path: Path) -> BackupEntry | None:
     return BackupEntry(archive, manifest_path, manifest)
 
 
-def incomplete_files(archive: Path) -> list[Path]:
+def incomplete_files(archive: str | os.PathLike[str]) -> list[Path]:
     """What an interrupted export to `archive` may leave: temporary files, spool folder, journal."""
+    archive = Path(archive)
     temporary = [p for p in temp_files_of(archive.parent) if p.name.startswith(f".{archive.name}.")]
     return [*temporary, *(archive.with_name(archive.name + s) for s in (SPOOL_SUFFIX, EXPORT_JOURNAL_SUFFIX))]
 

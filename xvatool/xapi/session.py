@@ -302,14 +302,14 @@ class Session:
         fingerprint: str | None = None,
         ca_bundle: str | None = None,
         insecure: bool = False,
-        timeout: float = DEFAULT_TIMEOUT_S,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.insecure = insecure
         self.url = base_url(url, insecure=insecure)
         self.fingerprint = normalize_fingerprint(fingerprint) if fingerprint else None
         self.ca_bundle = ca_bundle
-        self.timeout_s = float(timeout)
+        self.timeout_s = float(timeout_s)
         self.ref = ""
         self.user = ""
         self._master_thumbprint: str | None = None
@@ -499,7 +499,7 @@ def connect(
     fingerprint: str | None = None,
     ca_bundle: str | None = None,
     insecure: bool = False,
-    timeout: float = DEFAULT_TIMEOUT_S,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
     transport: httpx.BaseTransport | None = None,
 ) -> Session:
     """Log in to a host and return the session; use it as a context manager so it logs out.
@@ -514,7 +514,7 @@ def connect(
         fingerprint=fingerprint,
         ca_bundle=ca_bundle,
         insecure=insecure,
-        timeout=timeout,
+        timeout_s=timeout_s,
         transport=transport,
     )
     try:
