@@ -12,7 +12,8 @@ from tests.xapi.fakehost import Request, ScriptedServer, rpc_failure, rpc_reply,
 from xvatool import __version__
 from xvatool.errors import HostError, LocalIOError, TransferError, UsageError, XapiError
 from xvatool.xapi import session as session_mod
-from xvatool.xapi.session import Session, base_url, connect, normalize_fingerprint, translate_httpx_errors
+from xvatool.xapi.session import Session, base_url, connect, translate_httpx_errors
+from xvatool.xapi.tls import normalize_fingerprint
 
 
 class Host:

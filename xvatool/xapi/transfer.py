@@ -421,8 +421,6 @@ def upload_unsized(
     the host closed; the outcome is the task's.
     """
     url = urlsplit(_url(session, path, params))
-    host = url.hostname or ""
-    port = url.port or (443 if url.scheme == "https" else 80)
     target = url.path + ("?" + url.query if url.query else "")
     headers = {
         "Host": url.netloc,
@@ -433,22 +431,16 @@ def upload_unsized(
     head = (
         f"PUT {target} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
     ).encode()
-    try:
-        raw = socket.create_connection((host, port), timeout=session.timeout_s)
-        sock: socket.socket = raw
-        if url.scheme == "https":
-            verify = getattr(session, "_verify", True)  # the session's TLS policy (pinning included)
-            ctx = verify if isinstance(verify, ssl.SSLContext) else ssl.create_default_context()
-            sock = ctx.wrap_socket(raw, server_hostname=host)
-        with sock:
+    with session.open_socket() as sock:
+        try:
             sock.sendall(head)
             for piece in body():
                 sock.sendall(piece)
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_WR)
             reply = _read_until_close(sock, ERROR_BODY_LIMIT)
-    except (OSError, ssl.SSLError) as exc:
-        raise TransferError(f"PUT {path}: {exc}", host=session.host) from exc
+        except (OSError, ssl.SSLError) as exc:
+            raise TransferError(f"PUT {path}: {exc}", host=session.host) from exc
     status = reply.split(b"\r\n", 1)[0]
     parts = status.split()
     if len(parts) < 2 or parts[1] != b"200":
