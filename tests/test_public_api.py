@@ -3,6 +3,7 @@ from __future__ import annotations
 import ast
 import importlib
 import inspect
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -76,3 +77,15 @@ def test_version_comes_from_the_package_metadata():
     import importlib.metadata
 
     assert xvatool.__version__ == importlib.metadata.version("xvatool")
+
+
+def test_hypothesis_profiles_are_registered_and_chosen_by_the_environment():
+    from hypothesis import settings
+
+    for name in ("ci", "dev", "long"):
+        assert settings.get_profile(name).deadline is None
+    assert settings.get_profile("ci").max_examples < settings.get_profile("long").max_examples
+    assert (
+        settings.default.max_examples
+        == settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci")).max_examples
+    )

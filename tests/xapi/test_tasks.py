@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from tests.progress import RecordingProgress
-from tests.xapi.fakehost import rpc_failure, rpc_reply
+from tests.xapi.rpc import rpc_failure, rpc_reply
 from xvatool.errors import HostError, TransferError, UsageError, XapiError
 from xvatool.xapi import tasks
 from xvatool.xapi.session import connect

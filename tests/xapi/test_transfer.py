@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from tests.xapi.fakehost import Request, ScriptedServer
+from tests.xapi.scripted import Request, ScriptedServer
 from xvatool.errors import HostError, StreamStateError, TransferError, UsageError
 from xvatool.xapi import transfer
 from xvatool.xapi.session import Session

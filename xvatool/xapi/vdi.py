@@ -434,7 +434,7 @@ class _Sender:
                 with task_reason(self.session, task):
                     upload(self.session, "/import_raw_vdi", {"vdi": vdi.uuid, **params}, body,
                            length=length, task=task, timeout_s=self.timeout_s)  # fmt: skip
-                    _wait_segment(self.session, task)
+                _wait_segment(self.session, task)
 
         self.retry.run(attempt, what=what)
 
