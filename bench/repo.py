@@ -121,8 +121,8 @@ def main() -> None:
     args = parser.parse_args()
     size = parse_size(args.disk_size)
 
+    from xvatool.ops.import_ import import_vm
     from xvatool.sim.testing import running_host
-    from xvatool.xapi.import_ import import_vm
     from xvatool.xapi.session import connect
     from xvatool.xva.convert import create_archive
 

@@ -75,8 +75,7 @@ def serve(work: Path) -> Iterator[str]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    entry = "from xvatool.cli import main; main()"
-    cmd = [sys.executable, "-c", entry, "serve", "--data", str(work / "host"),
+    cmd = [sys.executable, "-m", "xvatool", "serve", "--data", str(work / "host"),
            "--listen", f"127.0.0.1:{port}", "--password-file", str(pw)]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -156,8 +155,8 @@ def main() -> None:
     parser.add_argument("--fill", type=float, default=0.6, help="fraction of 1 MiB blocks holding data")
     args = parser.parse_args()
 
-    from xvatool.xapi.export import export_vm
-    from xvatool.xapi.import_ import import_vm
+    from xvatool.ops.export import export_vm
+    from xvatool.ops.import_ import import_vm
     from xvatool.xapi.session import connect
     from xvatool.xapi.vms import find_sr
 

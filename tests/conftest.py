@@ -7,8 +7,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 SHARED_ENV = "XVATOOL_SHARED_FIXTURES"
+PROFILE_ENV = "HYPOTHESIS_PROFILE"
+
+# Property tests run few examples in `make test` (ci), more at a desk (dev), many overnight (long):
+#   HYPOTHESIS_PROFILE=long .venv/bin/python -m pytest tests/xva -k property
+_SLOW_OK = [HealthCheck.too_slow]
+settings.register_profile("ci", max_examples=12, deadline=None, suppress_health_check=_SLOW_OK)
+settings.register_profile("dev", max_examples=150, deadline=None, suppress_health_check=_SLOW_OK)
+settings.register_profile("long", max_examples=2000, deadline=None, suppress_health_check=_SLOW_OK)
+settings.load_profile(os.environ.get(PROFILE_ENV, "ci"))
 
 
 @pytest.fixture(autouse=True)

@@ -16,172 +16,138 @@ and the format layer never drags in the HTTP client.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+import importlib as _importlib
+import importlib.metadata as _metadata
+import typing as _typing
 
-from xvatool.errors import (
-    CbtBitmapError,
-    ChecksumError,
-    FormatError,
-    HostError,
-    Interrupted,
-    LocalIOError,
-    MetadataError,
-    NbdError,
-    NbdProtocolError,
-    NbdTlsError,
-    ObjectCorruptError,
-    ObjectMissingError,
-    PartialFailure,
-    RepositoryBusyError,
-    RepositoryError,
-    RepositoryPasswordError,
-    ResumeError,
-    StreamStateError,
-    TransferError,
-    TruncatedError,
-    UsageError,
-    XapiError,
-    XvatoolError,
-)
+from xvatool import errors as _errors
+from xvatool.errors import CbtBitmapError as CbtBitmapError
+from xvatool.errors import ChecksumError as ChecksumError
+from xvatool.errors import FormatError as FormatError
+from xvatool.errors import HostError as HostError
+from xvatool.errors import Interrupted as Interrupted
+from xvatool.errors import LocalIOError as LocalIOError
+from xvatool.errors import MetadataError as MetadataError
+from xvatool.errors import NbdError as NbdError
+from xvatool.errors import NbdProtocolError as NbdProtocolError
+from xvatool.errors import NbdTlsError as NbdTlsError
+from xvatool.errors import ObjectCorruptError as ObjectCorruptError
+from xvatool.errors import ObjectMissingError as ObjectMissingError
+from xvatool.errors import PartialFailure as PartialFailure
+from xvatool.errors import RepositoryBusyError as RepositoryBusyError
+from xvatool.errors import RepositoryError as RepositoryError
+from xvatool.errors import RepositoryPasswordError as RepositoryPasswordError
+from xvatool.errors import ResumeError as ResumeError
+from xvatool.errors import StreamStateError as StreamStateError
+from xvatool.errors import TransferError as TransferError
+from xvatool.errors import TruncatedError as TruncatedError
+from xvatool.errors import UsageError as UsageError
+from xvatool.errors import XapiError as XapiError
+from xvatool.errors import XvatoolError as XvatoolError
 
-if TYPE_CHECKING:
-    from xvatool.ops.backup import BackupReport, Selection, VmBackupResult, backup
-    from xvatool.ops.demo import DemoSummary, run_demo
-    from xvatool.ops.manifest import Manifest, verify_backup
-    from xvatool.ops.migrate import MigrateResult, migrate
-    from xvatool.ops.restore import RestoreResult, restore
-    from xvatool.ops.retention import RetentionResult, apply_retention
-    from xvatool.sim import SimHost, running_host
-    from xvatool.xapi.export import ExportResult, export_stream, export_vm
-    from xvatool.xapi.import_ import ImportResult, import_stream, import_vm
-    from xvatool.xapi.inventory import DiskSummary, VmSummary, list_vms
-    from xvatool.xapi.session import Session, connect
-    from xvatool.xapi.vdi import export_vdi, import_vdi
-    from xvatool.xva.convert import CreateResult, RepackResult, create_archive, repack_archive, repack_stream
-    from xvatool.xva.extract import extract_disks
-    from xvatool.xva.ovaxml import DiskInfo, Metadata, NetworkInfo, VmInfo
-    from xvatool.xva.reader import Chunk, Problem, XvaReader, open_archive
-    from xvatool.xva.template import DiskSpec, build_vm_metadata
-    from xvatool.xva.validate import ArchiveInfo, Report, inspect_archive, validate_archive
-    from xvatool.xva.writer import WriteStats, XvaWriter, write_xva
+__version__ = _metadata.version("xvatool")
+"""The installed distribution's version: pyproject.toml is the one place it is written."""
 
-__version__ = "0.1.0"
-
-_LAZY: dict[str, str] = {
-    **dict.fromkeys(["BackupReport", "Selection", "VmBackupResult", "backup"], "xvatool.ops.backup"),
-    **dict.fromkeys(["DemoSummary", "run_demo"], "xvatool.ops.demo"),
-    **dict.fromkeys(["Manifest", "verify_backup"], "xvatool.ops.manifest"),
-    **dict.fromkeys(["MigrateResult", "migrate"], "xvatool.ops.migrate"),
-    **dict.fromkeys(["RestoreResult", "restore"], "xvatool.ops.restore"),
-    **dict.fromkeys(["RetentionResult", "apply_retention"], "xvatool.ops.retention"),
-    **dict.fromkeys(["SimHost", "running_host"], "xvatool.sim"),
-    **dict.fromkeys(["ExportResult", "export_stream", "export_vm"], "xvatool.xapi.export"),
-    **dict.fromkeys(["ImportResult", "import_stream", "import_vm"], "xvatool.xapi.import_"),
-    **dict.fromkeys(["DiskSummary", "VmSummary", "list_vms"], "xvatool.xapi.inventory"),
-    **dict.fromkeys(["Session", "connect"], "xvatool.xapi.session"),
-    **dict.fromkeys(["export_vdi", "import_vdi"], "xvatool.xapi.vdi"),
-    **dict.fromkeys(
-        ["CreateResult", "RepackResult", "create_archive", "repack_archive", "repack_stream"],
-        "xvatool.xva.convert",
+_PUBLIC: dict[str, tuple[str, ...]] = {
+    "xvatool._progress": ("NULL_PROGRESS", "Progress", "ProgressBar", "TqdmProgress"),
+    "xvatool._retry": ("NO_RETRY", "RetryPolicy"),
+    "xvatool.ops.backup": ("BackupReport", "Selection", "VmBackupResult", "backup"),
+    "xvatool.ops.export": ("ExportResult", "export_stream", "export_vm"),
+    "xvatool.ops.import_": ("ImportResult", "import_stream", "import_vm"),
+    "xvatool.ops.manifest": ("Manifest", "verify_backup"),
+    "xvatool.ops.migrate": ("MigrateResult", "migrate"),
+    "xvatool.ops.restore": ("RestoreResult", "restore"),
+    "xvatool.ops.retention": ("RetentionResult", "apply_retention"),
+    "xvatool.xapi.inventory": ("DiskSummary", "VmSummary", "list_vms"),
+    "xvatool.xapi.session": ("Session", "connect"),
+    "xvatool.xapi.vdi": ("export_vdi", "import_vdi"),
+    "xvatool.xva.convert": (
+        "CreateResult",
+        "RepackResult",
+        "create_archive",
+        "repack_archive",
+        "repack_stream",
     ),
-    "extract_disks": "xvatool.xva.extract",
-    **dict.fromkeys(["DiskInfo", "Metadata", "NetworkInfo", "VmInfo"], "xvatool.xva.ovaxml"),
-    **dict.fromkeys(["Chunk", "Problem", "XvaReader", "open_archive"], "xvatool.xva.reader"),
-    **dict.fromkeys(["DiskSpec", "build_vm_metadata"], "xvatool.xva.template"),
-    **dict.fromkeys(["ArchiveInfo", "Report", "inspect_archive", "validate_archive"], "xvatool.xva.validate"),
-    **dict.fromkeys(["WriteStats", "XvaWriter", "write_xva"], "xvatool.xva.writer"),
+    "xvatool.xva.extract": ("extract_disks",),
+    "xvatool.xva.ovaxml": ("DiskInfo", "Metadata", "NetworkInfo", "VmInfo"),
+    "xvatool.xva.reader": ("Chunk", "Problem", "XvaReader", "open_archive"),
+    "xvatool.xva.template": ("DiskSpec", "build_vm_metadata"),
+    "xvatool.xva.validate": ("ArchiveInfo", "Report", "inspect_archive", "validate_archive"),
+    "xvatool.xva.writer": ("WriteStats", "XvaWriter", "write_xva"),
 }
+"""The names loaded on first use, by module. The `TYPE_CHECKING` imports below mirror it (a test
+holds them equal); test tools live in `xvatool.testing`."""
+_LAZY = {name: module for module, names in _PUBLIC.items() for name in names}
+_EAGER = tuple(name for name in _errors.__all__ if name != "location_context")
+
+__all__ = sorted(["__version__", *_EAGER, *_LAZY])
+"""Built once, from the two tables above."""
+
+if _typing.TYPE_CHECKING:
+    from xvatool._progress import NULL_PROGRESS as NULL_PROGRESS
+    from xvatool._progress import Progress as Progress
+    from xvatool._progress import ProgressBar as ProgressBar
+    from xvatool._progress import TqdmProgress as TqdmProgress
+    from xvatool._retry import NO_RETRY as NO_RETRY
+    from xvatool._retry import RetryPolicy as RetryPolicy
+    from xvatool.ops.backup import BackupReport as BackupReport
+    from xvatool.ops.backup import Selection as Selection
+    from xvatool.ops.backup import VmBackupResult as VmBackupResult
+    from xvatool.ops.backup import backup as backup
+    from xvatool.ops.export import ExportResult as ExportResult
+    from xvatool.ops.export import export_stream as export_stream
+    from xvatool.ops.export import export_vm as export_vm
+    from xvatool.ops.import_ import ImportResult as ImportResult
+    from xvatool.ops.import_ import import_stream as import_stream
+    from xvatool.ops.import_ import import_vm as import_vm
+    from xvatool.ops.manifest import Manifest as Manifest
+    from xvatool.ops.manifest import verify_backup as verify_backup
+    from xvatool.ops.migrate import MigrateResult as MigrateResult
+    from xvatool.ops.migrate import migrate as migrate
+    from xvatool.ops.restore import RestoreResult as RestoreResult
+    from xvatool.ops.restore import restore as restore
+    from xvatool.ops.retention import RetentionResult as RetentionResult
+    from xvatool.ops.retention import apply_retention as apply_retention
+    from xvatool.xapi.inventory import DiskSummary as DiskSummary
+    from xvatool.xapi.inventory import VmSummary as VmSummary
+    from xvatool.xapi.inventory import list_vms as list_vms
+    from xvatool.xapi.session import Session as Session
+    from xvatool.xapi.session import connect as connect
+    from xvatool.xapi.vdi import export_vdi as export_vdi
+    from xvatool.xapi.vdi import import_vdi as import_vdi
+    from xvatool.xva.convert import CreateResult as CreateResult
+    from xvatool.xva.convert import RepackResult as RepackResult
+    from xvatool.xva.convert import create_archive as create_archive
+    from xvatool.xva.convert import repack_archive as repack_archive
+    from xvatool.xva.convert import repack_stream as repack_stream
+    from xvatool.xva.extract import extract_disks as extract_disks
+    from xvatool.xva.ovaxml import DiskInfo as DiskInfo
+    from xvatool.xva.ovaxml import Metadata as Metadata
+    from xvatool.xva.ovaxml import NetworkInfo as NetworkInfo
+    from xvatool.xva.ovaxml import VmInfo as VmInfo
+    from xvatool.xva.reader import Chunk as Chunk
+    from xvatool.xva.reader import Problem as Problem
+    from xvatool.xva.reader import XvaReader as XvaReader
+    from xvatool.xva.reader import open_archive as open_archive
+    from xvatool.xva.template import DiskSpec as DiskSpec
+    from xvatool.xva.template import build_vm_metadata as build_vm_metadata
+    from xvatool.xva.validate import ArchiveInfo as ArchiveInfo
+    from xvatool.xva.validate import Report as Report
+    from xvatool.xva.validate import inspect_archive as inspect_archive
+    from xvatool.xva.validate import validate_archive as validate_archive
+    from xvatool.xva.writer import WriteStats as WriteStats
+    from xvatool.xva.writer import XvaWriter as XvaWriter
+    from xvatool.xva.writer import write_xva as write_xva
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'xvatool' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    value = getattr(_importlib.import_module(module), name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
-
-
-__all__ = [
-    "ArchiveInfo",
-    "BackupReport",
-    "CbtBitmapError",
-    "ChecksumError",
-    "Chunk",
-    "CreateResult",
-    "DemoSummary",
-    "DiskInfo",
-    "DiskSpec",
-    "DiskSummary",
-    "ExportResult",
-    "FormatError",
-    "HostError",
-    "ImportResult",
-    "Interrupted",
-    "LocalIOError",
-    "Manifest",
-    "Metadata",
-    "MetadataError",
-    "MigrateResult",
-    "NbdError",
-    "NbdProtocolError",
-    "NbdTlsError",
-    "NetworkInfo",
-    "ObjectCorruptError",
-    "ObjectMissingError",
-    "PartialFailure",
-    "Problem",
-    "RepackResult",
-    "Report",
-    "RepositoryBusyError",
-    "RepositoryError",
-    "RepositoryPasswordError",
-    "RestoreResult",
-    "ResumeError",
-    "RetentionResult",
-    "Selection",
-    "Session",
-    "SimHost",
-    "StreamStateError",
-    "TransferError",
-    "TruncatedError",
-    "UsageError",
-    "VmBackupResult",
-    "VmInfo",
-    "VmSummary",
-    "WriteStats",
-    "XapiError",
-    "XvaReader",
-    "XvaWriter",
-    "XvatoolError",
-    "__version__",
-    "apply_retention",
-    "backup",
-    "build_vm_metadata",
-    "connect",
-    "create_archive",
-    "export_stream",
-    "export_vdi",
-    "export_vm",
-    "extract_disks",
-    "import_stream",
-    "import_vdi",
-    "import_vm",
-    "inspect_archive",
-    "list_vms",
-    "migrate",
-    "open_archive",
-    "repack_archive",
-    "repack_stream",
-    "restore",
-    "run_demo",
-    "running_host",
-    "validate_archive",
-    "verify_backup",
-    "write_xva",
-]

@@ -1,4 +1,6 @@
-"""``python -m xvatool``: the command line, as the ``xvatool`` script runs it."""
+"""`python -m xvatool`: the command line of this checkout, whatever `xvatool` is on PATH."""
+
+from __future__ import annotations
 
 from xvatool.cli import main
 

@@ -203,5 +203,11 @@ def remove_quietly(path: str | os.PathLike[str]) -> None:
 
 
 def remove_tree(path: str | os.PathLike[str]) -> None:
-    """Remove a folder of leftovers (spools, partial outputs), ignoring what is already gone."""
-    shutil.rmtree(path, ignore_errors=True)
+    """Remove a folder of leftovers (spools, partial outputs), or a file or link at `path`, quietly.
+
+    A link is removed itself, never followed; what is already gone is ignored.
+    """
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        remove_quietly(path)

@@ -16,6 +16,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from tqdm import tqdm
+
 __all__ = [
     "NULL_PROGRESS",
     "NullBar",
@@ -28,9 +30,9 @@ __all__ = [
 
 
 class ProgressBar(Protocol):
-    """One bar: `update(n)` adds `n` bytes done; `close()` ends it. A `tqdm` bar is one."""
+    """One bar: `update(n)` adds `n` bytes done; `close()` ends it (`TqdmProgress` adapts tqdm)."""
 
-    def update(self, n: int, /) -> object: ...
+    def update(self, n: int, /) -> None: ...
     def close(self) -> None: ...
 
 
@@ -43,7 +45,7 @@ class Progress(Protocol):
 class NullBar:
     """A bar that shows nothing."""
 
-    def update(self, n: int, /) -> object:
+    def update(self, n: int, /) -> None:
         return None
 
     def close(self) -> None:
@@ -77,8 +79,9 @@ class _TqdmBar:
         self._bar = bar
         self._release = release
 
-    def update(self, n: int, /) -> object:
-        return self._bar.update(n)
+    def update(self, n: int, /) -> None:
+        if self._bar is not None:  # a disk thread may still report after the transfer gave up
+            self._bar.update(n)
 
     def close(self) -> None:
         if self._bar is None:
@@ -96,8 +99,6 @@ class TqdmProgress:
         self._used: list[bool] = []
 
     def __call__(self, label: str, total: int | None, /) -> ProgressBar:
-        from tqdm import tqdm
-
         with self._lock:
             slot = next((i for i, used in enumerate(self._used) if not used), len(self._used))
             if slot == len(self._used):
@@ -113,11 +114,30 @@ class TqdmProgress:
         return _TqdmBar(bar, release)
 
 
+class _GroupBar:
+    """A bar of a `ProgressGroup`: updates are serialised, and also feed the group's `also` bar."""
+
+    def __init__(self, bar: ProgressBar, lock: threading.Lock, also: ProgressBar | None) -> None:
+        self._bar = bar
+        self._lock = lock
+        self._also = also
+
+    def update(self, n: int, /) -> None:
+        with self._lock:
+            self._bar.update(n)
+        if self._also is not None:
+            self._also.update(n)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
 class ProgressGroup:
     """The bars of one transfer (one per disk, often in threads); updates are serialised.
 
-    `new(label, total, also=…)` returns an updater; `also` (typically the "total" bar's updater)
-    is fed the same counts. `close()` closes every bar made.
+    `new(label, total, also=…)` returns a `ProgressBar`; `also` (typically the group's "total"
+    bar) is fed the same counts. `close()` closes every bar made. Where a format-layer function
+    takes a ``Callable[[int], None]``, pass the bar's `update`.
     """
 
     def __init__(self, progress: Progress | None) -> None:
@@ -125,19 +145,10 @@ class ProgressGroup:
         self._bars: list[ProgressBar] = []
         self._lock = threading.Lock()
 
-    def new(
-        self, label: str, total: int | None, *, also: Callable[[int], None] | None = None
-    ) -> Callable[[int], None]:
-        bar: ProgressBar = self._progress(label, total) if self._progress else NullBar()
+    def new(self, label: str, total: int | None, *, also: ProgressBar | None = None) -> ProgressBar:
+        bar = _GroupBar(self._progress(label, total) if self._progress else NullBar(), self._lock, also)
         self._bars.append(bar)
-
-        def update(n: int) -> None:
-            with self._lock:
-                bar.update(n)
-            if also is not None:
-                also(n)
-
-        return update
+        return bar
 
     def close(self) -> None:
         for bar in self._bars:

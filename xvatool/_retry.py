@@ -21,6 +21,7 @@ from xvatool.errors import XapiError, XvatoolError
 
 __all__ = [
     "DEFAULT_RETRIES",
+    "DEFAULT_RETRY",
     "NO_RETRY",
     "TRANSIENT_XAPI_CODES",
     "RetryPolicy",
@@ -100,5 +101,7 @@ class RetryPolicy:
                 self.sleep(delay)
 
 
+DEFAULT_RETRY = RetryPolicy()
+"""`DEFAULT_RETRIES` retries with the default backoff: what `--retries` gives when not set."""
 NO_RETRY = RetryPolicy(retries=0)
 """Fail at once: for streams that cannot be replayed (a migrate pipe, stdin)."""

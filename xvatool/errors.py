@@ -1,9 +1,9 @@
 """The whole xvatool error tree.
 
 Errors are split by who is at fault, so that a caller can catch "any bad archive" or "any host
-problem" with one class, and the CLI can map each branch to one exit code::
+problem" with one class::
 
-    XvatoolError                      exit 1 unless a subclass says otherwise
+    XvatoolError
     ├── FormatError (ValueError)      the archive is at fault; carries file, member, offset
     │   ├── ChecksumError             a chunk's digest differs from its checksum member
     │   ├── TruncatedError            the stream ended inside a structure
@@ -16,21 +16,23 @@ problem" with one class, and the CLI can map each branch to one exit code::
     │   │       └── NbdTlsError       the NBD server's certificate or TLS offer was not acceptable
     │   └── CbtBitmapError            a changed-block bitmap does not fit the disk it describes
     ├── ResumeError                   a journal does not match the archive or host it claims
-    ├── UsageError                    the user asked for something impossible        exit 2
-    │   └── LocalIOError              a local file could not be read or written        exit 2
-    ├── PartialFailure                some items of a batch failed, others succeeded    exit 3
+    ├── UsageError                    the user asked for something impossible
+    ├── LocalIOError                  a local file could not be read or written
+    ├── PartialFailure                some items of a batch failed, others succeeded
     ├── RepositoryError               a backup repository cannot be used or is damaged
     │   ├── RepositoryPasswordError   no passphrase, or the wrong one
     │   ├── ObjectMissingError        an object the repository needs is not stored
     │   ├── ObjectCorruptError        an object fails authentication, its hash or decoding
     │   └── RepositoryBusyError       another prune runs, or this writer's lease was lost
-    └── Interrupted                   Ctrl-C; state was kept for --resume               exit 130
+    └── Interrupted                   Ctrl-C; state was kept for --resume
 
 API misuse by a programmer (calling things in the wrong order) raises `StreamStateError`, a
 `RuntimeError`, because that is a bug to fix rather than a condition to handle.
 
 Every error builds its one-line message from structured attributes, so the CLI prints
-``str(exc)`` and nothing else.
+``str(exc)`` and nothing else. Exit codes are not the errors' business: one table at the CLI
+boundary (`xvatool.cli._exit.EXIT_CODES`) maps classes to codes. Errors pickle with all their
+attributes (they cross threads and processes), whatever arguments a subclass's `__init__` takes.
 
 Example::
 
@@ -73,10 +75,16 @@ __all__ = [
 ]
 
 
+def _restore(cls: type[XvatoolError], state: dict[str, object]) -> XvatoolError:
+    """Rebuild a pickled error from its attributes, without calling `__init__`."""
+    exc = cls.__new__(cls)
+    exc.__dict__.update(state)
+    exc.args = (state.get("message", ""),)
+    return exc
+
+
 class XvatoolError(Exception):
     """Root of every error xvatool raises on purpose."""
-
-    exit_code: int = 1
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -84,6 +92,11 @@ class XvatoolError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Subclasses take other __init__ arguments than `args` holds (ChecksumError(member,
+        # expected, got), XapiError(code, params)): rebuild from the attributes instead.
+        return (_restore, (type(self), dict(self.__dict__)))
 
 
 class FormatError(XvatoolError, ValueError):
@@ -252,10 +265,8 @@ class ResumeError(XvatoolError):
 class UsageError(XvatoolError):
     """The request cannot be carried out as given (bad option, unknown VM name, …)."""
 
-    exit_code = 2
 
-
-class LocalIOError(UsageError):
+class LocalIOError(XvatoolError):
     """A local file could not be opened, read or written."""
 
     def __init__(self, message: str, *, path: str | None = None) -> None:
@@ -269,8 +280,6 @@ class LocalIOError(UsageError):
 class PartialFailure(XvatoolError):
     """Some items of a batch failed while others succeeded; `failed` names them."""
 
-    exit_code = 3
-
     def __init__(self, message: str, *, failed: Sequence[str] = ()) -> None:
         super().__init__(message)
         self.failed = list(failed)
@@ -278,8 +287,6 @@ class PartialFailure(XvatoolError):
 
 class Interrupted(XvatoolError):
     """The user interrupted the operation; any resumable state was kept."""
-
-    exit_code = 130
 
 
 # -- backup repositories (xvatool.repo) -------------------------------------------------------

@@ -12,21 +12,19 @@ from unittest import mock
 import pytest
 from click.testing import CliRunner
 
-from tests.xapi.fakehost import FakeXapi, ScriptedServer
+from tests.simhelpers import new_vdi, new_vm, open_sessions, vdi_bytes
 from xvatool.cli import _connection as conn_mod
 from xvatool.cli import main
-from xvatool.xapi import tasks
+from xvatool.testing import running_host
 
 MIB = 1 << 20
 
 
 @pytest.fixture
-def fake(monkeypatch):
-    monkeypatch.setattr(tasks, "POLL_INTERVAL_S", 0.01)
-    host = FakeXapi()
-    with ScriptedServer(host.handle) as srv:
-        host.url = srv.url  # type: ignore[attr-defined]
-        yield host
+def host(tmp_path):
+    """A simulated host without VMs whose user `root` has the password `secret`."""
+    with running_host(tmp_path / "host", demo=False, password="secret") as running:
+        yield running
 
 
 @pytest.fixture
@@ -34,56 +32,57 @@ def runner():
     return CliRunner()
 
 
-def invoke(runner, fake, *args, password="secret", **kw):
-    env = {"XVATOOL_HOST": fake.url, **({"XVATOOL_PASSWORD": password} if password else {})}
+def invoke(runner, host, *args, password="secret", **kw):
+    env = {"XVATOOL_HOST": host.url, **({"XVATOOL_PASSWORD": password} if password else {})}
     return runner.invoke(main, list(args), env=env, catch_exceptions=False, **kw)
 
 
-def test_vm_list_text_and_json(runner, fake):
-    a = fake.add_vdi(b"", 2 * MIB)
-    b = fake.add_vdi(b"", 3 * MIB)
-    uuid = fake.add_vm("web-01", "Running", [a, b])
-    fake.add_vm("tmpl", "Halted", [], is_a_template=True)
-    result = invoke(runner, fake, "vm", "list", "--json")
+def test_vm_list_text_and_json(runner, host):
+    a, _ = new_vdi(host, size=2 * MIB)
+    b, _ = new_vdi(host, size=3 * MIB)
+    uuid = new_vm(host, "web-01", "Running", [a, b])
+    new_vm(host, "tmpl", "Halted", [], is_a_template=True)
+    result = invoke(runner, host, "vm", "list", "--json")
     assert result.exit_code == 0, result.output
     (vm,) = json.loads(result.stdout)
     assert vm["uuid"] == uuid and vm["power_state"] == "Running"
-    assert [d["uuid"] for d in vm["disks"]] == [a.uuid, b.uuid]
+    assert [d["uuid"] for d in vm["disks"]] == [host.host.state.field("VDI", r, "uuid") for r in (a, b)]
     assert vm["total_size"] == 5 * MIB
-    text = invoke(runner, fake, "vm", "list")
+    text = invoke(runner, host, "vm", "list")
     assert text.exit_code == 0
     assert "web-01" in text.stdout and "5.0 MiB" in text.stdout and "tmpl" not in text.stdout
-    assert fake.logouts == 2
+    assert open_sessions(host) == 0  # both runs logged out
 
 
-def test_password_file_and_user(runner, fake, tmp_path):
+def test_password_file_and_user(runner, tmp_path):
     pw = tmp_path / "pw"
     pw.write_text("secret\n")
-    result = invoke(runner, fake, "vm", "list", "--user", "admin", "--password-file", str(pw), password=None)
+    with running_host(tmp_path / "host", demo=False, user="admin", password="secret") as admin_host:
+        result = invoke(
+            runner, admin_host, "vm", "list", "--user", "admin", "--password-file", str(pw), password=None
+        )
+    assert result.exit_code == 0, result.output  # the host accepts admin / secret, nothing else
+
+
+def test_user_from_environment(runner, tmp_path):
+    with running_host(tmp_path / "host", demo=False, user="ops", password="secret") as ops_host:
+        result = runner.invoke(
+            main,
+            ["vm", "list"],
+            env={"XVATOOL_HOST": ops_host.url, "XVATOOL_PASSWORD": "secret", "XVATOOL_USER": "ops"},
+        )
     assert result.exit_code == 0, result.output
-    login = next(c for c in fake.calls if c[0] == "session.login_with_password")
-    assert login[1][:2] == ("admin", "secret")
 
 
-def test_user_from_environment(runner, fake):
-    result = runner.invoke(
-        main,
-        ["vm", "list"],
-        env={"XVATOOL_HOST": fake.url, "XVATOOL_PASSWORD": "secret", "XVATOOL_USER": "ops"},
-    )
-    assert result.exit_code == 0
-    assert next(c for c in fake.calls if c[0] == "session.login_with_password")[1][0] == "ops"
-
-
-def test_no_password_off_terminal_is_usage_error(runner, fake):
-    result = invoke(runner, fake, "vm", "list", password=None)
+def test_no_password_off_terminal_is_usage_error(runner, host):
+    result = invoke(runner, host, "vm", "list", password=None)
     assert result.exit_code == 2
     assert "no password" in result.stderr
-    assert not fake.calls
+    assert open_sessions(host) == 0
 
 
-def test_password_is_never_an_option(runner, fake):
-    result = invoke(runner, fake, "vm", "list", "--password", "secret")
+def test_password_is_never_an_option(runner, host):
+    result = invoke(runner, host, "vm", "list", "--password", "secret")
     assert result.exit_code == 2
     assert "No such option" in result.stderr
 
@@ -99,7 +98,7 @@ def test_prompt_on_terminal(monkeypatch):
         fingerprint=None,
         ca_bundle=None,
         insecure=False,
-        timeout=5,
+        timeout_s=5,
     )
     assert c.password == "typed"
     assert c.password == "typed"
@@ -108,17 +107,17 @@ def test_prompt_on_terminal(monkeypatch):
     assert "typed" not in repr(c)
 
 
-def test_empty_or_missing_password_file(runner, fake, tmp_path):
+def test_empty_or_missing_password_file(runner, host, tmp_path):
     empty = tmp_path / "empty"
     empty.write_text("\n")
-    result = invoke(runner, fake, "vm", "list", "--password-file", str(empty), password=None)
+    result = invoke(runner, host, "vm", "list", "--password-file", str(empty), password=None)
     assert result.exit_code == 2 and "empty" in result.stderr
-    result = invoke(runner, fake, "vm", "list", "--password-file", str(tmp_path / "nope"), password=None)
+    result = invoke(runner, host, "vm", "list", "--password-file", str(tmp_path / "nope"), password=None)
     assert result.exit_code == 2
 
 
-def test_wrong_password_exit_1(runner, fake):
-    result = invoke(runner, fake, "vm", "list", password="wrong")
+def test_wrong_password_exit_1(runner, host):
+    result = invoke(runner, host, "vm", "list", password="wrong")
     assert result.exit_code == 1
     assert "SESSION_AUTHENTICATION_FAILED" in result.stderr
     assert "wrong" not in result.stderr.replace("SESSION_AUTHENTICATION_FAILED", "")
@@ -138,43 +137,43 @@ def test_plain_http_elsewhere_refused(runner):
     assert "plain http" in result.stderr
 
 
-def test_insecure_warns_on_stderr(runner, fake):
-    result = invoke(runner, fake, "vm", "list", "--insecure")
+def test_insecure_warns_on_stderr(runner, host):
+    result = invoke(runner, host, "vm", "list", "--insecure")
     assert result.exit_code == 0
     assert "--insecure" in result.stderr and "not verified" in result.stderr
 
 
-def test_vdi_export_and_import_round_trip(runner, fake, tmp_path):
+def test_vdi_export_and_import_round_trip(runner, host, tmp_path):
     content = bytearray(3 * MIB)
     content[MIB : MIB + 10] = b"0123456789"
-    vdi = fake.add_vdi(bytes(content))
+    _, uuid = new_vdi(host, bytes(content))
     out = tmp_path / "disk.raw"
-    result = invoke(runner, fake, "vdi-export", vdi.uuid, "-o", str(out), "--json")
+    result = invoke(runner, host, "vdi-export", uuid, "-o", str(out), "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["size"] == 3 * MIB
     assert out.read_bytes() == content
-    result = invoke(runner, fake, "vdi-import", str(out), "--sr", "Local storage")
+    result = invoke(runner, host, "vdi-import", str(out), "--sr", "Local storage")
     assert result.exit_code == 0, result.output
     new_uuid = result.stdout.strip()
-    assert bytes(fake.vdi_by_uuid(new_uuid).data) == content
+    assert vdi_bytes(host, new_uuid) == content
 
 
-def test_vdi_import_needs_exactly_one_target(runner, fake, tmp_path):
+def test_vdi_import_needs_exactly_one_target(runner, host, tmp_path):
     f = tmp_path / "d.raw"
     f.write_bytes(b"\1" * 512)
     for extra in ([], ["--vdi", "a", "--sr", "b"]):
-        result = invoke(runner, fake, "vdi-import", str(f), *extra)
+        result = invoke(runner, host, "vdi-import", str(f), *extra)
         assert result.exit_code == 2
         assert "exactly one" in result.stderr
 
 
-def test_vdi_import_passes_options(runner, fake, tmp_path):
+def test_vdi_import_passes_options(runner, host, tmp_path):
     f = tmp_path / "d.vhd"
     f.write_bytes(b"x")
     with mock.patch("xvatool.xapi.vdi.import_vdi", autospec=True, return_value="new-uuid") as imp:
         result = invoke(
             runner,
-            fake,
+            host,
             "vdi-import",
             str(f),
             "--vdi",
@@ -189,24 +188,24 @@ def test_vdi_import_passes_options(runner, fake, tmp_path):
     assert result.stdout.strip() == "new-uuid"
     kwargs = imp.call_args.kwargs
     assert kwargs["vdi_uuid"] == "u-1" and kwargs["sr"] is None
-    assert kwargs["format"] == "vhd" and kwargs["resume"] is True and kwargs["retries"] == 0
+    assert kwargs["format"] == "vhd" and kwargs["resume"] is True and kwargs["retry"].retries == 0
 
 
-def test_vdi_export_passes_options(runner, fake, tmp_path):
+def test_vdi_export_passes_options(runner, host, tmp_path):
     with mock.patch("xvatool.xapi.vdi.export_vdi", autospec=True, return_value=tmp_path) as exp:
-        result = invoke(runner, fake, "vdi-export", "u-2", "-o", "x.vhd", "--format", "vhd", "--timeout", "5")
+        result = invoke(runner, host, "vdi-export", "u-2", "-o", "x.vhd", "--format", "vhd", "--timeout", "5")
     assert result.exit_code == 0, result.output
     args, kwargs = exp.call_args
     assert args[1:] == ("u-2", Path("x.vhd"))
-    assert kwargs["format"] == "vhd" and kwargs["retries"] == 3
+    assert kwargs["format"] == "vhd" and kwargs["retry"].retries == 3
     assert args[0].timeout_s == 5.0
 
 
-def test_vdi_export_unknown_vdi_exit_2(runner, fake, tmp_path):
-    result = invoke(runner, fake, "vdi-export", "nope", "-o", str(tmp_path / "x"))
+def test_vdi_export_unknown_vdi_exit_2(runner, host, tmp_path):
+    result = invoke(runner, host, "vdi-export", "nope", "-o", str(tmp_path / "x"))
     assert result.exit_code == 2
     assert "no VDI" in result.stderr
-    assert fake.logouts == 1 and not fake.sessions  # logged out on the error path too
+    assert open_sessions(host) == 0  # logged out on the error path too
 
 
 def test_vm_list_against_simulated_host(runner, sim):
@@ -251,8 +250,8 @@ def test_sigterm_keeps_a_foreign_handler(monkeypatch):
 
 
 def test_vm_list_against_xvatool_serve_process(tmp_path):
-    """The real thing: `xvatool serve` in one process, `xvatool vm list` in another."""
-    exe = [str(Path(sys.executable).with_name("xvatool"))]
+    """The real thing: `xvatool serve` in one process, `xvatool vm list` in another (this checkout)."""
+    exe = [sys.executable, "-m", "xvatool"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("XVATOOL_")}
     env["PYTHONUNBUFFERED"] = "1"  # the URL line must arrive while the server runs
     server = subprocess.Popen(

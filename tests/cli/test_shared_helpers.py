@@ -52,3 +52,10 @@ def test_ctrl_c_exits_130_and_mentions_resume_only_where_it_exists() -> None:
     assert first.exit_code == 130 and first.output == "xvatool: interrupted\n"
     second = runner.invoke(resumable, [])
     assert second.exit_code == 130 and "--resume" in second.output
+
+
+def test_cli_timeout_default_is_the_library_default():
+    from xvatool.cli._connection import DEFAULT_TIMEOUT_S as CLI_DEFAULT
+    from xvatool.xapi.session import DEFAULT_TIMEOUT_S
+
+    assert CLI_DEFAULT == DEFAULT_TIMEOUT_S

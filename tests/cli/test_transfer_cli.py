@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from xvatool.cli import main
-from xvatool.xapi.export import ExportResult
-from xvatool.xapi.import_ import ImportResult
+from xvatool.ops.export import ExportResult
+from xvatool.ops.import_ import ImportResult
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def test_export_passes_options_to_the_library(tmp_path, password_file):
     result = ExportResult(out, "uuid-1", "parallel", "zstd", 123, True)
     with (
         mock.patch("xvatool.xapi.session.connect", return_value=session) as connect,
-        mock.patch("xvatool.xapi.export.export_vm", autospec=True, return_value=result) as export_vm,
+        mock.patch("xvatool.ops.export.export_vm", autospec=True, return_value=result) as export_vm,
     ):
         run = CliRunner().invoke(
             main,
@@ -44,7 +44,7 @@ def test_export_passes_options_to_the_library(tmp_path, password_file):
     kwargs = export_vm.call_args.kwargs
     assert export_vm.call_args.args[1:] == ("web-01", out)
     assert (kwargs["mode"], kwargs["compression"], kwargs["snapshot"]) == ("parallel", "zstd", "never")
-    assert (kwargs["retries"], kwargs["resume"]) == (0, True)
+    assert (kwargs["retry"].retries, kwargs["resume"]) == (0, True)
     doc = json.loads(run.output)
     assert doc["vm"] == {"uuid": "uuid-1"} and doc["bytes"] == 123 and doc["snapshot"] is True
 
@@ -56,7 +56,7 @@ def test_import_passes_options_and_prints_the_uuid(tmp_path, password_file):
     with (
         mock.patch("xvatool.xapi.session.connect", return_value=session),
         mock.patch(
-            "xvatool.xapi.import_.import_vm",
+            "xvatool.ops.import_.import_vm",
             autospec=True,
             return_value=ImportResult("uuid-9", "OpaqueRef:9"),
         ) as import_vm,
@@ -71,7 +71,7 @@ def test_import_passes_options_and_prints_the_uuid(tmp_path, password_file):
     assert run.output.strip() == "uuid-9"
     kwargs = import_vm.call_args.kwargs
     assert kwargs["sr"] == "Local storage" and kwargs["restore"] and kwargs["force"]
-    assert (kwargs["mode"], kwargs["retries"], kwargs["resume"], kwargs["discard"]) == (
+    assert (kwargs["mode"], kwargs["retry"].retries, kwargs["resume"], kwargs["discard"]) == (
         "parallel",
         5,
         True,
@@ -141,7 +141,7 @@ def test_create_refuses_dash_as_output(tmp_path, monkeypatch):
 
 def test_import_refused_by_the_host_names_the_task_error(sim, tmp_path, monkeypatch):
     """`--restore` of a VM that exists: one attempt, and the task's error code and parameters."""
-    from tests.xapi.test_import import count_uploads
+    from tests.ops.test_import import count_uploads
 
     out = tmp_path / "vm.xva"
     runner = CliRunner()

@@ -29,7 +29,7 @@ def test_group_feeds_total_and_closes():
     group = ProgressGroup(labelled(rec, "web"))
     total = group.new("total", 30)
     disk = group.new("disk 0", 10, also=total)
-    threads = [threading.Thread(target=disk, args=(1,)) for _ in range(10)]
+    threads = [threading.Thread(target=disk.update, args=(1,)) for _ in range(10)]
     for t in threads:
         t.start()
     for t in threads:

@@ -5,7 +5,7 @@ import logging
 import pytest
 
 from xvatool._retry import NO_RETRY, RetryPolicy, is_transient
-from xvatool.errors import FormatError, TransferError, XapiError
+from xvatool.errors import FormatError, TransferError, UsageError, XapiError
 
 
 def flaky(failures: list[Exception]):
@@ -65,3 +65,11 @@ def test_backoff_is_capped_and_policy_validates():
     with pytest.raises(ValueError):
         RetryPolicy(retries=-1)
     assert is_transient(TransferError("x")) and not is_transient(ValueError("x"))
+
+
+def test_which_failures_are_transient():
+    assert is_transient(TransferError("reset"))
+    assert not is_transient(TransferError("401", retryable=False))
+    assert is_transient(XapiError("VDI_IO_ERROR", ["Device I/O errors"]))
+    assert not is_transient(XapiError("SR_FULL", []))
+    assert not is_transient(UsageError("x"))

@@ -8,6 +8,7 @@ import tracemalloc
 
 import pytest
 
+from tests.waiting import wait_until
 from xvatool.errors import NbdError, NbdProtocolError, NbdTlsError, TransferError, UsageError
 from xvatool.nbd import NbdConnection, NbdTarget, tls_context
 from xvatool.nbd.protocol import (
@@ -35,7 +36,6 @@ from .helpers import (
     scripted_server,
     self_signed,
     target,
-    wait_until,
 )
 
 MiB = 1 << 20

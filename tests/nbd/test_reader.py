@@ -11,6 +11,7 @@ import tracemalloc
 
 import pytest
 
+from tests.waiting import wait_until
 from xvatool._retry import RetryPolicy
 from xvatool.errors import NbdError, NbdProtocolError, StreamStateError, UsageError
 from xvatool.nbd import FileExport, NbdReader, NbdTarget
@@ -23,7 +24,6 @@ from .helpers import (
     recv_all,
     scripted_server,
     target,
-    wait_until,
 )
 from .test_connection import serve_export
 

@@ -10,6 +10,7 @@ import threading
 
 import pytest
 
+from tests.waiting import wait_until
 from xvatool.errors import StreamStateError, UsageError
 from xvatool.nbd import ExportName, FileExport, NbdServer
 from xvatool.nbd.protocol import (
@@ -30,7 +31,6 @@ from .helpers import (
     is_closed,
     nbd_server,
     recv_all,
-    wait_until,
 )
 
 MiB = 1 << 20

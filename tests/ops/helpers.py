@@ -82,7 +82,7 @@ class Host:
     def add_vm(
         self, name: str, sizes: tuple[int, ...], *, seed: int = 1, tags: tuple[str, ...] = ()
     ) -> SmallVm:
-        from xvatool.xapi.import_ import import_vm
+        from xvatool.ops.import_ import import_vm
 
         folder = self.workdir / f"src-{name}"
         folder.mkdir(parents=True)

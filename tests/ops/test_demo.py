@@ -17,10 +17,10 @@ def test_demo_runs_end_to_end_with_small_disks(tmp_path):
     assert not any("DIFFERENT" in line for line in lines)
 
 
-def test_tqdm_factory_draws_labelled_bars(capsys):
-    from xvatool.ops.progress import labelled, tqdm_factory
+def test_tqdm_progress_draws_labelled_bars(capsys):
+    from xvatool._progress import TqdmProgress, labelled
 
-    factory = labelled(tqdm_factory(), "web")
+    factory = labelled(TqdmProgress(), "web")
     first = factory("total", None)
     second = factory("disk 0", 2048)
     first.update(1024)

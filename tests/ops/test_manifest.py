@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 
 import pytest
@@ -10,12 +9,10 @@ from tests.ops.helpers import MIB, fake_backup, make_archive, sha256_of
 from xvatool.errors import ChecksumError, FormatError, UsageError
 from xvatool.ops.manifest import (
     DiskDigester,
-    HashingReader,
     digest_archive,
     load_manifest,
     manifest_path_for,
     resolve_backup,
-    stream_sha256,
     verify_backup,
 )
 
@@ -63,19 +60,6 @@ def test_disk_digester_refuses_overlap_and_overflow():
         digester.feed("Ref:1", 2, b"x")
     with pytest.raises(FormatError):
         digester.digest("Ref:1", 2)
-
-
-def test_hashing_reader_read_and_readinto(tmp_path):
-    path = tmp_path / "f"
-    path.write_bytes(b"0123456789")
-    with open(path, "rb") as f:
-        tee = HashingReader(f)
-        assert tee.read(3) == b"012"
-        buf = bytearray(4)
-        assert tee.readinto(buf) == 4
-        tee.drain()
-    assert tee.count == 10
-    assert tee.hash.hexdigest() == hashlib.sha256(b"0123456789").hexdigest()
 
 
 def test_verify_backup_accepts_archive_or_manifest_and_refuses_tampering(tmp_path):
@@ -129,20 +113,3 @@ def test_load_manifest_refuses_non_json(tmp_path):
     path.write_bytes(b"\xff{")
     with pytest.raises(FormatError):
         load_manifest(path)
-
-
-class _ReadOnly:
-    """A stream with `read` only (no `readinto`), like some HTTP bodies."""
-
-    def __init__(self, data: bytes) -> None:
-        self._stream = io.BytesIO(data)
-
-    def read(self, size: int = -1, /) -> bytes:
-        return self._stream.read(size)
-
-
-@pytest.mark.parametrize("wrap", [io.BytesIO, _ReadOnly])
-def test_stream_sha256_hashes_the_rest_of_a_stream(wrap):
-    data = bytes(range(256)) * 9000  # over two 1 MiB reads
-    assert stream_sha256(wrap(data)) == (hashlib.sha256(data).hexdigest(), len(data))
-    assert stream_sha256(wrap(b"")) == (hashlib.sha256(b"").hexdigest(), 0)

@@ -123,8 +123,8 @@ def test_parallel_migrate_of_a_running_vm_goes_through_a_snapshot(host, second_h
 
 def test_parallel_migrate_maps_networks_and_lowers_the_version(host, second_host, tmp_path):
     from tests.ops.helpers import image
+    from xvatool.ops.import_ import import_vm
     from xvatool.sim.records import network_record
-    from xvatool.xapi.import_ import import_vm
     from xvatool.xva.convert import create_archive
 
     disk = image(tmp_path / "net.img", 2 * MIB, seed=5)

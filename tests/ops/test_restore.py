@@ -21,7 +21,8 @@ def test_restore_from_archive_or_manifest_gives_identical_disks(host, tmp_path):
     with host.session() as session:
         first = restore(session, result.archive)
         second = restore(session, result.manifest)
-        assert first.vm_uuid != second.vm_uuid != vm.uuid
+        # three distinct VMs: `a != b != c` would never compare the first restore with the original
+        assert len({first.vm_uuid, second.vm_uuid, vm.uuid}) == 3
         assert first.manifest.vm_uuid == vm.uuid
         for new in (first.vm_uuid, second.vm_uuid):
             assert [d.sha256 for d in vm_disk_digests(session, new)] == vm.digests

@@ -134,7 +134,7 @@ def test_two_backups_at_once_and_a_prune_beside_them(host, repo_place):
 
 def test_kill_9_in_the_middle_of_a_backup_leaves_a_sound_repository(host, repo_place, tmp_path):
     from tests.repo.helpers import archive_with, disk_image
-    from xvatool.xapi.import_ import import_vm
+    from xvatool.ops.import_ import import_vm
 
     folder = tmp_path / "big"
     folder.mkdir()

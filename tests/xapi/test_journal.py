@@ -5,15 +5,9 @@ import threading
 
 import pytest
 
-from xvatool.errors import ResumeError, TransferError, UsageError, XapiError
-from xvatool.xapi.journal import (
-    Journal,
-    export_journal_path,
-    import_journal_path,
-    is_transient,
-    run_parallel,
-    with_retries,
-)
+from xvatool.errors import ResumeError, TransferError
+from xvatool.ops.parallel import run_parallel
+from xvatool.xapi.journal import Journal, export_journal_path, import_journal_path
 
 KEY = {"host": "http://127.0.0.1:1", "archive_sha256": "ab" * 32}
 
@@ -116,48 +110,6 @@ def test_paths(tmp_path):
     assert import_journal_path(tmp_path / "vm.xva", "http://a:1/") == a
 
 
-def test_is_transient():
-    assert is_transient(TransferError("reset"))
-    assert not is_transient(TransferError("401", retryable=False))
-    assert is_transient(XapiError("VDI_IO_ERROR", ["Device I/O errors"]))
-    assert not is_transient(XapiError("SR_FULL", []))
-    assert not is_transient(UsageError("x"))
-
-
-def test_with_retries_resumes_and_gives_up(monkeypatch):
-    monkeypatch.setattr("time.sleep", lambda s: None)
-    calls = []
-
-    def flaky():
-        calls.append(1)
-        if len(calls) < 3:
-            raise TransferError("reset")
-        return "ok"
-
-    assert with_retries(flaky, retries=3, what="t") == "ok"
-    assert len(calls) == 3
-    calls.clear()
-    with pytest.raises(TransferError):
-        with_retries(flaky, retries=1, what="t")
-    assert len(calls) == 2
-    calls.clear()
-    with pytest.raises(TransferError):
-        with_retries(flaky, retries=0, what="t")
-    assert len(calls) == 1
-
-
-def test_with_retries_does_not_retry_permanent_errors():
-    calls = []
-
-    def bad():
-        calls.append(1)
-        raise XapiError("SR_FULL", ["1", "2"])
-
-    with pytest.raises(XapiError):
-        with_retries(bad, retries=5, what="t")
-    assert len(calls) == 1
-
-
 def test_run_parallel_waits_for_all_then_raises_first():
     done = []
 
@@ -176,7 +128,7 @@ def test_run_parallel_waits_for_all_then_raises_first():
 
 _CTRL_C_SCRIPT = """
 import _thread, threading
-from xvatool.xapi.journal import run_parallel
+from xvatool.ops.parallel import run_parallel
 
 stuck = threading.Event()  # never set: a disk transfer stalled on a silent host
 

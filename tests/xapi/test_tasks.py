@@ -7,7 +7,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.xapi.fakehost import rpc_failure, rpc_reply
+from tests.progress import RecordingProgress
+from tests.xapi.rpc import rpc_failure, rpc_reply
 from xvatool.errors import HostError, TransferError, UsageError, XapiError
 from xvatool.xapi import tasks
 from xvatool.xapi.session import connect
@@ -81,10 +82,11 @@ def session_for(host: TaskHost):
 
 def test_wait_with_event_from_and_progress():
     host = TaskHost([pending(-1.0), pending(0.25), pending(0.5), success()])
-    seen: list[float] = []
+    bars = RecordingProgress()
     with session_for(host) as s:
-        assert wait_task(s, TASK, progress=seen.append) == "<value>OpaqueRef:vm</value>"
-    assert seen == [0.25, 0.5, 1.0]
+        bar = bars("host", 4000)
+        assert wait_task(s, TASK, progress=bar, progress_total=4000) == "<value>OpaqueRef:vm</value>"
+    assert bars.updates["host"] == [1000, 1000, 2000]  # 0.25, 0.5, 1.0 of 4000; -1 is "not started"
     event_calls = [c for c in host.calls if c[0] == "event.from"]
     assert event_calls[0][1][1:3] == ([f"task/{TASK}"], "")
     assert isinstance(event_calls[0][1][3], float)

@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from tests.xapi.fakehost import Request, ScriptedServer
-from xvatool.errors import HostError, StreamStateError, TransferError, UsageError, XapiError
+from tests.xapi.scripted import Request, ScriptedServer
+from xvatool.errors import HostError, StreamStateError, TransferError, UsageError
 from xvatool.xapi import transfer
 from xvatool.xapi.session import Session
 from xvatool.xapi.transfer import (
@@ -14,7 +14,6 @@ from xvatool.xapi.transfer import (
     chunked_frames,
     chunked_length,
     open_download,
-    retrying,
     upload,
 )
 
@@ -22,7 +21,7 @@ SESSION = "OpaqueRef:sess-1"
 
 
 def session_for(url: str, timeout: float = 5.0) -> Session:
-    s = Session(url, timeout=timeout)
+    s = Session(url, timeout_s=timeout)
     s.ref = SESSION
     return s
 
@@ -355,71 +354,3 @@ def test_chunked_frames_split_oversized(monkeypatch):
 def test_chunked_empty_is_only_terminator():
     assert [bytes(f) for f in chunked_frames([])] == [bytes(12)]
     assert chunked_length([]) == 12
-
-
-# ------------------------------------------------------------------------------ retries
-
-
-def test_retrying_retries_transient_then_succeeds():
-    attempts = []
-    sleeps: list[float] = []
-
-    def op():
-        attempts.append(1)
-        if len(attempts) < 3:
-            raise TransferError("reset")
-        return "ok"
-
-    assert retrying(op, 3, 0.5, sleep=sleeps.append) == "ok"
-    assert sleeps == [0.5, 1.0]
-
-
-def test_retrying_gives_up_after_retries():
-    sleeps: list[float] = []
-    seen = []
-
-    def op():
-        raise TransferError("reset")
-
-    with pytest.raises(TransferError):
-        retrying(op, 2, 1.0, sleep=sleeps.append, on_retry=lambda n, e: seen.append(n))
-    assert sleeps == [1.0, 2.0]
-    assert seen == [1, 2]
-
-
-@pytest.mark.parametrize(
-    "error", [TransferError("x", retryable=False), XapiError("VM_BAD_POWER_STATE"), UsageError("x")]
-)
-def test_retrying_does_not_retry_permanent_errors(error):
-    calls = []
-
-    def op():
-        calls.append(1)
-        raise error
-
-    with pytest.raises(type(error)):
-        retrying(op, 5, sleep=lambda s: pytest.fail("slept"))
-    assert len(calls) == 1
-
-
-def test_retrying_zero_fails_at_once():
-    calls = []
-
-    def op():
-        calls.append(1)
-        raise TransferError("reset")
-
-    with pytest.raises(TransferError):
-        retrying(op, 0, sleep=lambda s: pytest.fail("slept"))
-    assert calls == [1]
-
-
-def test_retrying_backoff_is_capped():
-    sleeps: list[float] = []
-
-    def op():
-        raise TransferError("x")
-
-    with pytest.raises(TransferError):
-        retrying(op, 8, 10.0, sleep=sleeps.append)
-    assert max(sleeps) == transfer.MAX_BACKOFF_S

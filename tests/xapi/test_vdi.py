@@ -1,13 +1,22 @@
+"""`export_vdi` / `import_vdi` against the simulated host: formats, sparseness, retries, resume."""
+
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 
 import pytest
 
-from tests.xapi.fakehost import FakeXapi, ScriptedServer, sim_host
-from xvatool.errors import ResumeError, TransferError, UsageError, XapiError
-from xvatool.xapi import tasks, transfer
+from tests.progress import RecordingProgress
+from tests.retry import instant
+from tests.simhelpers import new_vdi, open_sessions, tasks, vdi_bytes, vdi_count, vdi_ref, vdi_size
+from tests.waiting import wait_until
+from xvatool._files import temp_files_of
+from xvatool.errors import LocalIOError, ResumeError, TransferError, UsageError, XapiError
+from xvatool.sim.values import ApiFailure
+from xvatool.xapi import tasks as tasks_mod
+from xvatool.xapi import vdi as vdi_mod
 from xvatool.xapi.journal import import_journal_path
 from xvatool.xapi.session import connect
 from xvatool.xapi.vdi import export_vdi, import_vdi, vhd_virtual_size
@@ -15,28 +24,13 @@ from xvatool.xapi.vdi import export_vdi, import_vdi, vhd_virtual_size
 MIB = 1 << 20
 
 
-@pytest.fixture
-def fake():
-    host = FakeXapi()
-    with ScriptedServer(host.handle) as srv:
-        host.url = srv.url  # type: ignore[attr-defined]
-        yield host
-
-
 @pytest.fixture(autouse=True)
-def no_backoff(monkeypatch):
-    monkeypatch.setattr(transfer, "DEFAULT_BACKOFF_S", 0.0)
-    real = transfer.retrying
-
-    def fast(op, retries=transfer.DEFAULT_RETRIES, backoff=0.0, **kw):
-        return real(op, retries, 0.0, **kw)
-
-    monkeypatch.setattr("xvatool.xapi.vdi.retrying", fast)
-    monkeypatch.setattr(tasks, "POLL_INTERVAL_S", 0.01)
+def fast_polls(monkeypatch):
+    monkeypatch.setattr(tasks_mod, "POLL_INTERVAL_S", 0.01)
 
 
-def session(fake):
-    return connect(fake.url, "root", fake.password)
+def session(sim, **kw):
+    return connect(sim.url, sim.user, sim.password, **kw)
 
 
 def disk_image(size: int) -> bytes:
@@ -47,160 +41,279 @@ def disk_image(size: int) -> bytes:
     return bytes(data)
 
 
-def test_export_raw_round_trip(fake, tmp_path):
+class Uploads:
+    """Every `PUT /import_raw_vdi` the client sent: its query, Content-Length and chunked extents."""
+
+    def __init__(self) -> None:
+        self.puts: list[dict] = []
+        self.before_put = None  # called with the number of the PUT about to go (1-based)
+
+    def frames(self, puts: list[dict] | None = None) -> list[tuple[int, int]]:
+        return [frame for put in (self.puts if puts is None else puts) for frame in put["frames"]]
+
+
+@pytest.fixture
+def uploads(monkeypatch):
+    record = Uploads()
+    real_upload, real_frames = vdi_mod.upload, vdi_mod.chunked_frames
+
+    def upload(session, path, params, body, *, length, **kwargs):
+        record.puts.append({"params": dict(params), "length": length, "frames": []})
+        if record.before_put is not None:
+            record.before_put(len(record.puts))
+        return real_upload(session, path, params, body, length=length, **kwargs)
+
+    def frames(extents):
+        put = record.puts[-1]
+        put["frames"].clear()  # a replayed body (after a redirect) is the same frames again
+
+        def noted():
+            for offset, data in extents:
+                put["frames"].append((offset, len(data)))
+                yield offset, data
+
+        return real_frames(noted())
+
+    monkeypatch.setattr(vdi_mod, "upload", upload)
+    monkeypatch.setattr(vdi_mod, "chunked_frames", frames)
+    return record
+
+
+def fail_put(sim, uploads, number: int, fault: str = "drop-after=1MiB") -> None:
+    """Make the `number`th PUT (and only it) break; a fault counts firings, so the empty probe PUT
+    before it does not use the fault up."""
+
+    def arm(n: int) -> None:
+        if n == number:
+            sim.host.add_fault(f"import_raw_vdi:{fault}:times=1")
+
+    uploads.before_put = arm
+
+
+# ---------------------------------------------------------------------------------- export
+
+
+def test_export_raw_round_trip(sim, tmp_path):
     content = disk_image(5 * MIB)
-    vdi = fake.add_vdi(content)
+    _, uuid = new_vdi(sim, content)
     out = tmp_path / "disk.raw"
-    seen = []
-    with session(fake) as s:
-        assert export_vdi(s, vdi.uuid, out, progress=lambda d, t: seen.append((d, t))) == out
+    bars = RecordingProgress()
+    with session(sim) as s:
+        assert export_vdi(s, uuid, out, progress=bars) == out
     assert out.read_bytes() == content
-    assert not (tmp_path / "disk.raw.part").exists()
-    assert seen[-1] == (5 * MIB, 5 * MIB)
-    assert not fake.tasks  # destroyed
-    assert fake.logouts == 1
+    assert os.stat(out).st_blocks * 512 < len(content)  # zero blocks are holes
+    assert temp_files_of(tmp_path) == []
+    ((label, total),) = bars.totals.items()
+    assert total == 5 * MIB and bars.counts[label] == 5 * MIB and bars.closed == [label]
+    assert not tasks(sim) and open_sessions(sim) == 0
 
 
-def test_export_retries_short_body_and_inline_500(fake, tmp_path):
-    content = disk_image(2 * MIB)
-    vdi = fake.add_vdi(content)
-    fake.faults = ["short", "inline500"]
+def count_downloads(monkeypatch) -> list[str]:
+    opened: list[str] = []
+    real = vdi_mod.open_download
+
+    def counting(session, path, *args, **kwargs):
+        opened.append(path)
+        return real(session, path, *args, **kwargs)
+
+    monkeypatch.setattr(vdi_mod, "open_download", counting)
+    return opened
+
+
+def test_export_retries_short_bodies(sim, tmp_path, monkeypatch):
+    content = disk_image(4 * MIB)
+    _, uuid = new_vdi(sim, content)
+    sim.host.add_fault("export_raw_vdi:drop-after=1MiB:times=2")
+    opened = count_downloads(monkeypatch)
     out = tmp_path / "d.raw"
-    with session(fake) as s:
-        export_vdi(s, vdi.uuid, out, retries=2)
+    with session(sim) as s:
+        export_vdi(s, uuid, out, retry=instant(2))
     assert out.read_bytes() == content
-    assert len([r for r in fake.calls if r[0] == "task.create"]) == 3
+    assert len(opened) == 3
 
 
-def test_export_retries_zero_fails_and_leaves_no_output(fake, tmp_path):
-    vdi = fake.add_vdi(disk_image(2 * MIB))
-    fake.faults = ["short"]
+def test_export_retries_zero_fails_and_leaves_no_output(sim, tmp_path):
+    _, uuid = new_vdi(sim, disk_image(4 * MIB))
+    sim.host.add_fault("export_raw_vdi:drop-after=1MiB")
     out = tmp_path / "d.raw"
-    with session(fake) as s, pytest.raises(TransferError, match="body ended"):
-        export_vdi(s, vdi.uuid, out, retries=0)
-    assert not out.exists() and not (tmp_path / "d.raw.part").exists()
+    with session(sim) as s, pytest.raises(TransferError, match="body ended"):
+        export_vdi(s, uuid, out, retry=instant(0))
+    assert not out.exists() and temp_files_of(tmp_path) == []
 
 
-def test_export_unknown_vdi(fake, tmp_path):
-    with session(fake) as s, pytest.raises(UsageError, match="no VDI"):
+def test_export_unknown_vdi(sim, tmp_path):
+    with session(sim) as s, pytest.raises(UsageError, match="no VDI"):
         export_vdi(s, "nope", tmp_path / "x")
 
 
-def _write_image(path, content: bytes) -> None:
-    path.write_bytes(content)
+def test_export_lasting_task_failure_is_not_retried(sim, tmp_path, monkeypatch):
+    _, uuid = new_vdi(sim, disk_image(2 * MIB))
+
+    @contextlib.contextmanager
+    def too_large(vdi, task, operation):
+        raise ApiFailure("VDI_TOO_LARGE", [vdi])
+        yield
+
+    monkeypatch.setattr(sim.host.ops, "vdi_operation", too_large)
+    opened = count_downloads(monkeypatch)
+    with session(sim) as s, pytest.raises(XapiError, match="VDI_TOO_LARGE"):
+        export_vdi(s, uuid, tmp_path / "d.raw", retry=instant(3))
+    assert opened == ["/export_raw_vdi"]
 
 
-def test_import_raw_into_new_vdi_sends_only_nonzero_blocks(fake, tmp_path):
+def test_export_refuses_to_overwrite(sim, tmp_path):
+    _, uuid = new_vdi(sim, b"\x01" * MIB)
+    out = tmp_path / "d.raw"
+    out.write_bytes(b"keep")
+    with session(sim) as s, pytest.raises(UsageError, match="exists"):
+        export_vdi(s, uuid, out)
+    assert out.read_bytes() == b"keep"
+
+
+# ---------------------------------------------------------------------------------- import
+
+
+def test_import_raw_into_new_vdi_sends_only_nonzero_blocks(sim, tmp_path, uploads):
     content = disk_image(5 * MIB + 1000)  # not a sector multiple: padded
     src = tmp_path / "disk.raw"
-    _write_image(src, content)
-    with session(fake) as s:
+    src.write_bytes(content)
+    with session(sim) as s:
         uuid = import_vdi(s, src, sr="Local storage", segment_size=2 * MIB)
-    vdi = fake.vdi_by_uuid(uuid)
-    assert vdi.size == 5 * MIB + 1024
-    assert bytes(vdi.data[: len(content)]) == content
-    real = [u for u in fake.uploads if u["length"]]
-    assert len(real) == 3  # three 2 MiB segments
-    frames = [f for u in real for f in u["frames"]]
-    assert frames == [(0, MIB), (3 * MIB, MIB), (5 * MIB, 1024)]
-    assert all(u["query"] == {"vdi": uuid, "format": "raw", "chunked": "true"} for u in real)
-    assert all(u["transfer_encoding"] is None for u in fake.uploads)
-    assert all(u["task"] for u in real) and not fake.tasks
-    assert not import_journal_path(src, s.url).exists()
+        journal = import_journal_path(src, s.url)
+    assert vdi_size(sim, uuid) == 5 * MIB + 1024
+    assert vdi_bytes(sim, uuid)[: len(content)] == content
+    assert len(uploads.puts) == 3  # three 2 MiB segments
+    assert uploads.frames() == [(0, MIB), (3 * MIB, MIB), (5 * MIB, 1024)]
+    assert all(put["params"] == {"vdi": uuid, "format": "raw", "chunked": "true"} for put in uploads.puts)
+    assert not tasks(sim) and not journal.exists()
 
 
-def test_import_raw_into_existing_vdi_writes_zero_blocks_too(fake, tmp_path):
-    target = fake.add_vdi(b"\xff" * (4 * MIB))  # old data
+def test_import_raw_into_existing_vdi_writes_zero_blocks_too(sim, tmp_path):
+    _, target = new_vdi(sim, b"\xff" * (4 * MIB))  # old data
     content = disk_image(4 * MIB)
     src = tmp_path / "disk.raw"
-    _write_image(src, content)
-    with session(fake) as s:
-        assert import_vdi(s, src, vdi_uuid=target.uuid) == target.uuid
-    assert bytes(target.data) == content
+    src.write_bytes(content)
+    with session(sim) as s:
+        assert import_vdi(s, src, vdi_uuid=target) == target
+    assert vdi_bytes(sim, target) == content
 
 
-def test_import_sparse_file_holes_are_not_read(fake, tmp_path):
+def test_import_sparse_file_holes_are_not_read(sim, tmp_path, uploads):
     src = tmp_path / "sparse.raw"
     with open(src, "wb") as fh:
         fh.truncate(8 * MIB)
         fh.seek(6 * MIB)
         fh.write(b"\x07" * 4096)
-    with session(fake) as s:
-        uuid = import_vdi(s, src, sr="sr-uuid-1")
-    frames = [f for u in fake.uploads for f in u["frames"]]
-    assert frames == [(6 * MIB, MIB)]
-    assert bytes(fake.vdi_by_uuid(uuid).data[6 * MIB : 6 * MIB + 4096]) == b"\x07" * 4096
+    with session(sim) as s:
+        uuid = import_vdi(s, src, sr="Local storage")
+    assert uploads.frames() == [(6 * MIB, MIB)]
+    assert vdi_bytes(sim, uuid)[6 * MIB : 6 * MIB + 4096] == b"\x07" * 4096
 
 
-def test_import_retries_a_dropped_segment(fake, tmp_path):
+def test_import_retries_a_dropped_segment(sim, tmp_path, uploads):
     content = bytes([9]) * (4 * MIB)
     src = tmp_path / "d.raw"
-    _write_image(src, content)
-    fake.faults = [None, "drop"]  # second segment's first attempt breaks
-    with session(fake) as s:
-        uuid = import_vdi(s, src, sr="Local storage", segment_size=2 * MIB, retries=1)
-    assert bytes(fake.vdi_by_uuid(uuid).data) == content
+    src.write_bytes(content)
+    fail_put(sim, uploads, 2)  # the second segment's first attempt breaks
+    with session(sim) as s:
+        uuid = import_vdi(s, src, sr="Local storage", segment_size=2 * MIB, retry=instant(1))
+    assert vdi_bytes(sim, uuid) == content
+    assert [put["frames"][0][0] for put in uploads.puts] == [0, 2 * MIB, 2 * MIB]
 
 
-def test_import_task_vdi_io_error_is_retried(fake, tmp_path):
+def test_import_task_vdi_io_error_is_retried(sim, tmp_path, monkeypatch):
+    """A host that took the whole body but failed to write it (VDI_IO_ERROR): send it again."""
     src = tmp_path / "d.raw"
-    _write_image(src, b"\x05" * MIB)
-    fake.faults = ["fail-task"]
-    with session(fake) as s:
-        import_vdi(s, src, sr="Local storage", retries=1)
-    with session(fake) as s, pytest.raises(TransferError, match="VDI_IO_ERROR"):
-        fake.faults = ["fail-task"]
-        import_vdi(s, src, sr="Local storage", retries=0)
+    src.write_bytes(b"\x05" * MIB)
+    real_complete = sim.host.tasks.complete
+    failures = []
+
+    def complete_or_fail(task, result=""):
+        if not failures:
+            failures.append(task)
+            sim.host.tasks.fail(task, ApiFailure("VDI_IO_ERROR", ["Device I/O errors"]))
+        else:
+            real_complete(task, result)
+
+    monkeypatch.setattr(sim.host.tasks, "complete", complete_or_fail)
+    with session(sim) as s:
+        uuid = import_vdi(s, src, sr="Local storage", retry=instant(1))
+    assert vdi_bytes(sim, uuid) == src.read_bytes() and len(failures) == 1
+    failures.clear()
+    with session(sim) as s, pytest.raises(TransferError, match="VDI_IO_ERROR"):
+        import_vdi(s, src, vdi_uuid=uuid, retry=instant(0))
 
 
-def test_import_resume_sends_only_unfinished_segments(fake, tmp_path):
-    content = bytes(range(256)) * (6 * MIB // 256)
+def interrupted_import(sim, tmp_path, uploads, content: bytes):
+    """An import of `content` in 2 MiB segments whose second segment broke (no retries)."""
     src = tmp_path / "d.raw"
-    _write_image(src, content)
-    fake.faults = [None, "drop"]
-    with session(fake) as s, pytest.raises(TransferError):
-        import_vdi(s, src, sr="Local storage", segment_size=2 * MIB, retries=0)
-    journal = import_journal_path(src, fake.url)
-    assert journal.exists()
-    (uuid,) = [v.uuid for v in fake.vdis.values()]
-    before = len(fake.uploads)
-    with session(fake) as s:
-        assert import_vdi(s, src, sr="Local storage", segment_size=2 * MIB, resume=True) == uuid
-    resent = [u for u in fake.uploads[before:] if u["length"]]
-    assert [u["frames"][0][0] for u in resent] == [2 * MIB, 4 * MIB]
-    assert bytes(fake.vdi_by_uuid(uuid).data) == content
-    assert not journal.exists()
-    assert len(fake.vdis) == 1  # no second VDI created
+    src.write_bytes(content)
+    fail_put(sim, uploads, 2)
+    with session(sim) as s, pytest.raises(TransferError):
+        import_vdi(s, src, sr="Local storage", segment_size=2 * MIB, retry=instant(0))
+    uploads.before_put = None
+    return src
 
 
-def test_resume_refuses_changed_file(fake, tmp_path):
-    src = tmp_path / "d.raw"
-    _write_image(src, b"\x01" * (4 * MIB))
-    fake.faults = [None, "drop"]
-    with session(fake) as s, pytest.raises(TransferError):
-        import_vdi(s, src, sr="Local storage", segment_size=2 * MIB, retries=0)
-    _write_image(src, b"\x02" * (5 * MIB))
-    with session(fake) as s, pytest.raises(ResumeError, match="file_size"):
+def test_import_resume_sends_only_unfinished_segments(sim, tmp_path, uploads):
+    content = bytes(range(256)) * (4 * MIB // 256)
+    vdis = vdi_count(sim)
+    src = interrupted_import(sim, tmp_path, uploads, content)
+    with session(sim) as s:
+        assert import_journal_path(src, s.url).exists()
+    assert vdi_count(sim) == vdis + 1
+    before = len(uploads.puts)
+    with session(sim) as s:
+        uuid = import_vdi(s, src, sr="Local storage", segment_size=2 * MIB, resume=True)
+    assert [put["frames"][0][0] for put in uploads.puts[before:]] == [2 * MIB]
+    assert vdi_bytes(sim, uuid) == content
+    assert vdi_count(sim) == vdis + 1  # no second VDI created
+
+
+def test_resume_refuses_changed_file(sim, tmp_path, uploads):
+    src = interrupted_import(sim, tmp_path, uploads, b"\x01" * (4 * MIB))
+    with open(src, "ab") as fh:
+        fh.write(b"\x01" * 512)
+    with session(sim) as s, pytest.raises(ResumeError, match="file_size"):
         import_vdi(s, src, sr="Local storage", segment_size=2 * MIB, resume=True)
 
 
-def test_resume_refuses_vanished_vdi(fake, tmp_path):
-    src = tmp_path / "d.raw"
-    _write_image(src, b"\x01" * (4 * MIB))
-    fake.faults = [None, "drop"]
-    with session(fake) as s, pytest.raises(TransferError):
-        import_vdi(s, src, sr="Local storage", segment_size=2 * MIB, retries=0)
-    fake.vdis.clear()
-    with session(fake) as s, pytest.raises(ResumeError, match="no longer exists"):
+def test_resume_refuses_vanished_vdi(sim, tmp_path, uploads):
+    vdis = set(sim.host.state.refs("VDI"))
+    src = interrupted_import(sim, tmp_path, uploads, b"\x01" * (4 * MIB))
+    (created,) = set(sim.host.state.refs("VDI")) - vdis
+    sim.host.ops.destroy_vdi(created)
+    with session(sim) as s, pytest.raises(ResumeError, match="no longer exists"):
         import_vdi(s, src, sr="Local storage", segment_size=2 * MIB, resume=True)
 
 
-def test_resume_without_journal_starts_fresh(fake, tmp_path):
+def test_resume_without_journal_starts_fresh(sim, tmp_path):
     src = tmp_path / "d.raw"
-    _write_image(src, b"\x01" * MIB)
-    with session(fake) as s:
+    src.write_bytes(b"\x01" * MIB)
+    with session(sim) as s:
         uuid = import_vdi(s, src, sr="Local storage", resume=True)
-    assert bytes(fake.vdi_by_uuid(uuid).data) == b"\x01" * MIB
+    assert vdi_bytes(sim, uuid) == b"\x01" * MIB
+
+
+def test_existing_journal_without_resume_is_refused(sim, tmp_path, uploads):
+    vdis = vdi_count(sim)
+    src = interrupted_import(sim, tmp_path, uploads, b"\x01" * (4 * MIB))
+    with session(sim) as s, pytest.raises(UsageError, match="use --resume"):
+        import_vdi(s, src, sr="Local storage", segment_size=2 * MIB)
+    assert vdi_count(sim) == vdis + 1
+
+
+def test_resume_resends_a_segment_whose_content_changed(sim, tmp_path, uploads):
+    src = interrupted_import(sim, tmp_path, uploads, b"\x01" * (4 * MIB))
+    st = src.stat()
+    with open(src, "r+b") as fh:  # same size, same mtime, different first segment
+        fh.write(b"\x09" * 512)
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
+    before = len(uploads.puts)
+    with session(sim) as s:
+        uuid = import_vdi(s, src, sr="Local storage", segment_size=2 * MIB, resume=True)
+    assert [put["frames"][0][0] for put in uploads.puts[before:]] == [0, 2 * MIB]
+    assert vdi_bytes(sim, uuid) == src.read_bytes()
 
 
 def _vhd(size: int, payload: bytes) -> bytes:
@@ -210,27 +323,36 @@ def _vhd(size: int, payload: bytes) -> bytes:
     return payload + bytes(footer)
 
 
-def test_import_vhd_plain_put(fake, tmp_path):
-    src = tmp_path / "d.vhd"
-    blob = _vhd(3 * MIB, b"V" * 1000)
-    src.write_bytes(blob)
-    assert vhd_virtual_size(src) == 3 * MIB
-    with session(fake) as s:
-        uuid = import_vdi(s, src, sr="Local storage", format="vhd")
-    real = [u for u in fake.uploads if u["length"]]
-    assert [u["length"] for u in real] == [len(blob)]
-    assert real[0]["query"] == {"vdi": uuid, "format": "vhd"}
-    assert fake.vdi_by_uuid(uuid).size == 3 * MIB
+def test_import_vhd_is_one_plain_put(sim, tmp_path, uploads):
+    ref = sim.host.vdis_of(sim.host.vm("demo-vm"))[0]
+    with session(sim) as s:
+        vhd = export_vdi(s, str(sim.host.state.field("VDI", ref, "uuid")), tmp_path / "d.vhd", format="vhd")
+        uuid = import_vdi(s, vhd, sr="Local storage", format="vhd")
+    assert vhd_virtual_size(vhd) == 4 * MIB
+    assert [(put["params"], put["length"]) for put in uploads.puts] == [
+        ({"vdi": uuid, "format": "vhd"}, vhd.stat().st_size)
+    ]
+    assert vdi_size(sim, uuid) == 4 * MIB
+    assert sim.host.disk_bytes(vdi_ref(sim, uuid)) == sim.host.disk_bytes(ref)
 
 
-def test_import_vhd_rejects_resume_and_non_vhd(fake, tmp_path):
+def test_import_vhd_rejects_resume_and_non_vhd(sim, tmp_path):
     src = tmp_path / "d.vhd"
     src.write_bytes(b"x" * 2048)
-    with session(fake) as s:
+    with session(sim) as s:
         with pytest.raises(UsageError, match="raw images only"):
             import_vdi(s, src, sr="Local storage", format="vhd", resume=True)
         with pytest.raises(UsageError, match="not a VHD"):
             import_vdi(s, src, sr="Local storage", format="vhd")
+
+
+def test_import_raw_refuses_a_vhd_file(sim, tmp_path):
+    # Regression: `vdi-import d.vhd` (format defaults to raw) uploaded the VHD container bytes
+    # as the disk's contents, silently giving a VM a garbage disk.
+    src = tmp_path / "d.vhd"
+    src.write_bytes(_vhd(3 * MIB, b"V" * 1024))
+    with session(sim) as s, pytest.raises(UsageError, match="--format vhd"):
+        import_vdi(s, src, sr="Local storage")
 
 
 @pytest.mark.parametrize(
@@ -241,74 +363,95 @@ def test_import_vhd_rejects_resume_and_non_vhd(fake, tmp_path):
         ({"sr": "b", "format": "qcow2"}, "unknown import format"),
         ({"sr": "nope"}, "no SR"),
         ({"vdi_uuid": "nope"}, "no VDI"),
+        ({"sr": "Local storage", "segment_size": 1000}, "segment size"),
     ],
 )
-def test_import_usage_errors(fake, tmp_path, kwargs, match):
+def test_import_usage_errors(sim, tmp_path, kwargs, match):
     src = tmp_path / "d.raw"
-    _write_image(src, b"\x01" * MIB)
-    with session(fake) as s, pytest.raises(UsageError, match=match):
+    src.write_bytes(b"\x01" * MIB)
+    with session(sim) as s, pytest.raises(UsageError, match=match):
         import_vdi(s, src, **kwargs)
+    assert src.exists()
 
 
-def test_import_into_too_small_vdi(fake, tmp_path):
-    small = fake.add_vdi(b"", MIB)
+def test_import_into_too_small_vdi(sim, tmp_path):
+    _, small = new_vdi(sim, size=MIB)
     src = tmp_path / "d.raw"
-    _write_image(src, b"\x01" * (2 * MIB))
-    with session(fake) as s, pytest.raises(UsageError, match="has 1048576 bytes"):
-        import_vdi(s, src, vdi_uuid=small.uuid)
+    src.write_bytes(b"\x01" * (2 * MIB))
+    with session(sim) as s, pytest.raises(UsageError, match="has 1048576 bytes"):
+        import_vdi(s, src, vdi_uuid=small)
 
 
-def test_import_missing_file(fake, tmp_path):
-    with session(fake) as s, pytest.raises(UsageError):
+def test_import_missing_file(sim, tmp_path):
+    with session(sim) as s, pytest.raises(LocalIOError, match=r"missing\.raw"):
         import_vdi(s, tmp_path / "missing.raw", sr="Local storage")
 
 
-def test_wrong_password(fake):
+def test_wrong_password(sim):
     with pytest.raises(XapiError, match="SESSION_AUTHENTICATION_FAILED"):
-        connect(fake.url, "root", "nope")
+        connect(sim.url, sim.user, "nope")
 
 
-def test_segment_size_must_be_mib_multiple(fake, tmp_path):
+def test_import_progress_reaches_total(sim, tmp_path):
     src = tmp_path / "d.raw"
-    _write_image(src, b"\x01" * MIB)
-    with session(fake) as s, pytest.raises(UsageError, match="segment size"):
-        import_vdi(s, src, sr="Local storage", segment_size=1000)
-    assert os.path.exists(src)
+    src.write_bytes(disk_image(5 * MIB))
+    bars = RecordingProgress()
+    with session(sim) as s:
+        import_vdi(s, src, sr="Local storage", segment_size=2 * MIB, progress=bars)
+    assert bars.totals == {"d.raw": 5 * MIB} and bars.counts == {"d.raw": 5 * MIB}
+    assert all(n > 0 for n in bars.updates["d.raw"])
+    assert len(bars.updates["d.raw"]) >= 5  # per block, not only per segment
 
 
-# ------------------------------------------------------------- against the simulated host
+def test_ctrl_c_keeps_journal_and_cleans_up(sim, tmp_path):
+    src = tmp_path / "d.raw"
+    src.write_bytes(b"\x01" * (4 * MIB))
+
+    def interrupt(label, done):
+        if done > 2 * MIB:
+            raise KeyboardInterrupt
+
+    with session(sim) as s, pytest.raises(KeyboardInterrupt):
+        import_vdi(s, src, sr="Local storage", segment_size=2 * MIB, progress=RecordingProgress(interrupt))
+    assert import_journal_path(src, sim.url).exists()
+    # the segment's task was destroyed; a pending task goes when its handler ends, as on a host
+    wait_until(lambda: not tasks(sim))
+    assert open_sessions(sim) == 0
+    with session(sim) as s:
+        uuid = import_vdi(s, src, sr="Local storage", segment_size=2 * MIB, resume=True)
+    assert vdi_bytes(sim, uuid) == src.read_bytes()
+
+
+# ------------------------------------------------------------- faults of the simulated host
 
 
 @pytest.fixture
 def simr(tmp_path):
     """The simulated host with its redirect peer (the shared `sim` fixture has none)."""
-    with sim_host(tmp_path / "sim") as running:
+    from xvatool.testing import running_host
+
+    with running_host(tmp_path / "simr", demo_disk_sizes=(4 * MIB, 2 * MIB), redirect=True) as running:
         yield running
 
 
-def _sim_disk(simr, index=0):
-    host = simr.host
+def _sim_disk(sim, index=0):
+    host = sim.host
     ref = host.vdis_of(host.vm("demo-vm"))[index]
     return ref, str(host.state.field("VDI", ref, "uuid"))
 
 
-def _sim_session(simr, **kw):
-    return connect(simr.url, simr.user, simr.password, **kw)
-
-
-def test_sim_export_import_round_trip(simr, tmp_path):
-    ref, uuid = _sim_disk(simr)
+def test_sim_export_import_round_trip(sim, tmp_path):
+    ref, uuid = _sim_disk(sim)
     out = tmp_path / "d.raw"
-    with _sim_session(simr) as s:
+    with session(sim) as s:
         export_vdi(s, uuid, out)
-        assert out.read_bytes() == simr.host.disk_bytes(ref)
+        assert out.read_bytes() == sim.host.disk_bytes(ref)
         srs = s.call("SR.get_all_records")
         new_uuid = import_vdi(s, out, sr=next(iter(srs.values()))["uuid"], segment_size=2 * MIB)
         back = tmp_path / "back.raw"
         export_vdi(s, new_uuid, back)
     assert back.read_bytes() == out.read_bytes()
-    state = simr.host.state
-    assert not [t for t in state.refs("task") if state.field("task", t, "status") == "pending"]
+    assert not tasks(sim, "pending")
 
 
 @pytest.mark.parametrize(
@@ -319,40 +462,40 @@ def test_sim_export_import_round_trip(simr, tmp_path):
         "export_raw_vdi:stall=2",
     ],
 )
-def test_sim_export_survives_faults(simr, tmp_path, fault):
-    ref, uuid = _sim_disk(simr)
+def test_sim_export_survives_faults(sim, tmp_path, fault):
+    ref, uuid = _sim_disk(sim)
     out = tmp_path / "d.raw"
-    with _sim_session(simr, timeout=0.5) as s:
-        simr.host.add_fault(fault)
+    with session(sim, timeout_s=0.5) as s:
+        sim.host.add_fault(fault)
         with pytest.raises(TransferError):
-            export_vdi(s, uuid, out, retries=0)
+            export_vdi(s, uuid, out, retry=instant(0))
         assert not out.exists()
-        simr.host.add_fault(fault)
-        export_vdi(s, uuid, out, retries=1)
-    assert out.read_bytes() == simr.host.disk_bytes(ref)
+        sim.host.add_fault(fault)
+        export_vdi(s, uuid, out, retry=instant(1))
+    assert out.read_bytes() == sim.host.disk_bytes(ref)
 
 
 def test_sim_export_follows_redirect(simr, tmp_path):
     ref, uuid = _sim_disk(simr)
     simr.host.add_fault("export_raw_vdi:redirect")
-    with _sim_session(simr) as s:
-        export_vdi(s, uuid, tmp_path / "d.raw", retries=0)
+    with session(simr) as s:
+        export_vdi(s, uuid, tmp_path / "d.raw", retry=instant(0))
     assert (tmp_path / "d.raw").read_bytes() == simr.host.disk_bytes(ref)
 
 
 # a fault counts firings, so the empty probe PUT before the upload does not use it up
 @pytest.mark.parametrize("fault", ["import_raw_vdi:drop-after=1MiB", "import_raw_vdi:stall=2"])
-def test_sim_import_survives_faults(simr, tmp_path, fault):
-    ref, uuid = _sim_disk(simr)
+def test_sim_import_survives_faults(sim, tmp_path, fault):
+    ref, uuid = _sim_disk(sim)
     src = tmp_path / "d.raw"
     src.write_bytes(bytes(range(256)) * (3 * MIB // 256))
-    with _sim_session(simr, timeout=0.5) as s:
-        simr.host.add_fault(fault)
+    with session(sim, timeout_s=0.5) as s:
+        sim.host.add_fault(fault)
         with pytest.raises(TransferError):
-            import_vdi(s, src, vdi_uuid=uuid, retries=0)
-        simr.host.add_fault(fault)
-        assert import_vdi(s, src, vdi_uuid=uuid, retries=1, resume=True) == uuid
-    assert simr.host.disk_bytes(ref, 0, 3 * MIB) == src.read_bytes()
+            import_vdi(s, src, vdi_uuid=uuid, retry=instant(0))
+        sim.host.add_fault(fault)
+        assert import_vdi(s, src, vdi_uuid=uuid, retry=instant(1), resume=True) == uuid
+    assert sim.host.disk_bytes(ref, 0, 3 * MIB) == src.read_bytes()
 
 
 def test_sim_import_follows_redirect_found_by_probe(simr, tmp_path):
@@ -360,124 +503,32 @@ def test_sim_import_follows_redirect_found_by_probe(simr, tmp_path):
     src = tmp_path / "d.raw"
     src.write_bytes(b"\x33" * MIB)
     simr.host.add_fault("import_raw_vdi:redirect")
-    with _sim_session(simr) as s:
-        import_vdi(s, src, vdi_uuid=uuid, retries=0)
+    with session(simr) as s:
+        import_vdi(s, src, vdi_uuid=uuid, retry=instant(0))
     assert simr.host.disk_bytes(ref, 0, MIB) == src.read_bytes()
 
 
-def test_sim_import_resume_after_failure(simr, tmp_path):
-    ref, uuid = _sim_disk(simr)
+def test_sim_import_resume_after_failure(sim, tmp_path):
+    ref, uuid = _sim_disk(sim)
     src = tmp_path / "d.raw"
     src.write_bytes(b"\x11" * (4 * MIB))
-    simr.host.add_fault("import_raw_vdi:drop-after=1MiB:times=3")
-    with _sim_session(simr) as s:
+    sim.host.add_fault("import_raw_vdi:drop-after=1MiB:times=3")
+    with session(sim) as s:
         with pytest.raises(TransferError):
-            import_vdi(s, src, vdi_uuid=uuid, segment_size=2 * MIB, retries=0)
+            import_vdi(s, src, vdi_uuid=uuid, segment_size=2 * MIB, retry=instant(0))
         assert import_journal_path(src, s.url).exists()
-    simr.host.faults = type(simr.host.faults)()  # disarm
-    with _sim_session(simr) as s:
+    sim.host.faults.clear()
+    with session(sim) as s:
         assert import_vdi(s, src, vdi_uuid=uuid, segment_size=2 * MIB, resume=True) == uuid
-    assert simr.host.disk_bytes(ref) == src.read_bytes()
-
-
-def test_existing_journal_without_resume_is_refused(fake, tmp_path):
-    src = tmp_path / "d.raw"
-    _write_image(src, b"\x01" * (4 * MIB))
-    fake.faults = [None, "drop"]
-    with session(fake) as s, pytest.raises(TransferError):
-        import_vdi(s, src, sr="Local storage", segment_size=2 * MIB, retries=0)
-    with session(fake) as s, pytest.raises(UsageError, match="use --resume"):
-        import_vdi(s, src, sr="Local storage", segment_size=2 * MIB)
-    assert len(fake.vdis) == 1
-
-
-def test_resume_resends_a_segment_whose_content_changed(fake, tmp_path):
-    src = tmp_path / "d.raw"
-    _write_image(src, b"\x01" * (4 * MIB))
-    fake.faults = [None, "drop"]
-    with session(fake) as s, pytest.raises(TransferError):
-        import_vdi(s, src, sr="Local storage", segment_size=2 * MIB, retries=0)
-    st = src.stat()
-    with open(src, "r+b") as fh:  # same size, same mtime, different first segment
-        fh.write(b"\x09" * 512)
-    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
-    before = len(fake.uploads)
-    with session(fake) as s:
-        uuid = import_vdi(s, src, sr="Local storage", segment_size=2 * MIB, resume=True)
-    resent = [u["frames"][0][0] for u in fake.uploads[before:] if u["length"]]
-    assert resent == [0, 2 * MIB]
-    assert bytes(fake.vdi_by_uuid(uuid).data) == src.read_bytes()
+    assert sim.host.disk_bytes(ref) == src.read_bytes()
 
 
 def test_sim_vhd_and_tar_formats(sim, tmp_path):
-    host = sim.host
-    ref = host.vdis_of(host.vm("demo-vm"))[0]
-    uuid = str(host.state.field("VDI", ref, "uuid"))
-    with connect(sim.url, sim.user, sim.password) as s:
+    ref, uuid = _sim_disk(sim)
+    with session(sim) as s:
         vhd = export_vdi(s, uuid, tmp_path / "d.vhd", format="vhd")
         assert vhd_virtual_size(vhd) == 4 * MIB
         tar = export_vdi(s, uuid, tmp_path / "d.tar", format="tar")
         assert tar.read_bytes()[-1024:] == bytes(1024)  # tar end-of-archive
         new_uuid = import_vdi(s, vhd, sr="Local storage", format="vhd")
-    new_ref = host.state.find("VDI", uuid=new_uuid)[0]
-    assert host.disk_bytes(new_ref) == host.disk_bytes(ref)
-
-
-def test_export_lasting_task_failure_is_not_retried(fake, tmp_path):
-    vdi = fake.add_vdi(disk_image(2 * MIB))
-    fake.faults = ["too-large", None]
-    with session(fake) as s, pytest.raises(XapiError, match="VDI_TOO_LARGE"):
-        export_vdi(s, vdi.uuid, tmp_path / "d.raw", retries=3)
-    assert len([c for c in fake.calls if c[0] == "task.create"]) == 1
-    assert fake.faults == [None]
-
-
-def test_import_progress_reaches_total(fake, tmp_path):
-    src = tmp_path / "d.raw"
-    _write_image(src, disk_image(5 * MIB))
-    seen: list[tuple[int, int]] = []
-    with session(fake) as s:
-        import_vdi(
-            s, src, sr="Local storage", segment_size=2 * MIB, progress=lambda d, t: seen.append((d, t))
-        )
-    assert seen[-1] == (5 * MIB, 5 * MIB)
-    assert all(t == 5 * MIB for _, t in seen)
-    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
-    assert len({d for d, _ in seen}) >= 5  # per block, not only per segment
-
-
-def test_ctrl_c_keeps_journal_and_cleans_up(fake, tmp_path):
-    src = tmp_path / "d.raw"
-    _write_image(src, b"\x01" * (4 * MIB))
-
-    def interrupt(done, total):
-        if done > 2 * MIB:
-            raise KeyboardInterrupt
-
-    with session(fake) as s, pytest.raises(KeyboardInterrupt):
-        import_vdi(s, src, sr="Local storage", segment_size=2 * MIB, progress=interrupt)
-    assert import_journal_path(src, fake.url).exists()
-    assert not fake.tasks  # the segment's task was destroyed
-    assert fake.logouts == 1
-    with session(fake) as s:
-        uuid = import_vdi(s, src, sr="Local storage", segment_size=2 * MIB, resume=True)
-    assert bytes(fake.vdi_by_uuid(uuid).data) == src.read_bytes()
-
-
-def test_export_refuses_to_overwrite(fake, tmp_path):
-    vdi = fake.add_vdi(b"\x01" * MIB)
-    out = tmp_path / "d.raw"
-    out.write_bytes(b"keep")
-    with session(fake) as s, pytest.raises(UsageError, match="exists"):
-        export_vdi(s, vdi.uuid, out)
-    assert out.read_bytes() == b"keep"
-
-
-def test_import_raw_refuses_a_vhd_file(fake, tmp_path):
-    # Regression: `vdi-import d.vhd` (format defaults to raw) uploaded the VHD container bytes
-    # as the disk's contents, silently giving a VM a garbage disk.
-    src = tmp_path / "d.vhd"
-    src.write_bytes(_vhd(3 * MIB, b"V" * 1024))
-    with session(fake) as s, pytest.raises(UsageError, match="--format vhd"):
-        import_vdi(s, src, sr="Local storage")
-    assert not [u for u in fake.uploads if u["length"]]
+    assert sim.host.disk_bytes(vdi_ref(sim, new_uuid)) == sim.host.disk_bytes(ref)

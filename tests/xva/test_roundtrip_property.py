@@ -1,12 +1,11 @@
-"""Writer → reader round trips on random disks (style.md 24). Profile by HYPOTHESIS_PROFILE."""
+"""Writer → reader round trips on random disks (style.md 24). Profile by HYPOTHESIS_PROFILE (conftest)."""
 
 from __future__ import annotations
 
 import io
-import os
 import random
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from xvatool.xva.convert import repack_stream
@@ -19,11 +18,6 @@ MiB = CHUNK_SIZE
 SECTOR = 512
 MAX_SECTORS = (3 * MiB + 2 * SECTOR) // SECTOR
 
-PROFILES = {
-    "ci": settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow]),
-    "dev": settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]),
-}
-PROFILE = PROFILES[os.environ.get("HYPOTHESIS_PROFILE", "ci")]
 
 # What one 1 MiB block of a disk holds: zeros, random bytes, or one non-zero byte somewhere.
 BLOCK_KINDS = st.sampled_from(["zero", "zero", "random", "one-byte"])
@@ -57,7 +51,6 @@ def rebuild(blob: bytes) -> tuple[dict[str, bytes], XvaReader]:
     return {k: bytes(v) for k, v in images.items()}, reader
 
 
-@PROFILE
 @given(
     specs=st.lists(disks(), min_size=1, max_size=3),
     checksum=st.sampled_from(["sha1", "xxhash"]),

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
 
-from xvatool.errors import Interrupted, XvatoolError
+from xvatool.cli._exit import EXIT_INTERRUPTED, exit_code_of
+from xvatool.errors import XvatoolError
 
 if TYPE_CHECKING:
-    from xvatool.ops.progress import ProgressFactory
+    from xvatool._progress import Progress, ProgressBar
 
 __all__ = [
-    "byte_progress",
     "command_errors",
     "debug_option",
     "echo_json",
@@ -27,10 +27,11 @@ __all__ = [
     "human_size",
     "json_option",
     "network_map_option",
+    "progress_bar",
     "progress_enabled",
-    "progress_factory",
     "quiet_option",
     "refuse_dash",
+    "terminal_progress",
 ]
 
 P = ParamSpec("P")
@@ -39,7 +40,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def command_errors(func: Callable[P, R]) -> Callable[P, R]:
-    """Turn any `XvatoolError` into one line on stderr and its exit code.
+    """Turn any `XvatoolError` into one line on stderr and its exit code (`cli._exit.EXIT_CODES`).
 
     Other exceptions keep their traceback: they are bugs and must be loud. `--debug` shows the
     traceback of expected errors too.
@@ -54,12 +55,12 @@ def command_errors(func: Callable[P, R]) -> Callable[P, R]:
             resumable = "resume" in ctx.params  # only transfers keep state worth resuming
             hint = "; partial state was kept for --resume" if resumable else ""
             click.echo(f"xvatool: interrupted{hint}", err=True)
-            ctx.exit(Interrupted.exit_code)
+            ctx.exit(EXIT_INTERRUPTED)
         except XvatoolError as exc:
             if (ctx.find_root().obj or {}).get("debug"):
                 raise
             click.echo(f"xvatool: {exc}", err=True)
-            ctx.exit(exc.exit_code)
+            ctx.exit(exit_code_of(exc))
         raise AssertionError("unreachable")
 
     return wrapper
@@ -130,39 +131,28 @@ def progress_enabled() -> bool:
     return not quiet and sys.stderr.isatty()
 
 
-@contextlib.contextmanager
-def byte_progress(what: str, total: int | None = None, *, absolute: bool = False) -> Iterator[Any]:
-    """A byte progress bar on stderr when `progress_enabled`, else None: yields its callback.
-
-    The callback is `update(n)`, adding n bytes; with `absolute=True` it is `update(done, total)`,
-    setting the position (a retried download starts again from 0).
-    """
-    if not progress_enabled():
-        yield None
-        return
-    from tqdm import tqdm
-
-    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=what, file=sys.stderr) as bar:
-        if not absolute:
-            yield bar.update
-            return
-
-        def update(done: int, total: int) -> None:
-            if total and bar.total != total:
-                bar.total = total
-            bar.n = done
-            bar.refresh()
-
-        yield update
-
-
-def progress_factory() -> ProgressFactory | None:
-    """Per-VM progress bars for the `xvatool.xapi` / `xvatool.ops` calls, or None without a terminal."""
+def terminal_progress() -> Progress | None:
+    """Progress bars on stderr for the library calls, or None without a terminal or with --quiet."""
     if not progress_enabled():
         return None
-    from xvatool.ops.progress import tqdm_factory
+    from xvatool._progress import TqdmProgress  # tqdm takes ~60 ms to import: only when shown
 
-    return tqdm_factory()
+    return TqdmProgress()
+
+
+@contextlib.contextmanager
+def progress_bar(label: str, total: int | None = None) -> Iterator[ProgressBar]:
+    """One byte-counting bar for a single-stream command; a `NullBar` when bars are off.
+
+    Format-layer calls take its `update` (``progress=bar.update``).
+    """
+    from xvatool._progress import NullBar, TqdmProgress
+
+    bar = TqdmProgress()(label, total) if progress_enabled() else NullBar()
+    try:
+        yield bar
+    finally:
+        bar.close()
 
 
 def human_size(size: int) -> str:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from xvatool._retry import DEFAULT_RETRIES, RetryPolicy
 from xvatool.errors import LocalIOError, UsageError
 
 if TYPE_CHECKING:
@@ -48,7 +49,8 @@ __all__ = [
 
 PASSWORD_ENV = "XVATOOL_PASSWORD"
 DEFAULT_TIMEOUT_S = 60.0
-"""Seconds; the same as `xvatool.xapi.session.DEFAULT_TIMEOUT_S` (not imported: CLI start-up stays light)."""
+"""Seconds; the same as `xvatool.xapi.session.DEFAULT_TIMEOUT_S` (not imported: CLI start-up stays light).
+`tests/cli` holds them equal."""
 MAX_PASSWORD_FILE_SIZE = 4096
 """Bytes. A password file larger than this is surely the wrong file."""
 INSECURE_WARNING = (
@@ -67,7 +69,7 @@ class Connection:
     fingerprint: str | None
     ca_bundle: str | None
     insecure: bool
-    timeout: float
+    timeout_s: float
     _password: str | None = dataclasses.field(default=None, init=False)
 
     @property
@@ -101,7 +103,7 @@ class Connection:
             fingerprint=self.fingerprint,
             ca_bundle=self.ca_bundle,
             insecure=self.insecure,
-            timeout=self.timeout,
+            timeout_s=self.timeout_s,
         )
 
     __call__ = connect
@@ -156,7 +158,7 @@ def _parameter_name(func: Callable[..., Any]) -> str:
     raise TypeError(f"{func.__name__} takes neither 'connect' nor 'connection'")
 
 
-_OPTION_FIELDS = ("user", "password_file", "fingerprint", "ca_bundle", "insecure", "timeout")
+_OPTION_FIELDS = ("user", "password_file", "fingerprint", "ca_bundle", "insecure", "timeout_s")
 """The `Connection` fields that come from an option of the same name (``url`` is ``--host``)."""
 
 
@@ -196,6 +198,7 @@ def connection_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @click.option("--insecure", is_flag=True, help="Do not verify the host certificate (not recommended).")
     @click.option(
         "--timeout",
+        "timeout_s",
         type=click.FloatRange(min=0.1),
         default=DEFAULT_TIMEOUT_S,
         show_default=True,
@@ -212,10 +215,17 @@ def connection_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _retry_policy(_ctx: click.Context, _param: click.Parameter, value: int) -> RetryPolicy:
+    return RetryPolicy(retries=value)
+
+
 retries_option = click.option(
     "--retries",
+    "retry",
     type=click.IntRange(min=0),
-    default=3,
+    default=DEFAULT_RETRIES,
     show_default=True,
+    callback=_retry_policy,
     help="Retry transient failures (reset, 5xx, stall) this many times, resuming; 0 fails at once.",
 )
+"""``--retries N``; the command receives ``retry``, a `RetryPolicy`."""

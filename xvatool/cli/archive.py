@@ -8,12 +8,12 @@ from pathlib import Path
 import click
 
 from xvatool.cli._common import (
-    byte_progress,
     command_errors,
     debug_option,
     echo_json,
     human_size,
     json_option,
+    progress_bar,
     quiet_option,
 )
 
@@ -73,8 +73,8 @@ def verify_command(*, archive: str, as_json: bool) -> None:
     """
     from xvatool.xva.validate import validate_archive
 
-    with byte_progress("verify") as progress:
-        report = validate_archive(archive, progress=progress)
+    with progress_bar("verify") as bar:
+        report = validate_archive(archive, progress=bar.update)
     if as_json:
         echo_json(report.to_json())
     else:
@@ -109,8 +109,8 @@ def extract_command(*, archive: str, out_dir: Path, disks: tuple[str, ...], fmt:
     """
     from xvatool.xva.extract import extract_disks
 
-    with byte_progress("extract") as progress:
-        paths = extract_disks(archive, out_dir, disk_uuids=disks or None, progress=progress)
+    with progress_bar("extract") as bar:
+        paths = extract_disks(archive, out_dir, disk_uuids=disks or None, progress=bar.update)
     for path in paths:
         click.echo(str(path))
 

@@ -9,13 +9,13 @@ from typing import Any
 import click
 
 from xvatool.cli._common import (
-    byte_progress,
     command_errors,
     debug_option,
     echo_json,
     file_output_option,
     json_option,
     network_map_option,
+    progress_bar,
     quiet_option,
 )
 
@@ -104,10 +104,10 @@ def create_command(
     from xvatool.xva.convert import create_archive
 
     total = sum(p.stat().st_size for p in disks if p.is_file())
-    with byte_progress("create", total) as update:
+    with progress_bar("create", total) as bar:
         result = create_archive(
             output, name=name, disks=list(disks), vcpus=vcpus, memory=memory, networks=list(networks),
-            checksum=checksum, compression=compression, progress=update,  # type: ignore[arg-type]
+            checksum=checksum, compression=compression, progress=bar.update,  # type: ignore[arg-type]
         )  # fmt: skip
     for note in result.notes:
         click.echo(f"xvatool: note: {note}", err=True)
@@ -166,11 +166,11 @@ def repack_command(
     from xvatool.xva.convert import repack_archive
 
     total = Path(source).stat().st_size if source != "-" and Path(source).is_file() else None
-    with byte_progress("repack", total) as update:
+    with progress_bar("repack", total) as bar:
         result = repack_archive(
             source, target, compression=compression, checksum=checksum,  # type: ignore[arg-type]
             host_version=host_version, rename=rename, network_map=map_network or None,
-            progress=update,
+            progress=bar.update,
         )  # fmt: skip
     if as_json:
         echo_json(result.to_json())

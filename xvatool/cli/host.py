@@ -6,11 +6,11 @@ Each command parses its options, calls one library function and renders text or 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from xvatool.cli._common import (
-    byte_progress,
     command_errors,
     debug_option,
     echo_json,
@@ -18,8 +18,12 @@ from xvatool.cli._common import (
     human_size,
     json_option,
     quiet_option,
+    terminal_progress,
 )
 from xvatool.cli._connection import Connection, connection_options, retries_option
+
+if TYPE_CHECKING:
+    from xvatool._retry import RetryPolicy
 
 __all__ = ["COMMANDS", "vdi_export_command", "vdi_import_command", "vm_group", "vm_list_command"]
 
@@ -80,7 +84,7 @@ def vm_list_command(*, connect: Connection, as_json: bool) -> None:
 @debug_option
 @command_errors
 def vdi_export_command(
-    *, connect: Connection, vdi: str, out: Path, fmt: str, retries: int, as_json: bool
+    *, connect: Connection, vdi: str, out: Path, fmt: str, retry: RetryPolicy, as_json: bool
 ) -> None:
     """Download one disk to OUT (which must not exist; written as OUT.part, renamed when complete).
 
@@ -90,8 +94,8 @@ def vdi_export_command(
     """
     from xvatool.xapi.vdi import export_vdi
 
-    with connect() as session, byte_progress(vdi[:8], absolute=True) as progress:
-        path = export_vdi(session, vdi, out, format=fmt, retries=retries, progress=progress)  # type: ignore[arg-type]
+    with connect() as session:
+        path = export_vdi(session, vdi, out, format=fmt, retry=retry, progress=terminal_progress())  # type: ignore[arg-type]
     if as_json:
         echo_json({"vdi": vdi, "path": str(path), "format": fmt, "size": path.stat().st_size})
     else:
@@ -122,7 +126,7 @@ def vdi_import_command(
     sr: str | None,
     fmt: str,
     resume: bool,
-    retries: int,
+    retry: RetryPolicy,
     as_json: bool,
 ) -> None:
     """Upload a disk image into a VDI; prints the VDI's uuid.
@@ -139,10 +143,10 @@ def vdi_import_command(
 
     if (vdi_uuid is None) == (sr is None):
         raise UsageError("give exactly one of --vdi UUID or --sr SR")
-    with connect() as session, byte_progress(click.format_filename(file), absolute=True) as progress:
+    with connect() as session:
         uuid = import_vdi(
             session, file, vdi_uuid=vdi_uuid, sr=sr, format=fmt, resume=resume,  # type: ignore[arg-type]
-            retries=retries, progress=progress,
+            retry=retry, progress=terminal_progress(),
         )  # fmt: skip
     if as_json:
         echo_json({"vdi": uuid, "file": file, "format": fmt})

@@ -9,11 +9,11 @@ import click
 
 from xvatool._types import ChecksumKind, Compression
 from xvatool.cli._common import (
-    byte_progress,
     command_errors,
     debug_option,
     echo_json,
     json_option,
+    progress_bar,
     quiet_option,
 )
 
@@ -108,7 +108,7 @@ def convert_command(
     from xvatool.ovf.conversion import convert
 
     total = Path(source).stat().st_size if source != "-" and Path(source).is_file() else None
-    with byte_progress("convert", total) as update:
+    with progress_bar("convert", total) as bar:
         result = convert(
             source,
             target,
@@ -121,7 +121,7 @@ def convert_command(
             compression=compression,
             overwrite=force,
             spool_dir=str(spool_dir) if spool_dir else None,
-            progress=update,
+            progress=bar.update,
         )
     for note in result.notes:
         click.echo(f"xvatool: note: {note}", err=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -12,10 +13,13 @@ from xvatool.cli._common import (
     echo_json,
     file_output_option,
     json_option,
-    progress_factory,
     quiet_option,
+    terminal_progress,
 )
 from xvatool.cli._connection import Connection, connection_options, retries_option
+
+if TYPE_CHECKING:
+    from xvatool._retry import RetryPolicy
 
 __all__ = ["COMMANDS", "export_command", "import_command"]
 
@@ -49,7 +53,7 @@ def export_command(
     compress: str,
     mode: str,
     snapshot: str,
-    retries: int,
+    retry: RetryPolicy,
     resume: bool,
     as_json: bool,
 ) -> None:
@@ -59,12 +63,12 @@ def export_command(
     Example:
       xvatool export --host xen1 --password-file pw web-01 -o web-01.xva --mode parallel
     """
-    from xvatool.xapi.export import export_vm
+    from xvatool.ops.export import export_vm
 
     with connect() as session:
         result = export_vm(
             session, vm, out, mode=mode, compression=compress, snapshot=snapshot,  # type: ignore[arg-type]
-            retries=retries, resume=resume, progress=progress_factory(),
+            retry=retry, resume=resume, progress=terminal_progress(),
         )  # fmt: skip
     if as_json:
         echo_json(result.to_json())
@@ -94,7 +98,7 @@ def import_command(
     restore: bool,
     force: bool,
     mode: str,
-    retries: int,
+    retry: RetryPolicy,
     resume: bool,
     discard: bool,
     as_json: bool,
@@ -105,12 +109,12 @@ def import_command(
     Example:
       xvatool import --host xen1 --password-file pw web-01.xva --sr "Local storage" --mode parallel
     """
-    from xvatool.xapi.import_ import import_vm
+    from xvatool.ops.import_ import import_vm
 
     with connect() as session:
         result = import_vm(
             session, archive, sr=sr, restore=restore, force=force, mode=mode,  # type: ignore[arg-type]
-            retries=retries, resume=resume, discard=discard, progress=progress_factory(),
+            retry=retry, resume=resume, discard=discard, progress=terminal_progress(),
         )  # fmt: skip
     if as_json:
         echo_json({"vm": {"uuid": result.vm_uuid}, "mode": result.mode, "disks": result.to_json()["disks"]})

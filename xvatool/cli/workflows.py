@@ -20,8 +20,8 @@ from xvatool.cli._common import (
     human_size,
     json_option,
     network_map_option,
-    progress_factory,
     quiet_option,
+    terminal_progress,
 )
 from xvatool.cli._connection import INSECURE_WARNING, Connection, connection_options, read_password_file
 from xvatool.cli.repo import repo_access_options, run_repo_backup, run_repo_restore
@@ -30,7 +30,7 @@ from xvatool.errors import PartialFailure, UsageError, XvatoolError
 if TYPE_CHECKING:
     from xvatool._types import Compression
     from xvatool.ops.backup import BackupReport, ExportMode
-    from xvatool.xapi.export import TransferMode
+    from xvatool.ops.export import TransferMode
     from xvatool.xapi.session import Session
 
 __all__ = ["COMMANDS"]
@@ -84,9 +84,9 @@ def _target_session(
     else:
         raise UsageError(f"give the target's password with --to-password-file or {TO_PASSWORD_ENV}")
 
-    def factory(timeout: float) -> Session:
+    def factory(timeout_s: float) -> Session:
         return connect(url, user, password, fingerprint=fingerprint, ca_bundle=ca_bundle,
-                       insecure=insecure, timeout=timeout)  # fmt: skip
+                       insecure=insecure, timeout_s=timeout_s)  # fmt: skip
 
     return factory
 
@@ -164,7 +164,7 @@ def backup_command(
     report = backup(
         connect, Selection(vms, all_vms, tags), dest, jobs=jobs, keep=keep,
         compression=cast("Compression", compression), mode=cast("ExportMode", mode),
-        progress=progress_factory(),
+        progress=terminal_progress(),
     )  # fmt: skip
     echo_json(report.to_json()) if as_json else _render_backup(report)
     _backup_outcome(report)
@@ -228,7 +228,7 @@ def restore_command(
         return
     with connect() as session:
         result = restore(session, Path(backup), sr=sr, restore_identity=restore_identity,
-                         mode=cast("ExportMode", mode), progress=progress_factory())  # fmt: skip
+                         mode=cast("ExportMode", mode), progress=terminal_progress())  # fmt: skip
     echo_json(result.to_json()) if as_json else click.echo(result.vm_uuid)
 
 
@@ -277,7 +277,7 @@ def migrate_command(
     target = _target_session(to_url, to_user, to_password_file, to_fingerprint, to_ca_bundle, to_insecure)
     with connect() as source, target(source.timeout_s) as dest:
         result = migrate(source, dest, vm, sr=sr, network_map=map_network, shutdown_source=shutdown_source,
-                         mode=cast("TransferMode", mode), progress=progress_factory())  # fmt: skip
+                         mode=cast("TransferMode", mode), progress=terminal_progress())  # fmt: skip
     if as_json:
         echo_json(result.to_json())
         return
@@ -305,7 +305,7 @@ def demo_command(*, keep_dir: Path | None, as_json: bool) -> None:
     from xvatool.ops.demo import run_demo
 
     say = None if as_json else click.echo
-    summary = run_demo(workdir=keep_dir, progress=progress_factory(), say=say)
+    summary = run_demo(workdir=keep_dir, progress=terminal_progress(), say=say)
     if as_json:
         echo_json(summary.to_json())
         return

@@ -26,30 +26,30 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import importlib.metadata
 import logging
 import os
 import re
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
+from xvatool._files import remove_tree
+from xvatool._progress import Progress, labelled
+from xvatool._retry import DEFAULT_RETRY, RetryPolicy
 from xvatool._types import Compression
 from xvatool.errors import LocalIOError, UsageError, XvatoolError
+from xvatool.ops.export import export_vm
 from xvatool.ops.manifest import ARCHIVE_SUFFIX, Manifest, digest_archive, manifest_path_for, write_manifest
-from xvatool.ops.progress import labelled
 from xvatool.ops.retention import apply_retention, incomplete_files
+from xvatool.xapi.session import Session
+from xvatool.xapi.vms import VmRef, find_vm
 from xvatool.xva.compression import COMPRESSIONS
-
-if TYPE_CHECKING:
-    from xvatool.ops.progress import ProgressFactory
-    from xvatool.xapi.session import Session
-    from xvatool.xapi.vms import VmRef
 
 __all__ = [
     "BackupReport",
@@ -175,8 +175,6 @@ def select_vms(session: Session, selection: Selection) -> list[VmRef]:
     A name or uuid that matches nothing (or a name that matches several VMs) is a `UsageError`,
     raised before any backup starts; so is a selection that picks no VM at all.
     """
-    from xvatool.xapi.vms import VmRef, find_vm
-
     chosen: dict[str, VmRef] = {}
     for name in selection.vms:
         vm = find_vm(session, name)
@@ -201,13 +199,14 @@ def select_vms(session: Session, selection: Selection) -> list[VmRef]:
 def backup(
     session_factory: SessionFactory,
     selection: Selection,
-    dest: Path,
+    dest: str | os.PathLike[str],
     *,
     jobs: int = 1,
     keep: int | None = None,
     compression: Compression = "none",
     mode: ExportMode = "stream",
-    progress: ProgressFactory | None = None,
+    retry: RetryPolicy = DEFAULT_RETRY,
+    progress: Progress | None = None,
 ) -> BackupReport:
     """Back up the selected VMs into `dest`, `jobs` at a time; never raises for one VM's failure.
 
@@ -226,13 +225,15 @@ def backup(
         raise UsageError(f"unknown compression {compression!r} (none, gzip or zstd)")
     if mode not in ("stream", "parallel"):
         raise UsageError(f"unknown mode {mode!r} (stream or parallel)")
+    dest = Path(dest)
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise LocalIOError(exc.strerror or str(exc), path=str(dest)) from exc
     with session_factory() as session:
         vms = select_vms(session, selection)
-    job = _BackupJob(session_factory, dest, keep=keep, compression=compression, mode=mode, progress=progress)
+    job = _BackupJob(session_factory, dest, keep=keep, compression=compression, mode=mode, retry=retry,
+                     progress=progress)  # fmt: skip
     if jobs == 1 or len(vms) == 1:
         results = [job.run(vm) for vm in vms]
     else:
@@ -259,13 +260,15 @@ class _BackupJob:
         keep: int | None,
         compression: Compression,
         mode: ExportMode,
-        progress: ProgressFactory | None,
+        retry: RetryPolicy,
+        progress: Progress | None,
     ) -> None:
         self.session_factory = session_factory
         self.dest = dest
         self.keep = keep
         self.compression: Compression = compression
         self.mode: ExportMode = mode
+        self.retry = retry
         self.progress = progress
         self.cancelled = threading.Event()
         self._stamp_lock = threading.Lock()
@@ -289,8 +292,6 @@ class _BackupJob:
         return result
 
     def _backup_one(self, vm: VmRef, folder: Path, result: VmBackupResult) -> None:
-        from xvatool.xapi.export import export_vm
-
         started_at = dt.datetime.now(dt.UTC)
         archive = self._archive_path(folder, started_at)
         manifest_path = manifest_path_for(archive)
@@ -300,7 +301,7 @@ class _BackupJob:
                 source = _source_info(session)
                 exported = export_vm(
                     session, vm.uuid, archive, mode=self.mode, compression=self.compression,
-                    snapshot="auto", progress=labelled(self.progress, vm.name_label),
+                    snapshot="auto", retry=self.retry, progress=labelled(self.progress, vm.name_label),
                 )  # fmt: skip
             digest = digest_archive(archive)
             finished_at = dt.datetime.now(dt.UTC)
@@ -316,7 +317,7 @@ class _BackupJob:
                 disks=digest.disks,
                 started_at=_iso(started_at),
                 finished_at=_iso(finished_at),
-                tool_version=_tool_version(),
+                tool_version=importlib.metadata.version("xvatool"),
                 snapshot=exported.snapshot_used,
                 extra={"archive_vm_uuid": digest.vm_uuid, "mode": self.mode},
             )
@@ -327,7 +328,7 @@ class _BackupJob:
                 # Nothing without a manifest may look like a backup; retention would clean it
                 # anyway, but a failed VM should leave its folder as it found it.
                 for leftover in (archive, *incomplete_files(archive)):
-                    _remove_quietly(leftover)
+                    remove_tree(leftover)
         result.archive = archive
         result.manifest = manifest_path
         result.archive_size = digest.size
@@ -361,20 +362,6 @@ def _source_info(session: Session) -> dict[str, str]:
     return info
 
 
-def _remove_quietly(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
-
-
-def _tool_version() -> str:
-    from xvatool import __version__
-
-    return __version__
-
-
 def _retention(folder: Path, keep: int | None) -> list[Path]:
     result = apply_retention(folder, keep=keep)
     return [*result.removed, *result.cleaned]
@@ -388,7 +375,7 @@ def _folder_lock(folder: Path) -> Iterator[None]:
     """
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
         raise LocalIOError(exc.strerror or str(exc), path=str(folder)) from exc
     try:

@@ -16,18 +16,25 @@ Example::
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from xvatool._progress import Progress
 from xvatool.errors import FormatError, XvatoolError
-
-if TYPE_CHECKING:
-    from xvatool.ops.progress import ProgressFactory
+from xvatool.ops.backup import Selection, backup, select_vms
+from xvatool.ops.hostdisks import vm_disk_digests
+from xvatool.ops.manifest import load_manifest
+from xvatool.ops.restore import restore
+from xvatool.sim.seed import DEMO_VM_NAME
+from xvatool.sim.testing import running_host
+from xvatool.xapi.session import Session, connect
+from xvatool.xva.validate import inspect_archive, validate_archive
 
 __all__ = ["DemoSummary", "run_demo"]
 
@@ -66,8 +73,8 @@ class DemoSummary:
 
 def run_demo(
     *,
-    workdir: Path | None = None,
-    progress: ProgressFactory | None = None,
+    workdir: str | os.PathLike[str] | None = None,
+    progress: Progress | None = None,
     say: Callable[[str], None] | None = None,
     host_options: dict[str, Any] | None = None,
 ) -> DemoSummary:
@@ -77,8 +84,8 @@ def run_demo(
     `host_options` go to `running_host` (tests use them for smaller disks).
     """
     if workdir is not None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        return _run(workdir, progress, say or _silent, host_options or {})
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        return _run(Path(workdir), progress, say or _silent, host_options or {})
     with tempfile.TemporaryDirectory(prefix="xvatool-demo-") as tmp:
         return _run(Path(tmp), progress, say or _silent, host_options or {})
 
@@ -96,17 +103,8 @@ def _step(steps: list[tuple[str, float]], name: str, say: Callable[[str], None])
 
 
 def _run(
-    root: Path, progress: ProgressFactory | None, say: Callable[[str], None], host_options: dict[str, Any]
+    root: Path, progress: Progress | None, say: Callable[[str], None], host_options: dict[str, Any]
 ) -> DemoSummary:
-    from xvatool.ops.backup import Selection, backup, select_vms
-    from xvatool.ops.hostdisks import vm_disk_digests
-    from xvatool.ops.manifest import load_manifest
-    from xvatool.ops.restore import restore
-    from xvatool.sim.seed import DEMO_VM_NAME
-    from xvatool.sim.testing import running_host
-    from xvatool.xapi.session import connect
-    from xvatool.xva.validate import inspect_archive, validate_archive
-
     steps: list[tuple[str, float]] = []
     say("== start the simulated host")
     started = time.monotonic()
@@ -114,7 +112,7 @@ def _run(
         steps.append(("start the simulated host", time.monotonic() - started))
         say(f"   listening on {host.url}")
 
-        def session_factory() -> Any:
+        def session_factory() -> Session:
             return connect(host.url, host.user, host.password)
 
         with session_factory() as session:

@@ -15,13 +15,16 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from xvatool._streams import TeeReader
 from xvatool.errors import TransferError
-
-if TYPE_CHECKING:
-    from xvatool.xapi.session import Session
+from xvatool.xapi.session import Session
+from xvatool.xapi.tasks import managed_task, wait_task
+from xvatool.xapi.transfer import open_download
+from xvatool.xapi.vms import find_vm, is_null_ref
 
 __all__ = ["HostDisk", "vm_disk_digests"]
 
@@ -38,8 +41,6 @@ class HostDisk:
 
 def vm_disk_digests(session: Session, vm: str) -> list[HostDisk]:
     """Digest every disk (not CD) of VM `vm` (uuid or unique name), ordered by userdevice."""
-    from xvatool.xapi.vms import find_vm, is_null_ref
-
     found = find_vm(session, vm)
     disks: list[tuple[str, str, int]] = []
     for vbd in session.call("VM.get_VBDs", found.ref):
@@ -53,14 +54,12 @@ def vm_disk_digests(session: Session, vm: str) -> list[HostDisk]:
 
 
 def _raw_sha256(session: Session, vdi_uuid: str, size: int) -> str:
-    from xvatool.ops.manifest import stream_sha256
-    from xvatool.xapi.tasks import managed_task, wait_task
-    from xvatool.xapi.transfer import open_download
-
+    hasher = hashlib.sha256()
     with managed_task(session, f"xvatool digest {vdi_uuid}") as task:
         with open_download(session, "/export_raw_vdi", {"vdi": vdi_uuid, "format": "raw"}, task=task) as body:
-            digest, count = stream_sha256(body)
+            tee = TeeReader(body, hasher=hasher)
+            tee.drain()
         wait_task(session, task)
-    if count != size:
-        raise TransferError(f"VDI {vdi_uuid}: raw export gave {count} bytes, expected {size}", retryable=True)
-    return digest
+    if tee.count != size:
+        raise TransferError(f"VDI {vdi_uuid}: raw export gave {tee.count} bytes, expected {size}")
+    return hasher.hexdigest()

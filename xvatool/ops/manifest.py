@@ -25,14 +25,15 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from xvatool._types import ChecksumKind, Compression, Readable
-from xvatool.errors import ChecksumError, FormatError, LocalIOError, UsageError
+from xvatool._files import file_sha256, write_bytes_atomic
+from xvatool._streams import LocalStream, TeeReader, open_local
+from xvatool._types import ChecksumKind, Compression
+from xvatool.errors import ChecksumError, FormatError, LocalIOError, UsageError, location_context
 from xvatool.xva.disk import CHUNK_SIZE, ZERO_CHUNK
-
-if TYPE_CHECKING:
-    from xvatool.xva.ovaxml import DiskInfo
+from xvatool.xva.ovaxml import DiskInfo
+from xvatool.xva.reader import XvaReader
 
 __all__ = [
     "ARCHIVE_SUFFIX",
@@ -42,14 +43,12 @@ __all__ = [
     "ArchiveDigest",
     "DiskDigest",
     "DiskDigester",
-    "HashingReader",
     "Manifest",
+    "archive_digest",
     "digest_archive",
-    "file_sha256",
     "load_manifest",
     "manifest_path_for",
     "resolve_backup",
-    "stream_sha256",
     "verify_backup",
     "write_manifest",
 ]
@@ -61,8 +60,6 @@ MANIFEST_FORMAT = 1
 """Layout version of the manifest JSON; another version is refused rather than misread."""
 MAX_MANIFEST_SIZE = 16 << 20
 """Bytes. A manifest lists a few fields per disk; anything larger is not ours."""
-READ_SIZE = 1 << 20
-"""Bytes per read when hashing whole files."""
 
 
 @dataclass(frozen=True)
@@ -154,38 +151,6 @@ def _check_types(manifest: Manifest, path: str) -> None:
                           code="manifest", file=path)  # fmt: skip
 
 
-class HashingReader:
-    """A tee: passes reads through and hashes every byte that went by (style.md 7)."""
-
-    def __init__(self, stream: Readable) -> None:
-        self._stream = stream
-        self._readinto = getattr(stream, "readinto", None)
-        self.hash = hashlib.sha256()
-        self.count = 0
-
-    def read(self, size: int = -1, /) -> bytes:
-        data = self._stream.read(size)
-        self.hash.update(data)
-        self.count += len(data)
-        return data
-
-    def readinto(self, buf: bytearray | memoryview, /) -> int:
-        if self._readinto is None:
-            data = self.read(len(buf))
-            buf[: len(data)] = data
-            return len(data)
-        n: int = self._readinto(buf)
-        view = memoryview(buf)[:n]
-        self.hash.update(view)
-        self.count += n
-        return n
-
-    def drain(self) -> None:
-        """Read (and hash) whatever the consumer left unread, e.g. padding after the tar end."""
-        while self.read(READ_SIZE):
-            pass
-
-
 class DiskDigester:
     """sha256 of each disk's reconstructed image, fed from the reader's chunk events.
 
@@ -246,57 +211,57 @@ class ArchiveDigest:
     disks: list[DiskDigest]
 
 
-def digest_archive(path: Path) -> ArchiveDigest:
+def digest_archive(path: str | os.PathLike[str]) -> ArchiveDigest:
     """Verify every chunk checksum of the archive at `path` and digest the file and its disks.
 
     One sequential pass, bounded memory. Raises `FormatError`/`ChecksumError` (with the file name)
-    on any damage.
-    """
-    from xvatool.errors import location_context
-    from xvatool.xva.reader import XvaReader
+    on any damage. Example::
 
-    try:
-        f = open(path, "rb")
-    except OSError as exc:
-        raise LocalIOError(exc.strerror or str(exc), path=str(path)) from exc
-    try:
-        with location_context(file=str(path)):
-            tee = HashingReader(f)
-            reader = XvaReader(tee, source=str(path))
-            digester = DiskDigester()
-            kinds: set[str] = set()
-            for chunk in reader.chunks():
-                digester.feed(chunk.disk.id, chunk.offset, chunk.data)
-                kinds.add(chunk.checksum_kind)
-            tee.drain()
-            metadata = reader.metadata
-            disks = [
-                DiskDigest(
-                    id=disk.id,
-                    vdi_uuid=disk.vdi_uuid,
-                    name_label=disk.name_label,
-                    userdevice=disk.userdevice,
-                    virtual_size=disk.virtual_size,
-                    sha256=digester.digest(disk.id, disk.virtual_size),
-                )
-                for disk in sorted(metadata.disks, key=_device_order)
-            ]
-            kind: ChecksumKind | None = None
-            if kinds:
-                kind = "xxhash" if "xxhash" in kinds else "sha1"
-            return ArchiveDigest(
-                sha256=tee.hash.hexdigest(),
-                size=tee.count,
-                compression=reader.compression,
-                checksum_kind=kind,
-                vm_uuid=metadata.vm.uuid,
-                vm_name=metadata.vm.name_label,
-                disks=disks,
-            )
-    except OSError as exc:
-        raise LocalIOError(exc.strerror or str(exc), path=str(path)) from exc
-    finally:
-        f.close()
+        digest = digest_archive("vm.xva")
+        print(digest.sha256, [d.sha256 for d in digest.disks])
+    """
+    path = Path(path)
+    with open_local(path, "rb") as f, location_context(file=str(path)):
+        hasher = hashlib.sha256()
+        tee = TeeReader(LocalStream(f, str(path)), hasher=hasher)
+        reader = XvaReader(tee, source=str(path))
+        digester = DiskDigester()
+        kinds: set[str] = set()
+        for chunk in reader.chunks():
+            digester.feed(chunk.disk.id, chunk.offset, chunk.data)
+            kinds.add(chunk.checksum_kind)
+        tee.drain()
+        return archive_digest(hasher.hexdigest(), tee.count, reader, digester, kinds)
+
+
+def archive_digest(
+    sha256: str, size: int, reader: XvaReader, digester: DiskDigester, kinds: set[str]
+) -> ArchiveDigest:
+    """The `ArchiveDigest` of an archive whose chunks all went through `digester` (in one pass)."""
+    metadata = reader.metadata
+    disks = [
+        DiskDigest(
+            id=disk.id,
+            vdi_uuid=disk.vdi_uuid,
+            name_label=disk.name_label,
+            userdevice=disk.userdevice,
+            virtual_size=disk.virtual_size,
+            sha256=digester.digest(disk.id, disk.virtual_size),
+        )
+        for disk in sorted(metadata.disks, key=_device_order)
+    ]
+    kind: ChecksumKind | None = None
+    if kinds:
+        kind = "xxhash" if "xxhash" in kinds else "sha1"
+    return ArchiveDigest(
+        sha256=sha256,
+        size=size,
+        compression=reader.compression,
+        checksum_kind=kind,
+        vm_uuid=metadata.vm.uuid,
+        vm_name=metadata.vm.name_label,
+        disks=disks,
+    )
 
 
 def _device_order(disk: DiskInfo) -> tuple[int, str]:
@@ -305,55 +270,19 @@ def _device_order(disk: DiskInfo) -> tuple[int, str]:
     return (len(device), device)
 
 
-def file_sha256(path: Path) -> tuple[str, int]:
-    """sha256 and size of a file, read in 1 MiB pieces."""
-    try:
-        with open(path, "rb", buffering=0) as f:
-            return stream_sha256(f)
-    except OSError as exc:
-        raise LocalIOError(exc.strerror or str(exc), path=str(path)) from exc
-
-
-def stream_sha256(stream: Readable) -> tuple[str, int]:
-    """sha256 and length of the rest of `stream`, read in 1 MiB pieces (bounded memory)."""
-    reader = HashingReader(stream)
-    buf = bytearray(READ_SIZE)
-    while reader.readinto(buf):
-        pass
-    return reader.hash.hexdigest(), reader.count
-
-
-def manifest_path_for(archive: Path) -> Path:
+def manifest_path_for(archive: str | os.PathLike[str]) -> Path:
     """`DIR/<stamp>.xva` → `DIR/<stamp>.manifest.json`."""
+    archive = Path(archive)
     stem = archive.name[: -len(ARCHIVE_SUFFIX)] if archive.name.endswith(ARCHIVE_SUFFIX) else archive.name
     return archive.with_name(stem + MANIFEST_SUFFIX)
 
 
-def write_manifest(path: Path, manifest: Manifest) -> None:
-    """Write the manifest atomically (`.part`, fsync, rename): its appearance commits the backup."""
-    from xvatool.xva.convert import atomic_output
-
-    data = json.dumps(manifest.to_json(), indent=2, sort_keys=True).encode() + b"\n"
-    with atomic_output(path) as f:
-        f.write(data)
-    _fsync_dir(path.parent)
+def write_manifest(path: str | os.PathLike[str], manifest: Manifest) -> None:
+    """Write the manifest atomically and durably (`write_bytes_atomic`): its appearance commits the backup."""
+    write_bytes_atomic(path, json.dumps(manifest.to_json(), indent=2, sort_keys=True).encode() + b"\n")
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable; not every platform can open a directory, which is fine."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def load_manifest(path: Path) -> Manifest:
+def load_manifest(path: str | os.PathLike[str]) -> Manifest:
     """Read and parse a manifest; `FormatError` if it is not one, `LocalIOError` if unreadable."""
     try:
         with open(path, "rb") as f:
@@ -369,8 +298,9 @@ def load_manifest(path: Path) -> Manifest:
     return Manifest.from_json(value, path=str(path))
 
 
-def resolve_backup(path: Path) -> tuple[Path, Path]:
+def resolve_backup(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     """`(archive, manifest)` for a path naming either one of a backup's two files."""
+    path = Path(path)
     if path.name.endswith(MANIFEST_SUFFIX):
         manifest_path = path
         manifest = load_manifest(path)
@@ -382,7 +312,7 @@ def resolve_backup(path: Path) -> tuple[Path, Path]:
     )
 
 
-def verify_backup(path: Path) -> tuple[Path, Manifest]:
+def verify_backup(path: str | os.PathLike[str]) -> tuple[Path, Manifest]:
     """Check a backup's archive against its manifest (size, then sha256) before anyone uses it.
 
     Returns the archive path and the manifest. A missing manifest is a `UsageError` (the backup
@@ -403,7 +333,7 @@ def verify_backup(path: Path) -> tuple[Path, Manifest]:
         raise ChecksumError(
             "(whole archive)", f"{manifest.archive_size} bytes", f"{size} bytes", file=str(archive)
         )
-    digest, _ = file_sha256(archive)
+    digest, _size = file_sha256(archive)
     if digest != manifest.archive_sha256:
         raise ChecksumError("(whole archive sha256)", manifest.archive_sha256, digest, file=str(archive))
     return archive, manifest

@@ -44,19 +44,25 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from xvatool._progress import Progress, ProgressBar, ProgressGroup
+from xvatool._retry import DEFAULT_RETRY, RetryPolicy
+from xvatool._streams import TeeReader
 from xvatool.errors import Interrupted, StreamStateError, UsageError, XvatoolError, location_context
-
-if TYPE_CHECKING:
-    from xvatool._streams import TeeReader
-    from xvatool.ops.progress import ProgressBar, ProgressFactory
-    from xvatool.xapi.export import TransferMode
-    from xvatool.xapi.journal import ProgressBars
-    from xvatool.xapi.session import Session
-    from xvatool.xapi.vms import VmRef
-    from xvatool.xva.ovaxml import DiskInfo, Metadata
-    from xvatool.xva.reader import XvaReader
+from xvatool.ops.export import TransferMode, export_stream, fetch_metadata, transport_errors
+from xvatool.ops.import_ import create_disk_vdi, import_stream
+from xvatool.ops.parallel import run_parallel
+from xvatool.xapi.session import Session
+from xvatool.xapi.tasks import managed_task, task_reason, wait_task
+from xvatool.xapi.transfer import chunked_frames, open_download, upload_unsized
+from xvatool.xapi.vmdata import import_metadata
+from xvatool.xapi.vms import VmRef, destroy_vdi, destroy_vm_with_disks, export_source, find_sr, find_vm
+from xvatool.xva.assemble import ova_xml_tar
+from xvatool.xva.convert import edit_metadata, repack_pieces
+from xvatool.xva.disk import is_zero
+from xvatool.xva.ovaxml import DiskInfo, Metadata
+from xvatool.xva.reader import XvaReader
 
 __all__ = ["MigrateResult", "host_xapi_version", "migrate"]
 
@@ -112,16 +118,16 @@ def migrate(
     network_map: Mapping[str, str] | None = None,
     shutdown_source: bool = False,
     mode: TransferMode = "stream",
-    progress: ProgressFactory | None = None,
+    retry: RetryPolicy = DEFAULT_RETRY,
+    progress: Progress | None = None,
 ) -> MigrateResult:
     """Copy VM `vm` (uuid or unique name on `source`) to `target`, verified in flight.
 
     `sr` is a target SR uuid or unique name (the target pool's default SR if None). `mode` is
     "stream" (one export piped into one import) or "parallel" (every disk at once, module
-    docstring). Raises the first error; nothing half-made is left on the target.
+    docstring). Live streams cannot be replayed, so only the metadata fetch and cleanups use
+    `retry`. Raises the first error; nothing half-made is left on the target.
     """
-    from xvatool.xapi.vms import find_sr, find_vm
-
     if mode not in ("stream", "parallel"):
         raise UsageError(f"unknown mode {mode!r} (stream or parallel)")
     found = find_vm(source, vm)
@@ -134,15 +140,15 @@ def migrate(
         found = find_vm(source, found.uuid)  # now Halted: exported as it is, no snapshot
     before = _vm_uuids(target)
     edits = _Edits(target_version, network_map)
-    parallel = _ParallelMigration(source, target, sr_ref, progress) if mode == "parallel" else None
+    parallel = _ParallelMigration(source, target, sr_ref, retry, progress) if mode == "parallel" else None
     try:
         if parallel is not None:
             vm_ref, vm_uuid = parallel.run(found, edits)
             sent = parallel.bytes_read
         else:
-            (vm_ref, vm_uuid), sent = _migrate_stream(source, target, found, sr_uuid, edits, progress)
+            (vm_ref, vm_uuid), sent = _migrate_stream(source, target, found, sr_uuid, edits, retry, progress)
     except BaseException:
-        _remove_leftovers(target, before, found.name_label)
+        _remove_leftovers(target, before, found.name_label, retry)
         if parallel is not None:
             parallel.discard()
         raise
@@ -166,8 +172,6 @@ class _Edits:
         self.changes: list[str] = []
 
     def apply(self, metadata: Metadata) -> Metadata:
-        from xvatool.xva.convert import edit_metadata
-
         version = metadata.xapi_version
         newer = self.target_version is not None and version > self.target_version
         edited, self.changes = edit_metadata(
@@ -182,19 +186,15 @@ def _migrate_stream(
     found: VmRef,
     sr_uuid: str | None,
     edits: _Edits,
-    progress: ProgressFactory | None,
+    retry: RetryPolicy,
+    progress: Progress | None,
 ) -> tuple[tuple[str, str], int]:
     """Stream mode: `GET /export` rewritten on the fly into `PUT /import`; ((ref, uuid), bytes)."""
-    from xvatool.xapi.export import TeeReader, export_stream
-    from xvatool.xapi.import_ import import_stream
-    from xvatool.xapi.vms import destroy_vm_with_disks
-    from xvatool.xva.convert import repack_pieces
-    from xvatool.xva.reader import XvaReader
-
-    bar = progress(f"{found.name_label} migrate", None) if progress else None
+    bars = ProgressGroup(progress)
+    bar = bars.new(f"{found.name_label} migrate", None)
     try:
         with export_stream(source, found.uuid, snapshot="auto") as body:
-            tee = TeeReader(body, progress=_updater(bar))
+            tee = TeeReader(body, progress=bar.update)
             reader = XvaReader(tee, source=f"{source.url}/export")
             live = _LiveBody(repack_pieces(reader, edits.apply(reader.metadata)))
             try:
@@ -205,12 +205,11 @@ def _migrate_stream(
                 raise
             if live.error is not None:
                 # The target took a prefix of the archive for a whole one: never keep that.
-                destroy_vm_with_disks(target, result.vm_ref)
+                destroy_vm_with_disks(target, result.vm_ref, retry=retry)
                 raise live.error
             tee.drain()  # anything after the tar end, so the source's task completes cleanly
     finally:
-        if bar is not None:
-            bar.close()
+        bars.close()
     return (result.vm_ref, result.vm_uuid), tee.count
 
 
@@ -218,11 +217,12 @@ class _ParallelMigration:
     """One parallel migration (module docstring); `discard()` undoes what it made on the target."""
 
     def __init__(
-        self, source: Session, target: Session, sr_ref: str, progress: ProgressFactory | None
+        self, source: Session, target: Session, sr_ref: str, retry: RetryPolicy, progress: Progress | None
     ) -> None:
         self.source = source
         self.target = target
         self.sr_ref = sr_ref
+        self.retry = retry
         self.progress = progress
         self.stop = threading.Event()
         self.created: list[str] = []
@@ -233,22 +233,16 @@ class _ParallelMigration:
 
     def run(self, found: VmRef, edits: _Edits) -> tuple[str, str]:
         """Metadata, every disk at once, then the metadata import; the new VM's (ref, uuid)."""
-        from xvatool.xapi.export import fetch_metadata
-        from xvatool.xapi.import_ import create_vdi, import_metadata
-        from xvatool.xapi.journal import DEFAULT_RETRIES, ProgressBars, with_retries
-        from xvatool.xapi.vms import export_source
-
-        bars = ProgressBars(self.progress)
+        bars = ProgressGroup(self.progress)
         try:
-            with export_source(self.source, found, snapshot="auto") as vm:
-                ova_xml = with_retries(
-                    lambda: fetch_metadata(self.source, vm), retries=DEFAULT_RETRIES,
-                    what=f"metadata of {vm.uuid}",
-                )  # fmt: skip
+            with export_source(self.source, found, snapshot="auto", retry=self.retry) as vm:
+                ova_xml = self.retry.run(
+                    lambda: fetch_metadata(self.source, vm), what=f"metadata of {vm.uuid}"
+                )
                 metadata = edits.apply(_parse_metadata(ova_xml, self.source.url))
                 vdi_map: dict[str, str] = {}
                 for disk in metadata.disks:
-                    ref, uuid = create_vdi(self.target, self.sr_ref, disk)
+                    ref, uuid = create_disk_vdi(self.target, self.sr_ref, disk)
                     self.created.append(ref)
                     vdi_map[disk.vdi_uuid] = uuid
                 total = bars.new("total", None)
@@ -257,14 +251,12 @@ class _ParallelMigration:
                     for disk in metadata.disks
                 ]
                 self._run(jobs)
-                return import_metadata(self.target, metadata.to_bytes(), vdi_map)
+                return import_metadata(self.target, ova_xml_tar(metadata.to_bytes()), vdi_map)
         finally:
             self.stop.set()  # any disk still running gives up
             bars.close()
 
     def _run(self, jobs: list[Callable[[], int]]) -> None:
-        from xvatool.xapi.journal import run_parallel
-
         try:
             run_parallel(jobs, stop=self.stop)
         except BaseException as exc:
@@ -293,15 +285,10 @@ class _ParallelMigration:
         return run
 
     def _disk_job(
-        self, disk: DiskInfo, target_vdi: str, bars: ProgressBars, total: Callable[[int], None]
+        self, disk: DiskInfo, target_vdi: str, bars: ProgressGroup, total: ProgressBar
     ) -> Callable[[], int]:
         """One disk: its verified tar stream from the source as chunked frames into `target_vdi`."""
-        from xvatool._streams import TeeReader
-        from xvatool.xapi.tasks import managed_task, wait_task
-        from xvatool.xapi.transfer import chunked_frames, open_download
-        from xvatool.xva.reader import XvaReader
-
-        update = bars.new(disk.id, None, also=total)
+        update = bars.new(disk.id, None, also=total).update
         where = f"{self.source.url}/export_raw_vdi?vdi={disk.vdi_uuid}"
 
         def job() -> int:
@@ -318,9 +305,6 @@ class _ParallelMigration:
 
     def _extents(self, reader: XvaReader, tee: TeeReader) -> Iterator[tuple[int, memoryview]]:
         """The disk's non-zero chunks as (offset, data); the target VDI already reads as zeros."""
-        from xvatool.xapi.export import transport_errors
-        from xvatool.xva.disk import is_zero
-
         with transport_errors(tee):
             for chunk in reader.chunks():
                 if self.stop.is_set():
@@ -331,9 +315,6 @@ class _ParallelMigration:
 
     def _upload(self, target_vdi: str, live: _LiveBody) -> None:
         """One `PUT /import_raw_vdi?chunked=true` of unknown length, then its task (§3.6)."""
-        from xvatool.xapi.tasks import managed_task, task_reason, wait_task
-        from xvatool.xapi.transfer import upload_unsized
-
         params = {"vdi": target_vdi, "format": "raw", "chunked": "true"}
         with managed_task(self.target, f"xvatool import_raw_vdi {target_vdi}") as task:
             try:
@@ -349,29 +330,14 @@ class _ParallelMigration:
 
     def discard(self) -> None:
         """Destroy the VDIs created on the target; never raises (the failure is what matters)."""
-        from xvatool.xapi.vms import destroy_vdi
-
         for ref in self.created:
-            destroy_vdi(self.target, ref)
+            destroy_vdi(self.target, ref, retry=self.retry)
 
 
 def _parse_metadata(ova_xml: bytes, url: str) -> Metadata:
     """The host's ova.xml of a VM, as `/export` would describe it (a snapshot made a plain VM)."""
-    from xvatool.xva.ovaxml import Metadata
-
     with location_context(file=f"{url}/export_metadata"):
         return Metadata.from_bytes(ova_xml).without_snapshot_identity()
-
-
-def _updater(bar: ProgressBar | None) -> Callable[[int], None] | None:
-    if bar is None:
-        return None
-    update = bar.update
-
-    def step(n: int) -> None:
-        update(n)
-
-    return step
 
 
 class _LiveBody:
@@ -408,15 +374,13 @@ def _vm_uuids(session: Session) -> set[str]:
     return {str(rec.get("uuid")) for rec in records.values()}
 
 
-def _remove_leftovers(target: Session, before: set[str], name: str) -> None:
+def _remove_leftovers(target: Session, before: set[str], name: str, retry: RetryPolicy) -> None:
     """Destroy VMs named `name` that appeared on the target during a failed migration.
 
     The host's importer cleans up after a failed import on its own, but asynchronously; this
     watches for a short while and destroys what is still there. Never raises: the migration's
     own error is the one to report.
     """
-    from xvatool.xapi.vms import destroy_vm_with_disks
-
     deadline = time.monotonic() + LEFTOVER_WAIT_S
     try:
         while True:
@@ -433,7 +397,7 @@ def _remove_leftovers(target: Session, before: set[str], name: str) -> None:
             if not busy or time.monotonic() >= deadline:
                 for ref in leftovers:
                     _log.warning("destroying VM %s left on the target by the failed migration", ref)
-                    destroy_vm_with_disks(target, ref)
+                    destroy_vm_with_disks(target, ref, retry=retry)
                 return
             time.sleep(LEFTOVER_POLL_S)
     except XvatoolError as exc:

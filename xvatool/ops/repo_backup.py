@@ -158,7 +158,7 @@ class _RepoBackupJob:
         self.cancelled = threading.Event()
 
     def one(self, vm: VmRef) -> VmRepoResult:
-        from xvatool.xapi.export import export_stream
+        from xvatool.ops.export import export_stream
         from xvatool.xva.reader import XvaReader
 
         result = VmRepoResult(vm.uuid, vm.name_label)
@@ -280,10 +280,12 @@ def restore_from_repository(
     progress: Progress | None = None,
 ) -> RepoRestoreResult:
     """Restore a snapshot (id prefix or ``latest:VM``) as a new VM into SR `sr` (default SR)."""
-    from xvatool.xapi.import_ import create_vdi, import_metadata, import_stream
+    from xvatool.ops.import_ import create_disk_vdi, import_stream
     from xvatool.xapi.tasks import managed_task, task_reason, wait_task
     from xvatool.xapi.transfer import chunked_frames, chunked_length, upload
+    from xvatool.xapi.vmdata import import_metadata
     from xvatool.xapi.vms import find_sr
+    from xvatool.xva.assemble import ova_xml_tar
     from xvatool.xva.writer import XvaWriter
 
     if mode not in ("stream", "parallel"):
@@ -306,7 +308,7 @@ def restore_from_repository(
         vdi_map: dict[str, str] = {}
         for disk in metadata.disks:
             source = sources[disk.id]
-            _ref, vdi_uuid = create_vdi(session, sr_ref, disk, description=f"restored from {found.short_id}")
+            _ref, vdi_uuid = create_disk_vdi(session, sr_ref, disk)
             vdi_map[disk.vdi_uuid] = vdi_uuid
             length = chunked_length(_chunk_lengths(repo, source))
 
@@ -329,7 +331,9 @@ def restore_from_repository(
                         task=task,
                     )
                 wait_task(session, task)
-        vm_ref, vm_uuid = import_metadata(session, metadata.to_bytes(), vdi_map, restore=restore_identity)
+        vm_ref, vm_uuid = import_metadata(
+            session, ova_xml_tar(metadata.to_bytes()), vdi_map, restore=restore_identity
+        )
         return RepoRestoreResult(vm_uuid, vm_ref, found, mode)
     finally:
         if bar is not None:

@@ -15,15 +15,17 @@ Example::
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
+from xvatool._progress import Progress
+from xvatool._retry import DEFAULT_RETRY, RetryPolicy
+from xvatool.ops.export import TransferMode
+from xvatool.ops.import_ import import_vm
 from xvatool.ops.manifest import Manifest, verify_backup
-
-if TYPE_CHECKING:
-    from xvatool.ops.progress import ProgressFactory
-    from xvatool.xapi.session import Session
+from xvatool.xapi.session import Session
 
 __all__ = ["RestoreResult", "restore"]
 
@@ -50,12 +52,13 @@ class RestoreResult:
 
 def restore(
     session: Session,
-    backup_path: Path,
+    backup_path: str | os.PathLike[str],
     *,
     sr: str | None = None,
     restore_identity: bool = False,
-    mode: Literal["stream", "parallel"] = "stream",
-    progress: ProgressFactory | None = None,
+    mode: TransferMode = "stream",
+    retry: RetryPolicy = DEFAULT_RETRY,
+    progress: Progress | None = None,
 ) -> RestoreResult:
     """Check a backup (an `.xva` or its manifest) against its manifest, then import it.
 
@@ -64,8 +67,7 @@ def restore(
     Raises `ChecksumError` if the archive differs from what the manifest records, `UsageError`
     when the manifest is missing (an incomplete backup).
     """
-    from xvatool.xapi.import_ import import_vm
-
     archive, manifest = verify_backup(backup_path)
-    result = import_vm(session, archive, sr=sr, restore=restore_identity, mode=mode, progress=progress)
+    result = import_vm(session, archive, sr=sr, restore=restore_identity, mode=mode, retry=retry,
+                       progress=progress)  # fmt: skip
     return RestoreResult(vm_uuid=result.vm_uuid, vm_ref=result.vm_ref, archive=archive, manifest=manifest)

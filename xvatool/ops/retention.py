@@ -6,12 +6,12 @@ at every run would read the whole backup history each night, so retention trusts
 leaves full sha256 checks to `verify_backup` (restore does it before importing).
 
 Everything else in the folder that looks like ours is an incomplete leftover and is removed:
-`*.part` files (an interrupted export or manifest write), `*.part.d` spool folders and
-`*.xvatool-journal.json` export journals (an interrupted parallel export; backups never resume,
-each run has a new name), archives without a manifest, and manifests whose archive is missing or
-has the wrong size. Incomplete backups never count towards `keep`. Other files are left alone:
-the folder may hold the user's notes, and import journals (`*.xvatool-import-*.json`) belong to
-a parallel restore that may be resumed.
+`*.part` files (temporary outputs of an interrupted export or manifest write, `xvatool._files`),
+`*.part.d` spool folders and `*.xvatool-journal.json` export journals (an interrupted parallel
+export; backups never resume, each run has a new name), archives without a manifest, and
+manifests whose archive is missing or has the wrong size. Incomplete backups never count towards
+`keep`. Other files are left alone: the folder may hold the user's notes, and import journals
+(`*.xvatool-import-*.json`) belong to a parallel restore that may be resumed.
 
 A complete backup is removed manifest first, then archive, so a crash in between leaves an
 orphan archive (cleaned next time) and never a manifest that vouches for nothing.
@@ -24,10 +24,12 @@ Example::
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xvatool._files import temp_files_of
 from xvatool.errors import LocalIOError, UsageError, XvatoolError
 from xvatool.ops.manifest import ARCHIVE_SUFFIX, MANIFEST_SUFFIX, Manifest, load_manifest, manifest_path_for
 
@@ -43,7 +45,7 @@ __all__ = [
 
 PART_SUFFIX = ".part"
 SPOOL_SUFFIX = ".part.d"
-"""Per-disk spool folder of a parallel export (`xapi/export.py`)."""
+"""Per-disk spool folder of a parallel export (`ops/export.py`)."""
 EXPORT_JOURNAL_SUFFIX = ".xvatool-journal.json"
 """Resume journal of an export (`xapi/journal.export_journal_path`)."""
 
@@ -73,8 +75,9 @@ class RetentionResult:
     """Incomplete leftovers removed (any file kind)."""
 
 
-def list_backups(folder: Path) -> tuple[list[BackupEntry], list[Path]]:
+def list_backups(folder: str | os.PathLike[str]) -> tuple[list[BackupEntry], list[Path]]:
     """Complete backups (oldest first) and incomplete leftovers in `folder`."""
+    folder = Path(folder)
     try:
         entries = sorted(folder.iterdir())
         names = [p for p in entries if p.is_file()]
@@ -119,15 +122,14 @@ def _entry(manifest_path: Path) -> BackupEntry | None:
     return BackupEntry(archive, manifest_path, manifest)
 
 
-def incomplete_files(archive: Path) -> list[Path]:
-    """What an interrupted export to `archive` may leave: its `.part`, spool folder, journal."""
-    return [
-        archive.with_name(archive.name + suffix)
-        for suffix in (PART_SUFFIX, SPOOL_SUFFIX, EXPORT_JOURNAL_SUFFIX)
-    ]
+def incomplete_files(archive: str | os.PathLike[str]) -> list[Path]:
+    """What an interrupted export to `archive` may leave: temporary files, spool folder, journal."""
+    archive = Path(archive)
+    temporary = [p for p in temp_files_of(archive.parent) if p.name.startswith(f".{archive.name}.")]
+    return [*temporary, *(archive.with_name(archive.name + s) for s in (SPOOL_SUFFIX, EXPORT_JOURNAL_SUFFIX))]
 
 
-def apply_retention(folder: Path, *, keep: int | None) -> RetentionResult:
+def apply_retention(folder: str | os.PathLike[str], *, keep: int | None) -> RetentionResult:
     """Remove incomplete leftovers, then all but the `keep` newest complete backups.
 
     `keep=None` only cleans leftovers. `keep` must be at least 1: a retention that deletes the

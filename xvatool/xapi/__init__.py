@@ -1,6 +1,7 @@
-"""The host client: sessions, tasks, HTTP transfers and the operations built on them.
+"""The host client: sessions, tasks, HTTP transfers, and the VM, VDI and SR objects they move.
 
-The layer knows HTTP and xapi, never tar (design.md §3). Typical use::
+The layer knows HTTP and xapi, never tar (design.md §3): whole-VM exports and imports, which read
+and write archives, are workflows (`xvatool.ops.export`, `xvatool.ops.import_`). Typical use::
 
     import xvatool
 
@@ -13,11 +14,10 @@ from __future__ import annotations
 from xvatool.xapi.inventory import DiskSummary, VmSummary, list_vms
 from xvatool.xapi.session import DEFAULT_TIMEOUT_S, Session, connect
 from xvatool.xapi.tasks import create_task, destroy_task, managed_task, parse_task_result_refs, wait_task
-from xvatool.xapi.transfer import DEFAULT_RETRIES, chunked_frames, open_download, retrying, upload
+from xvatool.xapi.transfer import chunked_frames, open_download, upload
 from xvatool.xapi.vdi import export_vdi, import_vdi
 
 __all__ = [
-    "DEFAULT_RETRIES",
     "DEFAULT_TIMEOUT_S",
     "DiskSummary",
     "Session",
@@ -32,7 +32,6 @@ __all__ = [
     "managed_task",
     "open_download",
     "parse_task_result_refs",
-    "retrying",
     "upload",
     "wait_task",
 ]

@@ -4,11 +4,9 @@ The host offers no ranges (xapi-protocol.md §4): an export can only be resumed 
 import per segment, because `PUT /import_raw_vdi?chunked=true` writes only the frames it receives
 and re-sending a range is idempotent (§3.6, §4). A journal is a small JSON file next to the output
 (exports) or next to the archive (imports) that records, per disk, what was completed and a digest
-of it. It is rewritten atomically (`.tmp` + `os.replace`) after every step, so a crash or Ctrl-C
-leaves either the old or the new state, never a torn file.
-
-Retries and the per-disk threads live here too, because they are what keeps a journal growing:
-a retry resumes from the journal rather than restarting (`with_retries`, `run_parallel`).
+of it. It is rewritten atomically (`xvatool._files.write_bytes_atomic`) after every step, so a
+crash or Ctrl-C leaves either the old or the new state, never a torn file. A retry
+(`xvatool._retry.RetryPolicy`) resumes from the journal rather than restarting.
 
 A journal is bound to what it describes by its `key` (host URL, VM or archive digest, mode,
 segment size…). `Journal.open_for_resume` refuses a journal whose key differs, which is the "never
@@ -25,35 +23,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal
 
-from xvatool.errors import LocalIOError, ResumeError, TransferError, XapiError, XvatoolError
+from xvatool._files import remove_quietly, write_bytes_atomic
+from xvatool.errors import LocalIOError, ResumeError
 
 __all__ = [
-    "DEFAULT_RETRIES",
     "JOURNAL_FORMAT",
-    "TRANSIENT_XAPI_CODES",
     "DiskRecord",
     "Journal",
     "JournalKind",
-    "ProgressBar",
-    "ProgressBars",
-    "ProgressFactory",
     "export_journal_path",
     "import_journal_path",
-    "is_transient",
-    "run_parallel",
-    "with_retries",
 ]
-
-_log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 JOURNAL_FORMAT = 1
 """Version of the JSON layout; a journal written by another layout version is refused."""
@@ -115,7 +102,7 @@ class DiskRecord:
 class Journal:
     """A resume journal on disk. All mutators save at once and are safe to call from threads."""
 
-    def __init__(self, path: Path, kind: JournalKind, key: Mapping[str, str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], kind: JournalKind, key: Mapping[str, str]) -> None:
         self.path = Path(path)
         self.kind: JournalKind = kind
         self.key: dict[str, str] = dict(key)
@@ -125,14 +112,14 @@ class Journal:
     # -- construction ------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, path: Path, *, kind: JournalKind, key: Mapping[str, str]) -> Journal:
+    def create(cls, path: str | os.PathLike[str], *, kind: JournalKind, key: Mapping[str, str]) -> Journal:
         """A fresh journal, written at once so that even an early failure leaves a trace."""
         journal = cls(path, kind, key)
         journal.save()
         return journal
 
     @classmethod
-    def load(cls, path: Path) -> Journal:
+    def load(cls, path: str | os.PathLike[str]) -> Journal:
         """Read a journal; a corrupt or foreign file is a `ResumeError` naming it."""
         path = Path(path)
         try:
@@ -168,7 +155,9 @@ class Journal:
         return journal
 
     @classmethod
-    def open_for_resume(cls, path: Path, *, kind: JournalKind, key: Mapping[str, str]) -> Journal:
+    def open_for_resume(
+        cls, path: str | os.PathLike[str], *, kind: JournalKind, key: Mapping[str, str]
+    ) -> Journal:
         """Load a journal and refuse it unless it describes exactly this transfer.
 
         Every key field is compared and each difference is named, so the user learns *why*
@@ -252,154 +241,21 @@ class Journal:
             self._save_locked()
 
     def _save_locked(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        data = json.dumps(self.to_json(), indent=1, sort_keys=True).encode()
-        try:
-            with tmp.open("wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except OSError as exc:
-            raise LocalIOError(f"cannot write journal: {exc.strerror}", path=str(self.path)) from exc
+        write_bytes_atomic(self.path, json.dumps(self.to_json(), indent=1, sort_keys=True).encode())
 
     def remove(self) -> None:
         """Delete the journal (the transfer completed or was discarded)."""
         with self._lock:
-            for path in (self.path, self.path.with_name(self.path.name + ".tmp")):
-                try:
-                    path.unlink()
-                except FileNotFoundError:
-                    pass
+            remove_quietly(self.path)
 
 
-# -- the retry and parallel policy that keeps a journal growing --------------------------------
-
-DEFAULT_RETRIES = 3
-BACKOFF_BASE_S = 0.25
-"""Seconds. Retry n waits BASE × 2ⁿ (capped by the transfer layer)."""
-TRANSIENT_XAPI_CODES = frozenset(
-    {"VDI_IO_ERROR", "IMPORT_ERROR_PREMATURE_EOF", "TOO_MANY_PENDING_TASKS", "VDI_IN_USE"}
-)
-"""Task failures a clean retry can cure: a cut upload, a busy coordinator (§1.6, §5 items 7–8)."""
-
-
-class ProgressBar(Protocol):
-    """What a progress display must offer; a `tqdm` bar does."""
-
-    def update(self, n: int, /) -> object: ...
-    def close(self) -> None: ...
-
-
-ProgressFactory = Callable[[str, "int | None"], ProgressBar]
-"""`progress(label, total_bytes)` makes one bar: one per disk plus one labelled "total"."""
-
-
-class _NullBar:
-    def update(self, n: int, /) -> object:
-        return None
-
-    def close(self) -> None:
-        return None
-
-
-class ProgressBars:
-    """The bars of one transfer; updates are serialised because disks run in threads."""
-
-    def __init__(self, factory: ProgressFactory | None) -> None:
-        self._factory = factory
-        self._bars: list[ProgressBar] = []
-        self._lock = threading.Lock()
-
-    def new(
-        self, label: str, total: int | None, *, also: Callable[[int], None] | None = None
-    ) -> Callable[[int], None]:
-        """A bar; its updater also feeds `also` (a disk's bar feeding the "total" bar)."""
-        bar: ProgressBar = self._factory(label, total) if self._factory else _NullBar()
-        self._bars.append(bar)
-
-        def update(n: int) -> None:
-            with self._lock:
-                bar.update(n)
-            if also is not None:
-                also(n)
-
-        return update
-
-    def close(self) -> None:
-        for bar in self._bars:
-            bar.close()
-
-
-def is_transient(exc: BaseException) -> bool:
-    """True for failures a retry may cure: resets, 5xx, inline 500s, stalls, busy hosts."""
-    if isinstance(exc, TransferError):
-        return exc.retryable
-    if isinstance(exc, XapiError):
-        return exc.code in TRANSIENT_XAPI_CODES
-    return False
-
-
-def with_retries(action: Callable[[], T], *, retries: int, what: str) -> T:
-    """Run `action`, retrying transient failures `retries` times with exponential backoff.
-
-    Each attempt is expected to resume from whatever the previous one completed (the callers
-    journal their progress), not to restart. `retries=0` fails at once.
-    """
-    from xvatool.xapi.transfer import retrying
-
-    def on_retry(attempt: int, exc: XvatoolError) -> None:
-        _log.info("%s: retry %d of %d after: %s", what, attempt, retries, exc)
-
-    return retrying(action, retries, BACKOFF_BASE_S, should_retry=is_transient, on_retry=on_retry)
-
-
-def run_parallel(jobs: Sequence[Callable[[], T]], *, stop: threading.Event | None = None) -> list[T]:
-    """Run jobs in threads (one per disk); wait for all; re-raise the first failure (job order).
-
-    Waiting for every job before raising lets each disk finish or journal what it did, so a
-    resume has the most to build on. On Ctrl-C the main thread sets `stop` (jobs check it
-    between steps and give up) and returns at once, leaving the journal for `--resume`. The
-    threads are daemons (not a `ThreadPoolExecutor`, whose threads are joined at interpreter
-    exit): a job stalled on a silent host must not keep the interrupted process alive.
-    """
-    if not jobs:
-        return []
-    results: list[Any] = [None] * len(jobs)
-    errors: list[BaseException | None] = [None] * len(jobs)
-
-    def run(index: int, job: Callable[[], T]) -> None:
-        try:
-            results[index] = job()
-        except BaseException as exc:  # handed to the main thread below
-            errors[index] = exc
-
-    threads = [
-        threading.Thread(target=run, args=(i, job), name=f"xvatool-disk-{i}", daemon=True)
-        for i, job in enumerate(jobs)
-    ]
-    try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    except BaseException:
-        if stop is not None:
-            stop.set()
-        raise
-    for error in errors:
-        if error is not None:
-            raise error
-    return results
-
-
-def export_journal_path(out_path: Path) -> Path:
+def export_journal_path(out_path: str | os.PathLike[str]) -> Path:
     """`OUT.xvatool-journal.json`, next to the output it describes."""
     out_path = Path(out_path)
     return out_path.with_name(out_path.name + ".xvatool-journal.json")
 
 
-def import_journal_path(archive_path: Path, host_url: str) -> Path:
+def import_journal_path(archive_path: str | os.PathLike[str], host_url: str) -> Path:
     """`ARCHIVE.xvatool-import-<host hash>.json`: one journal per (archive, host) pair.
 
     The host is part of the name (hashed: a URL is not a file name) so that importing the same

@@ -21,10 +21,11 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import importlib.metadata
 import ipaddress
 import logging
-import re
+import os
+import socket
 import ssl
 import xml.parsers.expat
 import xmlrpc.client
@@ -35,15 +36,23 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from xvatool.errors import HostError, LocalIOError, TransferError, UsageError, XapiError, XvatoolError
+from xvatool.errors import HostError, TransferError, UsageError, XapiError, XvatoolError
+from xvatool.xapi.tls import (
+    FingerprintMismatch,
+    PinnedTransport,
+    check_pin,
+    normalize_fingerprint,
+    tls_context,
+)
 from xvatool.xva.ovaxml import DateTime
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
     "MAX_RPC_RESPONSE_SIZE",
+    "ORIGINATOR",
     "Session",
+    "base_url",
     "connect",
-    "normalize_fingerprint",
     "translate_httpx_errors",
 ]
 
@@ -57,90 +66,13 @@ RPC_PATH = "/"
 """xapi serves XML-RPC at ``POST /`` and ``POST /RPC2`` (§1.1)."""
 API_VERSION = "1.1"
 """The ``version`` argument of login_with_password (§1.5)."""
+ORIGINATOR = f"xvatool/{importlib.metadata.version('xvatool')}"
+"""Who we are to the host: the `originator` of login (§1.5) and the User-Agent of every request."""
 THUMBPRINT_REQUEST_HEADER = "x-xenapi-request-host-certificate-thumbprint"
 THUMBPRINT_RESPONSE_HEADER = "x-xenapi-response-host-certificate-thumbprint"
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-
-
-def normalize_fingerprint(text: str) -> str:
-    """Lower-case hex of a SHA-256 fingerprint given with or without colons, in any case.
-
-    Accepts an optional ``sha256:`` / ``sha-256:`` prefix (the form xapi's thumbprint header uses).
-    """
-    value = text.strip().lower()
-    for prefix in ("sha256:", "sha-256:", "sha256 ", "sha-256 "):
-        if value.startswith(prefix):
-            value = value[len(prefix) :]
-    value = re.sub(r"[\s:]", "", value)
-    if not _HEX64.fullmatch(value):
-        raise UsageError(f"not a SHA-256 fingerprint (64 hex digits, colons allowed): {text!r}")
-    return value
-
-
-def _colons(hex_digest: str) -> str:
-    return ":".join(hex_digest[i : i + 2] for i in range(0, len(hex_digest), 2)).upper()
-
-
-class FingerprintMismatch(ssl.SSLError):
-    """The peer's certificate is not the pinned one; raised right after the TLS handshake."""
-
-    def __init__(self, expected: str, got: str | None) -> None:
-        self.expected = expected
-        self.got = got
-        presented = _colons(got) if got else "no certificate"
-        super().__init__(
-            f"certificate fingerprint mismatch: pinned SHA256 {_colons(expected)}, host presented {presented}"
-        )
-
-    def __str__(self) -> str:
-        # ssl.SSLError without errno/strerror would print its args tuple: "('certificate …',)"
-        return str(self.args[0])
-
-
-class _PinnedContext(ssl.SSLContext):
-    """A TLS context that trusts exactly one certificate, named by its SHA-256 fingerprint.
-
-    Chain and hostname checks are off (a self-signed host certificate has neither), so the pin is
-    the whole trust decision: it is checked after every handshake, before a byte of the request
-    (and so of the session id) is sent. httpcore's sync backend calls `wrap_socket`.
-    """
-
-    pinned_sha256: str
-
-    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
-        sock = super().wrap_socket(*args, **kwargs)
-        der = sock.getpeercert(binary_form=True)
-        got = hashlib.sha256(der).hexdigest() if der else None
-        if got != self.pinned_sha256:
-            sock.close()
-            raise FingerprintMismatch(self.pinned_sha256, got)
-        return sock
-
-
-def _tls_context(fingerprint: str | None, ca_bundle: str | None, insecure: bool) -> ssl.SSLContext:
-    """The `verify=` context for httpx, built once per session and shared by its transfer clients.
-
-    Precedence: a pinned fingerprint (the strongest statement), then insecure, then a CA bundle,
-    then httpx's default trust store.
-    """
-    if fingerprint is not None:
-        pinned = _PinnedContext(ssl.PROTOCOL_TLS_CLIENT)
-        pinned.check_hostname = False
-        pinned.verify_mode = ssl.CERT_NONE
-        pinned.pinned_sha256 = normalize_fingerprint(fingerprint)
-        return pinned
-    if insecure:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-    if ca_bundle is not None:
-        try:
-            return ssl.create_default_context(cafile=ca_bundle)
-        except (OSError, ssl.SSLError) as exc:
-            raise LocalIOError(f"cannot load CA bundle: {exc}", path=ca_bundle) from exc
-    return httpx.create_ssl_context()
+MAX_PROXY_REPLY_SIZE = 16 << 10
+"""Bytes of an HTTP CONNECT proxy's answer read before giving up on it."""
 
 
 def _is_loopback(host: str) -> bool:
@@ -268,12 +200,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _originator() -> str:
-    from xvatool import __version__  # late: xvatool/__init__ may import this package
-
-    return f"xvatool/{__version__}"
-
-
 class _Proxy:
     """``session.xenapi.VM.get_record(ref)`` → ``session.call("VM.get_record", ref)``."""
 
@@ -302,16 +228,18 @@ class Session:
         url: str,
         *,
         fingerprint: str | None = None,
-        ca_bundle: str | None = None,
+        ca_bundle: str | os.PathLike[str] | None = None,
         insecure: bool = False,
-        timeout: float = DEFAULT_TIMEOUT_S,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        proxy: str | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.insecure = insecure
         self.url = base_url(url, insecure=insecure)
         self.fingerprint = normalize_fingerprint(fingerprint) if fingerprint else None
         self.ca_bundle = ca_bundle
-        self.timeout_s = float(timeout)
+        self.timeout_s = float(timeout_s)
+        self.proxy = proxy
         self.ref = ""
         self.user = ""
         self._master_thumbprint: str | None = None
@@ -319,7 +247,7 @@ class Session:
         if insecure and fingerprint is None:
             # the CLI prints its own warning; library callers asked for this explicitly
             log.info("TLS certificate verification is off (--insecure) for %s", self.url)
-        self._verify = _tls_context(self.fingerprint, ca_bundle, insecure)
+        self._tls = tls_context(fingerprint=self.fingerprint, ca_bundle=ca_bundle, insecure=insecure)
         self._rpc = self._client(self.timeout_s)
         self.xenapi = _Proxy(self)
 
@@ -329,14 +257,73 @@ class Session:
         return urlsplit(self.url).netloc
 
     def _client(self, timeout_s: float) -> httpx.Client:
+        # Every client gets a transport of its own; with a pin, one whose every connection checks it.
+        transport = self._transport
+        if transport is None and self.fingerprint is not None:
+            transport = PinnedTransport(self._tls, self.fingerprint, proxy=self.proxy)
+        elif transport is None:
+            transport = httpx.HTTPTransport(verify=self._tls, trust_env=False, proxy=self.proxy)
         return httpx.Client(
-            verify=self._verify,
             timeout=httpx.Timeout(timeout_s),
-            transport=self._transport,
+            transport=transport,
             follow_redirects=False,
             trust_env=False,  # no proxies or netrc credentials picked up behind the user's back
-            headers={"User-Agent": _originator()},
+            headers={"User-Agent": ORIGINATOR},
         )
+
+    def open_socket(self) -> socket.socket:
+        """A socket to the host with this session's TLS policy (pin checked), for raw HTTP transfers.
+
+        Goes through the session's HTTP CONNECT proxy when it has one (``http://`` proxies only).
+        The caller owns the socket. OS and TLS errors become `TransferError`, a pin mismatch a
+        `HostError` (trying again would not help).
+        """
+        parts = urlsplit(self.url)
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            sock = self._connect_socket(host, port)
+            if parts.scheme != "https":
+                return sock
+            try:
+                tls = self._tls.wrap_socket(sock, server_hostname=host)
+            except BaseException:
+                sock.close()
+                raise
+            try:
+                if self.fingerprint is not None:
+                    check_pin(tls, self.fingerprint)
+            except BaseException:
+                tls.close()
+                raise
+            return tls
+        except FingerprintMismatch as exc:
+            raise HostError(str(exc), host=self.host) from exc
+        except (OSError, ssl.SSLError) as exc:
+            raise TransferError(f"cannot connect: {exc}", host=self.host) from exc
+
+    def _connect_socket(self, host: str, port: int) -> socket.socket:
+        if self.proxy is None:
+            return socket.create_connection((host, port), timeout=self.timeout_s)
+        proxy = urlsplit(self.proxy)
+        if proxy.scheme != "http" or not proxy.hostname:
+            raise UsageError(f"raw transfers go through http:// CONNECT proxies only, not {self.proxy!r}")
+        sock = socket.create_connection((proxy.hostname, proxy.port or 80), timeout=self.timeout_s)
+        target = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+        sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+        reply = b""
+        while b"\r\n\r\n" not in reply and len(reply) < MAX_PROXY_REPLY_SIZE:
+            piece = sock.recv(4096)
+            if not piece:
+                break
+            reply += piece
+        status = reply.split(b"\r\n", 1)[0].split()
+        if len(status) < 2 or status[1] != b"200" or not reply.endswith(b"\r\n\r\n"):
+            sock.close()
+            raise TransferError(
+                f"proxy {proxy.netloc} refused CONNECT {target}: {reply[:80]!r}", host=self.host
+            )
+        return sock
 
     def http(self, timeout_s: float | None = None) -> httpx.Client:
         """A new httpx client with this session's TLS settings, for one data transfer.
@@ -436,7 +423,7 @@ class Session:
     def _login_once(self, user: str, password: str) -> None:
         headers = {THUMBPRINT_REQUEST_HEADER: "sha-256:master"} if self.fingerprint else None
         data, reply_headers = self._post(
-            "session.login_with_password", (user, password, API_VERSION, _originator()), headers
+            "session.login_with_password", (user, password, API_VERSION, ORIGINATOR), headers
         )
         # sent alongside a HOST_IS_SLAVE failure when asked for (§1.3)
         self._master_thumbprint = reply_headers.get(THUMBPRINT_RESPONSE_HEADER)
@@ -459,7 +446,6 @@ class Session:
                 self.fingerprint = normalize_fingerprint(thumbprint)
             except UsageError:
                 log.warning("ignoring unparsable master thumbprint %r", thumbprint)
-            self._verify = _tls_context(self.fingerprint, self.ca_bundle, self.insecure)
         self._rpc.close()
         self.url = new_url
         self._rpc = self._client(self.timeout_s)
@@ -499,14 +485,17 @@ def connect(
     password: str,
     *,
     fingerprint: str | None = None,
-    ca_bundle: str | None = None,
+    ca_bundle: str | os.PathLike[str] | None = None,
     insecure: bool = False,
-    timeout: float = DEFAULT_TIMEOUT_S,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    proxy: str | None = None,
     transport: httpx.BaseTransport | None = None,
 ) -> Session:
     """Log in to a host and return the session; use it as a context manager so it logs out.
 
-    Example::
+    `fingerprint` pins the host's certificate (SHA-256, colons optional), checked on every
+    connection (`xapi.tls`); `proxy` is an HTTP CONNECT proxy URL; `transport` replaces the HTTP
+    layer entirely, TLS included (for tests with `httpx.MockTransport`). Example::
 
         with xvatool.connect("https://xen1", "root", password, fingerprint=fp) as host:
             print(host.xenapi.pool.get_all())
@@ -516,7 +505,8 @@ def connect(
         fingerprint=fingerprint,
         ca_bundle=ca_bundle,
         insecure=insecure,
-        timeout=timeout,
+        timeout_s=timeout_s,
+        proxy=proxy,
         transport=transport,
     )
     try:

@@ -8,7 +8,7 @@ Example::
 
     with managed_task(session, "xvatool vdi-export") as task:
         ...  # transfer with task_id=task
-        wait_task(session, task, progress=bar.update)
+        wait_task(session, task, progress=bar, progress_total=size)
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
+from xvatool._progress import ProgressBar
+from xvatool._retry import TRANSIENT_XAPI_CODES
 from xvatool.errors import HostError, MetadataError, TransferError, XapiError, XvatoolError
-from xvatool.xapi.journal import TRANSIENT_XAPI_CODES
 from xvatool.xapi.session import Session
 from xvatool.xva.ovaxml import parse_value
 
@@ -139,17 +140,20 @@ def _settled(task: str, record: dict[str, Any]) -> str | None:
     raise task_error(task, record)
 
 
-def _report(progress: Callable[[float], None] | None, record: dict[str, Any], last: float) -> float:
+def _report(progress: ProgressBar | None, total: int, record: dict[str, Any], shown: int) -> int:
+    """Advance `progress` to the host's 0..1 progress × `total`; the position shown so far."""
     if progress is None:
-        return last
+        return shown
     try:
         value = float(record.get("progress", 0.0))
     except (TypeError, ValueError):
-        return last
-    if value >= 0.0 and value != last:  # -1 is the xe CLI's "not started yet" sentinel (§3.0)
-        progress(min(value, 1.0))
-        return value
-    return last
+        return shown
+    # -1 is the xe CLI's "not started yet" sentinel (§3.0); the host's value may also go back
+    position = int(min(max(value, 0.0), 1.0) * total)
+    if position > shown:
+        progress.update(position - shown)
+        return position
+    return shown
 
 
 def _get_record(session: Session, task: str) -> dict[str, Any]:
@@ -165,25 +169,27 @@ def wait_task(
     session: Session,
     task: str,
     *,
-    progress: Callable[[float], None] | None = None,
+    progress: ProgressBar | None = None,
+    progress_total: int = 100,
     timeout_s: float | None = None,
 ) -> str:
     """Block until `task` settles; return its result string, raise `XapiError` from ``error_info``.
 
     Waits with ``event.from(["task/<ref>"], token, t)`` (§2.5); hosts that do not know it
-    (``MESSAGE_METHOD_UNKNOWN``) are polled every second. `progress` receives the host's 0..1
-    progress whenever it changes. A task that vanishes raises ``XapiError(HANDLE_INVALID)``;
-    `timeout_s` (None = forever) raises `HostError`.
+    (``MESSAGE_METHOD_UNKNOWN``) are polled every second. `progress` is advanced as the host's
+    0..1 progress grows, scaled to `progress_total` (e.g. the bytes the task processes). A task
+    that vanishes raises ``XapiError(HANDLE_INVALID)``; `timeout_s` (None = forever) raises
+    `HostError`.
     """
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     # leave room for the reply within the session's socket timeout
     event_wait = max(0.1, min(EVENT_TIMEOUT_S, session.timeout_s / 2))
     token = ""
     use_events = True
-    last = -1.0
+    shown = 0
     record = _get_record(session, task)
     while True:
-        last = _report(progress, record, last)
+        shown = _report(progress, progress_total, record, shown)
         result = _settled(task, record)
         if result is not None:
             return result

@@ -14,8 +14,8 @@ Knows HTTP, never tar. The quirks, all from xapi-protocol.md §3.0:
 * there is no ``Range``: a broken download restarts; uploads resume at a segment boundary;
 * the 200 means nothing: callers wait on the task.
 
-`retrying(op)` runs an operation again on transient failures with exponential backoff; callers
-make `op` resume where the previous attempt stopped.
+Nothing here retries: callers run a transfer under their `RetryPolicy` (`xvatool._retry`) and make
+each attempt resume where the previous one stopped.
 
 Example::
 
@@ -34,49 +34,37 @@ import re
 import socket
 import ssl
 import struct
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
-from typing import Self, TypeVar, cast
+from typing import Self, cast
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 import httpx
 
-from xvatool.errors import HostError, StreamStateError, TransferError, XvatoolError
+from xvatool.errors import HostError, StreamStateError, TransferError
 from xvatool.xapi.session import Session, base_url, translate_httpx_errors
 from xvatool.xapi.tasks import destroy_task
 
 __all__ = [
     "CHUNKED_END",
     "CHUNKED_HEADER_SIZE",
-    "DEFAULT_BACKOFF_S",
-    "DEFAULT_RETRIES",
     "MAX_REDIRECTS",
     "BodyFactory",
     "DownloadStream",
     "chunked_frames",
     "chunked_length",
-    "is_retryable",
     "open_download",
-    "retrying",
     "upload",
     "upload_unsized",
 ]
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
 BodyFactory = Callable[[], Iterable[bytes | memoryview]]
 """Makes a fresh iterator over an upload body; called again for every (re)send (style.md 15)."""
 
 MAX_REDIRECTS = 10
 """Redirect hops followed before giving up (XenCenter's MAX_REDIRECTS, §3.0)."""
-DEFAULT_RETRIES = 3
-"""Attempts after the first one for a transient failure (`--retries`)."""
-DEFAULT_BACKOFF_S = 1.0
-"""Seconds before the first retry; doubled each time, up to `MAX_BACKOFF_S`."""
-MAX_BACKOFF_S = 30.0
 ERROR_BODY_LIMIT = 4096
 """Bytes of an error page (or inline error) read to build a message, or of the host's reply
 (headers and any error page) kept after an upload of unknown length."""
@@ -90,47 +78,6 @@ MAX_FRAME_PAYLOAD = (1 << 32) - 1
 _FRAME = struct.Struct("<QI")
 _REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 _TAG_RE = re.compile(r"<[^>]*>")
-
-
-# ------------------------------------------------------------------------------- retries
-
-
-def is_retryable(exc: BaseException) -> bool:
-    """Whether trying the operation again may help: a `TransferError` marked retryable."""
-    return isinstance(exc, TransferError) and exc.retryable
-
-
-def retrying(
-    op: Callable[[], T],
-    retries: int = DEFAULT_RETRIES,
-    backoff: float = DEFAULT_BACKOFF_S,
-    *,
-    should_retry: Callable[[XvatoolError], bool] = is_retryable,
-    on_retry: Callable[[int, XvatoolError], None] | None = None,
-    sleep: Callable[[float], object] = time.sleep,
-) -> T:
-    """Run `op`; on a retryable failure wait and run it again, at most `retries` more times.
-
-    `op` is expected to resume (it re-reads its own progress, e.g. a journal), not restart.
-    ``retries=0`` fails at once. Waits `backoff`, then doubles, capped at `MAX_BACKOFF_S`.
-
-    Example::
-
-        retrying(lambda: send_segment(seg), retries=3)
-    """
-    attempt = 0
-    while True:
-        try:
-            return op()
-        except XvatoolError as exc:
-            if attempt >= retries or not should_retry(exc):
-                raise
-            delay = min(MAX_BACKOFF_S, backoff * (2**attempt))
-            attempt += 1
-            log.warning("%s; retry %d of %d in %.1f s", exc, attempt, retries, delay)
-            if on_retry is not None:
-                on_retry(attempt, exc)
-            sleep(delay)
 
 
 # ----------------------------------------------------------------------- chunked framing
@@ -474,8 +421,6 @@ def upload_unsized(
     the host closed; the outcome is the task's.
     """
     url = urlsplit(_url(session, path, params))
-    host = url.hostname or ""
-    port = url.port or (443 if url.scheme == "https" else 80)
     target = url.path + ("?" + url.query if url.query else "")
     headers = {
         "Host": url.netloc,
@@ -486,22 +431,16 @@ def upload_unsized(
     head = (
         f"PUT {target} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
     ).encode()
-    try:
-        raw = socket.create_connection((host, port), timeout=session.timeout_s)
-        sock: socket.socket = raw
-        if url.scheme == "https":
-            verify = getattr(session, "_verify", True)  # the session's TLS policy (pinning included)
-            ctx = verify if isinstance(verify, ssl.SSLContext) else ssl.create_default_context()
-            sock = ctx.wrap_socket(raw, server_hostname=host)
-        with sock:
+    with session.open_socket() as sock:
+        try:
             sock.sendall(head)
             for piece in body():
                 sock.sendall(piece)
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_WR)
             reply = _read_until_close(sock, ERROR_BODY_LIMIT)
-    except (OSError, ssl.SSLError) as exc:
-        raise TransferError(f"PUT {path}: {exc}", host=session.host) from exc
+        except (OSError, ssl.SSLError) as exc:
+            raise TransferError(f"PUT {path}: {exc}", host=session.host) from exc
     status = reply.split(b"\r\n", 1)[0]
     parts = status.split()
     if len(parts) < 2 or parts[1] != b"200":

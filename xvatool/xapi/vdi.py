@@ -1,10 +1,10 @@
 """One disk in or out of a host: ``GET /export_raw_vdi`` and ``PUT /import_raw_vdi`` (§3.5, §3.6).
 
-Export writes ``OUT.part`` (raw: sparse, holes for zero blocks) and renames it into place only
-after the body had the expected size and the task succeeded. There is no ``Range`` (§3.0), so a
-transient failure restarts the download.
+Export writes a temporary file (`xvatool._files.AtomicFile`; raw: sparse, holes for zero blocks)
+and renames it into place only after the body had the expected size and the task succeeded. There
+is no ``Range`` (§3.0), so a transient failure restarts the download.
 
-A raw import uses the chunked framing (§3.6): the disk is cut into `SEGMENT_SIZE` segments and
+A raw import uses the chunked framing (§3.6): the disk is cut into `IMPORT_SEGMENT_SIZE` segments and
 each is one ``PUT /import_raw_vdi?chunked=true`` with its own task. Frames only cover what they
 cover and re-sending a range is idempotent (§4), so a failed segment is simply sent again and
 ``--resume`` re-sends only the segments the journal does not list as done, after checking that
@@ -25,34 +25,30 @@ from __future__ import annotations
 import logging
 import os
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import xxhash
 
+from xvatool._files import AtomicFile
+from xvatool._progress import NullBar, Progress, ProgressBar
+from xvatool._retry import DEFAULT_RETRY, RetryPolicy, is_transient
 from xvatool.errors import LocalIOError, ResumeError, TransferError, UsageError, XapiError
-from xvatool.xapi.journal import Journal, import_journal_path, is_transient
+from xvatool.xapi.journal import Journal, import_journal_path
 from xvatool.xapi.session import Session
 from xvatool.xapi.tasks import managed_task, task_reason, wait_task
-from xvatool.xapi.transfer import (
-    DEFAULT_RETRIES,
-    chunked_frames,
-    chunked_length,
-    open_download,
-    retrying,
-    upload,
-)
+from xvatool.xapi.transfer import BodyFactory, chunked_frames, chunked_length, open_download, upload
 from xvatool.xapi.vms import find_sr
-from xvatool.xva.disk import CHUNK_SIZE, ZERO_CHUNK, SparseFileSink, data_ranges, is_zero
+from xvatool.xva.disk import CHUNK_SIZE, ZERO_CHUNK, data_ranges, is_zero
 
 __all__ = [
-    "SEGMENT_SIZE",
+    "IMPORT_SEGMENT_SIZE",
     "ExportFormat",
     "ImportFormat",
-    "Progress",
     "VdiInfo",
+    "create_vdi",
     "export_vdi",
     "find_vdi",
     "import_vdi",
@@ -63,12 +59,11 @@ log = logging.getLogger(__name__)
 
 ExportFormat = Literal["raw", "vhd", "tar"]
 ImportFormat = Literal["raw", "vhd"]
-Progress = Callable[[int, int], None]
-"""Called with (bytes done, bytes total) as a transfer advances; done may go back on a retry."""
 
-SEGMENT_SIZE = 256 << 20
-"""Bytes of disk per chunked PUT. Each PUT attaches the VDI to dom0 (seconds on a real host,
-§3.5), so segments are large; a failure re-sends at most one."""
+IMPORT_SEGMENT_SIZE = 256 << 20
+"""Bytes of disk per chunked ``PUT /import_raw_vdi`` (here and in parallel imports): the unit of
+resume. Each PUT attaches the VDI to dom0 (seconds on a real host, §3.5), so segments are large;
+a failure re-sends at most one."""
 SECTOR_SIZE = 512
 """The host writes chunked frames with O_DIRECT: offsets and lengths are multiples of it (§3.6)."""
 VHD_FOOTER_SIZE = 512
@@ -106,6 +101,40 @@ def find_vdi(session: Session, uuid: str) -> VdiInfo:
     )
 
 
+def create_vdi(
+    session: Session,
+    sr_ref: str,
+    *,
+    name_label: str,
+    virtual_size: int,
+    vdi_type: str = "user",
+    description: str = "",
+) -> tuple[str, str]:
+    """`VDI.create` an empty VDI in SR `sr_ref`; its (ref, uuid).
+
+    A new VDI reads as zeros, so a chunked upload (§3.6) needs to send only the non-zero data.
+    """
+    ref = str(
+        session.call(
+            "VDI.create",
+            {
+                "name_label": name_label,
+                "name_description": description,
+                "SR": sr_ref,
+                "virtual_size": str(virtual_size),  # 64-bit ints go as strings (§1.4)
+                "type": vdi_type or "user",
+                "sharable": False,
+                "read_only": False,
+                "other_config": {},
+                "xenstore_data": {},
+                "sm_config": {},
+                "tags": [],
+            },
+        )
+    )
+    return ref, str(session.call("VDI.get_uuid", ref))
+
+
 # ------------------------------------------------------------------------------ export
 
 
@@ -126,15 +155,17 @@ def export_vdi(
     out_path: str | os.PathLike[str],
     *,
     format: ExportFormat = "raw",
-    retries: int = DEFAULT_RETRIES,
+    retry: RetryPolicy = DEFAULT_RETRY,
     progress: Progress | None = None,
     timeout_s: float | None = None,
 ) -> Path:
-    """Download one disk to `out_path` (via ``.part``); returns the final path.
+    """Download one disk to `out_path` (via a temporary file); returns the final path.
 
     `format` ``raw`` gives exactly ``virtual_size`` bytes (sparse on disk), ``vhd`` a dynamic VHD,
-    ``tar`` the XVA disk encoding (§3.5). Transient failures restart the download up to
-    `retries` times (no Range on the host).
+    ``tar`` the XVA disk encoding (§3.5). Transient failures restart the download as `retry`
+    allows (no Range on the host). Example::
+
+        export_vdi(host, vdi_uuid, "disk.raw", progress=TqdmProgress())
     """
     if format not in ("raw", "vhd", "tar"):
         raise UsageError(f"unknown VDI format {format!r} (raw, vhd or tar)")
@@ -142,32 +173,47 @@ def export_vdi(
     if out.exists():
         raise UsageError(f"{out} exists; remove it or choose another name")
     vdi = find_vdi(session, vdi_uuid)
-    expected = vdi.virtual_size if format == "raw" else 0
+    expected = vdi.virtual_size if format == "raw" else None
+    bar = progress(f"VDI {vdi.name_label or vdi.uuid[:8]}", expected) if progress else NullBar()
+    position = _Position(bar)
 
     def attempt() -> Path:
-        with managed_task(session, f"xvatool vdi-export {vdi.uuid}") as task, task_reason(session, task):
-            with SparseFileSink(out, expected) as sink:
-                params = {"vdi": vdi.uuid, "format": format}
-                with open_download(
-                    session, "/export_raw_vdi", params, task=task, timeout_s=timeout_s
-                ) as body:
-                    buf = memoryview(bytearray(CHUNK_SIZE))
-                    offset = 0
-                    while n := _fill(body, buf):
-                        sink.write_at(offset, buf[:n])
-                        offset += n
-                        if progress is not None:
-                            progress(offset, expected)
-                if format == "raw" and offset != vdi.virtual_size:
-                    raise TransferError(
-                        f"GET /export_raw_vdi: body ended after {offset} of {vdi.virtual_size} bytes",
-                        host=session.host,
-                    )
-                wait_task(session, task)
-                sink.size = offset  # vhd/tar: the size is what the host sent
-                return sink.commit()
+        with (
+            managed_task(session, f"xvatool vdi-export {vdi.uuid}") as task,
+            task_reason(session, task),
+            AtomicFile(out, overwrite=False) as output,
+        ):
+            params = {"vdi": vdi.uuid, "format": format}
+            with open_download(session, "/export_raw_vdi", params, task=task, timeout_s=timeout_s) as body:
+                offset = _write_sparse(body, output, out, position)
+            if expected is not None and offset != expected:
+                raise TransferError(
+                    f"GET /export_raw_vdi: body ended after {offset} of {expected} bytes", host=session.host
+                )
+            wait_task(session, task)
+            return output.commit()
 
-    return retrying(attempt, retries)
+    try:
+        return retry.run(attempt, what=f"export of VDI {vdi.uuid}")
+    finally:
+        bar.close()
+
+
+def _write_sparse(body: Any, output: AtomicFile, path: Path, position: _Position) -> int:
+    """Copy `body` into `output` in 1 MiB blocks, leaving holes for zero blocks; the bytes copied."""
+    buf = memoryview(bytearray(CHUNK_SIZE))
+    fd = output.fileno()
+    offset = 0
+    try:
+        while n := _fill(body, buf):
+            if not is_zero(buf[:n]) and os.pwrite(fd, buf[:n], offset) != n:
+                raise LocalIOError(f"short write at offset {offset}", path=str(path))
+            offset += n
+            position.to(offset)
+        os.ftruncate(fd, offset)
+    except OSError as exc:
+        raise LocalIOError(exc.strerror or str(exc), path=str(path)) from exc
+    return offset
 
 
 # ------------------------------------------------------------------------------ import
@@ -205,24 +251,12 @@ def _round_up(n: int, unit: int) -> int:
     return -(-n // unit) * unit
 
 
-def _create_vdi(session: Session, sr: str, size: int, name: str) -> VdiInfo:
-    """A blank VDI of `size` bytes in SR `sr` (uuid or name), made by the import's `create_vdi`."""
-    from xvatool.xapi.import_ import create_vdi
-    from xvatool.xva.ovaxml import DiskInfo
-
+def _new_vdi(session: Session, sr: str, size: int, name: str) -> VdiInfo:
+    """A blank VDI of `size` bytes in SR `sr` (uuid or name), named after the image."""
     sr_ref, _ = find_sr(session, sr)
-    disk = DiskInfo(
-        id="",
-        vdi_uuid="",
-        name_label=name,
-        virtual_size=size,
-        userdevice=None,
-        bootable=False,
-        vbd_uuid=None,
-        sr_name=None,
-        vdi_type="user",
+    ref, uuid = create_vdi(
+        session, sr_ref, name_label=name, virtual_size=size, description="imported by xvatool"
     )
-    ref, uuid = create_vdi(session, sr_ref, disk, description="imported by xvatool")
     return VdiInfo(ref=ref, uuid=uuid, name_label=name, virtual_size=size)
 
 
@@ -283,12 +317,11 @@ class _RawFile:
                 extents.append((offset, len(data)))
         return extents, hasher.hexdigest()
 
-    def frames(self, index: int, progress: Progress | None = None) -> Iterator[tuple[int, memoryview]]:
+    def frames(self, index: int, position: _Position) -> Iterator[tuple[int, memoryview]]:
         for offset, data, zero in self._blocks(index):
             if self.send_zeros or not zero:
                 yield offset, data
-            if progress is not None:
-                progress(min(self.size, offset + len(data)), self.size)
+            position.to(min(self.size, offset + len(data)))
 
 
 def _journal_key(session: Session, st: os.stat_result, target: str, segment: int) -> dict[str, str]:
@@ -329,9 +362,9 @@ def import_vdi(
     sr: str | None = None,
     format: ImportFormat = "raw",
     resume: bool = False,
-    retries: int = DEFAULT_RETRIES,
+    retry: RetryPolicy = DEFAULT_RETRY,
     progress: Progress | None = None,
-    segment_size: int = SEGMENT_SIZE,
+    segment_size: int = IMPORT_SEGMENT_SIZE,
     timeout_s: float | None = None,
 ) -> str:
     """Upload a disk image into an existing VDI (`vdi_uuid`) or a new one in `sr`; returns its uuid.
@@ -339,7 +372,9 @@ def import_vdi(
     `sr` is an SR uuid or unique name; the new VDI is named after the file. Raw images go in
     chunked segments with a journal next to the file (``FILE.xvatool-import-<host>.json``) so
     that `resume` continues an interrupted import; VHD images go in one PUT (into an existing
-    VDI only the VHD's allocated blocks are written: a delta).
+    VDI only the VHD's allocated blocks are written: a delta). Example::
+
+        new_uuid = import_vdi(host, "disk.raw", sr="Local storage")
     """
     if (vdi_uuid is None) == (sr is None):
         raise UsageError("give exactly one of a target VDI (--vdi) or an SR (--sr)")
@@ -357,31 +392,62 @@ def import_vdi(
     if format == "raw" and _has_vhd_footer(source, st.st_size):
         # A raw upload would make the VHD container itself the disk's contents.
         raise UsageError(f"{source}: this is a VHD file (it ends in a 'conectix' footer); use --format vhd")
-    if format == "vhd":
-        if resume:
-            raise UsageError("--resume works with raw images only (a VHD is sent in one request)")
-        return _import_vhd(session, source, st.st_size, vdi_uuid, sr, retries, progress, timeout_s)
-    return _import_raw(session, source, st, vdi_uuid, sr, resume, retries, progress, segment_size, timeout_s)
+    if format == "vhd" and resume:
+        raise UsageError("--resume works with raw images only (a VHD is sent in one request)")
+    bar = progress(source.name, st.st_size) if progress else NullBar()
+    sender = _Sender(session, retry, _Position(bar), timeout_s)
+    try:
+        if format == "vhd":
+            return _import_vhd(sender, source, st.st_size, vdi_uuid, sr)
+        return _import_raw(sender, source, st, vdi_uuid, sr, resume=resume, segment_size=segment_size)
+    finally:
+        bar.close()
 
 
-def _import_vhd(
-    session: Session,
-    source: Path,
-    length: int,
-    vdi_uuid: str | None,
-    sr: str | None,
-    retries: int,
-    progress: Progress | None,
-    timeout_s: float | None,
-) -> str:
+class _Position:
+    """A bar moved to absolute positions; a retry that starts a piece again does not move it back."""
+
+    def __init__(self, bar: ProgressBar) -> None:
+        self.bar = bar
+        self.shown = 0
+
+    def to(self, position: int) -> None:
+        if position > self.shown:
+            self.bar.update(position - self.shown)
+            self.shown = position
+
+
+@dataclass(frozen=True)
+class _Sender:
+    """What every upload of one import shares: the session, the retry policy, the bar, the timeout."""
+
+    session: Session
+    retry: RetryPolicy
+    position: _Position
+    timeout_s: float | None
+
+    def send(self, vdi: VdiInfo, params: dict[str, str], body: BodyFactory, length: int, what: str) -> None:
+        """One `PUT /import_raw_vdi` with its own task, retried as a whole under the policy."""
+
+        def attempt() -> None:
+            with managed_task(self.session, f"xvatool vdi-import {vdi.uuid}") as task:
+                with task_reason(self.session, task):
+                    upload(self.session, "/import_raw_vdi", {"vdi": vdi.uuid, **params}, body,
+                           length=length, task=task, timeout_s=self.timeout_s)  # fmt: skip
+                _wait_segment(self.session, task)
+
+        self.retry.run(attempt, what=what)
+
+
+def _import_vhd(sender: _Sender, source: Path, length: int, vdi_uuid: str | None, sr: str | None) -> str:
     virtual_size = vhd_virtual_size(source)
     if vdi_uuid is not None:
-        vdi = find_vdi(session, vdi_uuid)
+        vdi = find_vdi(sender.session, vdi_uuid)
         if vdi.virtual_size < virtual_size:
             raise UsageError(f"VDI {vdi.uuid} has {vdi.virtual_size} bytes, the VHD needs {virtual_size}")
     else:
         assert sr is not None
-        vdi = _create_vdi(session, sr, virtual_size, source.name)
+        vdi = _new_vdi(sender.session, sr, virtual_size, source.name)
 
     def body() -> Iterator[bytes]:
         done = 0
@@ -389,19 +455,12 @@ def _import_vhd(
             with source.open("rb") as fh:
                 while piece := fh.read(CHUNK_SIZE):
                     done += len(piece)
-                    if progress is not None:
-                        progress(done, length)
+                    sender.position.to(done)
                     yield piece
         except OSError as exc:
             raise LocalIOError(exc.strerror or str(exc), path=str(source)) from exc
 
-    def attempt() -> None:
-        with managed_task(session, f"xvatool vdi-import {vdi.uuid}") as task, task_reason(session, task):
-            params = {"vdi": vdi.uuid, "format": "vhd"}
-            upload(session, "/import_raw_vdi", params, body, length=length, task=task, timeout_s=timeout_s)
-            _wait_segment(session, task)
-
-    retrying(attempt, retries)
+    sender.send(vdi, {"format": "vhd"}, body, length, f"import of {source} into VDI {vdi.uuid}")
     return vdi.uuid
 
 
@@ -417,17 +476,16 @@ def _wait_segment(session: Session, task: str) -> None:
 
 
 def _import_raw(
-    session: Session,
+    sender: _Sender,
     source: Path,
     st: os.stat_result,
     vdi_uuid: str | None,
     sr: str | None,
+    *,
     resume: bool,
-    retries: int,
-    progress: Progress | None,
     segment_size: int,
-    timeout_s: float | None,
 ) -> str:
+    session = sender.session
     size = st.st_size
     journal_path = import_journal_path(source, session.url)
     target = f"vdi:{vdi_uuid}" if vdi_uuid is not None else f"sr:{sr}"
@@ -445,7 +503,7 @@ def _import_raw(
                 raise UsageError(f"VDI {vdi.uuid} has {vdi.virtual_size} bytes, {source} has {size}")
         else:
             assert sr is not None
-            vdi = _create_vdi(session, sr, _round_up(size, SECTOR_SIZE), source.name)
+            vdi = _new_vdi(session, sr, _round_up(size, SECTOR_SIZE), source.name)
         journal = Journal.create(journal_path, kind="import", key=key)
         journal.set_disk(_SEGMENT_KEY, size=vdi.virtual_size, target_vdi=vdi.uuid)
     record = journal.disk(_SEGMENT_KEY)
@@ -454,9 +512,8 @@ def _import_raw(
     image = _RawFile(source, size, segment_size, send_zeros=vdi_uuid is not None)
     try:
         for index in image.segments():
-            done = done_before.get(index)
-            _send_segment(session, image, index, vdi, journal, done, retries, progress, timeout_s)
-            _report(progress, index, image)
+            _send_segment(sender, image, index, vdi, journal, done_before.get(index))
+            sender.position.to(min(image.size, (index + 1) * image.segment_size))
     except BaseException:
         log.warning("import into VDI %s interrupted; continue it with --resume (%s)", vdi.uuid, journal_path)
         raise
@@ -467,15 +524,7 @@ def _import_raw(
 
 
 def _send_segment(
-    session: Session,
-    image: _RawFile,
-    index: int,
-    vdi: VdiInfo,
-    journal: Journal,
-    done_digest: str | None,
-    retries: int,
-    progress: Progress | None,
-    timeout_s: float | None,
+    sender: _Sender, image: _RawFile, index: int, vdi: VdiInfo, journal: Journal, done_digest: str | None
 ) -> None:
     """Send one segment unless the journal proves it was sent with this content; then journal it."""
     extents, digest = image.plan(index)
@@ -484,27 +533,11 @@ def _send_segment(
     if done_digest is not None:
         log.warning("segment %d of %s changed since it was sent; sending it again", index, image.path)
     length = chunked_length(n for _, n in extents)
-
-    def attempt() -> None:
-        with (
-            managed_task(session, f"xvatool vdi-import {vdi.uuid} segment {index}") as task,
-            task_reason(session, task),
-        ):
-            upload(
-                session,
-                "/import_raw_vdi",
-                {"vdi": vdi.uuid, **_RAW_PARAMS},
-                lambda: chunked_frames(image.frames(index, progress)),
-                length=length,
-                task=task,
-                timeout_s=timeout_s,
-            )
-            _wait_segment(session, task)
-
-    retrying(attempt, retries)
+    sender.send(
+        vdi,
+        _RAW_PARAMS,
+        lambda: chunked_frames(image.frames(index, sender.position)),
+        length,
+        f"segment {index} of {image.path}",
+    )
     journal.mark_segment(_SEGMENT_KEY, index, digest)
-
-
-def _report(progress: Progress | None, index: int, image: _RawFile) -> None:
-    if progress is not None:
-        progress(min(image.size, (index + 1) * image.segment_size), image.size)

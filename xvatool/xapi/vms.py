@@ -15,16 +15,14 @@ Example::
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from xvatool.errors import UsageError, XapiError
-
-if TYPE_CHECKING:
-    from xvatool.xapi.session import Session
+from xvatool._retry import DEFAULT_RETRY, RetryPolicy
+from xvatool.errors import UsageError, XapiError, XvatoolError
+from xvatool.xapi.session import Session
 
 __all__ = [
     "EXPORTABLE_POWER_STATES",
@@ -43,9 +41,9 @@ _log = logging.getLogger(__name__)
 SnapshotPolicy = Literal["auto", "never"]
 EXPORTABLE_POWER_STATES = frozenset({"Halted", "Suspended"})
 """Power states `/export` accepts (xapi-protocol.md §3.1)."""
-DESTROY_ATTEMPTS = 5
-DESTROY_DELAY_S = 0.5
-"""Seconds between destroy attempts of an object the host still calls busy."""
+CLEANUP_RETRIES = 4
+"""Retries of a destroy the host refuses because the object is still busy; a cleanup tries this
+often whatever `--retries` says (the clock and backoff are the caller's `RetryPolicy`)."""
 
 
 @dataclass(frozen=True)
@@ -120,11 +118,14 @@ def find_sr(session: Session, name_or_uuid: str | None) -> tuple[str, str]:
 
 
 @contextmanager
-def export_source(session: Session, vm: VmRef, *, snapshot: SnapshotPolicy = "auto") -> Iterator[VmRef]:
+def export_source(
+    session: Session, vm: VmRef, *, snapshot: SnapshotPolicy = "auto", retry: RetryPolicy = DEFAULT_RETRY
+) -> Iterator[VmRef]:
     """The VM itself if the host can export it, else a temporary snapshot (destroyed on exit).
 
     The snapshot is destroyed on every exit path, including errors and Ctrl-C; a failure to
-    destroy it is logged and never hides the export's own outcome.
+    destroy it is logged and never hides the export's own outcome. `retry` paces the destroy
+    while the host still calls the snapshot busy.
     """
     if vm.power_state in EXPORTABLE_POWER_STATES:
         yield vm
@@ -145,10 +146,10 @@ def export_source(session: Session, vm: VmRef, *, snapshot: SnapshotPolicy = "au
         uuid = str(session.call("VM.get_uuid", snap_ref))
         yield VmRef(ref=snap_ref, uuid=uuid, name_label=vm.name_label, power_state="Halted")
     finally:
-        destroy_vm_with_disks(session, snap_ref)
+        destroy_vm_with_disks(session, snap_ref, retry=retry)
 
 
-def destroy_vm_with_disks(session: Session, vm_ref: str) -> None:
+def destroy_vm_with_disks(session: Session, vm_ref: str, *, retry: RetryPolicy = DEFAULT_RETRY) -> None:
     """Destroy a VM and the VDIs of its disk VBDs; log, never raise.
 
     `VM.destroy` leaves the VDIs behind, so they are collected first and destroyed afterwards.
@@ -162,34 +163,35 @@ def destroy_vm_with_disks(session: Session, vm_ref: str) -> None:
             rec = session.call("VBD.get_record", vbd)
             if rec.get("type") == "Disk" and not is_null_ref(rec.get("VDI")):
                 vdis.append(str(rec["VDI"]))
-    except Exception as exc:
+    except XvatoolError as exc:
         _log.warning("could not list the disks of VM %s: %s", vm_ref, exc)
         return
-    if not _destroy(session, "VM", vm_ref, busy="OTHER_OPERATION_IN_PROGRESS"):
+    if not _destroy(session, "VM", vm_ref, busy="OTHER_OPERATION_IN_PROGRESS", retry=retry):
         return
     for vdi in vdis:
-        destroy_vdi(session, vdi)
+        destroy_vdi(session, vdi, retry=retry)
 
 
-def destroy_vdi(session: Session, vdi: str) -> bool:
+def destroy_vdi(session: Session, vdi: str, *, retry: RetryPolicy = DEFAULT_RETRY) -> bool:
     """Destroy one VDI by ref, retrying `VDI_IN_USE`; True if it is gone."""
-    return _destroy(session, "VDI", vdi, busy="VDI_IN_USE")
+    return _destroy(session, "VDI", vdi, busy="VDI_IN_USE", retry=retry)
 
 
-def _destroy(session: Session, cls: str, ref: str, *, busy: str) -> bool:
-    """`<cls>.destroy`, retried while the host answers `busy`; True if the object is gone."""
-    for attempt in range(DESTROY_ATTEMPTS):
-        try:
-            session.call(f"{cls}.destroy", ref)
-            return True
-        except XapiError as exc:
-            if exc.code == "HANDLE_INVALID":
-                return True
-            if exc.code != busy or attempt + 1 == DESTROY_ATTEMPTS:
-                _log.warning("could not destroy %s %s: %s", cls, ref, exc)
-                return False
-        except Exception as exc:
-            _log.warning("could not destroy %s %s: %s", cls, ref, exc)
-            return False
-        time.sleep(DESTROY_DELAY_S)
+def _never(exc: BaseException) -> bool:
     return False
+
+
+def _destroy(session: Session, cls: str, ref: str, *, busy: str, retry: RetryPolicy) -> bool:
+    """`<cls>.destroy`, retried while the host answers `busy`; True if the object is gone."""
+    policy = retry.with_(retries=CLEANUP_RETRIES, transient=_never, codes={busy})
+    try:
+        policy.run(lambda: session.call(f"{cls}.destroy", ref), what=f"destroy {cls} {ref}")
+    except XapiError as exc:
+        if exc.code == "HANDLE_INVALID":
+            return True
+        _log.warning("could not destroy %s %s: %s", cls, ref, exc)
+        return False
+    except XvatoolError as exc:
+        _log.warning("could not destroy %s %s: %s", cls, ref, exc)
+        return False
+    return True

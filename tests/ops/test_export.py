@@ -7,9 +7,12 @@ import os
 
 import pytest
 
+from tests.progress import RecordingProgress
+from tests.retry import instant
+from xvatool._files import temp_files_of
 from xvatool._streams import TeeReader
 from xvatool.errors import ChecksumError, FormatError, TransferError, TruncatedError
-from xvatool.xapi.export import transport_errors
+from xvatool.ops.export import transport_errors
 from xvatool.xva.assemble import assemble_xva, ova_xml_tar, read_ova_xml_tar
 from xvatool.xva.disk import CHUNK_SIZE, BytesSource, is_zero
 from xvatool.xva.reader import XvaReader, read_disk_stream
@@ -196,7 +199,7 @@ import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from xvatool.errors import ResumeError, UsageError, XapiError  # noqa: E402
-from xvatool.xapi.export import export_stream, export_vm  # noqa: E402
+from xvatool.ops.export import export_stream, export_vm  # noqa: E402
 from xvatool.xapi.journal import export_journal_path  # noqa: E402
 from xvatool.xapi.session import connect  # noqa: E402
 from xvatool.xva.reader import open_archive  # noqa: E402
@@ -247,12 +250,13 @@ def host_disk_digests(sim, vm_ref: str) -> dict[str, str]:
     return out
 
 
-def session_of(sim, timeout=5.0):
-    return connect(sim.url, sim.user, sim.password, timeout=timeout)
+def session_of(sim, timeout_s=5.0):
+    return connect(sim.url, sim.user, sim.password, timeout_s=timeout_s)
 
 
 def no_leftovers(out: Path) -> bool:
-    return not any(out.parent.glob(out.name + ".*"))
+    """Nothing named after `out`: no journal, spool folder or temporary file (`.OUT.*.part`)."""
+    return not any(out.parent.glob(out.name + ".*")) and not any(out.parent.glob(f".{out.name}.*"))
 
 
 @pytest.fixture
@@ -303,7 +307,7 @@ def test_running_vm_is_exported_through_a_snapshot_that_is_removed(sim, tmp_path
 
 @pytest.mark.parametrize("mode", ["stream", "parallel"])
 def test_running_vm_export_imports_as_a_plain_vm(sim, tmp_path, mode):
-    from xvatool.xapi.import_ import import_vm
+    from xvatool.ops.import_ import import_vm
 
     sim.host.set_power_state(sim.host.vm("demo-vm"), "Running")
     out = tmp_path / "vm.xva"
@@ -344,8 +348,8 @@ FAULTS = ["drop-after=1MiB", "stall=2", "inline-500-after=1MiB"]
 def test_stream_export_survives_transient_faults(sim, tmp_path, fault):
     sim.host.add_fault(f"export:{fault}")
     out = tmp_path / "vm.xva"
-    with session_of(sim, timeout=1.0) as s:
-        export_vm(s, "demo-vm", out, mode="stream", retries=2)
+    with session_of(sim, timeout_s=1.0) as s:
+        export_vm(s, "demo-vm", out, mode="stream", retry=instant(2))
     assert not sim.host.faults.pending()
     assert archive_disk_digests(out) == host_disk_digests(sim, sim.host.vm("demo-vm"))
 
@@ -354,8 +358,8 @@ def test_stream_export_survives_transient_faults(sim, tmp_path, fault):
 def test_parallel_export_survives_transient_faults(sim, tmp_path, fault):
     sim.host.add_fault(f"export_raw_vdi:{fault}:times=2")
     out = tmp_path / "vm.xva"
-    with session_of(sim, timeout=1.0) as s:
-        export_vm(s, "demo-vm", out, mode="parallel", retries=3)
+    with session_of(sim, timeout_s=1.0) as s:
+        export_vm(s, "demo-vm", out, mode="parallel", retry=instant(3))
     assert not sim.host.faults.pending()
     assert archive_disk_digests(out) == host_disk_digests(sim, sim.host.vm("demo-vm"))
 
@@ -380,7 +384,7 @@ def test_corrupt_chunk_fails_the_export_and_leaves_no_output(sim, tmp_path, mode
     out = tmp_path / "vm.xva"
     with session_of(sim) as s, pytest.raises(ChecksumError):
         export_vm(s, "demo-vm", out, mode=mode)
-    assert not out.exists() and not out.with_name("vm.xva.part").exists()
+    assert not out.exists() and temp_files_of(tmp_path) == []  # parallel keeps its journal for --resume
 
 
 def test_interrupted_parallel_export_resumes_per_disk(sim, tmp_path):
@@ -390,7 +394,7 @@ def test_interrupted_parallel_export_resumes_per_disk(sim, tmp_path):
         export_vm(s, "demo-vm", reference, mode="parallel")
         sim.host.add_fault("export_raw_vdi:drop-after=1MiB")
         with pytest.raises(TransferError):
-            export_vm(s, "demo-vm", out, mode="parallel", retries=0)
+            export_vm(s, "demo-vm", out, mode="parallel", retry=instant(0))
         assert not out.exists()
         journal = export_journal_path(out)
         doc = json.loads(journal.read_text())
@@ -410,7 +414,7 @@ def test_resume_refetches_a_disk_whose_spool_changed(sim, tmp_path):
     with session_of(sim) as s:
         sim.host.add_fault("export_raw_vdi:drop-after=1MiB")
         with pytest.raises(TransferError):
-            export_vm(s, "demo-vm", out, mode="parallel", retries=0)
+            export_vm(s, "demo-vm", out, mode="parallel", retry=instant(0))
         spool = next(out.with_name("vm.xva.part.d").glob("*.tar"))
         spool.write_bytes(spool.read_bytes()[:-1] + b"\1")
         result = export_vm(s, "demo-vm", out, mode="parallel", resume=True)
@@ -423,7 +427,7 @@ def test_resume_refuses_a_journal_for_another_vm(sim, tmp_path):
     with session_of(sim) as s:
         sim.host.add_fault("export_raw_vdi:drop-after=1MiB")
         with pytest.raises(TransferError):
-            export_vm(s, "demo-vm", out, mode="parallel", retries=0)
+            export_vm(s, "demo-vm", out, mode="parallel", retry=instant(0))
         journal = export_journal_path(out)
         doc = json.loads(journal.read_text())
         doc["key"]["vm"] = "00000000-0000-0000-0000-000000000000"
@@ -447,33 +451,14 @@ def test_resume_of_a_running_vm_export_is_refused_with_the_reason(sim, tmp_path)
     sim.host.add_fault("export_raw_vdi:drop-after=1MiB")
     with session_of(sim) as s:
         with pytest.raises(TransferError):
-            export_vm(s, "demo-vm", out, mode="parallel", retries=0)
+            export_vm(s, "demo-vm", out, mode="parallel", retry=instant(0))
         assert not [r for r in sim.host.state.records("VM").values() if r.get("is_a_snapshot")]
         with pytest.raises(ResumeError, match="new snapshot each time"):
             export_vm(s, "demo-vm", out, mode="parallel", resume=True)
 
 
-class RecordingBars:
-    def __init__(self):
-        self.counts = {}
-        self.closed = []
-
-    def __call__(self, label, total):
-        bars = self
-
-        class Bar:
-            def update(self, n):
-                bars.counts[label] = bars.counts.get(label, 0) + n
-
-            def close(self):
-                bars.closed.append(label)
-
-        self.counts.setdefault(label, 0)
-        return Bar()
-
-
 def test_parallel_export_reports_one_bar_per_disk_and_a_total(sim, tmp_path):
-    bars = RecordingBars()
+    bars = RecordingProgress()
     with session_of(sim) as s:
         result = export_vm(s, "demo-vm", tmp_path / "vm.xva", mode="parallel", progress=bars)
     disk_labels = {d.id for d in result.disks}
@@ -497,11 +482,11 @@ def test_export_refused_by_the_host_is_not_retried(sim, tmp_path, monkeypatch):
     def refuse(vm, expected):
         raise ApiFailure("VM_BAD_POWER_STATE", [vm, "halted", "running"])
 
-    monkeypatch.setattr(transfer, "open_download", counting_open)
+    monkeypatch.setattr("xvatool.xapi.vmdata.open_download", counting_open)
     monkeypatch.setattr(sim.host.ops, "assert_power", refuse)  # the VM started after our check
     out = tmp_path / "vm.xva"
     with session_of(sim) as s, pytest.raises(XapiError) as info:
-        export_vm(s, "demo-vm", out, mode="stream", snapshot="never", retries=3)
+        export_vm(s, "demo-vm", out, mode="stream", snapshot="never", retry=instant(3))
     assert info.value.code == "VM_BAD_POWER_STATE" and info.value.params[1:] == ["halted", "running"]
     assert gets == ["/export"]
     assert no_leftovers(out) and not out.exists()

@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+from tests.progress import RecordingProgress
+from tests.retry import instant
 from xvatool.errors import ChecksumError, FormatError
 from xvatool.xva.disk import BytesSource
 from xvatool.xva.extents import index_archive, segment_extents
@@ -105,10 +107,10 @@ def test_index_spool_for_compressed_only_holds_data(tmp_path):
 
 import json  # noqa: E402
 
-from tests.xapi.test_export import archive_disk_digests, host_disk_digests, session_of  # noqa: E402
+from tests.ops.test_export import archive_disk_digests, host_disk_digests, session_of  # noqa: E402
 from xvatool.errors import ResumeError, TransferError, UsageError, XapiError  # noqa: E402
-from xvatool.xapi.export import export_vm  # noqa: E402
-from xvatool.xapi.import_ import _ParallelImport, import_stream, import_vm  # noqa: E402
+from xvatool.ops.export import export_vm  # noqa: E402
+from xvatool.ops.import_ import _ParallelImport, import_stream, import_vm  # noqa: E402
 from xvatool.xapi.journal import import_journal_path  # noqa: E402
 
 
@@ -192,8 +194,8 @@ def test_sr_by_name_and_unknown_sr(sim, exported):
 def test_stream_import_survives_transient_faults(sim, exported, fault):
     path, digests = exported
     sim.host.add_fault(f"import:{fault}")
-    with session_of(sim, timeout=1.0) as s:
-        result = import_vm(s, path, mode="stream", retries=2)
+    with session_of(sim, timeout_s=1.0) as s:
+        result = import_vm(s, path, mode="stream", retry=instant(2))
     assert not sim.host.faults.pending()
     assert host_disk_digests(sim, vm_ref_of(sim, result.vm_uuid)) == digests
 
@@ -205,8 +207,8 @@ def test_stream_import_survives_transient_faults(sim, exported, fault):
 def test_parallel_import_survives_transient_faults(sim, exported, fault):
     path, digests = exported
     sim.host.add_fault(fault)
-    with session_of(sim, timeout=1.0) as s:
-        result = import_vm(s, path, mode="parallel", retries=3, segment_size=MiB)
+    with session_of(sim, timeout_s=1.0) as s:
+        result = import_vm(s, path, mode="parallel", retry=instant(3), segment_size=MiB)
     assert not sim.host.faults.pending()
     assert host_disk_digests(sim, vm_ref_of(sim, result.vm_uuid)) == digests
 
@@ -246,7 +248,7 @@ def test_interrupted_parallel_import_resumes_per_segment(sim, exported, monkeypa
     vdis_before = vdi_count(sim)
     with session_of(sim) as s:
         with pytest.raises(TransferError) as info:
-            import_vm(s, path, mode="parallel", retries=0, segment_size=MiB)
+            import_vm(s, path, mode="parallel", retry=instant(0), segment_size=MiB)
         journal_path = import_journal_path(path, sim.url)
         doc = json.loads(journal_path.read_text())
         targets = [d["target_vdi"] for d in doc["disks"].values()]
@@ -272,7 +274,7 @@ def test_import_metadata_failure_resumes_without_resending_disks(sim, exported):
     sim.host.add_fault("import_metadata:drop-after=1KiB:times=2")  # the probe and the real PUT
     with session_of(sim) as s:
         with pytest.raises((TransferError, XapiError)):
-            import_vm(s, path, mode="parallel", retries=0, segment_size=MiB)
+            import_vm(s, path, mode="parallel", retry=instant(0), segment_size=MiB)
         result = import_vm(s, path, mode="parallel", resume=True, segment_size=MiB)
     assert sum(d.segments_sent for d in result.disks) == 0
     assert sum(d.segments_resumed for d in result.disks) == 5
@@ -284,7 +286,7 @@ def test_failed_parallel_import_with_discard_removes_vdis(sim, exported):
     sim.host.add_fault("import_raw_vdi:drop-after=512KiB:times=4")  # probes too
     before = vdi_count(sim)
     with session_of(sim) as s, pytest.raises((TransferError, XapiError), match="removed the 2 VDIs"):
-        import_vm(s, path, mode="parallel", retries=0, discard=True)
+        import_vm(s, path, mode="parallel", retry=instant(0), discard=True)
     assert vdi_count(sim) == before
     assert not import_journal_path(path, sim.url).exists()
 
@@ -294,7 +296,7 @@ def test_resume_refuses_when_a_journalled_vdi_is_gone(sim, exported):
     sim.host.add_fault("import_raw_vdi:drop-after=512KiB:times=4")  # probes too
     with session_of(sim) as s:
         with pytest.raises((TransferError, XapiError)):
-            import_vm(s, path, mode="parallel", retries=0)
+            import_vm(s, path, mode="parallel", retry=instant(0))
         doc = json.loads(import_journal_path(path, sim.url).read_text())
         uuid = next(iter(doc["disks"].values()))["target_vdi"]
         s.call("VDI.destroy", s.call("VDI.get_by_uuid", uuid))
@@ -310,7 +312,7 @@ def test_resume_refuses_a_changed_archive(sim, exported, tmp_path):
     sim.host.add_fault("import_raw_vdi:drop-after=512KiB:times=4")  # probes too
     with session_of(sim) as s:
         with pytest.raises((TransferError, XapiError)):
-            import_vm(s, path, mode="parallel", retries=0)
+            import_vm(s, path, mode="parallel", retry=instant(0))
         with path.open("ab") as fh:
             fh.write(bytes(512))  # same content for the reader, another file digest
         with pytest.raises(ResumeError, match="archive_sha256"):
@@ -331,10 +333,9 @@ def test_import_stream_of_unknown_length(sim, exported):
 
 
 def test_parallel_import_progress_counts_the_data_sent(sim, exported):
-    from tests.xapi.test_export import RecordingBars
 
     path, _ = exported
-    bars = RecordingBars()
+    bars = RecordingProgress()
     with session_of(sim) as s:
         result = import_vm(s, path, mode="parallel", progress=bars)
     assert bars.counts["verify"] == path.stat().st_size
@@ -354,7 +355,8 @@ def count_uploads(monkeypatch) -> list[str]:
         sends.append(handler)
         return real_upload(session, handler, *args, **kwargs)
 
-    monkeypatch.setattr(transfer, "upload", counting_upload)
+    for user in ("xvatool.ops.import_", "xvatool.xapi.vmdata"):  # the modules that send PUTs
+        monkeypatch.setattr(f"{user}.upload", counting_upload)
     return sends
 
 
@@ -370,7 +372,7 @@ def test_import_refused_by_the_host_after_its_200_is_not_retried(sim, exported, 
     sends = count_uploads(monkeypatch)
     vms = len(sim.host.state.refs("VM"))
     with session_of(sim) as s, pytest.raises(XapiError) as info:
-        import_vm(s, path, mode=mode, restore=True, retries=3, segment_size=MiB)
+        import_vm(s, path, mode=mode, restore=True, retry=instant(3), segment_size=MiB)
     assert info.value.code == "VM_TO_IMPORT_IS_NOT_NEWER_VERSION"
     assert info.value.params  # the task's parameters are kept
     assert sends.count("/import" if mode == "stream" else "/import_metadata") == 1

@@ -7,7 +7,7 @@ the error, from the task.
 `parallel` mode (§3.4, §3.6, §4):
 
 1. one pass over the archive computes its SHA-256, verifies every chunk and builds an index of
-   the non-zero 1 MiB extents of each disk, grouped into segments of `SEGMENT_SIZE` bytes of disk
+   the non-zero 1 MiB extents of each disk, grouped into segments of `IMPORT_SEGMENT_SIZE` bytes of disk
    range, each with a digest (`xva.extents.index_archive`). Plain archives are read again in
    place later; compressed ones spool the non-zero extents to a data file next to the archive;
 2. `VDI.create` per disk in the target SR;
@@ -19,19 +19,28 @@ the error, from the task.
 The journal sits next to the archive, keyed by host URL and archive digest
 (`import_journal_path`). On failure the created VDIs are kept and listed for `--resume`, or
 destroyed with `discard=True`.
+
+Example::
+
+    with connect(url, "root", password) as host:
+        result = import_vm(host, "web-01.xva", sr="Local storage", mode="parallel")
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import tempfile
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from xvatool._files import remove_tree
+from xvatool._progress import Progress, ProgressBar, ProgressGroup
+from xvatool._retry import DEFAULT_RETRY, RetryPolicy
 from xvatool._streams import READ_BUFFER_SIZE, LocalStream, TeeReader, open_local
 from xvatool.errors import (
     FormatError,
@@ -42,25 +51,22 @@ from xvatool.errors import (
     XapiError,
     XvatoolError,
 )
-from xvatool.xapi.export import TransferMode
-from xvatool.xapi.journal import (
-    DEFAULT_RETRIES,
-    Journal,
-    ProgressBars,
-    ProgressFactory,
-    import_journal_path,
-    run_parallel,
-    with_retries,
-)
+from xvatool.ops.export import TransferMode
+from xvatool.ops.parallel import run_parallel
+from xvatool.xapi.journal import Journal, import_journal_path
+from xvatool.xapi.session import Session
+from xvatool.xapi.tasks import managed_task, task_reason, wait_task
+from xvatool.xapi.transfer import BodyFactory, chunked_frames, chunked_length, upload
+from xvatool.xapi.vdi import IMPORT_SEGMENT_SIZE, create_vdi
+from xvatool.xapi.vmdata import import_metadata, import_xva
 from xvatool.xapi.vms import destroy_vdi, find_sr
+from xvatool.xva.assemble import ova_xml_tar
 from xvatool.xva.disk import CHUNK_SIZE
-from xvatool.xva.extents import SEGMENT_SIZE, ArchiveIndex, DiskPlan, index_archive, segment_extents
+from xvatool.xva.extents import ArchiveIndex, DiskPlan, index_archive, segment_extents
+from xvatool.xva.ovaxml import DiskInfo
+from xvatool.xva.reader import Problem, XvaReader
 
-if TYPE_CHECKING:
-    from xvatool.xapi.session import Session
-    from xvatool.xva.ovaxml import DiskInfo
-
-__all__ = ["ImportResult", "ImportedDisk", "create_vdi", "import_metadata", "import_stream", "import_vm"]
+__all__ = ["ImportResult", "ImportedDisk", "create_disk_vdi", "import_stream", "import_vm"]
 
 _log = logging.getLogger(__name__)
 
@@ -94,26 +100,26 @@ class ImportResult:
 # -- stream mode ------------------------------------------------------------------------------
 
 
-def _flags(restore: bool, force: bool) -> dict[str, str]:
-    # Only the literal `true` counts (`find_query_flag`, §3.3).
-    flags = {}
-    if restore:
-        flags["restore"] = "true"
-    if force:
-        flags["force"] = "true"
-    return flags
+@contextlib.contextmanager
+def _private_folder(beside: Path) -> Iterator[Path]:
+    """A new folder only we can use, next to `beside`, removed with its contents afterwards."""
+    try:
+        folder = Path(tempfile.mkdtemp(prefix=f".{beside.name}.", suffix=".part.d", dir=beside.parent))
+    except OSError as exc:
+        raise LocalIOError(exc.strerror or str(exc), path=str(beside.parent)) from exc
+    try:
+        yield folder
+    finally:
+        remove_tree(folder)
 
 
-def _vm_of_result(session: Session, result: str) -> tuple[str, str]:
-    from xvatool.xapi.tasks import parse_task_result_refs
+def create_disk_vdi(session: Session, sr_ref: str, disk: DiskInfo) -> tuple[str, str]:
+    """An empty VDI in `sr_ref` for an archive's disk (its name, size and type); its (ref, uuid).
 
-    refs = parse_task_result_refs(result)
-    if not refs:
-        raise XapiError("IMPORT_ERROR", ["the host reported no VM for the import"], host=session.host)
-    return refs[0], str(session.call("VM.get_uuid", refs[0]))
-
-
-BodyFactory = Callable[[], Iterable[bytes | memoryview]]
+    Shared by the parallel import and the parallel migrate, which both fill it with chunked uploads.
+    """
+    return create_vdi(session, sr_ref, name_label=disk.name_label, virtual_size=disk.virtual_size,
+                      vdi_type=disk.vdi_type or "user")  # fmt: skip
 
 
 def import_stream(
@@ -124,29 +130,20 @@ def import_stream(
     sr: str | None = None,
     restore: bool = False,
     force: bool = False,
-    progress: Callable[[float], None] | None = None,
+    progress: ProgressBar | None = None,
+    progress_total: int = 100,
 ) -> ImportResult:
     """One `PUT /import` of an XVA body (plain, gzip or zstd) into SR uuid `sr` (default SR if None).
 
-    With a known `length` the body carries that exact Content-Length and may be replayed on a
-    redirect. With `length=None` (a live export piped in) the body is sent on a raw connection
-    with neither Content-Length nor Transfer-Encoding, and the sending side is shut down at its
-    end: the host's plain-tar path stops at the end of the tar and its compressed path reads
-    until the peer stops sending (§3.3). XO's fake 1 PiB Content-Length would do too, but leaves
-    the host waiting for bytes that never come. Not retried here: the caller owns the body.
-    """
-    from xvatool.xapi.tasks import managed_task, task_reason, wait_task
-    from xvatool.xapi.transfer import upload, upload_unsized
+    `length=None` sends a live body of unknown length (`xapi.vmdata.import_xva`). `progress`
+    follows the host's task, scaled to `progress_total`. Not retried here: the caller owns the
+    body. Example::
 
-    params = {**({"sr_uuid": sr} if sr else {}), **_flags(restore, force)}
-    with managed_task(session, "xvatool import") as task:
-        with task_reason(session, task):
-            if length is None:
-                upload_unsized(session, "/import", params, body, task=task)
-            else:
-                upload(session, "/import", params, body, length=length, task=task)
-        result = wait_task(session, task, progress=progress)
-    ref, uuid = _vm_of_result(session, result)
+        with export_stream(src, "web-01") as body:
+            import_stream(dst, lambda: iter(lambda: body.read(1 << 20), b""), None)
+    """
+    ref, uuid = import_xva(session, body, length, sr_uuid=sr, restore=restore, force=force,
+                           progress=progress, progress_total=progress_total)  # fmt: skip
     return ImportResult(vm_uuid=uuid, vm_ref=ref)
 
 
@@ -169,8 +166,6 @@ def _verify_archive(path: Path, update: Callable[[int], None], *, force: bool) -
     With `force` the host is told to ignore checksum mismatches (§3.3), so they only warn here;
     any other problem still stops the import before a byte is sent.
     """
-    from xvatool.xva.reader import Problem, XvaReader
-
     problems: list[Problem] | None = [] if force else None
     with open_local(path, "rb") as fh:
         reader = XvaReader(
@@ -196,14 +191,15 @@ def import_vm(
     restore: bool = False,
     force: bool = False,
     mode: TransferMode = "stream",
-    retries: int = DEFAULT_RETRIES,
+    retry: RetryPolicy = DEFAULT_RETRY,
     resume: bool = False,
     discard: bool = False,
-    progress: ProgressFactory | None = None,
-    segment_size: int = SEGMENT_SIZE,
+    progress: Progress | None = None,
+    segment_size: int = IMPORT_SEGMENT_SIZE,
 ) -> ImportResult:
     """Import the XVA at `archive_path` as a new VM into SR `sr` (uuid or name; default SR).
 
+    Transient failures are retried as `retry` allows; a parallel import resumes per segment.
     Example::
 
         with connect(url, "root", password) as host:
@@ -212,49 +208,31 @@ def import_vm(
     """
     if mode not in ("stream", "parallel"):
         raise UsageError(f"unknown mode {mode!r} (stream or parallel)")
-    if retries < 0:
-        raise UsageError("--retries must be 0 or more")
     if segment_size <= 0 or segment_size % CHUNK_SIZE:
         raise UsageError("the segment size must be a positive multiple of 1 MiB")
     path = Path(archive_path)
     if not path.is_file():
         raise LocalIOError("no such archive", path=str(path))
     sr_ref, sr_uuid = find_sr(session, sr)
-    bars = ProgressBars(progress)
+    bars = ProgressGroup(progress)
     try:
         if mode == "stream":
             if resume:
                 _log.info("stream imports restart from the beginning; --resume has nothing to reuse")
-            _verify_archive(path, bars.new("verify", path.stat().st_size), force=force)
-            body = _file_body(path, bars.new("upload", path.stat().st_size))
             size = path.stat().st_size
-            host_progress = _fraction_updater(bars.new("host %", 100))
-            return with_retries(
-                lambda: import_stream(
-                    session, body, size, sr=sr_uuid, restore=restore, force=force, progress=host_progress
-                ),
-                retries=retries,
+            _verify_archive(path, bars.new("verify", size).update, force=force)
+            body = _file_body(path, bars.new("upload", size).update)
+            host = bars.new("host", size)
+            return retry.run(
+                lambda: import_stream(session, body, size, sr=sr_uuid, restore=restore, force=force,
+                                      progress=host, progress_total=size),
                 what=f"import of {path}",
-            )
-        return _ParallelImport(session, path, sr_ref, sr_uuid, retries, bars, segment_size).run(
+            )  # fmt: skip
+        return _ParallelImport(session, path, sr_ref, sr_uuid, retry, bars, segment_size).run(
             restore=restore, force=force, resume=resume, discard=discard
         )
     finally:
         bars.close()
-
-
-def _fraction_updater(update: Callable[[int], None]) -> Callable[[float], None]:
-    """Feed the host's 0..1 task progress (§2.1) to a bar counting percent."""
-    shown = 0
-
-    def on_progress(fraction: float) -> None:
-        nonlocal shown
-        percent = int(fraction * 100)
-        if percent > shown:
-            update(percent - shown)
-            shown = percent
-
-    return on_progress
 
 
 class _ParallelImport:
@@ -266,8 +244,8 @@ class _ParallelImport:
         path: Path,
         sr_ref: str,
         sr_uuid: str,
-        retries: int,
-        bars: ProgressBars,
+        retry: RetryPolicy,
+        bars: ProgressGroup,
         segment_size: int,
     ) -> None:
         self.segment_size = segment_size
@@ -275,7 +253,7 @@ class _ParallelImport:
         self.path = path
         self.sr_ref = sr_ref
         self.sr_uuid = sr_uuid
-        self.retries = retries
+        self.retry = retry
         self.bars = bars
         self.stop = threading.Event()
         self.journal_path = import_journal_path(path, session.url)
@@ -288,29 +266,27 @@ class _ParallelImport:
                     "to remove its VDIs and start over"
                 )
             self._discard(Journal.load(self.journal_path))
-        index = index_archive(
-            self.path,
-            segment_size=self.segment_size,
-            progress=self.bars.new("verify", self.path.stat().st_size),
-        )
-        try:
+        # A compressed archive's extents are spooled for reading back at offsets: into a fresh
+        # private folder, so that nothing planted at a predictable name is ever written through.
+        with _private_folder(self.path) as spool_dir:
+            index = index_archive(
+                self.path,
+                segment_size=self.segment_size,
+                spool_path=spool_dir / "extents",
+                progress=self.bars.new("verify", self.path.stat().st_size).update,
+            )
             journal = self._journal(index, resume)
             try:
                 disks = self._send_disks(index, journal)
-                vm_ref, vm_uuid = with_retries(
-                    lambda: self._import_metadata(index, journal, restore, force),
-                    retries=self.retries,
-                    what="import_metadata",
+                vm_ref, vm_uuid = self.retry.run(
+                    lambda: self._import_metadata(index, journal, restore, force), what="import_metadata"
                 )
             except BaseException as exc:
                 self.stop.set()
                 self._on_failure(journal, exc, discard)
                 raise
-            journal.remove()
-            return ImportResult(vm_uuid=vm_uuid, vm_ref=vm_ref, mode="parallel", disks=disks)
-        finally:
-            if index.spooled:
-                index.data_path.unlink(missing_ok=True)
+        journal.remove()
+        return ImportResult(vm_uuid=vm_uuid, vm_ref=vm_ref, mode="parallel", disks=disks)
 
     def _journal(self, index: ArchiveIndex, resume: bool) -> Journal:
         key = {
@@ -362,14 +338,14 @@ class _ParallelImport:
         record = journal.disk(plan.disk.id)
         if record is not None and record.target_vdi:
             return record.target_vdi
-        uuid = create_vdi(self.session, self.sr_ref, plan.disk)[1]
+        uuid = create_disk_vdi(self.session, self.sr_ref, plan.disk)[1]
         journal.set_disk(plan.disk.id, size=plan.disk.virtual_size, target_vdi=uuid)
         return uuid
 
     def _disk_job(
-        self, index: ArchiveIndex, plan: DiskPlan, target: str, journal: Journal, total: Callable[[int], None]
+        self, index: ArchiveIndex, plan: DiskPlan, target: str, journal: Journal, total: ProgressBar
     ) -> Callable[[], ImportedDisk]:
-        update = self.bars.new(plan.disk.id, plan.data_bytes, also=total)
+        update = self.bars.new(plan.disk.id, plan.data_bytes, also=total).update
 
         def job() -> ImportedDisk:
             record = journal.disk(plan.disk.id)
@@ -384,9 +360,8 @@ class _ParallelImport:
                     continue
                 if self.stop.is_set():
                     raise Interrupted("interrupted; the journal was kept for --resume")
-                with_retries(
+                self.retry.run(
                     functools.partial(self._send_segment, index, plan, seg_index, target, probe, update),
-                    retries=self.retries,
                     what=f"disk {plan.disk.id} segment {seg_index}",
                 )
                 journal.mark_segment(plan.disk.id, seg_index, seg.digest)
@@ -406,9 +381,6 @@ class _ParallelImport:
         probe: bool,
         update: Callable[[int], None],
     ) -> None:
-        from xvatool.xapi.tasks import managed_task, task_reason, wait_task
-        from xvatool.xapi.transfer import chunked_frames, chunked_length, upload
-
         seg = plan.segments[seg_index]
         length = chunked_length(plan.lengths[seg.start : seg.stop])
 
@@ -435,7 +407,8 @@ class _ParallelImport:
             record = journal.disk(plan.disk.id)
             assert record is not None and record.target_vdi is not None
             vdi_map[plan.disk.vdi_uuid] = record.target_vdi
-        return import_metadata(self.session, index.metadata.to_bytes(), vdi_map, restore=restore, force=force)
+        archive = ova_xml_tar(index.metadata.to_bytes())
+        return import_metadata(self.session, archive, vdi_map, restore=restore, force=force)
 
     def _on_failure(self, journal: Journal, exc: BaseException, discard: bool) -> None:
         vdis = journal.target_vdis()
@@ -462,60 +435,3 @@ class _ParallelImport:
                 continue  # already gone
             destroy_vdi(self.session, str(ref))
         journal.remove()
-
-
-# -- the per-disk building blocks (parallel import, parallel migrate) -------------------------
-
-
-def create_vdi(session: Session, sr_ref: str, disk: DiskInfo, *, description: str = "") -> tuple[str, str]:
-    """`VDI.create` an empty VDI for `disk` in SR `sr_ref`; its (ref, uuid).
-
-    A new VDI reads as zeros, so a chunked upload (§3.6) needs to send only the non-zero data.
-    Only the disk's name, size and type are used (`xapi.vdi` passes a bare `DiskInfo`).
-    """
-    ref = str(
-        session.call(
-            "VDI.create",
-            {
-                "name_label": disk.name_label,
-                "name_description": description,
-                "SR": sr_ref,
-                "virtual_size": str(disk.virtual_size),  # 64-bit ints go as strings (§1.4)
-                "type": disk.vdi_type or "user",
-                "sharable": False,
-                "read_only": False,
-                "other_config": {},
-                "xenstore_data": {},
-                "sm_config": {},
-                "tags": [],
-            },
-        )
-    )
-    return ref, str(session.call("VDI.get_uuid", ref))
-
-
-def import_metadata(
-    session: Session,
-    ova_xml: bytes,
-    vdi_map: Mapping[str, str],
-    *,
-    restore: bool = False,
-    force: bool = False,
-) -> tuple[str, str]:
-    """`PUT /import_metadata` of `ova_xml` whose disks are VDIs already on the host; (ref, uuid).
-
-    `vdi_map` maps each source VDI uuid of the document to the uuid of the VDI holding its data
-    (`vdi:<source uuid>=<target uuid>`, §3.4).
-    """
-    from xvatool.xapi.tasks import managed_task, task_reason, wait_task
-    from xvatool.xapi.transfer import upload
-    from xvatool.xva.assemble import ova_xml_tar
-
-    tar = ova_xml_tar(ova_xml)
-    params = _flags(restore, force)
-    params.update({f"vdi:{source}": target for source, target in vdi_map.items()})
-    with managed_task(session, "xvatool import_metadata") as task:
-        with task_reason(session, task):
-            upload(session, "/import_metadata", params, lambda: [tar], length=len(tar), task=task)
-        result = wait_task(session, task)
-    return _vm_of_result(session, result)
