@@ -7,7 +7,8 @@ test can set up exactly the disks and VMs it needs and look at what the client l
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 from xvatool.sim.records import vm_record
 from xvatool.sim.testing import RunningHost
@@ -77,3 +78,14 @@ def tasks(sim: RunningHost, status: str | None = None) -> list[str]:
     """Tasks still on the host (with this status, if given)."""
     state = sim.host.state
     return [t for t in state.refs("task") if status is None or state.field("task", t, "status") == status]
+
+
+def eventually(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    """Whether `predicate` becomes true within `timeout_s`: the host finishes some work on its own
+    time (a task destroyed while pending goes once its handler has noticed the broken transfer)."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True

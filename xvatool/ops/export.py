@@ -172,24 +172,30 @@ def export_vm(
     with export_source(session, found, snapshot=snapshot, retry=retry) as source:
         snapshotted = source.ref != found.ref
         if mode == "stream":
-            written, digests = _export_stream_file(session, source, out, compression, retry, progress, digest)
+            job = _Job(session, source, out, compression, retry, progress)
+            written, digests = _export_stream_file(job, digest)
             return ExportResult(out, found.uuid, mode, compression, written, snapshotted, digest=digests)
-        job = _ParallelExport(session, source, out, compression, retry, progress, snapshotted=snapshotted)
-        disks, written, resumed, digests = job.run(resume=resume, digest=digest)
+        parallel = _ParallelExport(_Job(session, source, out, compression, retry, progress), snapshotted)
+        disks, written, resumed, digests = parallel.run(resume=resume, digest=digest)
         return ExportResult(out, found.uuid, mode, compression, written, snapshotted, disks, resumed, digests)
 
 
-def _export_stream_file(
-    session: Session,
-    source: VmRef,
-    out: Path,
-    compression: Compression,
-    retry: RetryPolicy,
-    progress: Progress | None,
-    digest: bool,
-) -> tuple[int, ArchiveDigest | None]:
+@dataclass(frozen=True)
+class _Job:
+    """What one export is: from where, to where, how."""
+
+    session: Session
+    source: VmRef
+    out: Path
+    compression: Compression
+    retry: RetryPolicy
+    progress: Progress | None
+
+
+def _export_stream_file(job: _Job, digest: bool) -> tuple[int, ArchiveDigest | None]:
     """Stream mode: `GET /export` teed into the output's temporary file while the reader verifies it."""
-    bars = ProgressGroup(progress)
+    session, source, out, compression = job.session, job.source, job.out, job.compression
+    bars = ProgressGroup(job.progress)
     total = bars.new("total", None)
 
     def attempt() -> tuple[int, ArchiveDigest | None]:
@@ -210,7 +216,7 @@ def _export_stream_file(
             return tee.count, digests.result(tee.count, reader.compression, reader.metadata)
 
     try:
-        return retry.run(attempt, what=f"export of {source.uuid}")
+        return job.retry.run(attempt, what=f"export of {source.uuid}")
     finally:
         bars.close()
 
@@ -260,26 +266,16 @@ def export_stream(
 class _ParallelExport:
     """Parallel mode: metadata, every disk at once into spools, then assembly into OUT."""
 
-    def __init__(
-        self,
-        session: Session,
-        source: VmRef,
-        out: Path,
-        compression: Compression,
-        retry: RetryPolicy,
-        progress: Progress | None,
-        *,
-        snapshotted: bool,
-    ) -> None:
-        self.session = session
-        self.source = source
-        self.out = out
-        self.compression: Compression = compression
-        self.retry = retry
-        self.progress = progress
+    def __init__(self, job: _Job, snapshotted: bool) -> None:
+        self.session = job.session
+        self.source = job.source
+        self.out = job.out
+        self.compression: Compression = job.compression
+        self.retry = job.retry
+        self.progress = job.progress
         self.snapshotted = snapshotted
-        self.journal_path = export_journal_path(out)
-        self.spool_dir = out.with_name(out.name + ".part.d")
+        self.journal_path = export_journal_path(job.out)
+        self.spool_dir = job.out.with_name(job.out.name + ".part.d")
 
     def run(self, *, resume: bool, digest: bool) -> tuple[list[ExportedDisk], int, int, ArchiveDigest | None]:
         """Returns (disks, bytes written, disks reused from a previous run, digests if asked)."""
