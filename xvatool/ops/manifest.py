@@ -222,30 +222,44 @@ class ArchiveDigest:
 
 
 class _HashThread:
-    """One thread hashing what is put on its bounded queue, in order; errors go back to the producer."""
+    """One thread hashing copies of what it is given, in order; errors go back to the producer.
 
-    QUEUE_ITEMS = 8
-    """Pieces (of at most 1 MiB) waiting to be hashed: the memory this may hold."""
+    The copies go into `BUFFERS` reused 1 MiB buffers (a fresh 1 MiB object per piece would
+    cost a page fault per 4 KiB, more than the copy), so the memory held stays fixed.
+    """
 
-    def __init__(self, consume: Callable[[str, int, bytes], None], name: str) -> None:
+    BUFFERS = 4
+    BUFFER_SIZE = 1 << 20
+
+    def __init__(self, consume: Callable[[str, int, memoryview], None], name: str) -> None:
         self._consume = consume
-        self._queue: queue.Queue[tuple[str, int, bytes] | None] = queue.Queue(self.QUEUE_ITEMS)
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        for _ in range(self.BUFFERS):
+            self._free.put(bytearray(self.BUFFER_SIZE))
+        self._queue: queue.SimpleQueue[tuple[str, int, bytearray, int] | None] = queue.SimpleQueue()
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._thread.start()
 
-    def put(self, key: str, offset: int, data: bytes) -> None:
-        if self.error is not None:
-            raise self.error
-        self._queue.put((key, offset, data))
+    def put(self, key: str, offset: int, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        for start in range(0, len(view), self.BUFFER_SIZE):
+            piece = view[start : start + self.BUFFER_SIZE]
+            if self.error is not None:
+                raise self.error
+            buffer = self._free.get()  # waits while every buffer is queued: bounded memory
+            buffer[: len(piece)] = piece
+            self._queue.put((key, offset + start, buffer, len(piece)))
 
     def _work(self) -> None:
         while (item := self._queue.get()) is not None:
+            key, offset, buffer, length = item
             if self.error is None:  # after an error, keep draining so the producer never blocks
                 try:
-                    self._consume(*item)
+                    self._consume(key, offset, memoryview(buffer)[:length])
                 except BaseException as exc:  # handed to the producer
                     self.error = exc
+            self._free.put(buffer)
 
     def finish(self) -> None:
         if self._thread.is_alive():
@@ -259,8 +273,8 @@ class InFlightDigest:
     """A manifest's digests computed while an export streams, on threads of their own.
 
     `update(data)` takes the archive's bytes in order (pass the object as a `TeeReader` hasher),
-    `chunk(chunk)` the reader's verified chunks. Each copies what it gets onto a bounded queue:
-    one thread hashes the archive, one the disks (hashlib releases the GIL), so the SHA-256 work
+    `chunk(chunk)` the reader's verified chunks. Each copies what it gets into a few reused
+    buffers: one thread hashes the archive, one the disks (hashlib releases the GIL), so the work
     overlaps the transfer and each other instead of following them, and nothing is read twice.
     `result(...)` waits for the queues and builds the `ArchiveDigest`; use the object as a
     context manager so the threads always end. Example::
@@ -283,12 +297,12 @@ class InFlightDigest:
 
     def update(self, data: bytes | bytearray | memoryview, /) -> None:
         """Archive bytes, in order."""
-        self._archive_thread.put("", 0, bytes(data))
+        self._archive_thread.put("", 0, data)
 
     def chunk(self, chunk: Chunk) -> None:
         """A verified chunk: `chunk.data` at `chunk.offset` of its disk."""
         self._kinds.add(chunk.checksum_kind)
-        self._disk_thread.put(chunk.disk.id, chunk.offset, bytes(chunk.data))
+        self._disk_thread.put(chunk.disk.id, chunk.offset, chunk.data)
 
     def hexdigest(self) -> str:
         """The archive's SHA-256 of what was passed so far (waits for the queue; ends the thread)."""
