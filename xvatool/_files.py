@@ -54,10 +54,12 @@ class AtomicFile:
     `file` is open for reading and writing (``w+b``), so random writes (`os.pwrite` on
     `fileno()`), `truncate` and reads all work. `overwrite=False` refuses an existing `path`, also
     when it appears while the file is being written (the final step is a no-clobber `link`).
+    `durable=False` skips the fsyncs, for intermediate files that are checked before any reuse
+    (a parallel export's per-disk spools, re-hashed against their journal): still atomic, still
+    never through a planted link, but a crash may lose them.
     `abort()` (or an exception leaving the block) removes the temporary file and leaves `path`
-    untouched. ``sync=False`` skips both fsyncs: the rename stays atomic, and the caller makes a
-    batch of such files durable at once (the repository's chunks, before their snapshot is
-    committed). Example::
+    untouched. The repository writes its chunks with `durable=False` too and makes the batch
+    durable at once (`syncfs`) before their snapshot is committed. Example::
 
         with AtomicFile(out) as f:
             f.file.write(data)
@@ -69,12 +71,12 @@ class AtomicFile:
         *,
         mode: int = DEFAULT_FILE_MODE,
         overwrite: bool = True,
-        sync: bool = True,
+        durable: bool = True,
     ) -> None:
         self.path = Path(path)
         self.mode = mode
-        self.sync = sync
         self.overwrite = overwrite
+        self.durable = durable
         if not overwrite and self.path.exists():
             raise LocalIOError("already exists (use --force to replace it)", path=str(self.path))
         folder = self.path.parent
@@ -97,7 +99,7 @@ class AtomicFile:
         try:
             self.file.flush()
             os.fchmod(self.file.fileno(), self.mode)
-            if self.sync:
+            if self.durable:
                 os.fsync(self.file.fileno())
             self.file.close()
             if self.overwrite:
@@ -111,7 +113,7 @@ class AtomicFile:
             if exc.errno == errno.EEXIST:
                 raise LocalIOError("already exists (use --force to replace it)", path=str(self.path)) from exc
             raise _local_error(exc, self.path) from exc
-        if self.sync:
+        if self.durable:
             fsync_dir(self.path.parent)
         return self.path
 
@@ -137,7 +139,11 @@ class AtomicFile:
 
 @contextmanager
 def atomic_output(
-    path: str | os.PathLike[str], *, mode: int = DEFAULT_FILE_MODE, overwrite: bool = True
+    path: str | os.PathLike[str],
+    *,
+    mode: int = DEFAULT_FILE_MODE,
+    overwrite: bool = True,
+    durable: bool = True,
 ) -> Iterator[IO[bytes]]:
     """A binary file that replaces `path` when the block ends cleanly, and is removed otherwise.
 
@@ -146,13 +152,15 @@ def atomic_output(
         with atomic_output(Path("vm.xva")) as out:
             write_xva(out, metadata, sources)
     """
-    with AtomicFile(path, mode=mode, overwrite=overwrite) as atomic:
+    with AtomicFile(path, mode=mode, overwrite=overwrite, durable=durable) as atomic:
         yield atomic.file
 
 
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, *, mode: int = DEFAULT_FILE_MODE) -> None:
-    """Replace `path` with `data` atomically and durably (manifests, journals, state files)."""
-    with atomic_output(path, mode=mode) as out:
+def write_bytes_atomic(
+    path: str | os.PathLike[str], data: bytes, *, mode: int = DEFAULT_FILE_MODE, durable: bool = True
+) -> None:
+    """Replace `path` with `data` atomically (and durably unless told: manifests, state files)."""
+    with atomic_output(path, mode=mode, durable=durable) as out:
         out.write(data)
 
 

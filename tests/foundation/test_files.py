@@ -90,3 +90,13 @@ def test_file_sha256(tmp_path: Path):
     assert file_sha256(path) == (hashlib.sha256(b"a" * (3 << 20)).hexdigest(), 3 << 20)
     with pytest.raises(LocalIOError):
         file_sha256(tmp_path / "nope")
+
+
+@pytest.mark.parametrize(("durable", "fsyncs"), [(True, 2), (False, 0)])
+def test_durable_fsyncs_the_file_and_its_folder(tmp_path: Path, monkeypatch, durable, fsyncs):
+    calls: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real(fd)))
+    write_bytes_atomic(tmp_path / "j.json", b"{}", durable=durable)
+    assert len(calls) == fsyncs
+    assert (tmp_path / "j.json").read_bytes() == b"{}" and temp_files_of(tmp_path) == []

@@ -9,10 +9,11 @@ import pytest
 
 from tests.progress import RecordingProgress
 from tests.retry import instant
-from xvatool._files import temp_files_of
+from xvatool._files import AtomicFile, temp_files_of
 from xvatool._streams import TeeReader
 from xvatool.errors import ChecksumError, FormatError, TransferError, TruncatedError
 from xvatool.ops.export import transport_errors
+from xvatool.ops.spools import assemble_by_copy
 from xvatool.xva.assemble import assemble_xva, ova_xml_tar, read_ova_xml_tar
 from xvatool.xva.disk import CHUNK_SIZE, BytesSource, is_zero
 from xvatool.xva.reader import XvaReader, read_disk_stream
@@ -190,6 +191,26 @@ def test_assembly_equals_the_writer_output(tmp_path, compression):
         got[chunk.disk.id][chunk.offset : chunk.offset + len(chunk.data)] = chunk.data
     for disk in disks:
         assert bytes(got[disk.id]) == datas[int(disk.name_label[4:])]
+    if compression == "none":  # the kernel-copy assembly writes the very same bytes
+        with AtomicFile(tmp_path / "copied.xva") as output:
+            assert assemble_by_copy(output, metadata.to_bytes(), spools) == written
+        assert (tmp_path / "copied.xva").read_bytes() == expected.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("damage", "match"),
+    [
+        (lambda raw: raw[:-1024], "end marker"),  # no end marker
+        (lambda raw: b"x" * 512 + raw[512:], "bad tar header"),
+        (lambda raw: v7_header("zzz/00000000", MiB) + raw[512:], "unexpected member"),
+    ],
+)
+def test_assembly_by_copy_refuses_a_damaged_spool(tmp_path, damage, match):
+    spool = tmp_path / "d.tar"
+    spool.write_bytes(damage(vdi_tar(disk_bytes(2 * MiB, 3))))
+    with pytest.raises(FormatError, match=match), AtomicFile(tmp_path / "out.xva") as output:
+        assemble_by_copy(output, b"<value/>", [("Ref:1", spool)])
+    assert not (tmp_path / "out.xva").exists()
 
 
 # -- against the simulated host -----------------------------------------------------------------
@@ -200,6 +221,7 @@ from pathlib import Path  # noqa: E402
 
 from xvatool.errors import ResumeError, UsageError, XapiError  # noqa: E402
 from xvatool.ops.export import export_stream, export_vm  # noqa: E402
+from xvatool.ops.manifest import digest_archive  # noqa: E402
 from xvatool.xapi.journal import export_journal_path  # noqa: E402
 from xvatool.xapi.session import connect  # noqa: E402
 from xvatool.xva.reader import open_archive  # noqa: E402
@@ -287,7 +309,32 @@ def test_stream_and_parallel_exports_have_identical_disks(sim, tmp_path):
         export_vm(s, "demo-vm", tmp_path / "a.xva", mode="stream")
         result = export_vm(s, "demo-vm", tmp_path / "b.xva", mode="parallel")
     assert archive_disk_digests(tmp_path / "a.xva") == archive_disk_digests(tmp_path / "b.xva")
-    assert len(result.disks) == 2 and all(len(d.sha256) == 64 for d in result.disks)
+    assert len(result.disks) == 2 and all(len(d.spool_digest) == 32 for d in result.disks)  # XXH3-128
+    assert result.digest is None  # not asked for
+
+
+@pytest.mark.parametrize("mode", ["stream", "parallel"])
+@pytest.mark.parametrize("compression", ["none", "zstd"])
+def test_digests_computed_in_flight_equal_a_pass_over_the_file(sim, tmp_path, mode, compression):
+    """What a backup manifest records comes from the transfer, and is what reading the file gives."""
+    out = tmp_path / "vm.xva"
+    with session_of(sim) as s:
+        result = export_vm(s, "demo-vm", out, mode=mode, compression=compression, digest=True)
+    assert result.digest == digest_archive(out)
+    assert result.digest.size == out.stat().st_size == result.bytes_written
+    by_device = {d.userdevice: d.sha256 for d in result.digest.disks}
+    assert by_device == host_disk_digests(sim, sim.host.vm("demo-vm"))
+
+
+def test_parallel_digests_of_a_resumed_disk_come_from_its_spool(sim, tmp_path):
+    out = tmp_path / "vm.xva"
+    with session_of(sim) as s:
+        sim.host.add_fault("export_raw_vdi:drop-after=1MiB")
+        with pytest.raises(TransferError):
+            export_vm(s, "demo-vm", out, mode="parallel", retry=instant(0))
+        result = export_vm(s, "demo-vm", out, mode="parallel", resume=True, digest=True)
+    assert result.resumed_disks == 1
+    assert result.digest == digest_archive(out)
 
 
 def test_running_vm_is_exported_through_a_snapshot_that_is_removed(sim, tmp_path):

@@ -2,10 +2,11 @@
 
 For each selected VM, in its own thread with its own session (sessions are not thread-safe):
 export it (the export layer snapshots a running VM and destroys the snapshot afterwards,
-xapi-protocol.md §5 item 12), write ``DEST/<name>-<uuid8>/<stamp>.xva``, verify every chunk of the
-written file while computing the archive sha256 and each disk's sha256 (`manifest.digest_archive`),
-write the manifest last and atomically, then apply retention in that VM's folder. A failing VM is
-recorded in the report and does not stop the others; its partial files are removed.
+xapi-protocol.md §5 item 12) into ``DEST/<name>-<uuid8>/<stamp>.xva``, verifying every chunk and
+computing the archive's sha256 and each disk's while the bytes stream (`export_vm(digest=True)`:
+the archive is never read again), write the manifest last and atomically, then apply retention
+in that VM's folder. A failing VM is recorded in the report and does not stop the others; its
+partial files are removed.
 
 Layout::
 
@@ -45,7 +46,7 @@ from xvatool._retry import DEFAULT_RETRY, RetryPolicy
 from xvatool._types import Compression
 from xvatool.errors import LocalIOError, UsageError, XvatoolError
 from xvatool.ops.export import export_vm
-from xvatool.ops.manifest import ARCHIVE_SUFFIX, Manifest, digest_archive, manifest_path_for, write_manifest
+from xvatool.ops.manifest import ARCHIVE_SUFFIX, Manifest, manifest_path_for, write_manifest
 from xvatool.ops.retention import apply_retention, incomplete_files
 from xvatool.xapi.session import Session
 from xvatool.xapi.vms import VmRef, find_vm
@@ -301,9 +302,12 @@ class _BackupJob:
                 source = _source_info(session)
                 exported = export_vm(
                     session, vm.uuid, archive, mode=self.mode, compression=self.compression,
-                    snapshot="auto", retry=self.retry, progress=labelled(self.progress, vm.name_label),
+                    snapshot="auto", retry=self.retry, digest=True,
+                    progress=labelled(self.progress, vm.name_label),
                 )  # fmt: skip
-            digest = digest_archive(archive)
+            digest = exported.digest
+            assert digest is not None  # asked for
+
             finished_at = dt.datetime.now(dt.UTC)
             manifest = Manifest(
                 archive=archive.name,

@@ -9,10 +9,11 @@ compressed bytes are written.
 `parallel` mode asks `GET /export_metadata` (export_snapshots=false, §3.2) for the host's ova.xml
 and fetches every disk at once with `GET /export_raw_vdi?format=tar` (§3.5). Each `vdi/` tar
 stream (xva-format.md §3.5) is verified chunk by chunk as it arrives and spooled to
-`OUT.part.d/<disk>.tar` (`xva.reader.read_disk_stream`); when all disks are there they are
-assembled into a standard XVA (`xva.assemble`). The host offers no ranges (§4), so resuming is
-per disk: the journal `OUT.xvatool-journal.json` marks a disk (by VDI uuid) done with the SHA-256
-of its spool, and `--resume` re-hashes the spools and fetches only the rest.
+`OUT.part.d/<disk>.tar`; when all disks are there they are assembled into a standard XVA
+(`ops.spools.assemble_by_copy`: new member headers, the data copied by the kernel). The host
+offers no ranges (§4), so resuming is per disk: the journal `OUT.xvatool-journal.json` marks a
+disk (by VDI uuid) done with the XXH3-128 of its spool, and `--resume` re-hashes the spools and
+fetches only the rest.
 
 Example::
 
@@ -22,10 +23,10 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
-import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,7 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal
 
-from xvatool._files import AtomicFile, atomic_output, file_sha256, remove_tree
+import xxhash
+
+from xvatool._files import AtomicFile, atomic_output, remove_tree
 from xvatool._progress import Progress, ProgressGroup
 from xvatool._retry import DEFAULT_RETRY, RetryPolicy
 from xvatool._streams import TeeReader
@@ -48,7 +51,9 @@ from xvatool.errors import (
     UsageError,
     location_context,
 )
+from xvatool.ops.manifest import ArchiveDigest, DiskDigester, InFlightDigest, archive_digest
 from xvatool.ops.parallel import run_parallel, stop_check
+from xvatool.ops.spools import DiskDigests, assemble_by_copy, spool_digest, spool_name
 from xvatool.xapi.journal import Journal, export_journal_path
 from xvatool.xapi.session import Session
 from xvatool.xapi.tasks import managed_task, task_reason, wait_task
@@ -56,8 +61,9 @@ from xvatool.xapi.transfer import open_download
 from xvatool.xapi.vmdata import open_export, open_metadata_export
 from xvatool.xapi.vms import SnapshotPolicy, VmRef, export_source, find_vm
 from xvatool.xva.assemble import assemble_xva, read_ova_xml_tar
+from xvatool.xva.checksum import Hasher
 from xvatool.xva.ovaxml import DiskInfo, Metadata
-from xvatool.xva.reader import XvaReader, read_disk_stream
+from xvatool.xva.reader import XvaReader
 
 __all__ = [
     "ExportResult",
@@ -72,6 +78,7 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 TransferMode = Literal["stream", "parallel"]
+SPOOL_READ_SIZE = 1 << 20
 
 
 # -- export to a file -------------------------------------------------------------------------
@@ -79,12 +86,14 @@ TransferMode = Literal["stream", "parallel"]
 
 @dataclass(frozen=True)
 class ExportedDisk:
-    """One disk of a parallel export: id in the archive, source VDI, spool digest."""
+    """One disk of a parallel export: id in the archive, source VDI, and the XXH3-128 digest of
+    its `vdi/` stream as spooled (what the journal re-checks on `--resume`).
+    """
 
     id: str
     vdi_uuid: str
     virtual_size: int
-    sha256: str
+    spool_digest: str
 
 
 @dataclass(frozen=True)
@@ -99,6 +108,8 @@ class ExportResult:
     snapshot_used: bool
     disks: list[ExportedDisk] = field(default_factory=list)
     resumed_disks: int = 0
+    digest: ArchiveDigest | None = None
+    """The archive's SHA-256 and each disk's, computed in flight (`export_vm(digest=True)`)."""
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -132,13 +143,16 @@ def export_vm(
     snapshot: SnapshotPolicy = "auto",
     retry: RetryPolicy = DEFAULT_RETRY,
     resume: bool = False,
+    digest: bool = False,
     progress: Progress | None = None,
 ) -> ExportResult:
     """Export VM `vm` (uuid or unique name) to the XVA file `out_path`, verified.
 
     The file appears only when complete and verified. A running VM is exported through a
     snapshot destroyed afterwards. Transient failures are retried as `retry` allows, each
-    attempt resuming what the previous ones completed. Example::
+    attempt resuming what the previous ones completed. `digest` also computes, while the bytes
+    stream, the SHA-256 of the archive and of each disk (`ExportResult.digest`, what a backup
+    manifest records), so the file is never read again for them. Example::
 
         with connect(url, "root", password) as host:
             export_vm(host, "web-01", "web-01.xva", mode="parallel", compression="zstd")
@@ -158,57 +172,66 @@ def export_vm(
     with export_source(session, found, snapshot=snapshot, retry=retry) as source:
         snapshotted = source.ref != found.ref
         if mode == "stream":
-            written = _export_stream_file(session, source, out, compression, retry, progress)
-            return ExportResult(out, found.uuid, mode, compression, written, snapshotted)
-        job = _ParallelExport(session, source, out, compression, retry, progress, snapshotted=snapshotted)
-        disks, written, resumed = job.run(resume=resume)
-        return ExportResult(out, found.uuid, mode, compression, written, snapshotted, disks, resumed)
+            job = _Job(session, source, out, compression, retry, progress)
+            written, digests = _export_stream_file(job, digest)
+            return ExportResult(out, found.uuid, mode, compression, written, snapshotted, digest=digests)
+        parallel = _ParallelExport(_Job(session, source, out, compression, retry, progress), snapshotted)
+        disks, written, resumed, digests = parallel.run(resume=resume, digest=digest)
+        return ExportResult(out, found.uuid, mode, compression, written, snapshotted, disks, resumed, digests)
 
 
-def _verify_xva_stream(tee: TeeReader, *, source: str) -> None:
-    """Parse an XVA stream to its end, verifying every chunk, then read what follows the tar."""
-    with transport_errors(tee):
-        reader = XvaReader(tee, source=source)
-        for _chunk in reader.chunks():
-            pass
-        tee.drain()
+@dataclass(frozen=True)
+class _Job:
+    """What one export is: from where, to where, how."""
+
+    session: Session
+    source: VmRef
+    out: Path
+    compression: Compression
+    retry: RetryPolicy
+    progress: Progress | None
 
 
-def _export_stream_file(
-    session: Session,
-    source: VmRef,
-    out: Path,
-    compression: Compression,
-    retry: RetryPolicy,
-    progress: Progress | None,
-) -> int:
+def _export_stream_file(job: _Job, digest: bool) -> tuple[int, ArchiveDigest | None]:
     """Stream mode: `GET /export` teed into the output's temporary file while the reader verifies it."""
-    bars = ProgressGroup(progress)
+    session, source, out, compression = job.session, job.source, job.out, job.compression
+    bars = ProgressGroup(job.progress)
     total = bars.new("total", None)
 
-    def attempt() -> int:
+    def attempt() -> tuple[int, ArchiveDigest | None]:
         with (
             atomic_output(out, overwrite=False) as fh,
             open_export(session, source.uuid, compression=compression) as body,
+            InFlightDigest() if digest else contextlib.nullcontext() as digests,
         ):
-            tee = TeeReader(body, _FileSink(fh, out), progress=total.update)
-            _verify_xva_stream(tee, source=f"{session.url}/export")
-            return tee.count
+            tee = TeeReader(body, _FileSink(fh, out), hasher=digests, progress=total.update)
+            with transport_errors(tee):
+                reader = XvaReader(tee, source=f"{session.url}/export")
+                for chunk in reader.chunks():
+                    if digests is not None:
+                        digests.chunk(chunk)
+                tee.drain()  # what follows the tar, so the copy holds everything the host sent
+            if digests is None:
+                return tee.count, None
+            return tee.count, digests.result(tee.count, reader.compression, reader.metadata)
 
     try:
-        return retry.run(attempt, what=f"export of {source.uuid}")
+        return job.retry.run(attempt, what=f"export of {source.uuid}")
     finally:
         bars.close()
 
 
 class _FileSink:
-    """Writes to a file, turning OSError into LocalIOError naming the path."""
+    """Writes to a file (hashing what it writes, if asked), turning OSError into LocalIOError."""
 
-    def __init__(self, fh: IO[bytes], path: Path) -> None:
+    def __init__(self, fh: IO[bytes], path: Path, *, hasher: Hasher | None = None) -> None:
         self._fh = fh
         self._path = path
+        self._hasher = hasher
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
+        if self._hasher is not None:
+            self._hasher.update(data)
         try:
             return self._fh.write(data)
         except OSError as exc:
@@ -243,29 +266,19 @@ def export_stream(
 class _ParallelExport:
     """Parallel mode: metadata, every disk at once into spools, then assembly into OUT."""
 
-    def __init__(
-        self,
-        session: Session,
-        source: VmRef,
-        out: Path,
-        compression: Compression,
-        retry: RetryPolicy,
-        progress: Progress | None,
-        *,
-        snapshotted: bool,
-    ) -> None:
-        self.session = session
-        self.source = source
-        self.out = out
-        self.compression: Compression = compression
-        self.retry = retry
-        self.progress = progress
+    def __init__(self, job: _Job, snapshotted: bool) -> None:
+        self.session = job.session
+        self.source = job.source
+        self.out = job.out
+        self.compression: Compression = job.compression
+        self.retry = job.retry
+        self.progress = job.progress
         self.snapshotted = snapshotted
-        self.journal_path = export_journal_path(out)
-        self.spool_dir = out.with_name(out.name + ".part.d")
+        self.journal_path = export_journal_path(job.out)
+        self.spool_dir = job.out.with_name(job.out.name + ".part.d")
 
-    def run(self, *, resume: bool) -> tuple[list[ExportedDisk], int, int]:
-        """Returns (disks, bytes written, disks reused from a previous run)."""
+    def run(self, *, resume: bool, digest: bool) -> tuple[list[ExportedDisk], int, int, ArchiveDigest | None]:
+        """Returns (disks, bytes written, disks reused from a previous run, digests if asked)."""
         source = self.source
         ova_xml = self.retry.run(
             lambda: fetch_metadata(self.session, source), what=f"metadata of {source.uuid}"
@@ -278,40 +291,53 @@ class _ParallelExport:
         disks = metadata.disks
         journal = self._journal(metadata, resume)
         self._make_spool_dir()
-        digests: dict[str, str] = {}
+        spool_digests: dict[str, str] = {}
         todo: list[DiskInfo] = []
         for disk in disks:
             record = journal.disk(disk.vdi_uuid)
             spool = self.spool_dir / spool_name(disk)
             if record is not None and record.done and record.digest and spool.is_file():
-                if file_sha256(spool)[0] == record.digest:  # re-check what the journal claims
-                    digests[disk.vdi_uuid] = record.digest
+                if spool_digest(spool) == record.digest:  # re-check what the journal claims
+                    spool_digests[disk.vdi_uuid] = record.digest
                     continue
                 _log.warning(
                     "spool of VDI %s does not match its journal digest; fetching it again", disk.vdi_uuid
                 )
-            journal.set_disk(disk.vdi_uuid, size=disk.virtual_size)
-            journal.reset_disk(disk.vdi_uuid)
             todo.append(disk)
+        journal.reset_disks({disk.vdi_uuid: disk.virtual_size for disk in todo})
+        disk_digests = DiskDigests(self.spool_dir) if digest else None
         bars = ProgressGroup(self.progress)
         total = bars.new("total", None)
         stop = threading.Event()
         jobs = [
-            self._disk_fetcher(disk, journal, stop_check(bars.new(disk.id, None, also=total).update, stop))
+            self._disk_fetcher(
+                disk, journal, stop_check(bars.new(disk.id, None, also=total).update, stop), disk_digests
+            )
             for disk in todo
         ]
         try:
-            for disk, digest in zip(todo, run_parallel(jobs, stop=stop), strict=True):
-                digests[disk.vdi_uuid] = digest
+            for disk, fetched in zip(todo, run_parallel(jobs, stop=stop), strict=True):
+                spool_digests[disk.vdi_uuid] = fetched
         finally:
             bars.close()
         spools = [(d.id, self.spool_dir / spool_name(d)) for d in disks]
-        with atomic_output(self.out, overwrite=False) as fh:
-            written = assemble_xva(_FileSink(fh, self.out), ova_xml, spools, compression=self.compression)
+        archive_hash = hashlib.sha256() if digest else None
+        with AtomicFile(self.out, overwrite=False) as output:
+            if self.compression == "none" and archive_hash is None:
+                written = assemble_by_copy(output, ova_xml, spools)  # the data stays in the kernel
+            else:  # the bytes pass through here anyway: to be compressed, or hashed
+                sink = _FileSink(output.file, self.out, hasher=archive_hash)
+                written = assemble_xva(sink, ova_xml, spools, compression=self.compression)
+        digests = None
+        if disk_digests is not None and archive_hash is not None:
+            by_id = {d.id: disk_digests.of(d) for d in disks}
+            digests = archive_digest(
+                archive_hash.hexdigest(), written, self.compression, metadata, by_id, disk_digests.kinds
+            )
         journal.remove()
         remove_tree(self.spool_dir)
-        exported = [ExportedDisk(d.id, d.vdi_uuid, d.virtual_size, digests[d.vdi_uuid]) for d in disks]
-        return exported, written, len(disks) - len(todo)
+        exported = [ExportedDisk(d.id, d.vdi_uuid, d.virtual_size, spool_digests[d.vdi_uuid]) for d in disks]
+        return exported, written, len(disks) - len(todo), digests
 
     def _journal(self, metadata: Metadata, resume: bool) -> Journal:
         key = {
@@ -345,7 +371,11 @@ class _ParallelExport:
             ) from exc
 
     def _disk_fetcher(
-        self, disk: DiskInfo, journal: Journal, update: Callable[[int], None]
+        self,
+        disk: DiskInfo,
+        journal: Journal,
+        update: Callable[[int], None],
+        disk_digests: DiskDigests | None,
     ) -> Callable[[], str]:
         """A job fetching one disk into its spool, verified, retried; journals it done."""
         session = self.session
@@ -354,10 +384,11 @@ class _ParallelExport:
         spool = self.spool_dir / spool_name(disk)
 
         def attempt() -> str:
-            hasher = hashlib.sha256()
+            hasher = xxhash.xxh3_128()
+            digester = DiskDigester() if disk_digests is not None else None
             with (
                 managed_task(session, f"xvatool export_raw_vdi {disk.vdi_uuid}") as task,
-                AtomicFile(spool) as output,
+                AtomicFile(spool, durable=False) as output,  # re-hashed before any reuse
             ):
                 with (
                     task_reason(session, task),
@@ -365,10 +396,15 @@ class _ParallelExport:
                 ):
                     tee = TeeReader(body, _FileSink(output.file, spool), hasher=hasher, progress=update)
                     with transport_errors(tee):
-                        read_disk_stream(tee, size=disk.virtual_size, source=where)
+                        reader = XvaReader.for_disk_stream(tee, size=disk.virtual_size, source=where)
+                        for chunk in reader.chunks():
+                            if digester is not None:  # on this disk's thread: disks hash in parallel
+                                digester.feed(disk.id, chunk.offset, chunk.data)
                         tee.drain()
                 wait_task(session, task)
                 output.commit()
+            if digester is not None and disk_digests is not None:
+                disk_digests.add(disk, digester.digest(disk.id, disk.virtual_size), reader.checksum_kinds)
             digest = hasher.hexdigest()
             journal.mark_disk_done(disk.vdi_uuid, digest)
             return digest
@@ -413,14 +449,6 @@ def transport_errors(tee: TeeReader) -> Iterator[None]:
         if INLINE_ERROR_MARK in tee.tail:
             raise TransferError(f"host reported an error inside the stream: {exc}") from exc
         raise
-
-
-def spool_name(disk: DiskInfo) -> str:
-    """A file name for a disk's spool: its VDI uuid, with anything but letters, digits, - replaced.
-
-    Not the disk id: `Ref:n` ids are made up afresh by every metadata export (§3.7).
-    """
-    return re.sub(r"[^A-Za-z0-9-]", "_", disk.vdi_uuid) + ".tar"
 
 
 def disks_key(metadata: Metadata) -> str:

@@ -130,20 +130,36 @@ def import_stream(
     sr: str | None = None,
     restore: bool = False,
     force: bool = False,
-    progress: ProgressBar | None = None,
-    progress_total: int = 100,
+    progress: Progress | None = None,
 ) -> ImportResult:
     """One `PUT /import` of an XVA body (plain, gzip or zstd) into SR uuid `sr` (default SR if None).
 
-    `length=None` sends a live body of unknown length (`xapi.vmdata.import_xva`). `progress`
-    follows the host's task, scaled to `progress_total`. Not retried here: the caller owns the
-    body. Example::
+    `length=None` sends a live body of unknown length (`xapi.vmdata.import_xva`). `progress` gets
+    one bar, "import", that follows the host's task (in bytes of `length`, else in percent). Not
+    retried here: the caller owns the body. Example::
 
         with export_stream(src, "web-01") as body:
             import_stream(dst, lambda: iter(lambda: body.read(1 << 20), b""), None)
     """
-    ref, uuid = import_xva(session, body, length, sr_uuid=sr, restore=restore, force=force,
-                           progress=progress, progress_total=progress_total)  # fmt: skip
+    bars = ProgressGroup(progress)
+    try:
+        bar = bars.new("import", length if length is not None else 100)
+        return _import_xva(session, body, length, sr, restore, force, bar)
+    finally:
+        bars.close()
+
+
+def _import_xva(
+    session: Session,
+    body: BodyFactory,
+    length: int | None,
+    sr: str | None,
+    restore: bool,
+    force: bool,
+    bar: ProgressBar,
+) -> ImportResult:
+    ref, uuid = import_xva(session, body, length, sr_uuid=sr, restore=restore, force=force, progress=bar,
+                           progress_total=length if length is not None else 100)  # fmt: skip
     return ImportResult(vm_uuid=uuid, vm_ref=ref)
 
 
@@ -224,10 +240,9 @@ def import_vm(
             body = _file_body(path, bars.new("upload", size).update)
             host = bars.new("host", size)
             return retry.run(
-                lambda: import_stream(session, body, size, sr=sr_uuid, restore=restore, force=force,
-                                      progress=host, progress_total=size),
+                lambda: _import_xva(session, body, size, sr_uuid, restore, force, host),
                 what=f"import of {path}",
-            )  # fmt: skip
+            )
         return _ParallelImport(session, path, sr_ref, sr_uuid, retry, bars, segment_size).run(
             restore=restore, force=force, resume=resume, discard=discard
         )

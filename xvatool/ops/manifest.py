@@ -20,20 +20,25 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import queue
+import threading
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 from xvatool._files import file_sha256, write_bytes_atomic
 from xvatool._streams import LocalStream, TeeReader, open_local
 from xvatool._types import ChecksumKind, Compression
 from xvatool.errors import ChecksumError, FormatError, LocalIOError, UsageError, location_context
 from xvatool.xva.disk import CHUNK_SIZE, ZERO_CHUNK
-from xvatool.xva.ovaxml import DiskInfo
-from xvatool.xva.reader import XvaReader
+from xvatool.xva.ovaxml import DiskInfo, Metadata
+from xvatool.xva.reader import Chunk, XvaReader
 
 __all__ = [
     "ARCHIVE_SUFFIX",
@@ -43,6 +48,7 @@ __all__ = [
     "ArchiveDigest",
     "DiskDigest",
     "DiskDigester",
+    "InFlightDigest",
     "Manifest",
     "archive_digest",
     "digest_archive",
@@ -190,6 +196,10 @@ class DiskDigester:
         _hash_zeros(hasher, virtual_size - position)
         return str(hasher.hexdigest())
 
+    def digests(self, metadata: Metadata) -> dict[str, str]:
+        """The finished digest of every disk of `metadata`, by disk id."""
+        return {disk.id: self.digest(disk.id, disk.virtual_size) for disk in metadata.disks}
+
 
 def _hash_zeros(hasher: Any, count: int) -> None:
     while count > 0:
@@ -209,6 +219,111 @@ class ArchiveDigest:
     vm_uuid: str
     vm_name: str
     disks: list[DiskDigest]
+
+
+class _HashThread:
+    """One thread hashing copies of what it is given, in order; errors go back to the producer.
+
+    The copies go into `BUFFERS` reused 1 MiB buffers (a fresh 1 MiB object per piece would
+    cost a page fault per 4 KiB, more than the copy), so the memory held stays fixed.
+    """
+
+    BUFFERS = 4
+    BUFFER_SIZE = 1 << 20
+
+    def __init__(self, consume: Callable[[str, int, memoryview], None], name: str) -> None:
+        self._consume = consume
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        for _ in range(self.BUFFERS):
+            self._free.put(bytearray(self.BUFFER_SIZE))
+        self._queue: queue.SimpleQueue[tuple[str, int, bytearray, int] | None] = queue.SimpleQueue()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+
+    def put(self, key: str, offset: int, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        for start in range(0, len(view), self.BUFFER_SIZE):
+            piece = view[start : start + self.BUFFER_SIZE]
+            if self.error is not None:
+                raise self.error
+            buffer = self._free.get()  # waits while every buffer is queued: bounded memory
+            buffer[: len(piece)] = piece
+            self._queue.put((key, offset + start, buffer, len(piece)))
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            key, offset, buffer, length = item
+            if self.error is None:  # after an error, keep draining so the producer never blocks
+                try:
+                    self._consume(key, offset, memoryview(buffer)[:length])
+                except BaseException as exc:  # handed to the producer
+                    self.error = exc
+            self._free.put(buffer)
+
+    def finish(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+class InFlightDigest:
+    """A manifest's digests computed while an export streams, on threads of their own.
+
+    `update(data)` takes the archive's bytes in order (pass the object as a `TeeReader` hasher),
+    `chunk(chunk)` the reader's verified chunks. Each copies what it gets into a few reused
+    buffers: one thread hashes the archive, one the disks (hashlib releases the GIL), so the work
+    overlaps the transfer and each other instead of following them, and nothing is read twice.
+    `result(...)` waits for the queues and builds the `ArchiveDigest`; use the object as a
+    context manager so the threads always end. Example::
+
+        with InFlightDigest() as digest:
+            tee = TeeReader(body, sink, hasher=digest)
+            reader = XvaReader(tee)
+            for chunk in reader.chunks():
+                digest.chunk(chunk)
+            tee.drain()
+            result = digest.result(tee.count, reader.compression, reader.metadata)
+    """
+
+    def __init__(self) -> None:
+        self._archive = hashlib.sha256()
+        self._disks = DiskDigester()
+        self._kinds: set[str] = set()
+        self._archive_thread = _HashThread(lambda _k, _o, data: self._archive.update(data), "xvatool-sha256")
+        self._disk_thread = _HashThread(self._disks.feed, "xvatool-disk-sha256")
+
+    def update(self, data: bytes | bytearray | memoryview, /) -> None:
+        """Archive bytes, in order."""
+        self._archive_thread.put("", 0, data)
+
+    def chunk(self, chunk: Chunk) -> None:
+        """A verified chunk: `chunk.data` at `chunk.offset` of its disk."""
+        self._kinds.add(chunk.checksum_kind)
+        self._disk_thread.put(chunk.disk.id, chunk.offset, chunk.data)
+
+    def hexdigest(self) -> str:
+        """The archive's SHA-256 of what was passed so far (waits for the queue; ends the thread)."""
+        self._archive_thread.finish()
+        return str(self._archive.hexdigest())
+
+    def result(self, size: int, compression: Compression, metadata: Metadata) -> ArchiveDigest:
+        """The digests of everything passed in; `size` is the archive's byte count."""
+        sha256 = self.hexdigest()
+        self._disk_thread.finish()
+        return archive_digest(sha256, size, compression, metadata, self._disks.digests(metadata), self._kinds)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for thread in (self._archive_thread, self._disk_thread):
+            with contextlib.suppress(Exception):  # the block's own outcome is the one to report
+                thread.finish()
 
 
 def digest_archive(path: str | os.PathLike[str]) -> ArchiveDigest:
@@ -231,14 +346,20 @@ def digest_archive(path: str | os.PathLike[str]) -> ArchiveDigest:
             digester.feed(chunk.disk.id, chunk.offset, chunk.data)
             kinds.add(chunk.checksum_kind)
         tee.drain()
-        return archive_digest(hasher.hexdigest(), tee.count, reader, digester, kinds)
+        metadata = reader.metadata
+        disks = digester.digests(metadata)
+        return archive_digest(hasher.hexdigest(), tee.count, reader.compression, metadata, disks, kinds)
 
 
 def archive_digest(
-    sha256: str, size: int, reader: XvaReader, digester: DiskDigester, kinds: set[str]
+    sha256: str,
+    size: int,
+    compression: Compression,
+    metadata: Metadata,
+    disk_sha256: Mapping[str, str],
+    kinds: Collection[str],
 ) -> ArchiveDigest:
-    """The `ArchiveDigest` of an archive whose chunks all went through `digester` (in one pass)."""
-    metadata = reader.metadata
+    """The `ArchiveDigest` of an archive: its digest and size, and each disk's digest by disk id."""
     disks = [
         DiskDigest(
             id=disk.id,
@@ -246,7 +367,7 @@ def archive_digest(
             name_label=disk.name_label,
             userdevice=disk.userdevice,
             virtual_size=disk.virtual_size,
-            sha256=digester.digest(disk.id, disk.virtual_size),
+            sha256=disk_sha256[disk.id],
         )
         for disk in sorted(metadata.disks, key=_device_order)
     ]
@@ -256,7 +377,7 @@ def archive_digest(
     return ArchiveDigest(
         sha256=sha256,
         size=size,
-        compression=reader.compression,
+        compression=compression,
         checksum_kind=kind,
         vm_uuid=metadata.vm.uuid,
         vm_name=metadata.vm.name_label,

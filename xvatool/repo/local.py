@@ -78,7 +78,7 @@ class LocalStorage:
         path = self._path(key)
         try:
             self._folder(path)
-            with AtomicFile(path, sync=durable) as out:
+            with AtomicFile(path, durable=durable) as out:
                 out.file.write(data)
         except OSError as exc:
             raise self._error(exc, key) from exc

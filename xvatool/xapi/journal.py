@@ -5,7 +5,8 @@ import per segment, because `PUT /import_raw_vdi?chunked=true` writes only the f
 and re-sending a range is idempotent (§3.6, §4). A journal is a small JSON file next to the output
 (exports) or next to the archive (imports) that records, per disk, what was completed and a digest
 of it. It is rewritten atomically (`xvatool._files.write_bytes_atomic`) after every step, so a
-crash or Ctrl-C leaves either the old or the new state, never a torn file. A retry
+crash or Ctrl-C leaves either the old or the new state, never a torn file; it is not fsynced (a
+journal behind reality only means a re-send, and what it claims is re-checked anyway). A retry
 (`xvatool._retry.RetryPolicy`) resumes from the journal rather than restarting.
 
 A journal is bound to what it describes by its `key` (host URL, VM or archive digest, mode,
@@ -198,6 +199,13 @@ class Journal:
             self._save_locked()
             return record
 
+    def reset_disks(self, sizes: Mapping[str, int]) -> None:
+        """Register disks of these sizes with nothing done, in one save (a fresh or re-fetched start)."""
+        with self._lock:
+            for disk_id, size in sizes.items():
+                self.disks[disk_id] = DiskRecord(size=size)
+            self._save_locked()
+
     def reset_disk(self, disk_id: str) -> None:
         """Forget what was done for a disk (its data failed the re-check)."""
         with self._lock:
@@ -241,7 +249,10 @@ class Journal:
             self._save_locked()
 
     def _save_locked(self) -> None:
-        write_bytes_atomic(self.path, json.dumps(self.to_json(), indent=1, sort_keys=True).encode())
+        # Atomic but not fsynced: it is saved after every step, and a journal that a crash left
+        # behind reality (or unreadable) only costs a re-send; everything it claims is re-checked.
+        data = json.dumps(self.to_json(), indent=1, sort_keys=True).encode()
+        write_bytes_atomic(self.path, data, durable=False)
 
     def remove(self) -> None:
         """Delete the journal (the transfer completed or was discarded)."""

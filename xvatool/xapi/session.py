@@ -271,18 +271,20 @@ class Session:
             headers={"User-Agent": ORIGINATOR},
         )
 
-    def open_socket(self) -> socket.socket:
-        """A socket to the host with this session's TLS policy (pin checked), for raw HTTP transfers.
+    def open_socket(self, url: str | None = None, *, timeout_s: float | None = None) -> socket.socket:
+        """A socket to the host of `url` (default: this session's host) for raw HTTP transfers.
 
-        Goes through the session's HTTP CONNECT proxy when it has one (``http://`` proxies only).
-        The caller owns the socket. OS and TLS errors become `TransferError`, a pin mismatch a
-        `HostError` (trying again would not help).
+        It has this session's TLS policy (pin checked before it is returned) and goes through
+        the session's HTTP CONNECT proxy when there is one (``http://`` proxies only). `timeout_s`
+        (default: the session's) bounds every wait on it. The caller owns the socket. OS and TLS
+        errors become `TransferError`, a pin mismatch a `HostError` (trying again would not help).
         """
-        parts = urlsplit(self.url)
+        parts = urlsplit(url or self.url)
         host = parts.hostname or ""
         port = parts.port or (443 if parts.scheme == "https" else 80)
+        timeout = self.timeout_s if timeout_s is None else timeout_s
         try:
-            sock = self._connect_socket(host, port)
+            sock = self._connect_socket(host, port, timeout)
             if parts.scheme != "https":
                 return sock
             try:
@@ -298,17 +300,25 @@ class Session:
                 raise
             return tls
         except FingerprintMismatch as exc:
-            raise HostError(str(exc), host=self.host) from exc
+            raise HostError(str(exc), host=parts.netloc) from exc
+        except ssl.SSLCertVerificationError as exc:
+            raise HostError(
+                f"TLS certificate not trusted ({exc.verify_message or exc}); "
+                "pin a self-signed host certificate with --fingerprint SHA256 or pass --ca-bundle",
+                host=parts.netloc,
+            ) from exc
         except (OSError, ssl.SSLError) as exc:
-            raise TransferError(f"cannot connect: {exc}", host=self.host) from exc
+            raise TransferError(f"cannot connect: {exc}", host=parts.netloc) from exc
 
-    def _connect_socket(self, host: str, port: int) -> socket.socket:
+    def _connect_socket(self, host: str, port: int, timeout: float) -> socket.socket:
         if self.proxy is None:
-            return socket.create_connection((host, port), timeout=self.timeout_s)
+            sock = socket.create_connection((host, port), timeout=timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
         proxy = urlsplit(self.proxy)
         if proxy.scheme != "http" or not proxy.hostname:
             raise UsageError(f"raw transfers go through http:// CONNECT proxies only, not {self.proxy!r}")
-        sock = socket.create_connection((proxy.hostname, proxy.port or 80), timeout=self.timeout_s)
+        sock = socket.create_connection((proxy.hostname, proxy.port or 80), timeout=timeout)
         target = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
         sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
         reply = b""

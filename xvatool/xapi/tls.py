@@ -21,6 +21,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -108,6 +109,12 @@ def tls_context(
             return ssl.create_default_context(cafile=os.fspath(ca_bundle))
         except (OSError, ssl.SSLError) as exc:
             raise LocalIOError(f"cannot load CA bundle: {exc}", path=os.fspath(ca_bundle)) from exc
+    return _default_context()
+
+
+@functools.cache
+def _default_context() -> ssl.SSLContext:
+    """The system trust store, loaded once per process (loading it takes tens of milliseconds)."""
     return httpx.create_ssl_context()
 
 

@@ -32,7 +32,6 @@ import html
 import logging
 import re
 import socket
-import ssl
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
@@ -42,7 +41,8 @@ from urllib.parse import quote, urlencode, urljoin, urlsplit
 import httpx
 
 from xvatool.errors import HostError, StreamStateError, TransferError
-from xvatool.xapi.session import Session, base_url, translate_httpx_errors
+from xvatool.xapi.rawhttp import ResponseHead, read_head, read_until_close, recv_error, request_head
+from xvatool.xapi.session import ORIGINATOR, Session, base_url, translate_httpx_errors
 from xvatool.xapi.tasks import destroy_task
 
 __all__ = [
@@ -77,6 +77,7 @@ CHUNKED_END = bytes(CHUNKED_HEADER_SIZE)
 MAX_FRAME_PAYLOAD = (1 << 32) - 1
 _FRAME = struct.Struct("<QI")
 _REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+_READ_SIZE = 1 << 20
 _TAG_RE = re.compile(r"<[^>]*>")
 
 
@@ -153,10 +154,15 @@ def _read_some(response: httpx.Response, limit: int) -> bytes:
 
 
 def _status_error(response: httpx.Response, what: str) -> HostError:
-    code = response.status_code
-    detail = _page_text(_read_some(response, ERROR_BODY_LIMIT))
-    message = f"{what}: HTTP {code} {response.reason_phrase}" + (f": {detail}" if detail else "")
-    host = _host_of(str(response.request.url))
+    body = _read_some(response, ERROR_BODY_LIMIT)
+    return _http_error(response.status_code, response.reason_phrase, body, str(response.request.url), what)
+
+
+def _http_error(code: int, reason: str, body: bytes, url: str, what: str) -> HostError:
+    """The error for a non-200 answer: a 401/403 is the session's, 5xx may pass, 4xx will not."""
+    detail = _page_text(body)
+    message = f"{what}: HTTP {code} {reason}" + (f": {detail}" if detail else "")
+    host = _host_of(url)
     if code in (401, 403):
         return HostError(message + " (session rejected or not allowed)", host=host)
     # 5xx may be transient (host busy, handler crashed); 4xx is a request the host will refuse again
@@ -241,76 +247,78 @@ def _probe(session: Session, client: httpx.Client, url: str) -> str:
 
 
 class DownloadStream:
-    """The body of a transfer GET as a `Readable` (``read``/``readinto``).
+    """The body of a transfer GET as a `Readable` (``read``/``readinto``), read off the socket.
 
-    Raises `TransferError` (retryable) on a reset or on a stall longer than the timeout. The
-    body of the raw handlers has no Content-Length and ends when the host closes (§3.0), so a
-    short body is only detectable by the caller (expected size) and the task.
+    `readinto` receives straight into the caller's buffer. Raises `TransferError` (retryable) on a
+    reset or on a stall longer than the timeout. The body of the raw handlers has no
+    Content-Length and ends when the host closes (§3.0), so a short body is only detectable by the
+    caller (expected size) and the task; a Content-Length, when sent, bounds the body.
     """
 
-    def __init__(self, response: httpx.Response, url: str, what: str) -> None:
-        self.response = response
+    def __init__(self, sock: socket.socket, head: ResponseHead, url: str, what: str) -> None:
         self.url = url
         self.what = what
         self.host = _host_of(url)
-        self.task_id = _task_of(response)
+        self.task_id = (head.header("task-id") or "").strip() or None
         self.bytes_read = 0
-        self._chunks = response.iter_raw()
-        self._buffer = memoryview(b"")
-        self._eof = False
+        self._sock = sock
+        self._pending = memoryview(head.rest)
+        length = head.header("content-length")
+        self._left: int | None = int(length) if length and length.isdigit() else None
         self._sniff()
 
-    def _next(self) -> bool:
-        if self._eof:
-            return False
-        with translate_httpx_errors(self.host):
-            try:
-                piece = next(self._chunks)
-            except StopIteration:
-                self._eof = True
-                return False
-        self._buffer = memoryview(bytes(self._buffer) + piece) if self._buffer else memoryview(piece)
-        return True
+    def _recv(self, view: memoryview) -> int:
+        if self._left is not None:
+            view = view[: self._left]
+        if not len(view):
+            return 0
+        try:
+            n = self._sock.recv_into(view)
+        except OSError as exc:
+            raise recv_error(exc, self.host) from exc
+        if self._left is not None:
+            self._left -= n
+        return n
 
     def _sniff(self) -> None:
-        while len(self._buffer) < len(INLINE_ERROR_PREFIX) and self._next():
-            pass
-        if bytes(self._buffer[: len(INLINE_ERROR_PREFIX)]) == INLINE_ERROR_PREFIX:
-            while len(self._buffer) < ERROR_BODY_LIMIT and self._next():
-                pass
-            raise _inline_error(bytes(self._buffer[:ERROR_BODY_LIMIT]), self.what, self.host)
+        """A 200 whose body is an ``HTTP/1.1 500`` page: the handler failed after the headers."""
+        probe = bytearray(ERROR_BODY_LIMIT)
+        got = len(self._pending)
+        probe[:got] = self._pending
+        while got < len(INLINE_ERROR_PREFIX) and (n := self._recv(memoryview(probe)[got:])):
+            got += n
+        if bytes(probe[: len(INLINE_ERROR_PREFIX)]) == INLINE_ERROR_PREFIX:
+            while got < ERROR_BODY_LIMIT and (n := self._recv(memoryview(probe)[got:])):
+                got += n
+            raise _inline_error(bytes(probe[:got]), self.what, self.host)
+        self._pending = memoryview(bytes(probe[:got]))
 
     def readinto(self, buffer: bytearray | memoryview) -> int:
         """Fill up to ``len(buffer)`` bytes from the body; 0 at the end."""
-        if not self._buffer and not self._next():
-            return 0
-        n = min(len(buffer), len(self._buffer))
-        buffer[:n] = self._buffer[:n]
-        self._buffer = self._buffer[n:]
+        view = memoryview(buffer)
+        if self._pending:
+            n = min(len(view), len(self._pending))
+            view[:n] = self._pending[:n]
+            self._pending = self._pending[n:]
+        else:
+            n = self._recv(view)
         self.bytes_read += n
         return n
 
     def read(self, size: int = -1, /) -> bytes:
         """Up to `size` bytes (at most one network piece); ``b""`` at the end. -1 reads to the end."""
         if size is None or size < 0:
-            parts = [bytes(self._buffer)]
-            self._buffer = memoryview(b"")
-            while self._next():
-                parts.append(bytes(self._buffer))
-                self._buffer = memoryview(b"")
-            data = b"".join(parts)
-            self.bytes_read += len(data)
-            return data
-        if not self._buffer and not self._next():
-            return b""
-        data = bytes(self._buffer[:size])
-        self._buffer = self._buffer[size:]
-        self.bytes_read += len(data)
-        return data
+            parts = []
+            buf = bytearray(_READ_SIZE)
+            while n := self.readinto(buf):
+                parts.append(bytes(buf[:n]))
+            return b"".join(parts)
+        buf = bytearray(size)
+        return bytes(buf[: self.readinto(buf)])
 
     def close(self) -> None:
         """Drop the connection (the host serves one request per connection anyway)."""
-        self.response.close()
+        self._sock.close()
 
     def __enter__(self) -> Self:
         return self
@@ -319,6 +327,49 @@ class DownloadStream:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _get(
+    session: Session, url: str, *, task: str | None, what: str, timeout_s: float | None
+) -> DownloadStream:
+    """GET `url` on a socket of its own, following redirects by hand; the open 200 body."""
+    for _hop in range(MAX_REDIRECTS + 1):
+        parts = urlsplit(url)
+        headers = {
+            "Host": parts.netloc,
+            **session.cookies(task_id=task),
+            "User-Agent": ORIGINATOR,
+            "Connection": "close",
+        }
+        sock = session.open_socket(url, timeout_s=timeout_s)
+        try:
+            try:
+                sock.sendall(
+                    request_head("GET", parts.path + (f"?{parts.query}" if parts.query else ""), headers)
+                )
+            except OSError as exc:
+                raise recv_error(exc, _host_of(url), receiving=False) from exc
+            head = read_head(sock, host=_host_of(url))
+            if head.status in _REDIRECT_CODES:
+                url = _redirect_target(session, url, head.header("location"))
+                sock.close()
+                continue
+            if head.status != 200:
+                body = head.rest + _read_rest(sock, ERROR_BODY_LIMIT - len(head.rest))
+                raise _http_error(head.status, head.reason, body, url, what)
+            return DownloadStream(sock, head, url, what)
+        except BaseException:
+            sock.close()
+            raise
+    raise TransferError(f"more than {MAX_REDIRECTS} redirects", host=_host_of(url), retryable=False)
+
+
+def _read_rest(sock: socket.socket, limit: int) -> bytes:
+    """Up to `limit` more bytes of an error page; what could not be read is simply left out."""
+    try:
+        return read_until_close(sock, max(0, limit))
+    except OSError:
+        return b""
 
 
 @contextlib.contextmanager
@@ -337,13 +388,8 @@ def open_download(
     the longest silence tolerated (default: the session's timeout).
     """
     url = _url(session, path, params)
-    with session.http(timeout_s) as client:
-        response, final = _send(session, client, "GET", url, task=task, content=lambda: b"")
-        try:
-            with DownloadStream(response, final, f"GET {path}") as stream:
-                yield stream
-        finally:
-            response.close()
+    with _get(session, url, task=task, what=f"GET {path}", timeout_s=timeout_s) as stream:
+        yield stream
 
 
 # -------------------------------------------------------------------------------- upload
@@ -428,18 +474,15 @@ def upload_unsized(
         "Content-Type": "application/octet-stream",
         "Connection": "close",
     }
-    head = (
-        f"PUT {target} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
-    ).encode()
     with session.open_socket() as sock:
         try:
-            sock.sendall(head)
+            sock.sendall(request_head("PUT", target, headers))
             for piece in body():
                 sock.sendall(piece)
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_WR)
-            reply = _read_until_close(sock, ERROR_BODY_LIMIT)
-        except (OSError, ssl.SSLError) as exc:
+            reply = read_until_close(sock, ERROR_BODY_LIMIT)
+        except OSError as exc:
             raise TransferError(f"PUT {path}: {exc}", host=session.host) from exc
     status = reply.split(b"\r\n", 1)[0]
     parts = status.split()
@@ -449,14 +492,3 @@ def upload_unsized(
         )
     if reply.partition(b"\r\n\r\n")[2].startswith(INLINE_ERROR_PREFIX):  # an inline error (§3.0)
         raise TransferError(f"PUT {path}: the host failed after accepting the body", host=session.host)
-
-
-def _read_until_close(sock: socket.socket, limit: int) -> bytes:
-    """The host's reply: it closes once the upload is handled (§3.0); keep at most `limit` bytes."""
-    parts: list[bytes] = []
-    kept = 0
-    while data := sock.recv(65536):
-        if kept < limit:
-            parts.append(data[: limit - kept])
-            kept += len(parts[-1])
-    return b"".join(parts)
