@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from xvatool.sim.objects import ObjectOps
 from xvatool.sim.records import vm_appliance_record
 from xvatool.sim.tasks import TaskManager
-from xvatool.sim.values import NULL_REF, ApiFailure, new_ref
+from xvatool.sim.values import NULL_REF, ApiFailure, Record, new_ref
 
 __all__ = ["APPLIANCE_OPERATIONS", "ApplianceOps", "PowerChange"]
 
@@ -155,19 +155,17 @@ class ApplianceOps:
         """`clean_shutdown`, `hard_shutdown` or `shutdown`: groups in descending `order`."""
         self._perform(appliance, op, "Halted", ascending=False)
 
-    def _perform(self, appliance: str, op: str, required: str, *, ascending: bool, paused: bool = False) -> None:
+    def _perform(
+        self, appliance: str, op: str, required: str, *, ascending: bool, paused: bool = False
+    ) -> None:
         task = self.tasks.current() or new_ref()
         with self.state.transaction():
             self.check_operation(appliance, op)
-            self.state.mutate("VM_appliance", appliance, lambda r: r["current_operations"].__setitem__(task, op))
+            self._set_operation(appliance, task, op)
         try:
             members = self.state.field("VM_appliance", appliance, "VMs")
             targets = [vm for vm in members if self.state.field("VM", vm, "power_state") != required]
-            order = sorted(targets, key=lambda vm: int(self.state.field("VM", vm, "order")))
-            groups = [list(g) for _, g in itertools.groupby(order, lambda vm: int(self.state.field("VM", vm, "order")))]
-            if not ascending:
-                groups.reverse()
-            for group in groups:
+            for group in self._groups(targets, ascending):
                 if self.tasks.current() is not None:
                     self.tasks.check_cancelled(task)
                 with ThreadPoolExecutor(min(len(group), MAX_GROUP_THREADS)) as pool:
@@ -178,8 +176,23 @@ class ApplianceOps:
         finally:
             if self.state.exists("VM_appliance", appliance):
                 with self.state.transaction():
-                    self.state.mutate("VM_appliance", appliance, lambda r: r["current_operations"].pop(task, None))
+                    self._set_operation(appliance, task, None)
                     self.update_allowed_operations(appliance)
+
+    def _set_operation(self, appliance: str, task: str, op: str | None) -> None:
+        def change(record: Record) -> None:
+            if op is None:
+                record["current_operations"].pop(task, None)
+            else:
+                record["current_operations"][task] = op
+
+        self.state.mutate("VM_appliance", appliance, change)
+
+    def _groups(self, vms: list[str], ascending: bool) -> list[list[str]]:
+        """VMs grouped by `order`, groups ascending for a start and descending for a shutdown."""
+        order = {vm: int(self.state.field("VM", vm, "order")) for vm in vms}
+        ranked = sorted(vms, key=order.__getitem__, reverse=not ascending)
+        return [list(group) for _, group in itertools.groupby(ranked, key=order.__getitem__)]
 
     def _vm_operation(self, vm: str, op: str, paused: bool) -> None:
         """One VM's part, as its own `Async.VM.*` task would do it; a failure is left for the check."""

@@ -142,12 +142,16 @@ def seed_demo_appliance(state: SimState, ops: ObjectOps) -> str:
         private = state.add(
             "network",
             network_record(
-                name_label=DEMO_APPLIANCE_NETWORK, name_description="Internal network of demo-app", bridge="xapi1"
+                name_label=DEMO_APPLIANCE_NETWORK,
+                name_description="Internal network of demo-app",
+                bridge="xapi1",
             ),
         )
         appliance = state.add(
             "VM_appliance",
-            vm_appliance_record(name_label=DEMO_APPLIANCE_NAME, name_description="Seeded by xvatool serve --demo"),
+            vm_appliance_record(
+                name_label=DEMO_APPLIANCE_NAME, name_description="Seeded by xvatool serve --demo"
+            ),
         )
         for n, (name, order, start_delay, shutdown_delay, size) in enumerate(_DEMO_APPLIANCE_VMS):
             vm = state.add(
@@ -166,7 +170,7 @@ def seed_demo_appliance(state: SimState, ops: ObjectOps) -> str:
                     shutdown_delay=shutdown_delay,
                 ),
             )
-            state.mutate("VM_appliance", appliance, lambda r, vm=vm: r["VMs"].append(vm))
+            state.update("VM_appliance", appliance, VMs=[*state.field("VM_appliance", appliance, "VMs"), vm])
             vdi = ops.create_vdi(sr, size, name_label=f"{name} disk 0")
             _write_demo_blocks(state, vdi, 10 + n, size)
             ops.create_vbd(vm, vdi, userdevice="0", device="xvda", bootable=True)
