@@ -49,13 +49,14 @@ from typing import Any
 from xvatool._progress import Progress, ProgressBar, ProgressGroup
 from xvatool._retry import DEFAULT_RETRY, RetryPolicy
 from xvatool._streams import TeeReader
-from xvatool.errors import Interrupted, StreamStateError, UsageError, XvatoolError, location_context
+from xvatool.errors import Interrupted, UsageError, XvatoolError, location_context
 from xvatool.ops.export import TransferMode, export_stream, fetch_metadata, transport_errors
 from xvatool.ops.import_ import create_disk_vdi, import_stream
 from xvatool.ops.parallel import run_parallel
+from xvatool.ops.vdi_upload import LiveBody, upload_extents
 from xvatool.xapi.session import Session
-from xvatool.xapi.tasks import managed_task, task_reason, wait_task
-from xvatool.xapi.transfer import chunked_frames, open_download, upload_unsized
+from xvatool.xapi.tasks import managed_task, wait_task
+from xvatool.xapi.transfer import open_download
 from xvatool.xapi.vmdata import import_metadata
 from xvatool.xapi.vms import VmRef, destroy_vdi, destroy_vm_with_disks, export_source, find_sr, find_vm
 from xvatool.xva.assemble import ova_xml_tar
@@ -196,7 +197,7 @@ def _migrate_stream(
         with export_stream(source, found.uuid, snapshot="auto") as body:
             tee = TeeReader(body, progress=bar.update)
             reader = XvaReader(tee, source=f"{source.url}/export")
-            live = _LiveBody(repack_pieces(reader, edits.apply(reader.metadata)))
+            live = LiveBody(repack_pieces(reader, edits.apply(reader.metadata)))
             try:
                 result = import_stream(target, live, None, sr=sr_uuid)
             except XvatoolError as exc:
@@ -297,7 +298,7 @@ class _ParallelMigration:
                 with open_download(self.source, "/export_raw_vdi", params, task=source_task) as body:
                     tee = TeeReader(body, progress=update)
                     reader = XvaReader.for_disk_stream(tee, size=disk.virtual_size, source=where)
-                    self._upload(target_vdi, _LiveBody(chunked_frames(self._extents(reader, tee))))
+                    upload_extents(self.target, target_vdi, self._extents(reader, tee))
                 wait_task(self.source, source_task)
             return tee.count
 
@@ -313,21 +314,6 @@ class _ParallelMigration:
                     yield chunk.offset, chunk.data
             tee.drain()  # what follows the tar, so the source's task completes cleanly
 
-    def _upload(self, target_vdi: str, live: _LiveBody) -> None:
-        """One `PUT /import_raw_vdi?chunked=true` of unknown length, then its task (§3.6)."""
-        params = {"vdi": target_vdi, "format": "raw", "chunked": "true"}
-        with managed_task(self.target, f"xvatool import_raw_vdi {target_vdi}") as task:
-            try:
-                with task_reason(self.target, task):  # a broken upload reports the target's reason
-                    upload_unsized(self.target, "/import_raw_vdi", params, live, task=task)
-                wait_task(self.target, task)
-            except XvatoolError as exc:
-                if live.error is not None:  # the target failed because the source did
-                    raise live.error from exc
-                raise
-        if live.error is not None:  # cannot happen without the terminator, but never keep it
-            raise live.error
-
     def discard(self) -> None:
         """Destroy the VDIs created on the target; never raises (the failure is what matters)."""
         for ref in self.created:
@@ -338,35 +324,6 @@ def _parse_metadata(ova_xml: bytes, url: str) -> Metadata:
     """The host's ova.xml of a VM, as `/export` would describe it (a snapshot made a plain VM)."""
     with location_context(file=f"{url}/export_metadata"):
         return Metadata.from_bytes(ova_xml).without_snapshot_identity()
-
-
-class _LiveBody:
-    """The body factory for a live stream: consumed once, and ends cleanly if the source fails.
-
-    A chunked-frame body stops before its terminator, so the host cannot take it for whole.
-
-    A reader error (bad chunk, source connection lost) is kept in `error` and the body simply
-    stops, so the upload is half-closed rather than reset: the target then fails the import of
-    a truncated archive on its own terms and cleans up, and the task tells us when that is done.
-    Letting the exception tear the socket down instead would race the target's cleanup.
-    """
-
-    def __init__(self, pieces: Iterator[bytes | memoryview]) -> None:
-        self._pieces = pieces
-        self._used = False
-        self.error: XvatoolError | None = None
-
-    def __call__(self) -> Iterator[bytes | memoryview]:
-        if self._used:
-            raise StreamStateError("a live export cannot be sent twice")
-        self._used = True
-        return self._guarded()
-
-    def _guarded(self) -> Iterator[bytes | memoryview]:
-        try:
-            yield from self._pieces
-        except XvatoolError as exc:
-            self.error = exc
 
 
 def _vm_uuids(session: Session) -> set[str]:
