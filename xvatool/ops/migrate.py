@@ -38,6 +38,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
@@ -50,18 +51,15 @@ from xvatool._progress import Progress, ProgressBar, ProgressGroup
 from xvatool._retry import DEFAULT_RETRY, RetryPolicy
 from xvatool._streams import TeeReader
 from xvatool.errors import Interrupted, UsageError, XvatoolError, location_context
-from xvatool.ops.export import TransferMode, export_stream, fetch_metadata, transport_errors
+from xvatool.ops.export import TransferMode, export_stream, fetch_metadata
 from xvatool.ops.import_ import create_disk_vdi, import_stream
 from xvatool.ops.parallel import run_parallel
-from xvatool.ops.vdi_upload import LiveBody, upload_extents
+from xvatool.ops.vdi_stream import HostDisk, LiveBody, upload_extents
 from xvatool.xapi.session import Session
-from xvatool.xapi.tasks import managed_task, wait_task
-from xvatool.xapi.transfer import open_download
 from xvatool.xapi.vmdata import import_metadata
 from xvatool.xapi.vms import VmRef, destroy_vdi, destroy_vm_with_disks, export_source, find_sr, find_vm
 from xvatool.xva.assemble import ova_xml_tar
 from xvatool.xva.convert import edit_metadata, repack_pieces
-from xvatool.xva.disk import is_zero
 from xvatool.xva.ovaxml import DiskInfo, Metadata
 from xvatool.xva.reader import XvaReader
 
@@ -290,29 +288,21 @@ class _ParallelMigration:
     ) -> Callable[[], int]:
         """One disk: its verified tar stream from the source as chunked frames into `target_vdi`."""
         update = bars.new(disk.id, None, also=total).update
-        where = f"{self.source.url}/export_raw_vdi?vdi={disk.vdi_uuid}"
 
         def job() -> int:
-            params = {"vdi": disk.vdi_uuid, "format": "tar"}
-            with managed_task(self.source, f"xvatool export_raw_vdi {disk.vdi_uuid}") as source_task:
-                with open_download(self.source, "/export_raw_vdi", params, task=source_task) as body:
-                    tee = TeeReader(body, progress=update)
-                    reader = XvaReader.for_disk_stream(tee, size=disk.virtual_size, source=where)
-                    upload_extents(self.target, target_vdi, self._extents(reader, tee))
-                wait_task(self.source, source_task)
-            return tee.count
+            image = HostDisk(self.source, disk.vdi_uuid, disk.virtual_size, progress=update)
+            with contextlib.closing(image.extents()) as extents:
+                upload_extents(self.target, target_vdi, self._unless_stopped(extents))
+            return image.bytes_read
 
         return job
 
-    def _extents(self, reader: XvaReader, tee: TeeReader) -> Iterator[tuple[int, memoryview]]:
-        """The disk's non-zero chunks as (offset, data); the target VDI already reads as zeros."""
-        with transport_errors(tee):
-            for chunk in reader.chunks():
-                if self.stop.is_set():
-                    raise Interrupted("stopped: another disk failed")
-                if not is_zero(chunk.data):
-                    yield chunk.offset, chunk.data
-            tee.drain()  # what follows the tar, so the source's task completes cleanly
+    def _unless_stopped(self, extents: Iterator[tuple[int, memoryview]]) -> Iterator[tuple[int, memoryview]]:
+        """The extents, until another disk fails (the target VDI already reads as zeros)."""
+        for extent in extents:
+            if self.stop.is_set():
+                raise Interrupted("stopped: another disk failed")
+            yield extent
 
     def discard(self) -> None:
         """Destroy the VDIs created on the target; never raises (the failure is what matters)."""

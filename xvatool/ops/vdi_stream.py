@@ -1,10 +1,15 @@
-"""Live disk data into a host: extents of any order as one chunked `PUT /import_raw_vdi`.
+"""Live disk data out of and into a host, as extents: no temporary copy, no zeros on the wire.
 
+Out: `HostDisk` is a VDI as the host streams it with `GET /export_raw_vdi?format=tar` (the XVA
+disk encoding, xva-format.md §3.5, zero chunks left out by the host), verified chunk by chunk,
+as a `DiskImage` any writer takes (the VMDK writer of a package export, an upload).
+
+In:
 The chunked form of `/import_raw_vdi` (xapi-protocol.md §3.6) takes `(offset, length, data)`
 frames in any order and ends at a 12-byte terminator, so a disk whose size on the wire is not
 known in advance (a verified XVA disk stream, a VMDK read from a package) goes to the host as it
-is read, with no temporary copy and only its non-zero regions. The migration and the package
-import share this.
+is read, with no temporary copy and only its non-zero regions. The parallel migration and the
+package export and import share these.
 
 A live body cannot be sent twice, and it must end cleanly when its source fails: `LiveBody`
 keeps the source's error and stops the body before the terminator, so the host fails the
@@ -20,20 +25,68 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 
+from xvatool._streams import TeeReader
 from xvatool.errors import StreamStateError, XvatoolError
+from xvatool.ops.export import transport_errors
 from xvatool.xapi.session import Session
 from xvatool.xapi.tasks import managed_task, task_reason, wait_task
-from xvatool.xapi.transfer import chunked_frames, upload_unsized
+from xvatool.xapi.transfer import chunked_frames, open_download, upload_unsized
 from xvatool.xva.disk import CHUNK_SIZE, is_zero
+from xvatool.xva.reader import XvaReader
 
-__all__ = ["SECTOR_SIZE", "LiveBody", "nonzero_extents", "upload_extents"]
+__all__ = ["SECTOR_SIZE", "HostDisk", "LiveBody", "nonzero_extents", "upload_extents"]
 
 SECTOR_SIZE = 512
 """The host writes with O_DIRECT: frame offsets and lengths are whole sectors (§3.6)."""
 
 Extent = tuple[int, bytes | memoryview]
+
+
+class HostDisk:
+    """A VDI's data streamed from the host, verified, as a one-pass `DiskImage` of non-zero chunks.
+
+    `extents()` runs one `GET /export_raw_vdi?format=tar` under its own task: every chunk's
+    checksum is checked before it is handed on, a cut stream is a retryable `TransferError`, and
+    the task is waited for at the end. `bytes_read` counts the body. Example::
+
+        disk = HostDisk(session, vdi_uuid, virtual_size)
+        for offset, data in disk.extents():
+            ...
+    """
+
+    ordered = True
+
+    def __init__(
+        self,
+        session: Session,
+        vdi_uuid: str,
+        virtual_size: int,
+        *,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        self.session = session
+        self.vdi_uuid = vdi_uuid
+        self.virtual_size = virtual_size
+        self.progress = progress
+        self.bytes_read = 0
+
+    def extents(self) -> Generator[tuple[int, memoryview], None, None]:
+        params = {"vdi": self.vdi_uuid, "format": "tar"}
+        where = f"{self.session.url}/export_raw_vdi?vdi={self.vdi_uuid}"
+        with managed_task(self.session, f"xvatool export_raw_vdi {self.vdi_uuid}") as task:
+            with open_download(self.session, "/export_raw_vdi", params, task=task) as body:
+                tee = TeeReader(body, progress=self.progress)
+                reader = XvaReader.for_disk_stream(tee, size=self.virtual_size, source=where)
+                with transport_errors(tee):
+                    for chunk in reader.chunks():
+                        self.bytes_read = tee.count
+                        if not is_zero(chunk.data):
+                            yield chunk.offset, chunk.data
+                    tee.drain()  # what follows the tar, so the task completes cleanly
+                self.bytes_read = tee.count
+            wait_task(self.session, task)
 
 
 class LiveBody:
