@@ -116,7 +116,7 @@ class LiveBody:
             self.error = exc
 
 
-def nonzero_extents(extents: Iterable[Extent], *, unit: int = CHUNK_SIZE) -> Iterator[Extent]:
+def nonzero_extents(extents: Iterable[Extent], *, unit: int = CHUNK_SIZE) -> Iterator[tuple[int, memoryview]]:
     """`extents` cut into pieces of at most `unit` bytes, all-zero pieces left out.
 
     A target VDI made by `VDI.create` reads as zeros already. A piece whose length is not whole
