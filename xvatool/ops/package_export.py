@@ -126,10 +126,10 @@ def export_package(
     metadata fetch is retried: a disk stream feeds the package as it arrives.
     """
     if (vm is None) == (appliance is None):
-        raise UsageError("export either a VM or an appliance")
+        raise UsageError("export either a VM or an appliance (--appliance NAME), not both")
     layout = layout or package_layout(out_path)
     if layout is None:
-        raise UsageError(f"{os.fspath(out_path)}: name the package OUT.ova, OUT.ovf or DIR/")
+        raise UsageError(f"{os.fspath(out_path)}: a package is named OUT.ova, OUT.ovf or DIR/")
     if appliance is not None:
         app = find_appliance(session, appliance)
         members: Sequence[ApplianceMember] = app.members

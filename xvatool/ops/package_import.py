@@ -36,7 +36,7 @@ from typing import Any
 
 from xvatool._progress import Progress, ProgressGroup
 from xvatool._retry import DEFAULT_RETRY, RetryPolicy
-from xvatool.errors import UsageError
+from xvatool.errors import FormatError, LocalIOError, UsageError
 from xvatool.ops.appliance import ApplianceInfo, ApplianceMember, NetworkInfo, TargetBuild
 from xvatool.ops.vdi_stream import nonzero_extents, upload_extents
 from xvatool.ovf.conversion import detect_input
@@ -96,8 +96,15 @@ class PackageImportResult:
 
 
 def is_package(path: str | os.PathLike[str]) -> bool:
-    """Whether `path` holds an OVF package (an OVA, a folder, an `.ovf`) rather than an XVA, by content."""
-    return detect_input(os.fspath(path)) != "xva"
+    """Whether `path` holds an OVF package (an OVA, a folder, an `.ovf`), by content (`sniff`).
+
+    False for an XVA and for anything that is neither (or cannot be read): the XVA importer
+    then says what is wrong with it.
+    """
+    try:
+        return detect_input(os.fspath(path)) != "xva"
+    except (FormatError, LocalIOError):
+        return False
 
 
 def import_package(
