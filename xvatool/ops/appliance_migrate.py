@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from xvatool._progress import Progress
+from xvatool._progress import Progress, labelled
 from xvatool._retry import DEFAULT_RETRY, RetryPolicy
 from xvatool.errors import UsageError
 from xvatool.ops.appliance import TargetBuild, consistent_sources, find_appliance
@@ -92,8 +92,10 @@ def migrate_appliance(
         build.networks_for(app.networks, network_map)
         with consistent_sources(source, app.members, retry=retry) as sources:
             for member, found in zip(app.members, sources, strict=True):
+                # a stream migration labels its bar with the VM's name, a parallel one its disks
+                bars = labelled(progress, member.name_label) if mode == "parallel" else progress
                 result = migrate(source, target, found.uuid, sr=sr, network_map=network_map, mode=mode,
-                                 retry=retry, progress=progress)  # fmt: skip
+                                 retry=retry, progress=bars)  # fmt: skip
                 build.add_vm(result.vm_ref)
                 results.append(dataclasses.replace(result, source_vm_uuid=member.uuid))
         refs = {m.uuid: r.vm_ref for m, r in zip(app.members, results, strict=True)}
