@@ -69,6 +69,19 @@ def test_vm_ova_is_valid_for_qemu_and_reimports_identical(source, target, tmp_pa
     assert imported.networks_created == ["demo-app private"]
 
 
+def test_a_vm_with_two_disks_and_a_cd_drive_keeps_its_disk_order(sim, target, tmp_path):
+    ova = tmp_path / "demo.ova"
+    with session_of(sim) as s:
+        export_package(s, ova, vm="demo-vm")
+    with session_of(target) as t:
+        (vm,) = import_package(t, ova).vms
+    assert disk_digests(target, vm.ref) == disk_digests(sim, sim.host.vm("demo-vm"))
+    devices = sorted(
+        target.host.state.field("VBD", v, "userdevice") for v in target.host.state.field("VM", vm.ref, "VBDs")
+    )
+    assert devices == ["0", "1"]
+
+
 def test_appliance_ova_carries_the_start_order_and_reimports_as_an_appliance(source, target, tmp_path):
     ova = tmp_path / "app.ova"
     with session_of(source) as s:

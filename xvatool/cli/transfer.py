@@ -36,6 +36,7 @@ _MODE = click.Choice(["stream", "parallel"])
     "--output",
     "out",
     required=True,
+    metavar="OUT",
     callback=refuse_dash,
     help="The XVA to write; OUT.ova, OUT.ovf or DIR/ write an OVF package (streamOptimized VMDK disks).",
 )

@@ -33,6 +33,7 @@ from xvatool.ops.appliance import TargetBuild, consistent_sources, find_applianc
 from xvatool.ops.export import TransferMode
 from xvatool.ops.migrate import MigrateResult, migrate
 from xvatool.xapi.session import Session
+from xvatool.xapi.tasks import destroy_task, wait_task
 
 __all__ = ["ApplianceMigrateResult", "migrate_appliance"]
 
@@ -84,7 +85,12 @@ def migrate_appliance(
         raise UsageError(f"the target already has an appliance named {app.name_label!r}")
     shut_down = False
     if shutdown_source and any(m.power_state == "Running" for m in app.members):
-        source.call("VM_appliance.clean_shutdown", app.ref)
+        # as a task: the appliance's shutdown delays may outlast an RPC's timeout
+        task = str(source.call("Async.VM_appliance.clean_shutdown", app.ref))
+        try:
+            wait_task(source, task)
+        finally:
+            destroy_task(source, task)
         shut_down = True
         app = find_appliance(source, app.uuid)
     results: list[MigrateResult] = []
