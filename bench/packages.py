@@ -22,27 +22,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from convert import build_image  # bench/ is on the path: the same disk as the conversion benchmark
+
 MiB = 1 << 20
 KINDS = ("xva export", "ova export", "ova import")
-
-
-def build_image(path: Path, size: int, fill: float) -> None:
-    text = (b"The quick brown fox jumps over the lazy dog; 0123456789 " * 20000)[:MiB]
-    with open(path, "wb") as f:
-        f.truncate(size)
-        acc = 0.0
-        for i in range(size // MiB):
-            acc += fill
-            if acc >= 1.0:
-                acc -= 1.0
-                f.seek(i * MiB)
-                f.write(os.urandom(MiB // 2) + text[: MiB // 2])
 
 
 def run(kind: str, work: Path, source: str, target: str, password: str) -> None:
