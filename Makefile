@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/create.py
 	$(BIN)/python bench/transfer.py
 	$(BIN)/python bench/convert.py
+	$(BIN)/python bench/packages.py
 	$(BIN)/python bench/repo.py --s3
 	$(BIN)/python bench/nbd.py
 

@@ -51,11 +51,21 @@ __version__ = _metadata.version("xvatool")
 _PUBLIC: dict[str, tuple[str, ...]] = {
     "xvatool._progress": ("NULL_PROGRESS", "Progress", "ProgressBar", "TqdmProgress"),
     "xvatool._retry": ("NO_RETRY", "RetryPolicy"),
+    "xvatool.ops.appliance": ("ApplianceInfo", "list_appliances"),
+    "xvatool.ops.appliance_backup": (
+        "ApplianceBackupResult",
+        "ApplianceRestoreResult",
+        "backup_appliance",
+        "restore_appliance",
+    ),
+    "xvatool.ops.appliance_migrate": ("ApplianceMigrateResult", "migrate_appliance"),
     "xvatool.ops.backup": ("BackupReport", "Selection", "VmBackupResult", "backup"),
     "xvatool.ops.export": ("ExportResult", "export_stream", "export_vm"),
     "xvatool.ops.import_": ("ImportResult", "import_stream", "import_vm"),
     "xvatool.ops.manifest": ("Manifest", "verify_backup"),
     "xvatool.ops.migrate": ("MigrateResult", "migrate"),
+    "xvatool.ops.package_export": ("PackageExportResult", "export_package"),
+    "xvatool.ops.package_import": ("PackageImportResult", "import_package"),
     "xvatool.ops.restore": ("RestoreResult", "restore"),
     "xvatool.ops.retention": ("RetentionResult", "apply_retention"),
     "xvatool.xapi.inventory": ("DiskSummary", "VmSummary", "list_vms"),
@@ -90,6 +100,14 @@ if _typing.TYPE_CHECKING:
     from xvatool._progress import TqdmProgress as TqdmProgress
     from xvatool._retry import NO_RETRY as NO_RETRY
     from xvatool._retry import RetryPolicy as RetryPolicy
+    from xvatool.ops.appliance import ApplianceInfo as ApplianceInfo
+    from xvatool.ops.appliance import list_appliances as list_appliances
+    from xvatool.ops.appliance_backup import ApplianceBackupResult as ApplianceBackupResult
+    from xvatool.ops.appliance_backup import ApplianceRestoreResult as ApplianceRestoreResult
+    from xvatool.ops.appliance_backup import backup_appliance as backup_appliance
+    from xvatool.ops.appliance_backup import restore_appliance as restore_appliance
+    from xvatool.ops.appliance_migrate import ApplianceMigrateResult as ApplianceMigrateResult
+    from xvatool.ops.appliance_migrate import migrate_appliance as migrate_appliance
     from xvatool.ops.backup import BackupReport as BackupReport
     from xvatool.ops.backup import Selection as Selection
     from xvatool.ops.backup import VmBackupResult as VmBackupResult
@@ -104,6 +122,10 @@ if _typing.TYPE_CHECKING:
     from xvatool.ops.manifest import verify_backup as verify_backup
     from xvatool.ops.migrate import MigrateResult as MigrateResult
     from xvatool.ops.migrate import migrate as migrate
+    from xvatool.ops.package_export import PackageExportResult as PackageExportResult
+    from xvatool.ops.package_export import export_package as export_package
+    from xvatool.ops.package_import import PackageImportResult as PackageImportResult
+    from xvatool.ops.package_import import import_package as import_package
     from xvatool.ops.restore import RestoreResult as RestoreResult
     from xvatool.ops.restore import restore as restore
     from xvatool.ops.retention import RetentionResult as RetentionResult

@@ -228,7 +228,7 @@ def test_cli_serve_runs_until_interrupted(tmp_path: Path) -> None:
                 json={"method": "VM.get_by_name_label", "params": [session, "demo-vm"], "id": 2},
             ).json()["result"]
             sizes = sorted(int(p.stat().st_size) for p in (tmp_path / "d" / "disks").iterdir())
-            assert len(vms) == 1 and sizes == [64 << 20, 256 << 20]
+            assert len(vms) == 1 and sizes == [4 << 20, 8 << 20, 64 << 20, 256 << 20]  # + demo-app
         finally:
             proc.send_signal(signal.SIGINT)
             out, err = proc.communicate(timeout=20)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from xvatool import __version__
-from xvatool.cli import archive, convert, host, package, repo, serve, transfer, workflows
+from xvatool.cli import appliance, archive, convert, host, package, repo, serve, transfer, workflows
 from xvatool.cli._common import debug_option, quiet_option
 
 __all__ = ["main"]
@@ -30,6 +30,6 @@ def main(ctx: click.Context) -> None:
     ctx.ensure_object(dict)
 
 
-for _module in (archive, convert, package, serve, host, transfer, workflows, repo):
+for _module in (archive, convert, package, serve, host, appliance, transfer, workflows, repo):
     for _command in _module.COMMANDS:
         main.add_command(_command)

@@ -46,7 +46,11 @@ def _parse_listen(listen: str) -> tuple[str, int]:
     type=click.Path(dir_okay=False, path_type=Path),
     help=f"File whose first line is the password (else ${PASSWORD_ENV}; 'demo' with --demo).",
 )
-@click.option("--demo", is_flag=True, help="Seed an empty DIR with demo-vm (two disks, a VIF, a CD drive).")
+@click.option(
+    "--demo",
+    is_flag=True,
+    help="Seed an empty DIR with demo-vm (two disks, a VIF, a CD drive) and the appliance demo-app.",
+)
 @click.option(
     "--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="PEM certificate."
 )

@@ -66,6 +66,27 @@ def _backup_outcome(report: BackupReport) -> None:
         raise XvatoolError(f"all {len(failed)} backups failed")
 
 
+def _backup_appliance(
+    connect: Connection, appliance: str, dest: Path, *, keep: int | None, compression: str, mode: str,
+    as_json: bool,
+) -> None:  # fmt: skip
+    from xvatool.ops.appliance_backup import backup_appliance
+
+    with connect() as session:
+        result = backup_appliance(
+            session, appliance, dest, keep=keep, compression=cast("Compression", compression),
+            mode=cast("ExportMode", mode), progress=terminal_progress(),
+        )  # fmt: skip
+    if as_json:
+        echo_json(result.to_json())
+        return
+    for member in result.members:
+        click.echo(f"{member.vm_name}  {human_size(member.archive_size)}  {result.folder / member.archive}")
+    click.echo(
+        f"appliance {result.appliance.name_label!r}: {len(result.members)} VMs backed up to {result.folder}"
+    )
+
+
 # ---------------------------------------------------------------------------------------- migrate
 
 
@@ -96,6 +117,9 @@ def _target_session(
 @click.option("--vm", "vms", multiple=True, metavar="VM", help="VM name or uuid (repeatable).")
 @click.option("--all", "all_vms", is_flag=True, help="Every VM except templates, snapshots and dom0.")
 @click.option("--tag", "tags", multiple=True, metavar="TAG", help="VMs carrying this tag (repeatable).")
+@click.option(
+    "--appliance", metavar="NAME", help="Every VM of this appliance, in one consistent run (--dest)."
+)
 @click.option("--dest", type=click.Path(file_okay=False, path_type=Path),
               help="Backup folder (the simple mode); each VM gets DEST/<name>-<uuid8>/.")  # fmt: skip
 @click.option(
@@ -117,11 +141,15 @@ def _target_session(
 @debug_option
 @command_errors
 def backup_command(
-    *, connect: Connection, vms: tuple[str, ...], all_vms: bool, tags: tuple[str, ...], dest: Path | None,
-    repo: str | None, shard: str | None, repo_password_file: str | None, s3_endpoint: str | None,
-    jobs: int, keep: int | None, compression: str, mode: str, as_json: bool,
+    *, connect: Connection, vms: tuple[str, ...], all_vms: bool, tags: tuple[str, ...], appliance: str | None,
+    dest: Path | None, repo: str | None, shard: str | None, repo_password_file: str | None,
+    s3_endpoint: str | None, jobs: int, keep: int | None, compression: str, mode: str, as_json: bool,
 ) -> None:  # fmt: skip
     """Back up VMs: export each (verified), write DEST/<name>-<uuid8>/<time>.xva and a manifest.
+
+    --appliance NAME backs up every VM of an appliance in one run (running VMs snapshotted
+    together) into DEST/<name>-<uuid8>/<time>/, with appliance.json recording the group (order,
+    delays, networks); the run is kept only if every VM succeeded.
 
     With --repo instead of --dest, each VM becomes one snapshot in a deduplicated repository
     (see `xvatool repo`): only chunks the repository lacks are stored. Running VMs are exported
@@ -133,11 +161,21 @@ def backup_command(
       XVATOOL_PASSWORD=… xvatool backup --host https://xen1 --fingerprint AB:CD:… \\
           --tag nightly --dest /backups --jobs 2 --keep 7 --compress zstd
       xvatool backup --host https://xen1 --all --repo s3://backups/xen --shard 1/2
+      xvatool backup --host https://xen1 --appliance web-app --dest /backups --keep 7
     """
     from xvatool.ops.backup import Selection, backup
 
+    if appliance is not None:
+        if vms or all_vms or tags or repo or shard or dest is None:
+            raise UsageError(
+                "--appliance takes --dest FOLDER, without --vm/--all/--tag (repositories hold VMs)"
+            )
+        _backup_appliance(
+            connect, appliance, dest, keep=keep, compression=compression, mode=mode, as_json=as_json
+        )
+        return
     if not (vms or all_vms or tags):
-        raise UsageError("choose VMs with --vm, --all or --tag")
+        raise UsageError("choose VMs with --vm, --all or --tag (or --appliance NAME)")
     if dest is None and repo:
         if keep is not None or mode != "stream":
             raise UsageError(
@@ -201,6 +239,9 @@ def restore_command(
 ) -> None:
     """Restore a backup (its .xva or its manifest) after checking the archive's sha256.
 
+    An appliance backup (its run folder or appliance.json) restores every VM, then the appliance
+    with its start order and delays; prints the appliance's uuid. All or nothing.
+
     With --repo, restore a repository snapshot instead (every chunk authenticated as it is
     read). Prints the new VM's uuid.
 
@@ -209,9 +250,19 @@ def restore_command(
       xvatool restore --host https://xen1 --sr "Local storage" \\
           /backups/web-01-6f1c4d3e/20261127T051500Z.xva
       xvatool restore --host https://xen1 --repo /backups/repo latest:web-01
+      xvatool restore --host https://xen1 /backups/web-app-3f2a9c1d/20261127T051500Z
     """
+    from xvatool.ops.appliance_backup import is_appliance_backup, restore_appliance
     from xvatool.ops.restore import restore
 
+    if is_appliance_backup(backup):
+        with connect() as session:
+            group = restore_appliance(
+                session, backup, sr=sr, restore_identity=restore_identity, mode=cast("ExportMode", mode),
+                progress=terminal_progress(),
+            )  # fmt: skip
+        echo_json(group.to_json()) if as_json else click.echo(group.appliance_uuid)
+        return
     source = click.get_current_context().get_parameter_source("repo")
     if repo and (source != click.core.ParameterSource.ENVIRONMENT or not Path(backup).is_file()):
         run_repo_restore(
@@ -234,7 +285,10 @@ def restore_command(
 
 @click.command("migrate")
 @connection_options
-@click.argument("vm")
+@click.argument("vm", required=False)
+@click.option(
+    "--appliance", metavar="NAME", help="Move every VM of this appliance and recreate it on the target."
+)
 @click.option("--to", "to_url", required=True, metavar="URL", help="Target host or pool master.")
 @click.option("--to-user", help=f"Target user (or {TO_USER_ENV}; default root).")
 @click.option("--to-password-file", type=click.Path(dir_okay=False),
@@ -253,9 +307,9 @@ def restore_command(
 @debug_option
 @command_errors
 def migrate_command(
-    *, connect: Connection, vm: str, to_url: str, to_user: str | None, to_password_file: str | None,
-    to_fingerprint: str | None, to_ca_bundle: str | None, to_insecure: bool, sr: str | None,
-    map_network: dict[str, str], shutdown_source: bool, mode: str, as_json: bool,
+    *, connect: Connection, vm: str | None, appliance: str | None, to_url: str, to_user: str | None,
+    to_password_file: str | None, to_fingerprint: str | None, to_ca_bundle: str | None, to_insecure: bool,
+    sr: str | None, map_network: dict[str, str], shutdown_source: bool, mode: str, as_json: bool,
 ) -> None:  # fmt: skip
     """Copy VM to another pool: export piped straight into import, verified, no temp file.
 
@@ -264,20 +318,37 @@ def migrate_command(
     as it was unless --shutdown-source. --mode parallel moves every disk at once, each verified
     chunk by chunk and sent without its zero regions.
 
+    --appliance NAME moves every VM of an appliance (running ones snapshotted together, or the
+    appliance shut down in order with --shutdown-source), creates its private networks on the
+    target when missing, and recreates the appliance with the same order and delays; if any VM
+    fails, nothing of the appliance is left on the target.
+
     \b
     Example:
       XVATOOL_TO_PASSWORD=… xvatool migrate --host https://xen1 web-01 \\
           --to https://xen2 --to-fingerprint 12:34:… --map-network "Pool-wide network=LAN" \\
           --mode parallel
+      xvatool migrate --host https://xen1 --appliance web-app --to https://xen2 --to-fingerprint 12:34:…
     """
+    from xvatool.ops.appliance_migrate import migrate_appliance
     from xvatool.ops.migrate import migrate
 
+    if (vm is None) == (appliance is None):
+        raise UsageError("name the VM to migrate, or --appliance NAME (not both)")
     if to_insecure:
         click.echo(INSECURE_WARNING.replace("--insecure", "--to-insecure"), err=True)
     target = _target_session(to_url, to_user, to_password_file, to_fingerprint, to_ca_bundle, to_insecure)
     with connect() as source, target(source.timeout_s) as dest:
-        result = migrate(source, dest, vm, sr=sr, network_map=map_network, shutdown_source=shutdown_source,
-                         mode=cast("TransferMode", mode), progress=terminal_progress())  # fmt: skip
+        if appliance is not None:
+            group = migrate_appliance(source, dest, appliance, sr=sr, network_map=map_network,
+                                      shutdown_source=shutdown_source, mode=cast("TransferMode", mode),
+                                      progress=terminal_progress())  # fmt: skip
+            echo_json(group.to_json()) if as_json else click.echo(group.appliance_uuid)
+            return
+        result = migrate(
+            source, dest, vm or "", sr=sr, network_map=map_network, shutdown_source=shutdown_source,
+            mode=cast("TransferMode", mode), progress=terminal_progress(),
+        )  # fmt: skip
     if as_json:
         echo_json(result.to_json())
         return

@@ -59,6 +59,8 @@ __all__ = [
     "SessionFactory",
     "VmBackupResult",
     "backup",
+    "backup_archive",
+    "folder_lock",
     "sanitize_name",
     "select_vms",
     "utc_stamp",
@@ -281,7 +283,7 @@ class _BackupJob:
         try:
             if self.cancelled.is_set():
                 raise UsageError("cancelled")
-            with _folder_lock(folder):
+            with folder_lock(folder):
                 self._backup_one(vm, folder, result)
                 result.removed = _retention(folder, self.keep)
             result.status = "ok"
@@ -295,37 +297,13 @@ class _BackupJob:
     def _backup_one(self, vm: VmRef, folder: Path, result: VmBackupResult) -> None:
         started_at = dt.datetime.now(dt.UTC)
         archive = self._archive_path(folder, started_at)
-        manifest_path = manifest_path_for(archive)
         committed = False
         try:
             with self.session_factory() as session:
-                source = _source_info(session)
-                exported = export_vm(
-                    session, vm.uuid, archive, mode=self.mode, compression=self.compression,
-                    snapshot="auto", retry=self.retry, digest=True,
-                    progress=labelled(self.progress, vm.name_label),
+                manifest = backup_archive(
+                    session, vm, archive, started_at=started_at, mode=self.mode, compression=self.compression,
+                    retry=self.retry, progress=labelled(self.progress, vm.name_label),
                 )  # fmt: skip
-            digest = exported.digest
-            assert digest is not None  # asked for
-
-            finished_at = dt.datetime.now(dt.UTC)
-            manifest = Manifest(
-                archive=archive.name,
-                archive_size=digest.size,
-                archive_sha256=digest.sha256,
-                compression=digest.compression,
-                checksum_kind=digest.checksum_kind,
-                vm_uuid=vm.uuid,
-                vm_name=vm.name_label,
-                source=source,
-                disks=digest.disks,
-                started_at=_iso(started_at),
-                finished_at=_iso(finished_at),
-                tool_version=importlib.metadata.version("xvatool"),
-                snapshot=exported.snapshot_used,
-                extra={"archive_vm_uuid": digest.vm_uuid, "mode": self.mode},
-            )
-            write_manifest(manifest_path, manifest)
             committed = True
         finally:
             if not committed:
@@ -334,9 +312,9 @@ class _BackupJob:
                 for leftover in (archive, *incomplete_files(archive)):
                     remove_tree(leftover)
         result.archive = archive
-        result.manifest = manifest_path
-        result.archive_size = digest.size
-        result.disk_size = sum(d.virtual_size for d in digest.disks)
+        result.manifest = manifest_path_for(archive)
+        result.archive_size = manifest.archive_size
+        result.disk_size = sum(d.virtual_size for d in manifest.disks)
 
     def _archive_path(self, folder: Path, moment: dt.datetime) -> Path:
         """`<stamp>.xva`, or `<stamp>-2.xva`… when a backup of the same second exists."""
@@ -348,6 +326,51 @@ class _BackupJob:
                 if not any(p.exists() for p in (archive, manifest_path_for(archive))):
                     return archive
         raise LocalIOError("too many backups with the same time stamp", path=str(folder))
+
+
+def backup_archive(
+    session: Session,
+    vm: VmRef,
+    archive: Path,
+    *,
+    started_at: dt.datetime,
+    export_from: VmRef | None = None,
+    mode: ExportMode = "stream",
+    compression: Compression = "none",
+    retry: RetryPolicy = DEFAULT_RETRY,
+    progress: Progress | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Manifest:
+    """Export `vm` into `archive`, verify the file, and write its manifest beside it (the commit).
+
+    `export_from` is what is exported when it is not `vm` itself: a snapshot the caller took
+    (an appliance's members are snapshotted together). Partial files are the caller's to clean.
+    """
+    source = _source_info(session)
+    exported = export_vm(
+        session, (export_from or vm).uuid, archive, mode=mode, compression=compression, snapshot="auto",
+        retry=retry, digest=True, progress=progress,
+    )  # fmt: skip
+    digest = exported.digest
+    assert digest is not None  # asked for: hashed in flight, the archive is never read again
+    manifest = Manifest(
+        archive=archive.name,
+        archive_size=digest.size,
+        archive_sha256=digest.sha256,
+        compression=digest.compression,
+        checksum_kind=digest.checksum_kind,
+        vm_uuid=vm.uuid,
+        vm_name=vm.name_label,
+        source=source,
+        disks=digest.disks,
+        started_at=_iso(started_at),
+        finished_at=_iso(dt.datetime.now(dt.UTC)),
+        tool_version=importlib.metadata.version("xvatool"),
+        snapshot=exported.snapshot_used or (export_from is not None and export_from.uuid != vm.uuid),
+        extra={"archive_vm_uuid": digest.vm_uuid, "mode": mode, **(extra or {})},
+    )
+    write_manifest(manifest_path_for(archive), manifest)
+    return manifest
 
 
 def _source_info(session: Session) -> dict[str, str]:
@@ -372,7 +395,7 @@ def _retention(folder: Path, keep: int | None) -> list[Path]:
 
 
 @contextlib.contextmanager
-def _folder_lock(folder: Path) -> Iterator[None]:
+def folder_lock(folder: Path) -> Iterator[None]:
     """Create the VM's folder and hold its lock: two runs must not back up one VM at once.
 
     Retention deletes `.part` files; with the lock held, none can belong to a live export.
@@ -386,7 +409,7 @@ def _folder_lock(folder: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
-            raise UsageError(f"{folder}: another backup of this VM is running") from exc
+            raise UsageError(f"{folder}: another backup of this VM (or appliance) is running") from exc
         yield
     finally:
         os.close(fd)

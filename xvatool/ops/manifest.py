@@ -52,6 +52,7 @@ __all__ = [
     "Manifest",
     "archive_digest",
     "digest_archive",
+    "load_json",
     "load_manifest",
     "manifest_path_for",
     "resolve_backup",
@@ -405,6 +406,11 @@ def write_manifest(path: str | os.PathLike[str], manifest: Manifest) -> None:
 
 def load_manifest(path: str | os.PathLike[str]) -> Manifest:
     """Read and parse a manifest; `FormatError` if it is not one, `LocalIOError` if unreadable."""
+    return Manifest.from_json(load_json(path), path=str(path))
+
+
+def load_json(path: str | os.PathLike[str]) -> Any:
+    """A manifest file's JSON value (at most `MAX_MANIFEST_SIZE` bytes); errors name the file."""
     try:
         with open(path, "rb") as f:
             data = f.read(MAX_MANIFEST_SIZE + 1)
@@ -413,10 +419,9 @@ def load_manifest(path: str | os.PathLike[str]) -> Manifest:
     if len(data) > MAX_MANIFEST_SIZE:
         raise FormatError(f"manifest larger than {MAX_MANIFEST_SIZE} bytes", code="manifest", file=str(path))
     try:
-        value = json.loads(data)
+        return json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise FormatError(f"manifest is not JSON: {exc}", code="manifest", file=str(path)) from exc
-    return Manifest.from_json(value, path=str(path))
 
 
 def resolve_backup(path: str | os.PathLike[str]) -> tuple[Path, Path]:

@@ -38,6 +38,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
@@ -49,18 +50,16 @@ from typing import Any
 from xvatool._progress import Progress, ProgressBar, ProgressGroup
 from xvatool._retry import DEFAULT_RETRY, RetryPolicy
 from xvatool._streams import TeeReader
-from xvatool.errors import Interrupted, StreamStateError, UsageError, XvatoolError, location_context
-from xvatool.ops.export import TransferMode, export_stream, fetch_metadata, transport_errors
+from xvatool.errors import Interrupted, UsageError, XvatoolError, location_context
+from xvatool.ops.export import TransferMode, export_stream, fetch_metadata
 from xvatool.ops.import_ import create_disk_vdi, import_stream
 from xvatool.ops.parallel import run_parallel
+from xvatool.ops.vdi_stream import HostDisk, LiveBody, upload_extents
 from xvatool.xapi.session import Session
-from xvatool.xapi.tasks import managed_task, task_reason, wait_task
-from xvatool.xapi.transfer import chunked_frames, open_download, upload_unsized
 from xvatool.xapi.vmdata import import_metadata
 from xvatool.xapi.vms import VmRef, destroy_vdi, destroy_vm_with_disks, export_source, find_sr, find_vm
 from xvatool.xva.assemble import ova_xml_tar
 from xvatool.xva.convert import edit_metadata, repack_pieces
-from xvatool.xva.disk import is_zero
 from xvatool.xva.ovaxml import DiskInfo, Metadata
 from xvatool.xva.reader import XvaReader
 
@@ -196,7 +195,7 @@ def _migrate_stream(
         with export_stream(source, found.uuid, snapshot="auto") as body:
             tee = TeeReader(body, progress=bar.update)
             reader = XvaReader(tee, source=f"{source.url}/export")
-            live = _LiveBody(repack_pieces(reader, edits.apply(reader.metadata)))
+            live = LiveBody(repack_pieces(reader, edits.apply(reader.metadata)))
             try:
                 result = import_stream(target, live, None, sr=sr_uuid)
             except XvatoolError as exc:
@@ -289,44 +288,21 @@ class _ParallelMigration:
     ) -> Callable[[], int]:
         """One disk: its verified tar stream from the source as chunked frames into `target_vdi`."""
         update = bars.new(disk.id, None, also=total).update
-        where = f"{self.source.url}/export_raw_vdi?vdi={disk.vdi_uuid}"
 
         def job() -> int:
-            params = {"vdi": disk.vdi_uuid, "format": "tar"}
-            with managed_task(self.source, f"xvatool export_raw_vdi {disk.vdi_uuid}") as source_task:
-                with open_download(self.source, "/export_raw_vdi", params, task=source_task) as body:
-                    tee = TeeReader(body, progress=update)
-                    reader = XvaReader.for_disk_stream(tee, size=disk.virtual_size, source=where)
-                    self._upload(target_vdi, _LiveBody(chunked_frames(self._extents(reader, tee))))
-                wait_task(self.source, source_task)
-            return tee.count
+            image = HostDisk(self.source, disk.vdi_uuid, disk.virtual_size, progress=update)
+            with contextlib.closing(image.extents()) as extents:
+                upload_extents(self.target, target_vdi, self._unless_stopped(extents))
+            return image.bytes_read
 
         return job
 
-    def _extents(self, reader: XvaReader, tee: TeeReader) -> Iterator[tuple[int, memoryview]]:
-        """The disk's non-zero chunks as (offset, data); the target VDI already reads as zeros."""
-        with transport_errors(tee):
-            for chunk in reader.chunks():
-                if self.stop.is_set():
-                    raise Interrupted("stopped: another disk failed")
-                if not is_zero(chunk.data):
-                    yield chunk.offset, chunk.data
-            tee.drain()  # what follows the tar, so the source's task completes cleanly
-
-    def _upload(self, target_vdi: str, live: _LiveBody) -> None:
-        """One `PUT /import_raw_vdi?chunked=true` of unknown length, then its task (§3.6)."""
-        params = {"vdi": target_vdi, "format": "raw", "chunked": "true"}
-        with managed_task(self.target, f"xvatool import_raw_vdi {target_vdi}") as task:
-            try:
-                with task_reason(self.target, task):  # a broken upload reports the target's reason
-                    upload_unsized(self.target, "/import_raw_vdi", params, live, task=task)
-                wait_task(self.target, task)
-            except XvatoolError as exc:
-                if live.error is not None:  # the target failed because the source did
-                    raise live.error from exc
-                raise
-        if live.error is not None:  # cannot happen without the terminator, but never keep it
-            raise live.error
+    def _unless_stopped(self, extents: Iterator[tuple[int, memoryview]]) -> Iterator[tuple[int, memoryview]]:
+        """The extents, until another disk fails (the target VDI already reads as zeros)."""
+        for extent in extents:
+            if self.stop.is_set():
+                raise Interrupted("stopped: another disk failed")
+            yield extent
 
     def discard(self) -> None:
         """Destroy the VDIs created on the target; never raises (the failure is what matters)."""
@@ -338,35 +314,6 @@ def _parse_metadata(ova_xml: bytes, url: str) -> Metadata:
     """The host's ova.xml of a VM, as `/export` would describe it (a snapshot made a plain VM)."""
     with location_context(file=f"{url}/export_metadata"):
         return Metadata.from_bytes(ova_xml).without_snapshot_identity()
-
-
-class _LiveBody:
-    """The body factory for a live stream: consumed once, and ends cleanly if the source fails.
-
-    A chunked-frame body stops before its terminator, so the host cannot take it for whole.
-
-    A reader error (bad chunk, source connection lost) is kept in `error` and the body simply
-    stops, so the upload is half-closed rather than reset: the target then fails the import of
-    a truncated archive on its own terms and cleans up, and the task tells us when that is done.
-    Letting the exception tear the socket down instead would race the target's cleanup.
-    """
-
-    def __init__(self, pieces: Iterator[bytes | memoryview]) -> None:
-        self._pieces = pieces
-        self._used = False
-        self.error: XvatoolError | None = None
-
-    def __call__(self) -> Iterator[bytes | memoryview]:
-        if self._used:
-            raise StreamStateError("a live export cannot be sent twice")
-        self._used = True
-        return self._guarded()
-
-    def _guarded(self) -> Iterator[bytes | memoryview]:
-        try:
-            yield from self._pieces
-        except XvatoolError as exc:
-            self.error = exc
 
 
 def _vm_uuids(session: Session) -> set[str]:

@@ -3,9 +3,10 @@
 `XapiApi.call(method, params)` is the whole API: it returns the call's value or raises
 `ApiFailure`; `rpc.py` wraps both into envelopes. Every message lives in one `MethodTable`
 (`methods.py`): the generated accessors of each class in `classes.py` and the explicit messages
-of `vm_messages.py`, `vdi_messages.py`, `task_messages.py`, `events.py` and the session messages
-below, so `system.listMethods` lists exactly what is served. To add messages, add them to their
-class's module (or a new one) and register it in `XapiApi.__init__`.
+of `vm_messages.py`, `vdi_messages.py`, `task_messages.py`, `events.py`,
+`appliance_messages.py`, `network_messages.py` and the session messages below, so
+`system.listMethods` lists exactly what is served. To add messages, add them to their class's
+module (or a new one) and register it in `XapiApi.__init__`.
 
 Dispatch follows xapi's generated server (gen_server.ml, server_helpers.ml): an `Async.` prefix
 is taken off first and every error names the message without it; a wrong number of parameters
@@ -24,10 +25,13 @@ import time
 from typing import Any
 
 from xvatool.sim.accessors import class_messages
+from xvatool.sim.appliance_messages import appliance_messages
+from xvatool.sim.appliances import ApplianceOps
 from xvatool.sim.classes import CLASSES
 from xvatool.sim.copies import Copier
 from xvatool.sim.events import event_messages
 from xvatool.sim.methods import ANY_ARITY, LIST_METHODS, Method, MethodTable
+from xvatool.sim.network_messages import network_messages
 from xvatool.sim.objects import ObjectOps
 from xvatool.sim.records import session_record
 from xvatool.sim.state import SimState
@@ -86,6 +90,9 @@ class XapiApi:
         self.methods.update(vdi_messages(ops, copier))
         self.methods.update(task_messages(tasks))
         self.methods.update(event_messages(state))
+        self.appliances = ApplianceOps(ops, tasks)
+        self.methods.update(appliance_messages(self.appliances))
+        self.methods.update(network_messages(ops))
         self.methods.update(
             {
                 LIST_METHODS: Method(lambda *_: self.methods.names(), 0, ANY_ARITY, session=False),

@@ -23,6 +23,7 @@ from xvatool.sim.records import (
     host_record,
     network_record,
     pbd_record,
+    pif_record,
     pool_record,
     session_record,
     sr_record,
@@ -30,6 +31,7 @@ from xvatool.sim.records import (
     vbd_record,
     vdi_record,
     vif_record,
+    vm_appliance_record,
     vm_record,
 )
 from xvatool.sim.values import Record
@@ -128,6 +130,8 @@ CLASSES: tuple[ClassSpec, ...] = (
         _DEVICE | {"locking_mode", "ipv4_allowed", "ipv6_allowed"},
         {"locking_mode": ("network_default", "locked", "unlocked", "disabled")},
     ),
+    ClassSpec("PIF", pif_record, frozenset({"other_config"})),
+    ClassSpec("VM_appliance", vm_appliance_record, frozenset({"name_label", "name_description"})),
     ClassSpec("task", task_record, frozenset({"other_config"}), persistent=False),
     ClassSpec("session", session_record, frozenset({"other_config"}), listed=False, persistent=False),
 )

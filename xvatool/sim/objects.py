@@ -196,6 +196,7 @@ class ObjectOps:
             for vif in record["VIFs"]:
                 self.destroy_vif(vif)
             self._unlink(record["snapshot_of"], "VM", "snapshots", vm)
+            self._unlink(record["appliance"], "VM_appliance", "VMs", vm)
             for snap in record["snapshots"]:
                 if self.state.exists("VM", snap):
                     self.state.update("VM", snap, snapshot_of=NULL_REF)

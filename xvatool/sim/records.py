@@ -18,6 +18,7 @@ __all__ = [
     "host_record",
     "network_record",
     "pbd_record",
+    "pif_record",
     "pool_record",
     "session_record",
     "sr_record",
@@ -25,6 +26,7 @@ __all__ = [
     "vbd_record",
     "vdi_record",
     "vif_record",
+    "vm_appliance_record",
     "vm_record",
 ]
 
@@ -113,6 +115,7 @@ def host_record(**fields: Any) -> Record:
             "address": "127.0.0.1",
             "enabled": True,
             "PBDs": [],
+            "PIFs": [],
             "resident_VMs": [],
             "API_version_major": API_VERSION[0],
             "API_version_minor": API_VERSION[1],
@@ -187,6 +190,46 @@ def network_record(**fields: Any) -> Record:
             "blobs": {},
             "assigned_ips": {},
             "default_locking_mode": "unlocked",
+        },
+        fields,
+    )
+
+
+def pif_record(**fields: Any) -> Record:
+    """A physical interface: what makes a network external (a network without one is private)."""
+    return _build(
+        {
+            "uuid": new_uuid(),
+            "device": "eth0",
+            "network": NULL_REF,
+            "host": NULL_REF,
+            "MAC": "",
+            "MTU": 1500,
+            "VLAN": -1,
+            "physical": True,
+            "currently_attached": True,
+            "management": False,
+            "ip_configuration_mode": "None",
+            "IP": "",
+            "netmask": "",
+            "gateway": "",
+            "DNS": "",
+            "other_config": {},
+        },
+        fields,
+    )
+
+
+def vm_appliance_record(**fields: Any) -> Record:
+    """A VM appliance (vApp): a name and the VMs that start and stop together (datamodel.ml)."""
+    return _build(
+        {
+            "uuid": new_uuid(),
+            "name_label": "",
+            "name_description": "",
+            "allowed_operations": [],
+            "current_operations": {},
+            "VMs": [],
         },
         fields,
     )

@@ -29,7 +29,7 @@ from xvatool.sim.handlers import DataRequest, HttpReject, parse_content_length, 
 from xvatool.sim.objects import ObjectOps
 from xvatool.sim.records import XAPI_VERSION
 from xvatool.sim.rpc import MAX_RPC_BODY, handle_jsonrpc, handle_xmlrpc, html_error
-from xvatool.sim.seed import DEMO_DISK_SIZES, seed_base, seed_demo
+from xvatool.sim.seed import DEMO_DISK_SIZES, seed_base, seed_demo, seed_demo_appliance
 from xvatool.sim.state import SimState
 from xvatool.sim.tasks import TaskManager
 
@@ -99,6 +99,7 @@ class SimHost:
         faults: Iterable[Fault | str] = (),
         demo: bool = False,
         demo_disk_sizes: Sequence[int] = DEMO_DISK_SIZES,
+        demo_appliance: bool = False,
         auth_failure_delay_s: float = 0.0,
     ) -> None:
         self.faults = FaultSet()
@@ -115,6 +116,8 @@ class SimHost:
             self.ops = ObjectOps(self.state, self.host_ref)
             if demo and fresh:  # --demo seeds an empty directory only
                 seed_demo(self.state, self.ops, demo_disk_sizes)
+            if demo_appliance and fresh:  # the appliance `demo-app` (serve --demo seeds both)
+                seed_demo_appliance(self.state, self.ops)
         except BaseException:
             self.state.release_directory()
             raise
@@ -275,6 +278,7 @@ def serve_forever(
         password=password,
         faults=faults,
         demo=demo,
+        demo_appliance=demo,
         auth_failure_delay_s=AUTH_FAILURE_DELAY_S,
     )
     try:

@@ -42,6 +42,7 @@ def running_host(
     *,
     demo: bool = True,
     demo_disk_sizes: Sequence[int] = DEMO_DISK_SIZES,
+    demo_appliance: bool = False,
     user: str = "root",
     password: str = DEFAULT_TEST_PASSWORD,
     faults: Iterable[Fault | str] = (),
@@ -51,7 +52,8 @@ def running_host(
     """Start a host bound to 127.0.0.1 on a free port; stop it and join its threads on exit.
 
     `tls` is a server-side `SSLContext`; `redirect=True` also starts the redirect peer
-    (`peer_url`) that the `redirect` fault sends clients to.
+    (`peer_url`) that the `redirect` fault sends clients to. `demo_appliance=True` also seeds
+    the appliance `demo-app` (as `xvatool serve --demo` does).
     """
     host = SimHost(
         Path(data_dir),
@@ -60,6 +62,7 @@ def running_host(
         faults=faults,
         demo=demo,
         demo_disk_sizes=demo_disk_sizes,
+        demo_appliance=demo_appliance,
     )
     try:
         host.serve("127.0.0.1", 0, tls=tls, redirect_peer=redirect)
