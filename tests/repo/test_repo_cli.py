@@ -6,7 +6,7 @@ import json
 
 from click.testing import CliRunner
 
-from tests.repo.helpers import MIB, archive_with, disk_image, sha256_file
+from tests.repo.helpers import MIB, archive_with, disk_image, pass_storage_clock, sha256_file
 from xvatool.cli import main
 
 
@@ -66,6 +66,7 @@ def test_repo_commands_end_to_end(repo_place, tmp_path):
 
     dry = _run(["repo", "forget", "--keep-last", "1", "--dry-run", "--json"], env=env)
     assert len(json.loads(dry.output)["remove"]) == 0  # one snapshot per VM: each is its VM's last
+    pass_storage_clock(repo_place.storage())  # the prune below must see the chunks as older than itself
     gone = _run(["repo", "forget", ids[0][:8], "--prune", "--json"], env=env)
     result = json.loads(gone.output)
     assert len(result["remove"]) == 1 and result["prune"]["deleted"] >= 2

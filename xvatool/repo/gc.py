@@ -29,6 +29,18 @@ between the two is lost from ``data/`` but not from ``fossils/``: the bytes are 
 Readers look in ``fossils/`` when an object is not in place, so a snapshot stays readable in the
 window before phase 2 puts an object back. Two prunes never run at once: each stores its lease,
 then backs off if an older live prune lease exists.
+
+The cutoff and the clock's resolution: an object is set aside only if its mtime is strictly
+before the cutoff (``mtime < cutoff``). Both times come from the storage's clock at the
+storage's resolution: S3 ``LastModified`` is truncated to the second (HEAD and LIST alike), a
+local file system to its timestamp granularity. Truncation never orders two events the wrong
+way round, it only makes them equal, so ``mtime < cutoff`` proves the object is older than the
+prune's start, and an object of the same second is left for the next prune. That is the safe
+side and costs nothing but a second's delay; rounding times up or trusting the caller's clock
+would not be safe. (Fossilizing is reversible anyway, phase 2 puts back whatever a writer
+turned out to need; the cutoff only keeps the prune from churning objects of running writers.)
+Tests that expect a prune to collect what they have just written therefore wait until the
+storage clock has passed those objects (``tests/repo/helpers.pass_storage_clock``).
 """
 
 from __future__ import annotations
