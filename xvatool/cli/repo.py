@@ -671,7 +671,7 @@ def run_repo_restore(
     s3_endpoint: str | None,
 ) -> None:
     """`restore --repo REPO SNAPSHOT`: prints the new VM's uuid."""
-    from xvatool.ops.repo_backup import restore_from_repository
+    from xvatool.ops.repo_restore import restore_from_repository
 
     repository = open_repo(repo, repo_password_file, s3_endpoint)
     try:
