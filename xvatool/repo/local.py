@@ -19,7 +19,7 @@ from pathlib import Path
 
 from xvatool._files import TEMP_GLOB, AtomicFile, fsync_dir, remove_quietly
 from xvatool.errors import LocalIOError, ObjectMissingError, RepositoryError
-from xvatool.repo.storage import ObjectInfo
+from xvatool.repo.backend import ObjectInfo
 
 __all__ = ["LOCAL_WRITERS", "LocalStorage"]
 
@@ -44,6 +44,7 @@ class LocalStorage:
         self.root = Path(root)
         self.location = os.fspath(root)
         self.parallelism = LOCAL_WRITERS
+        self.remote = False
         self._made: set[Path] = set()
         self._made_lock = threading.Lock()
 

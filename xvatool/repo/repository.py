@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from xvatool.errors import ObjectMissingError, RepositoryError, RepositoryPasswordError, UsageError
+from xvatool.repo.backend import Storage
 from xvatool.repo.config import RepoConfig
 from xvatool.repo.keys import DEFAULT_KDF, KdfParams, MasterKey, new_key_block, open_key_block
 from xvatool.repo.layout import (
@@ -32,7 +33,7 @@ from xvatool.repo.layout import (
 )
 from xvatool.repo.objects import CHUNK, ID_SIZE, INDEX, SNAPSHOT, Codec
 from xvatool.repo.snapshot import Snapshot, SnapshotDisk
-from xvatool.repo.storage import Storage, open_storage
+from xvatool.repo.storage import open_storage
 
 __all__ = ["LATEST_PREFIX", "PASSWORD_HINT", "Repository", "init_repository", "open_repository"]
 

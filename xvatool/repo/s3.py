@@ -27,7 +27,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from xvatool._retry import RetryPolicy
 from xvatool.errors import ObjectMissingError, RepositoryError
-from xvatool.repo.storage import ObjectInfo
+from xvatool.repo.backend import ObjectInfo
 
 __all__ = ["MAX_CONNECTIONS", "MULTIPART_THRESHOLD", "PART_SIZE", "S3_WRITERS", "S3Storage"]
 
@@ -80,6 +80,7 @@ class S3Storage:
         self.bucket = bucket
         self.prefix = prefix
         self.parallelism = S3_WRITERS
+        self.remote = True
         self.retry = retry or RetryPolicy()
         config = Config(
             retries={"mode": "standard", "total_max_attempts": 1},
