@@ -268,6 +268,10 @@ def snapshots_command(
 ) -> None:
     """List snapshots, oldest first (reads manifests only, never chunk data).
 
+    VERIFIED is the verdict of the last `repo check --read-data` with its date (UTC): ok, or
+    DAMAGED when a chunk of the snapshot failed; "-" when never verified. On S3, manifests seen
+    before come from the local cache (XVATOOL_CACHE_DIR).
+
     \b
     Example:
       xvatool repo snapshots /backups/repo --vm web-01 --json
@@ -278,8 +282,9 @@ def snapshots_command(
     if as_json:
         echo_json([s.to_json() for s in snapshots])
         return
-    rows = [("ID", "TIME (UTC)", "VM", "DISKS", "LOGICAL", "DATA", "NEW")]
+    rows = [("ID", "TIME (UTC)", "VM", "DISKS", "LOGICAL", "DATA", "NEW", "VERIFIED")]
     for s in snapshots:
+        verified = s.verification
         rows.append(
             (
                 s.short_id,
@@ -289,6 +294,9 @@ def snapshots_command(
                 human_size(s.logical_bytes),
                 human_size(s.data_bytes),
                 human_size(s.new_bytes),
+                "-"
+                if verified is None
+                else f"{'ok' if verified.state == 'ok' else 'DAMAGED'} {verified.time:%Y-%m-%d %H:%M}",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -420,7 +428,8 @@ def check_command(
     """Check that every snapshot can be restored; exit 1 naming the damaged snapshots.
 
     Reads every manifest, ova.xml and index and checks every referenced chunk is stored;
-    --read-data also reads every chunk. Leftovers of killed runs are notes, not problems.
+    --read-data also reads every chunk and records each snapshot's verdict (ok or damaged, with
+    the time; see `repo snapshots`). Leftovers of killed runs are notes, not problems.
 
     \b
     Example:
@@ -438,7 +447,11 @@ def check_command(
             click.echo(f"problem: {problem}")
         for note in report.notes:
             click.echo(f"note: {note}")
-        read = f", {report.chunks_read} read" if read_data else ""
+        read = (
+            f", {report.chunks_read} read, {report.verified} snapshots' verdicts recorded"
+            if read_data
+            else ""
+        )
         click.echo(
             f"{report.snapshots} snapshots, {report.chunks} chunks{read}: "
             f"{'no problems' if report.ok else f'{len(report.problems)} problems'}"

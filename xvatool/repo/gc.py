@@ -59,6 +59,7 @@ from xvatool.repo.layout import (
     DATA_PREFIX,
     FOSSIL_PREFIX,
     INDEX_PREFIX,
+    SNAPSHOT_PREFIX,
     TRASH_PREFIX,
     fossil_key,
     id_of_key,
@@ -68,6 +69,7 @@ from xvatool.repo.layout import (
 from xvatool.repo.lease import Lease, LeaseInfo, live_leases, remove_dead_leases
 from xvatool.repo.refs import DATA_REFS, INDEX_REFS, load_manifest, manifests, mark_snapshot
 from xvatool.repo.repository import Repository
+from xvatool.repo.verification import stale_records
 
 __all__ = ["CLOCK_MARGIN_S", "PruneReport", "prune"]
 
@@ -91,6 +93,8 @@ class PruneReport:
     deleted_bytes: int = 0
     restored: int = 0
     leftovers_removed: int = 0
+    verifications_removed: int = 0
+    """Verification records of snapshots that no longer exist, or superseded ones."""
     waiting_for: list[str] = field(default_factory=list)
     """Live writer leases the pending collection waits for (its objects are deleted later)."""
 
@@ -108,6 +112,7 @@ class PruneReport:
             "deleted_bytes": self.deleted_bytes,
             "restored": self.restored,
             "leftovers_removed": self.leftovers_removed,
+            "verifications_removed": self.verifications_removed,
             "waiting_for": self.waiting_for,
         }
 
@@ -157,6 +162,18 @@ class _Prune:
                 if not self.report.dry_run:
                     self.storage.delete(info.key)
                 self.report.trash_removed += 1
+
+    def purge_verifications(self) -> None:
+        """Verification records of snapshots gone for good (or superseded) are deleted."""
+        existing = [
+            info.key.rpartition("/")[2]
+            for prefix in (SNAPSHOT_PREFIX, TRASH_PREFIX)
+            for info in self.storage.list(prefix)
+        ]
+        for key in stale_records(self.storage, existing):
+            if not self.report.dry_run:
+                self.storage.delete(key)
+            self.report.verifications_removed += 1
 
     def mark(self, tables: IdTables) -> None:
         for key in manifests(self.repo, trash=True):
@@ -260,6 +277,7 @@ def prune(
         writers = job.writers(now)
         oldest = min((w.start for w in writers), default=None)
         job.purge_trash(oldest)
+        job.purge_verifications()
         record = _read_record(repo)
         if record is not None:
             if not job.ready(record, writers):
