@@ -224,3 +224,35 @@ def test_a_failed_parallel_restore_leaves_no_vdi_behind(host, repo_place, monkey
         with pytest.raises(TransferError, match="connection reset"):
             restore_from_repository(session, repo, result.snapshot, mode="parallel")
         assert _vdi_uuids(session) == before
+
+
+def test_backup_keep_forgets_older_snapshots_of_the_vms_it_backed_up(host, repo_place, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from xvatool.cli import main
+
+    for n, name in enumerate(("kept", "other"), 1):
+        host.add_vm(name, (MIB,), seed=n)
+    repo = init_repository(repo_place.location, s3_endpoint=repo_place.endpoint)
+    password_file = tmp_path / "pw"
+    password_file.write_text(host.running.password)
+    base = ["backup", "--host", host.url, "--password-file", str(password_file), "--repo",
+            repo_place.location, *repo_place.cli_args(), "-q"]  # fmt: skip
+    backup_to_repository(host.session, Selection(all_vms=True), repo)
+    backup_to_repository(host.session, Selection(all_vms=True), repo)
+    result = CliRunner().invoke(
+        main, [*base, "--vm", "kept", "--keep", "2", "--json"], catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert len(out["forgotten"]) == 1  # "kept" had three snapshots, keeps the two newest
+    names = sorted(s.vm_name for s in repo.snapshots())
+    assert names == ["kept", "kept", "other", "other"]  # "other" was not backed up: untouched
+    assert out["results"][0]["snapshot"] in {s.id for s in repo.snapshots()}
+    text = CliRunner().invoke(main, [*base, "--all", "--keep", "1"], catch_exceptions=False)
+    assert text.exit_code == 0 and "forgot 4 older snapshots" in text.output
+    assert sorted(s.vm_name for s in repo.snapshots()) == ["kept", "other"]
+    refused = CliRunner().invoke(main, [*base, "--all", "--mode", "parallel"])
+    assert refused.exit_code == 2 and "--mode is for --dest" in refused.output

@@ -629,6 +629,19 @@ def _render_repo_backup(report: RepoBackupReport) -> None:
     click.echo(f"{ok} of {len(report.results)} VMs backed up to {report.repository}{shard}")
 
 
+def _keep_newest(repository: Repository, report: RepoBackupReport, keep: int) -> list[str]:
+    """`backup --repo --keep N`: forget the older snapshots of the VMs backed up successfully
+    (a VM whose backup failed keeps all it had); returns the ids forgotten.
+    """
+    from xvatool.repo.forget import forget
+    from xvatool.repo.policy import KeepPolicy
+
+    done = [r.vm_uuid for r in report.results if r.status == "ok"]
+    if not done:
+        return []
+    return [d.snapshot.id for d in forget(repository, KeepPolicy(last=keep), vms=done).removed]
+
+
 def run_repo_backup(
     connect: Callable[[], Any],
     vms: tuple[str, ...],
@@ -642,8 +655,12 @@ def run_repo_backup(
     as_json: bool,
     repo_password_file: str | None,
     s3_endpoint: str | None,
+    keep: int | None = None,
 ) -> None:
-    """`backup --repo`: one snapshot per VM; exit 0, 3 (some failed) or 1 (all failed)."""
+    """`backup --repo`: one snapshot per VM; exit 0, 3 (some failed) or 1 (all failed).
+
+    `keep` N forgets all but the N newest snapshots of each VM backed up successfully now.
+    """
     from xvatool.ops.backup import Selection
     from xvatool.ops.repo_backup import backup_to_repository, parse_shard
 
@@ -659,9 +676,17 @@ def run_repo_backup(
             compression=cast("Any", compression),
             progress=_progress(),
         )
+        forgotten = _keep_newest(repository, report, keep) if keep else None
     finally:
         repository.close()
-    echo_json(report.to_json()) if as_json else _render_repo_backup(report)
+    if as_json:
+        echo_json({**report.to_json(), **({"forgotten": forgotten} if forgotten is not None else {})})
+    else:
+        _render_repo_backup(report)
+        if forgotten is not None:
+            click.echo(
+                f"forgot {len(forgotten)} older snapshots (--keep {keep}); `repo prune` frees the space"
+            )
     failed = [r.vm_name for r in report.failed]
     if report.exit_code == 3:
         raise PartialFailure(
