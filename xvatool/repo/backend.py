@@ -49,6 +49,13 @@ class Storage(Protocol):
         """The object's bytes; `ObjectMissingError` if it does not exist."""
         ...
 
+    def get_into(self, key: str, buffer: bytearray) -> int:
+        """Read the object into the start of `buffer` and return its length (reads of chunks
+        reuse their buffers); an object longer than `buffer` is not read and its length returned.
+        `ObjectMissingError` if it does not exist.
+        """
+        ...
+
     def put(self, key: str, data: bytes | bytearray | memoryview, *, durable: bool = True) -> None:
         """Store `data` under `key`, atomically, replacing any older object; durably unless
         ``durable=False``, which defers durability to the next `flush`.

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from xvatool.repo.layout import (
     object_key,
 )
 from xvatool.repo.lease import read_leases
-from xvatool.repo.objects import CHUNK, INDEX
+from xvatool.repo.objects import CHUNK, INDEX, MAX_STORED_CHUNK
 from xvatool.repo.reading import snapshot_metadata
 from xvatool.repo.refs import DATA_REFS, load_manifest, mark_snapshot, segment_chunk_ids
 from xvatool.repo.repository import Repository
@@ -119,6 +120,7 @@ class _Check:
         self.report = report
         self.tables = tables
         self.by_key: dict[str, CheckProblem] = {}
+        self._local = threading.local()  # each reading thread's two reused chunk buffers
 
     def problem(self, code: str, key: str, message: str, snapshot: str | None) -> None:
         found = self.by_key.get(key)
@@ -193,8 +195,11 @@ class _Check:
         self.tables.add_many("bad", self.tables.rows("corrupt"))
 
     def _read_one(self, oid: bytes) -> RepositoryError | None:
+        buffers: tuple[bytearray, bytearray] | None = getattr(self._local, "buffers", None)
+        if buffers is None:
+            buffers = self._local.buffers = (bytearray(MAX_STORED_CHUNK), bytearray(MAX_STORED_CHUNK))
         try:
-            self.repo.load(CHUNK, oid)
+            self.repo.load_into(CHUNK, oid, *buffers)
         except RepositoryError as exc:
             return exc
         return None

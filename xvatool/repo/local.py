@@ -75,6 +75,27 @@ class LocalStorage:
         except OSError as exc:
             raise self._error(exc, key) from exc
 
+    def get_into(self, key: str, buffer: bytearray) -> int:
+        try:
+            fd = os.open(self._path(key), os.O_RDONLY)
+        except FileNotFoundError as exc:
+            raise ObjectMissingError("no such object", location=self.location, key=key) from exc
+        except OSError as exc:
+            raise self._error(exc, key) from exc
+        try:
+            size = os.fstat(fd).st_size
+            if size > len(buffer):
+                return size
+            view = memoryview(buffer)[:size]
+            got = 0
+            while got < size and (n := os.readv(fd, [view[got:]])):
+                got += n
+            return got
+        except OSError as exc:
+            raise self._error(exc, key) from exc
+        finally:
+            os.close(fd)
+
     def put(self, key: str, data: bytes | bytearray | memoryview, *, durable: bool = True) -> None:
         path = self._path(key)
         try:

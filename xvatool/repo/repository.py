@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import TypeVar
 
 from xvatool.errors import (
     ObjectCorruptError,
@@ -49,6 +51,7 @@ from xvatool.repo.verification import latest_verifications
 
 __all__ = ["LATEST_PREFIX", "PASSWORD_HINT", "Repository", "init_repository", "open_repository"]
 
+T = TypeVar("T")
 LATEST_PREFIX = "latest:"
 PASSWORD_HINT = "give its passphrase with XVATOOL_REPO_PASSWORD or --repo-password-file"
 LOAD_THREADS = 8
@@ -148,18 +151,41 @@ class Repository:
 
     def fetch(self, key: str) -> bytes:
         """The stored bytes of an object, from its place or else from ``fossils/``."""
+        return self._placed(key, self.storage.get)
+
+    def _placed(self, key: str, read: Callable[[str], T]) -> T:
+        """`read` of the object in its place, or else of its fossil."""
         try:
-            return self.storage.get(key)
+            return read(key)
         except ObjectMissingError:
             try:
-                return self.storage.get(fossil_key(key))
+                return read(fossil_key(key))
             except ObjectMissingError:
                 raise ObjectMissingError("object is missing", location=self.location, key=key) from None
 
+    def load_into(self, kind: bytes, object_id: bytes, first: bytearray, second: bytearray) -> memoryview:
+        """`load` into two reused buffers (`Codec.open_into`): the verified plaintext as a view
+        of one of them, valid until either is reused.
+        """
+        key = self.key_of(kind, object_id)
+        length = self._placed(key, lambda name: self.storage.get_into(name, first))
+        if length > len(first):
+            raise ObjectCorruptError(
+                f"object of {length} bytes is larger than any of its kind", location=self.location, key=key
+            )
+        with self._located():
+            return self.codec.open_into(kind, object_id, first, length, second, key=key)
+
     def unseal(self, kind: bytes, object_id: bytes, blob: bytes, key: str) -> bytes:
         """The verified plaintext of stored bytes (`Codec.open`), errors naming the repository."""
-        try:
+        with self._located():
             return self.codec.open(kind, object_id, blob, key=key)
+
+    @contextmanager
+    def _located(self) -> Iterator[None]:
+        """Errors of the codec name this repository."""
+        try:
+            yield
         except RepositoryError as exc:
             exc.location = exc.location or self.location
             raise

@@ -144,6 +144,13 @@ class S3Storage:
 
         return self._call("GET", key, read)
 
+    def get_into(self, key: str, buffer: bytearray) -> int:
+        """A GET, copied into `buffer` (botocore hands out bytes; the network dominates anyway)."""
+        data = self.get(key)
+        if len(data) <= len(buffer):
+            buffer[: len(data)] = data
+        return len(data)
+
     def put(self, key: str, data: bytes | bytearray | memoryview, *, durable: bool = True) -> None:
         """An S3 object is durable once its PUT returned; `durable` changes nothing."""
         view = memoryview(data).cast("B")
