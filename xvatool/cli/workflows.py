@@ -183,7 +183,8 @@ def backup_command(
 @repo_access_options
 @click.option("--sr", help="SR uuid or name (default: the pool's default SR).")
 @click.option("--restore-identity", is_flag=True, help="Keep the VM's identity (MACs…) as backed up.")
-@click.option("--mode", default="stream", show_default=True, type=click.Choice(["stream", "parallel"]))
+@click.option("--mode", default="stream", show_default=True, type=click.Choice(["stream", "parallel"]),
+              help="One XVA stream, or every disk at once into its own VDI.")  # fmt: skip
 @json_option()
 @quiet_option
 @debug_option
