@@ -74,8 +74,10 @@ class Storage(Protocol):
         """Remove the object; an object already gone is fine."""
         ...
 
-    def move(self, src: str, dst: str) -> None:
-        """Rename an object (local: atomic; S3: server-side copy, then delete of `src`)."""
+    def move(self, src: str, dst: str, *, durable: bool = True) -> None:
+        """Rename an object (local: atomic; S3: server-side copy, then delete of `src`);
+        ``durable=False`` leaves the durability of the rename to the next `flush`.
+        """
         ...
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:

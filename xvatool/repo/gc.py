@@ -30,6 +30,11 @@ Readers look in ``fossils/`` when an object is not in place, so a snapshot stays
 window before phase 2 puts an object back. Two prunes never run at once: each stores its lease,
 then backs off if an older live prune lease exists.
 
+Moves are made durable together, by one `Storage.flush` (``syncfs``) before the collection
+record changes, not by two folder fsyncs per object: a crash can only undo renames that no
+record relies on yet (an object back in place is simply collected again; a fossil not yet put
+back is still read through ``fossils/`` and put back by the next phase 2).
+
 The cutoff and the clock's resolution: an object is set aside only if its mtime is strictly
 before the cutoff (``mtime < cutoff``). Both times come from the storage's clock at the
 storage's resolution: S3 ``LastModified`` is truncated to the second (HEAD and LIST alike), a
@@ -199,12 +204,13 @@ class _Prune:
                     key = object_key(prefix, oid)
                     if not self.report.dry_run:
                         try:
-                            self.storage.move(key, fossil_key(key))
+                            self.storage.move(key, fossil_key(key), durable=False)
                         except ObjectMissingError:
                             continue
                     self.report.fossilized += 1
                     self.report.fossilized_bytes += size
         if not self.report.dry_run:
+            self.storage.flush()  # every move durable before the record says the collection closed
             closed = self.lease.now()
             _write_record(
                 self.repo,
@@ -235,7 +241,7 @@ class _Prune:
                 if (refs, id_of_key(original)) in tables:
                     if not self.report.dry_run:
                         if self.storage.stat(original) is None:
-                            self.storage.move(info.key, original)
+                            self.storage.move(info.key, original, durable=False)
                         else:
                             self.storage.delete(info.key)
                     self.report.restored += 1
@@ -245,6 +251,7 @@ class _Prune:
                 self.report.deleted += 1
                 self.report.deleted_bytes += info.size
         if not self.report.dry_run:
+            self.storage.flush()  # every object put back durable before the record goes
             self.storage.delete(COLLECTION_KEY)
         self.say(
             f"deleted {self.report.deleted} objects ({self.report.deleted_bytes} bytes), "

@@ -141,7 +141,8 @@ class LocalStorage:
         except OSError as exc:
             raise self._error(exc, key) from exc
 
-    def move(self, src: str, dst: str) -> None:
+    def move(self, src: str, dst: str, *, durable: bool = True) -> None:
+        """`os.replace`; with `durable` both folders are fsynced (else `flush` does it for many)."""
         source, target = self._path(src), self._path(dst)
         try:
             self._folder(target)
@@ -150,8 +151,9 @@ class LocalStorage:
             raise ObjectMissingError("no such object", location=self.location, key=src) from exc
         except OSError as exc:
             raise self._error(exc, src) from exc
-        fsync_dir(target.parent)
-        fsync_dir(source.parent)
+        if durable:
+            fsync_dir(target.parent)
+            fsync_dir(source.parent)
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         base = self._path(prefix.rstrip("/")) if prefix.strip("/") else self.root

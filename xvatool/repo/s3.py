@@ -211,7 +211,8 @@ class S3Storage:
     def delete(self, key: str) -> None:
         self._call("DELETE", key, lambda: self._client.delete_object(Bucket=self.bucket, Key=self._key(key)))
 
-    def move(self, src: str, dst: str) -> None:
+    def move(self, src: str, dst: str, *, durable: bool = True) -> None:
+        """A server-side COPY, then DELETE; durable once it returned, whatever `durable` says."""
         source = {"Bucket": self.bucket, "Key": self._key(src)}
         self._call(
             "COPY",
