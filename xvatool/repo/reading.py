@@ -4,8 +4,8 @@
 Chunks are fetched ahead by a few threads, in order, each authenticated and checked against its
 id as it is opened (`objects.Codec.open`); all-zero chunks are never fetched (their id is
 `ZERO_ID`), so a sparse disk costs only its data. Memory: at most `READ_AHEAD` chunks per worker,
-in buffers reused from chunk to chunk (allocating 1 MiB per chunk cost a quarter of the reading
-CPU in page faults and zeroing).
+each in a pair of 1 MiB buffers reused from chunk to chunk (allocating 1 MiB per chunk cost a
+quarter of the reading CPU in page faults and zeroing).
 
 Example::
 
