@@ -245,3 +245,18 @@ def test_listing_snapshots_on_s3_reads_each_manifest_once(repo_place, tmp_path, 
     assert [s.vm_name for s in reopened.snapshots()] == ["secret-a", "secret-b"]
     assert [k for k in gets if k.startswith("snapshots/")] == [f"snapshots/{added[0].id}"]
     assert sorted(p.name for p in repo_cache.rglob("*") if p.is_file()) == sorted(s.id for s in added[:2])
+
+
+def test_check_on_storage_it_cannot_write_still_reports_and_notes_it(repo_place, tmp_path, monkeypatch):
+    from xvatool.errors import RepositoryError
+
+    repo = _repo(repo_place)
+    add_archives(repo, [_vm(tmp_path, "alpha", 1)[0]])
+
+    def refuse(key, data, *, durable=True):
+        raise RepositoryError("S3 AccessDenied: Access Denied", location=repo.location, key=key)
+
+    monkeypatch.setattr(repo.storage, "put", refuse)
+    report = check(repo, read_data=True)
+    assert report.ok and report.verified == 0
+    assert any("could not be recorded" in note and "AccessDenied" in note for note in report.notes)

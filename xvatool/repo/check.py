@@ -247,7 +247,10 @@ class _Check:
             sid: {"chunks_read": self.report.chunks_read, "damaged_keys": damaged.get(sid, [])}
             for sid in verdicts
         }
-        self.report.verified = record_verifications(self.repo.storage, verdicts, details=details)
+        try:
+            self.report.verified = record_verifications(self.repo.storage, verdicts, details=details)
+        except RepositoryError as exc:  # read-only credentials: the verdict above still stands
+            self.report.notes.append(f"the verdicts could not be recorded: {exc}")
 
 
 def _bounded(
