@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import time
-
-from tests.repo.helpers import MIB, archive_with, disk_image, sha256_file
+from tests.repo.helpers import MIB, archive_with, disk_image, pass_storage_clock, sha256_file
 from xvatool.repo import gc
 from xvatool.repo.archives import add_archives
 from xvatool.repo.check import check
@@ -27,7 +25,7 @@ def test_a_backup_reusing_forgotten_chunks_survives_a_prune_that_runs_meanwhile(
     repo = init_repository(repo_place.location, s3_endpoint=repo_place.endpoint)
     (old,) = add_archives(repo, [archive])
     forget(repo, snapshots=[old.id])  # its chunks are now referenced by nothing but the trash
-    time.sleep(1.1)  # S3 LastModified has one-second resolution
+    pass_storage_clock(repo.storage)  # S3 LastModified has one-second resolution
 
     with WriterRun(repo) as run, open_archive(archive) as reader:
         meta = reader.metadata
@@ -64,7 +62,7 @@ def test_prune_refuses_to_run_beside_another_prune(repo_place):
 
     repo = init_repository(repo_place.location, s3_endpoint=repo_place.endpoint)
     with Lease(repo.storage, "prune"):
-        time.sleep(1.1)
+        pass_storage_clock(repo.storage)  # the second prune starts strictly later
         with pytest.raises(RepositoryBusyError, match="another prune"):
             prune(repo)
 

@@ -14,7 +14,8 @@ import pytest
 from tests.repo.helpers import MIB
 from xvatool.ops.backup import Selection
 from xvatool.ops.hostdisks import vm_disk_digests
-from xvatool.ops.repo_backup import backup_to_repository, parse_shard, restore_from_repository, shard_of
+from xvatool.ops.repo_backup import backup_to_repository, parse_shard, shard_of
+from xvatool.ops.repo_restore import restore_from_repository
 from xvatool.repo.check import check
 from xvatool.repo.gc import prune
 from xvatool.repo.repository import init_repository
@@ -176,3 +177,82 @@ def test_kill_9_in_the_middle_of_a_backup_leaves_a_sound_repository(host, repo_p
     pruned = prune(repo)
     assert pruned.deleted == 0 or not pruned.waiting_for
     assert check(repo, read_data=True).ok
+
+
+def _vdi_uuids(session) -> set[str]:
+    return {str(rec["uuid"]) for rec in session.call("VDI.get_all_records").values()}
+
+
+def test_parallel_restore_sends_every_disk_at_once(host, repo_place, monkeypatch):
+    from xvatool.ops import repo_restore
+
+    vm = host.add_vm("three", (3 * MIB, 2 * MIB, MIB + 512 * 1024), seed=4)
+    repo = init_repository(repo_place.location, s3_endpoint=repo_place.endpoint)
+    (result,) = backup_to_repository(host.session, Selection(vms=(vm.uuid,)), repo).results
+    real_upload = repo_restore.upload
+    together = threading.Barrier(3, timeout=60)  # broken unless the three uploads overlap
+
+    def upload(*args, **kwargs):
+        together.wait()
+        return real_upload(*args, **kwargs)
+
+    monkeypatch.setattr(repo_restore, "upload", upload)
+    with host.session() as session:
+        restored = restore_from_repository(session, repo, result.snapshot, mode="parallel")
+        assert [d.sha256 for d in vm_disk_digests(session, restored.vm_uuid)] == vm.digests
+
+
+def test_a_failed_parallel_restore_leaves_no_vdi_behind(host, repo_place, monkeypatch):
+    from xvatool.errors import TransferError
+    from xvatool.ops import repo_restore
+
+    vm = host.add_vm("two", (2 * MIB, MIB), seed=6)
+    repo = init_repository(repo_place.location, s3_endpoint=repo_place.endpoint)
+    (result,) = backup_to_repository(host.session, Selection(vms=(vm.uuid,)), repo).results
+    real_upload = repo_restore.upload
+    calls = []
+
+    def upload(session, path, params, body, **kwargs):
+        calls.append(params["vdi"])
+        if len(calls) == 2:
+            raise TransferError("connection reset", retryable=False)
+        return real_upload(session, path, params, body, **kwargs)
+
+    monkeypatch.setattr(repo_restore, "upload", upload)
+    with host.session() as session:
+        before = _vdi_uuids(session)
+        with pytest.raises(TransferError, match="connection reset"):
+            restore_from_repository(session, repo, result.snapshot, mode="parallel")
+        assert _vdi_uuids(session) == before
+
+
+def test_backup_keep_forgets_older_snapshots_of_the_vms_it_backed_up(host, repo_place, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from xvatool.cli import main
+
+    for n, name in enumerate(("kept", "other"), 1):
+        host.add_vm(name, (MIB,), seed=n)
+    repo = init_repository(repo_place.location, s3_endpoint=repo_place.endpoint)
+    password_file = tmp_path / "pw"
+    password_file.write_text(host.running.password)
+    base = ["backup", "--host", host.url, "--password-file", str(password_file), "--repo",
+            repo_place.location, *repo_place.cli_args(), "-q"]  # fmt: skip
+    backup_to_repository(host.session, Selection(all_vms=True), repo)
+    backup_to_repository(host.session, Selection(all_vms=True), repo)
+    result = CliRunner().invoke(
+        main, [*base, "--vm", "kept", "--keep", "2", "--json"], catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert len(out["forgotten"]) == 1  # "kept" had three snapshots, keeps the two newest
+    names = sorted(s.vm_name for s in repo.snapshots())
+    assert names == ["kept", "kept", "other", "other"]  # "other" was not backed up: untouched
+    assert out["results"][0]["snapshot"] in {s.id for s in repo.snapshots()}
+    text = CliRunner().invoke(main, [*base, "--all", "--keep", "1"], catch_exceptions=False)
+    assert text.exit_code == 0 and "forgot 4 older snapshots" in text.output
+    assert sorted(s.vm_name for s in repo.snapshots()) == ["kept", "other"]
+    refused = CliRunner().invoke(main, [*base, "--all", "--mode", "parallel"])
+    assert refused.exit_code == 2 and "--mode is for --dest" in refused.output

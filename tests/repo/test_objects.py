@@ -98,3 +98,30 @@ def test_policy_keeps_the_newest_of_each_period_per_vm():
     assert {"a05812", "a05712"} <= set(kept)  # daily 3: days 59, 58, 57
     assert "a00012" not in kept
     assert decisions["a05912"].reasons[0] == "last"
+
+
+@pytest.mark.parametrize("data", [os.urandom(1 << 20), b"compressible " * 80000, os.urandom(700) * 3])
+def test_open_into_reuses_the_two_buffers_and_refuses_what_open_refuses(codec, data):
+    from xvatool.repo.objects import MAX_STORED_CHUNK
+
+    first, second = bytearray(MAX_STORED_CHUNK), bytearray(MAX_STORED_CHUNK)
+    oid = codec.object_id(data)
+    blob = codec.seal(CHUNK, oid, data)
+    for _ in range(2):  # the same buffers again, as a reader does
+        first[: len(blob)] = blob
+        plain = codec.open_into(CHUNK, oid, first, len(blob), second)
+        assert plain == data and plain.obj in (first, second)
+    for at in (0, 5, 8, HEADER_SIZE + 20, len(blob) - 1):
+        bad = bytearray(blob)
+        bad[at] ^= 1
+        first[: len(bad)] = bad
+        with pytest.raises(ObjectCorruptError):
+            codec.open_into(CHUNK, oid, first, len(bad), second)
+    first[: len(blob)] = blob
+    with pytest.raises(ObjectCorruptError):
+        codec.open_into(CHUNK, oid, first, len(blob) - 1, second)
+    with pytest.raises(ObjectCorruptError):
+        codec.open_into(CHUNK, codec.object_id(b"other"), first, len(blob), second)
+    small = bytearray(1000)
+    with pytest.raises(ObjectCorruptError):  # a buffer too small is refused, never overrun
+        codec.open_into(CHUNK, oid, first, len(blob), small)

@@ -6,7 +6,7 @@ import json
 
 from click.testing import CliRunner
 
-from tests.repo.helpers import MIB, archive_with, disk_image, sha256_file
+from tests.repo.helpers import MIB, archive_with, disk_image, pass_storage_clock, sha256_file
 from xvatool.cli import main
 
 
@@ -57,8 +57,17 @@ def test_repo_commands_end_to_end(repo_place, tmp_path):
 
     stats = json.loads(_run(["repo", "stats", "--json"], env=env).output)
     assert stats["snapshots"] == 2 and stats["chunks"] == 4 and stats["logical_bytes"] == 6 * MIB
+    assert all(
+        s["verified"] is None for s in json.loads(_run(["repo", "snapshots", "--json"], env=env).output)
+    )
     check = _run(["repo", "check", "--read-data", "--json"], env=env)
-    assert check.exit_code == 0 and json.loads(check.output)["ok"]
+    assert (
+        check.exit_code == 0 and json.loads(check.output)["ok"] and json.loads(check.output)["verified"] == 2
+    )
+    table = _run(["repo", "snapshots"], env=env).output.splitlines()
+    assert table[0].split()[-1] == "VERIFIED" and all(" ok 20" in line for line in table[1:3])
+    verified = [s["verified"] for s in json.loads(_run(["repo", "snapshots", "--json"], env=env).output)]
+    assert [v["state"] for v in verified] == ["ok", "ok"] and verified[0]["time"].endswith("Z")
 
     wrong = _run(["repo", "snapshots"], env={**env, "XVATOOL_REPO_PASSWORD": "nope"})
     assert wrong.exit_code == 1 and "wrong passphrase" in wrong.output
@@ -66,6 +75,7 @@ def test_repo_commands_end_to_end(repo_place, tmp_path):
 
     dry = _run(["repo", "forget", "--keep-last", "1", "--dry-run", "--json"], env=env)
     assert len(json.loads(dry.output)["remove"]) == 0  # one snapshot per VM: each is its VM's last
+    pass_storage_clock(repo_place.storage())  # the prune below must see the chunks as older than itself
     gone = _run(["repo", "forget", ids[0][:8], "--prune", "--json"], env=env)
     result = json.loads(gone.output)
     assert len(result["remove"]) == 1 and result["prune"]["deleted"] >= 2

@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from tests.repo.helpers import MIB, archive_with, disk_image, sha256_file
+from tests.repo.helpers import MIB, archive_with, disk_image, pass_storage_clock, sha256_file
 from xvatool.errors import RepositoryPasswordError, UsageError
 from xvatool.repo.archives import add_archives
 from xvatool.repo.check import check
@@ -142,6 +142,7 @@ def test_forget_and_prune_reclaim_the_space_of_forgotten_data(repo_place, tmp_pa
     report = forget(repo, snapshots=[s1.short_id])
     assert [d.snapshot.id for d in report.removed] == [s1.id]
     assert [s.id for s in repo.snapshots()] == [s2.id]
+    pass_storage_clock(repo.storage)  # else objects of the prune's first second are (rightly) kept
     pruned = prune(repo)
     assert pruned.deleted >= 8 and not pruned.waiting_for
     after = repo_place.stored_bytes()
@@ -183,3 +184,79 @@ def test_init_refuses_an_existing_repository(repo_place):
     _repo(repo_place)
     with pytest.raises(UsageError, match="already exists"):
         _repo(repo_place)
+
+
+def test_check_read_data_records_each_snapshot_verdict_and_prune_drops_stale_ones(repo_place, tmp_path):
+    repo = _repo(repo_place)
+    a, _ = _vm(tmp_path, "alpha", 1)
+    b, _ = _vm(tmp_path, "beta", 2)
+    sa, sb = add_archives(repo, [a, b])
+    assert all(s.verification is None for s in repo.snapshots())
+    assert check(repo).ok and not repo_place.keys("verify/")  # a structure check proves no data
+
+    report = check(repo, read_data=True)
+    assert report.ok and report.verified == 2
+    first = {s.id: s.verification for s in repo.snapshots()}
+    assert {v.state for v in first.values()} == {"ok"}
+    assert all(abs((v.time - dt.datetime.now(dt.UTC)).total_seconds()) < 600 for v in first.values())
+
+    only_b = sorted(set(repo_place.keys("data/")) - _chunk_keys(repo, sa))
+    repo_place.corrupt(only_b[0])
+    assert not check(repo, read_data=True).ok
+    states = {s.id: s.verification.state for s in repo.snapshots()}
+    assert states == {sa.id: "ok", sb.id: "damaged"}
+    assert len(repo_place.keys("verify/")) == 2  # the older verdicts were replaced
+    assert [s["verified"]["state"] for s in (x.to_json() for x in repo.snapshots())] == ["ok", "damaged"]
+
+    forget(repo, snapshots=[sb.id])
+    pruned = prune(repo)
+    assert pruned.verifications_removed == 1
+    assert [k.split("/")[1][:64] for k in repo_place.keys("verify/")] == [sa.id]
+
+
+def test_listing_snapshots_on_s3_reads_each_manifest_once(repo_place, tmp_path, fast_kdf, repo_cache):
+    if repo_place.kind == "local":
+        pytest.skip("a local folder is read in place: nothing to cache")
+    repo = _repo(repo_place, passphrase="pw", kdf=fast_kdf)
+    archives = [_vm(tmp_path, name, n)[0] for n, name in enumerate(("secret-a", "secret-b", "secret-c"), 1)]
+    added = add_archives(repo, archives)
+    reopened = open_repository(repo_place.location, passphrase="pw", s3_endpoint=repo_place.endpoint)
+    gets: list[str] = []
+    real_get = reopened.storage.get
+
+    def counting_get(key):
+        gets.append(key)
+        return real_get(key)
+
+    reopened.storage.get = counting_get
+    assert [s.id for s in reopened.snapshots()] == [s.id for s in added]
+    assert sorted(k for k in gets if k.startswith("snapshots/")) == sorted(f"snapshots/{s.id}" for s in added)
+    gets.clear()
+    assert [s.vm_name for s in reopened.snapshots()] == ["secret-a", "secret-b", "secret-c"]
+    assert reopened.find_snapshot(added[1].id[:10]).vm_name == "secret-b"
+    assert not [k for k in gets if k.startswith("snapshots/")]  # every manifest came from the cache
+    cached = sorted(p for p in repo_cache.rglob("*") if p.is_file())
+    assert len(cached) == 3 and not any(b"secret" in p.read_bytes() for p in cached)  # sealed copies
+
+    bad = next(p for p in cached if p.name == added[0].id)
+    bad.write_bytes(bad.read_bytes()[:-1] + bytes([bad.read_bytes()[-1] ^ 1]))  # a damaged copy
+    forget(reopened, snapshots=[added[2].id])  # and one forgotten through the storage
+    gets.clear()
+    assert [s.vm_name for s in reopened.snapshots()] == ["secret-a", "secret-b"]
+    assert [k for k in gets if k.startswith("snapshots/")] == [f"snapshots/{added[0].id}"]
+    assert sorted(p.name for p in repo_cache.rglob("*") if p.is_file()) == sorted(s.id for s in added[:2])
+
+
+def test_check_on_storage_it_cannot_write_still_reports_and_notes_it(repo_place, tmp_path, monkeypatch):
+    from xvatool.errors import RepositoryError
+
+    repo = _repo(repo_place)
+    add_archives(repo, [_vm(tmp_path, "alpha", 1)[0]])
+
+    def refuse(key, data, *, durable=True):
+        raise RepositoryError("S3 AccessDenied: Access Denied", location=repo.location, key=key)
+
+    monkeypatch.setattr(repo.storage, "put", refuse)
+    report = check(repo, read_data=True)
+    assert report.ok and report.verified == 0
+    assert any("could not be recorded" in note and "AccessDenied" in note for note in report.notes)

@@ -268,6 +268,10 @@ def snapshots_command(
 ) -> None:
     """List snapshots, oldest first (reads manifests only, never chunk data).
 
+    VERIFIED is the verdict of the last `repo check --read-data` with its date (UTC): ok, or
+    DAMAGED when a chunk of the snapshot failed; "-" when never verified. On S3, manifests seen
+    before come from the local cache (XVATOOL_CACHE_DIR).
+
     \b
     Example:
       xvatool repo snapshots /backups/repo --vm web-01 --json
@@ -278,8 +282,9 @@ def snapshots_command(
     if as_json:
         echo_json([s.to_json() for s in snapshots])
         return
-    rows = [("ID", "TIME (UTC)", "VM", "DISKS", "LOGICAL", "DATA", "NEW")]
+    rows = [("ID", "TIME (UTC)", "VM", "DISKS", "LOGICAL", "DATA", "NEW", "VERIFIED")]
     for s in snapshots:
+        verified = s.verification
         rows.append(
             (
                 s.short_id,
@@ -289,6 +294,9 @@ def snapshots_command(
                 human_size(s.logical_bytes),
                 human_size(s.data_bytes),
                 human_size(s.new_bytes),
+                "-"
+                if verified is None
+                else f"{'ok' if verified.state == 'ok' else 'DAMAGED'} {verified.time:%Y-%m-%d %H:%M}",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -420,7 +428,8 @@ def check_command(
     """Check that every snapshot can be restored; exit 1 naming the damaged snapshots.
 
     Reads every manifest, ova.xml and index and checks every referenced chunk is stored;
-    --read-data also reads every chunk. Leftovers of killed runs are notes, not problems.
+    --read-data also reads every chunk and records each snapshot's verdict (ok or damaged, with
+    the time; see `repo snapshots`). Leftovers of killed runs are notes, not problems.
 
     \b
     Example:
@@ -438,7 +447,11 @@ def check_command(
             click.echo(f"problem: {problem}")
         for note in report.notes:
             click.echo(f"note: {note}")
-        read = f", {report.chunks_read} read" if read_data else ""
+        read = (
+            f", {report.chunks_read} read, {report.verified} snapshots' verdicts recorded"
+            if read_data
+            else ""
+        )
         click.echo(
             f"{report.snapshots} snapshots, {report.chunks} chunks{read}: "
             f"{'no problems' if report.ok else f'{len(report.problems)} problems'}"
@@ -616,6 +629,19 @@ def _render_repo_backup(report: RepoBackupReport) -> None:
     click.echo(f"{ok} of {len(report.results)} VMs backed up to {report.repository}{shard}")
 
 
+def _keep_newest(repository: Repository, report: RepoBackupReport, keep: int) -> list[str]:
+    """`backup --repo --keep N`: forget the older snapshots of the VMs backed up successfully
+    (a VM whose backup failed keeps all it had); returns the ids forgotten.
+    """
+    from xvatool.repo.forget import forget
+    from xvatool.repo.policy import KeepPolicy
+
+    done = [r.vm_uuid for r in report.results if r.status == "ok"]
+    if not done:
+        return []
+    return [d.snapshot.id for d in forget(repository, KeepPolicy(last=keep), vms=done).removed]
+
+
 def run_repo_backup(
     connect: Callable[[], Any],
     vms: tuple[str, ...],
@@ -629,8 +655,12 @@ def run_repo_backup(
     as_json: bool,
     repo_password_file: str | None,
     s3_endpoint: str | None,
+    keep: int | None = None,
 ) -> None:
-    """`backup --repo`: one snapshot per VM; exit 0, 3 (some failed) or 1 (all failed)."""
+    """`backup --repo`: one snapshot per VM; exit 0, 3 (some failed) or 1 (all failed).
+
+    `keep` N forgets all but the N newest snapshots of each VM backed up successfully now.
+    """
     from xvatool.ops.backup import Selection
     from xvatool.ops.repo_backup import backup_to_repository, parse_shard
 
@@ -646,9 +676,17 @@ def run_repo_backup(
             compression=cast("Any", compression),
             progress=_progress(),
         )
+        forgotten = _keep_newest(repository, report, keep) if keep else None
     finally:
         repository.close()
-    echo_json(report.to_json()) if as_json else _render_repo_backup(report)
+    if as_json:
+        echo_json({**report.to_json(), **({"forgotten": forgotten} if forgotten is not None else {})})
+    else:
+        _render_repo_backup(report)
+        if forgotten is not None:
+            click.echo(
+                f"forgot {len(forgotten)} older snapshots (--keep {keep}); `repo prune` frees the space"
+            )
     failed = [r.vm_name for r in report.failed]
     if report.exit_code == 3:
         raise PartialFailure(
@@ -671,7 +709,7 @@ def run_repo_restore(
     s3_endpoint: str | None,
 ) -> None:
     """`restore --repo REPO SNAPSHOT`: prints the new VM's uuid."""
-    from xvatool.ops.repo_backup import restore_from_repository
+    from xvatool.ops.repo_restore import restore_from_repository
 
     repository = open_repo(repo, repo_password_file, s3_endpoint)
     try:

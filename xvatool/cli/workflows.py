@@ -131,7 +131,9 @@ def _target_session(
 @click.option("--shard", metavar="K/N", help="With --repo: only the K-th of N stable shares of the VMs.")
 @repo_access_options
 @click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1), help="VMs at once.")
-@click.option("--keep", type=click.IntRange(min=1), help="Keep the N newest complete backups per VM.")
+@click.option("--keep", type=click.IntRange(min=1),
+              help="Keep the N newest complete backups per VM (with --repo: forget the older "
+                   "snapshots of the VMs just backed up; `repo prune` frees their space).")  # fmt: skip
 @click.option("--compress", "compression", default="none", show_default=True,
               type=click.Choice(["none", "gzip", "zstd"]), help="Host-side compression.")  # fmt: skip
 @click.option("--mode", default="stream", show_default=True, type=click.Choice(["stream", "parallel"]),
@@ -177,10 +179,8 @@ def backup_command(
     if not (vms or all_vms or tags):
         raise UsageError("choose VMs with --vm, --all or --tag (or --appliance NAME)")
     if dest is None and repo:
-        if keep is not None or mode != "stream":
-            raise UsageError(
-                "--keep and --mode are for --dest; prune a repository with `xvatool repo forget`"
-            )
+        if mode != "stream":
+            raise UsageError("--mode is for --dest; a repository backup reads each VM as one stream")
         run_repo_backup(
             connect,
             vms,
@@ -193,6 +193,7 @@ def backup_command(
             as_json=as_json,
             repo_password_file=repo_password_file,
             s3_endpoint=s3_endpoint,
+            keep=keep,
         )
         return
     if dest is None:
@@ -220,7 +221,8 @@ def backup_command(
 @repo_access_options
 @click.option("--sr", help="SR uuid or name (default: the pool's default SR).")
 @click.option("--restore-identity", is_flag=True, help="Keep the VM's identity (MACs…) as backed up.")
-@click.option("--mode", default="stream", show_default=True, type=click.Choice(["stream", "parallel"]))
+@click.option("--mode", default="stream", show_default=True, type=click.Choice(["stream", "parallel"]),
+              help="One XVA stream, or every disk at once into its own VDI.")  # fmt: skip
 @json_option()
 @quiet_option
 @debug_option

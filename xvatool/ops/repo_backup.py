@@ -1,4 +1,4 @@
-"""Backups of VMs into a repository, and restores from it (`backup --repo`, `restore --repo`).
+"""Backups of VMs into a repository (`backup --repo`); restores are in `ops.repo_restore`.
 
 Backup: for each selected VM, in its own thread with its own session, the host's export stream
 (a running VM is exported through a temporary snapshot, destroyed afterwards) is read by the
@@ -8,18 +8,10 @@ stores almost nothing. A VM's snapshot is committed only after its whole export 
 failing VM does not stop the others. `--shard K/N` keeps a stable share of the selection (by a
 hash of the VM uuid), so N workers on N machines split a pool without talking to each other.
 
-Restore: the snapshot is streamed as a standard XVA straight into ``PUT /import`` (mode
-"stream"), or each disk is sent as a chunked ``/import_raw_vdi`` of its non-zero chunks into a
-new VDI (fetched from the repository by several threads), followed by ``/import_metadata``
-(mode "parallel", the host's per-disk path). Every chunk is authenticated
-and checked against its id as it is read.
-
 Example::
 
     repo = open_repository("s3://backups/xen", passphrase=secret)
     report = backup_to_repository(factory, Selection(tags=("nightly",)), repo, jobs=2)
-    with connect(url, "root", password) as host:
-        restore_from_repository(host, repo, "latest:web-01", sr="Local storage")
 """
 
 from __future__ import annotations
@@ -29,40 +21,32 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from xvatool._progress import Progress
 from xvatool._types import Compression
 from xvatool.errors import UsageError, XvatoolError
+from xvatool.ops.backup import Selection, select_vms
+from xvatool.ops.export import export_stream
 from xvatool.repo.ingest import WriterRun, ingest_reader
-from xvatool.repo.objects import ZERO_ID
-from xvatool.repo.reading import SnapshotDiskSource, snapshot_metadata
 from xvatool.repo.repository import Repository
-from xvatool.repo.snapshot import Snapshot
-from xvatool.xva.disk import CHUNK_SIZE
-
-if TYPE_CHECKING:
-    from xvatool.ops.backup import Selection
-    from xvatool.xapi.session import Session
-    from xvatool.xapi.vms import VmRef
+from xvatool.xapi.session import Session
+from xvatool.xapi.vms import VmRef
+from xvatool.xva.reader import XvaReader
 
 __all__ = [
     "RepoBackupReport",
-    "RepoRestoreResult",
     "VmRepoResult",
     "backup_to_repository",
     "parse_shard",
-    "restore_from_repository",
     "shard_of",
 ]
 
 log = logging.getLogger(__name__)
-
-RestoreMode = Literal["stream", "parallel"]
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -158,9 +142,6 @@ class _RepoBackupJob:
         self.cancelled = threading.Event()
 
     def one(self, vm: VmRef) -> VmRepoResult:
-        from xvatool.ops.export import export_stream
-        from xvatool.xva.reader import XvaReader
-
         result = VmRepoResult(vm.uuid, vm.name_label)
         started = time.monotonic()
         bar = None
@@ -215,8 +196,6 @@ def backup_to_repository(
     compression of the export stream (saves network; the repository compresses each chunk
     anyway). Raises `UsageError` for a bad selection before anything is exported.
     """
-    from xvatool.ops.backup import select_vms
-
     if jobs < 1:
         raise UsageError(f"--jobs must be at least 1, not {jobs}")
     with session_factory() as session:
@@ -241,100 +220,3 @@ def backup_to_repository(
                     future.cancel()
                 raise
     return report
-
-
-@dataclass(frozen=True)
-class RepoRestoreResult:
-    vm_uuid: str
-    vm_ref: str
-    snapshot: Snapshot
-    mode: RestoreMode
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "vm_uuid": self.vm_uuid,
-            "snapshot": self.snapshot.id,
-            "source_vm_uuid": self.snapshot.vm_uuid,
-            "source_vm_name": self.snapshot.vm_name,
-            "time": self.snapshot.to_json()["time"],
-            "mode": self.mode,
-        }
-
-
-def _chunk_lengths(repo: Repository, source: SnapshotDiskSource) -> Iterator[int]:
-    """The lengths of the chunks a disk's upload sends (its non-zero ones), from its index."""
-    size = source.size
-    for index, oid in enumerate(repo.disk_chunk_ids(source.disk)):
-        if oid != ZERO_ID:
-            yield min(CHUNK_SIZE, size - index * CHUNK_SIZE)
-
-
-def restore_from_repository(
-    session: Session,
-    repo: Repository,
-    snapshot: str,
-    *,
-    sr: str | None = None,
-    restore_identity: bool = False,
-    mode: RestoreMode = "stream",
-    progress: Progress | None = None,
-) -> RepoRestoreResult:
-    """Restore a snapshot (id prefix or ``latest:VM``) as a new VM into SR `sr` (default SR)."""
-    from xvatool.ops.import_ import create_disk_vdi, import_stream
-    from xvatool.xapi.tasks import managed_task, task_reason, wait_task
-    from xvatool.xapi.transfer import chunked_frames, chunked_length, upload
-    from xvatool.xapi.vmdata import import_metadata
-    from xvatool.xapi.vms import find_sr
-    from xvatool.xva.assemble import ova_xml_tar
-    from xvatool.xva.writer import XvaWriter
-
-    if mode not in ("stream", "parallel"):
-        raise UsageError(f"unknown mode {mode!r} (stream or parallel)")
-    found = repo.find_snapshot(snapshot)
-    metadata = snapshot_metadata(repo, found)
-    sources = {disk.id: SnapshotDiskSource(repo, disk) for disk in found.disks}
-    sr_ref, sr_uuid = find_sr(session, sr)
-    bar = progress(found.vm_name, found.logical_bytes) if progress is not None else None
-
-    def update(n: int) -> None:
-        if bar is not None:
-            bar.update(n)
-
-    try:
-        if mode == "stream":
-            writer = XvaWriter(metadata, sources, progress=update)
-            result = import_stream(session, lambda: iter(writer), None, sr=sr_uuid, restore=restore_identity)
-            return RepoRestoreResult(result.vm_uuid, result.vm_ref, found, mode)
-        vdi_map: dict[str, str] = {}
-        for disk in metadata.disks:
-            source = sources[disk.id]
-            _ref, vdi_uuid = create_disk_vdi(session, sr_ref, disk)
-            vdi_map[disk.vdi_uuid] = vdi_uuid
-            length = chunked_length(_chunk_lengths(repo, source))
-
-            def body(source: SnapshotDiskSource = source) -> Iterator[bytes | memoryview]:
-                def extents() -> Iterator[tuple[int, memoryview]]:
-                    for offset, data in source.blocks():
-                        update(len(data))
-                        yield offset, data
-
-                return chunked_frames(extents())
-
-            with managed_task(session, f"xvatool restore {vdi_uuid}") as task:
-                with task_reason(session, task):
-                    upload(
-                        session,
-                        "/import_raw_vdi",
-                        {"vdi": vdi_uuid, "format": "raw", "chunked": "true"},
-                        body,
-                        length=length,
-                        task=task,
-                    )
-                wait_task(session, task)
-        vm_ref, vm_uuid = import_metadata(
-            session, ova_xml_tar(metadata.to_bytes()), vdi_map, restore=restore_identity
-        )
-        return RepoRestoreResult(vm_uuid, vm_ref, found, mode)
-    finally:
-        if bar is not None:
-            bar.close()

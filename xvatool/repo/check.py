@@ -2,7 +2,9 @@
 
 Without `read_data`: every manifest, ova.xml and index segment is read and authenticated, and
 every chunk they reference must be stored (listings only, no chunk data). With `read_data`:
-every referenced chunk is also read, authenticated and hashed against its id, several at a time.
+every referenced chunk is also read, authenticated and hashed against its id, several at a time,
+and each snapshot's verdict (ok, or damaged when a problem names it) is recorded with the time
+(`verification`), so `repo snapshots` shows when each was last proven restorable.
 Sets of ids live in a scratch SQLite file (`idtable`), so memory does not grow with the
 repository. Leftovers of killed runs (unreferenced objects, stale leases, a pending collection,
 temporary files) are reported as notes, not problems: the next prune cleans them up.
@@ -17,6 +19,8 @@ Example::
 from __future__ import annotations
 
 import collections
+import datetime as dt
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,11 +39,12 @@ from xvatool.repo.layout import (
     object_key,
 )
 from xvatool.repo.lease import read_leases
-from xvatool.repo.objects import CHUNK, INDEX
+from xvatool.repo.objects import CHUNK, INDEX, MAX_STORED_CHUNK
 from xvatool.repo.reading import snapshot_metadata
 from xvatool.repo.refs import DATA_REFS, load_manifest, mark_snapshot, segment_chunk_ids
 from xvatool.repo.repository import Repository
-from xvatool.repo.snapshot import Snapshot
+from xvatool.repo.snapshot import Snapshot, Verification
+from xvatool.repo.verification import DAMAGED, OK, record_verifications
 
 __all__ = ["CheckProblem", "CheckReport", "check"]
 
@@ -76,6 +81,10 @@ class CheckReport:
     chunks_read: int = 0
     problems: list[CheckProblem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    verified: int = 0
+    """Snapshots whose verdict this check recorded (with `read_data` only)."""
+    snapshot_ids: list[str] = field(default_factory=list, repr=False)
+    """Every snapshot the check looked at."""
 
     @property
     def ok(self) -> bool:
@@ -97,6 +106,7 @@ class CheckReport:
             "damaged_snapshots": self.damaged_snapshots,
             "problems": [p.to_json() for p in self.problems],
             "notes": self.notes,
+            "verified": self.verified,
         }
 
 
@@ -110,6 +120,7 @@ class _Check:
         self.report = report
         self.tables = tables
         self.by_key: dict[str, CheckProblem] = {}
+        self._local = threading.local()  # each reading thread's two reused chunk buffers
 
     def problem(self, code: str, key: str, message: str, snapshot: str | None) -> None:
         found = self.by_key.get(key)
@@ -130,14 +141,18 @@ class _Check:
                 snapshot_metadata(self.repo, snapshot)
             except ObjectMissingError as exc:
                 if exc.key == info.key:
+                    self.report.snapshots -= 1
                     continue  # forgotten while we listed
                 self.problem("metadata-missing", exc.key or info.key, exc.message, snapshot_id)
+                self.report.snapshot_ids.append(snapshot_id)
                 continue
             except RepositoryError as exc:
                 key = exc.key or info.key
                 code = "snapshot-corrupt" if key == info.key else "metadata-corrupt"
                 self.problem(code, key, exc.message, snapshot_id)
+                self.report.snapshot_ids.append(snapshot_id)
                 continue
+            self.report.snapshot_ids.append(snapshot_id)
             for error in mark_snapshot(self.repo, snapshot, self.tables, failed=failed):
                 self.problem(f"index-{_code(error)}", error.key or "?", error.message, snapshot_id)
             readable.append(snapshot)
@@ -180,8 +195,11 @@ class _Check:
         self.tables.add_many("bad", self.tables.rows("corrupt"))
 
     def _read_one(self, oid: bytes) -> RepositoryError | None:
+        buffers: tuple[bytearray, bytearray] | None = getattr(self._local, "buffers", None)
+        if buffers is None:
+            buffers = self._local.buffers = (bytearray(MAX_STORED_CHUNK), bytearray(MAX_STORED_CHUNK))
         try:
-            self.repo.load(CHUNK, oid)
+            self.repo.load_into(CHUNK, oid, *buffers)
         except RepositoryError as exc:
             return exc
         return None
@@ -215,6 +233,25 @@ class _Check:
         if trash:
             self.report.notes.append(f"{trash} forgotten snapshots wait in trash/ for prune")
 
+    def record(self) -> None:
+        """Store every snapshot's verdict: damaged if a problem names it, else ok."""
+        now = dt.datetime.now(dt.UTC)
+        damaged: dict[str, list[str]] = {}
+        for problem in self.report.problems:
+            for snapshot_id in problem.snapshots:
+                damaged.setdefault(snapshot_id, []).append(problem.key)
+        verdicts = {
+            sid: Verification(DAMAGED if sid in damaged else OK, now) for sid in self.report.snapshot_ids
+        }
+        details: dict[str, dict[str, object]] = {
+            sid: {"chunks_read": self.report.chunks_read, "damaged_keys": damaged.get(sid, [])}
+            for sid in verdicts
+        }
+        try:
+            self.report.verified = record_verifications(self.repo.storage, verdicts, details=details)
+        except RepositoryError as exc:  # read-only credentials: the verdict above still stands
+            self.report.notes.append(f"the verdicts could not be recorded: {exc}")
+
 
 def _bounded(
     pool: ThreadPoolExecutor,
@@ -234,8 +271,11 @@ def _bounded(
         yield oid, future.result()
 
 
-def check(repo: Repository, *, read_data: bool = False) -> CheckReport:
-    """Check the repository; see the module docstring. Never raises for damage it finds."""
+def check(repo: Repository, *, read_data: bool = False, record: bool = True) -> CheckReport:
+    """Check the repository; see the module docstring. Never raises for damage it finds.
+
+    With `read_data` and `record`, each snapshot's verdict is stored (`verification`).
+    """
     report = CheckReport(repo.location, read_data)
     with scratch_dir() as folder, IdTables(folder / "ids.sqlite") as tables:
         job = _Check(repo, report, tables)
@@ -243,4 +283,6 @@ def check(repo: Repository, *, read_data: bool = False) -> CheckReport:
         job.chunks(read_data)
         job.name_snapshots(snapshots)
         job.notes()
+        if read_data and record:
+            job.record()
     return report

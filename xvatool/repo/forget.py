@@ -12,7 +12,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,12 +54,14 @@ def forget(
     *,
     snapshots: Sequence[str] = (),
     vm: str | None = None,
+    vms: Collection[str] | None = None,
     dry_run: bool = False,
 ) -> ForgetReport:
     """Forget the named `snapshots` (id prefixes or ``latest:VM``), or those `policy` does not keep.
 
-    `vm` (uuid or name) limits the policy to one VM. A policy with no rule would forget
-    everything and is refused.
+    `vm` (uuid or name) limits the policy to one VM, `vms` to several (`backup --repo --keep`
+    passes the VMs it has just backed up). A policy with no rule would forget everything and is
+    refused.
     """
     report = ForgetReport(dry_run)
     if snapshots:
@@ -69,7 +71,11 @@ def forget(
     else:
         if policy is None or policy.empty:
             raise UsageError("give at least one --keep-* rule (or name the snapshots to forget)")
-        report.decisions = decide(repo.snapshots(vm=vm), policy)
+        chosen = repo.snapshots(vm=vm)
+        if vms is not None:
+            wanted = set(vms)
+            chosen = [s for s in chosen if s.vm_uuid in wanted or s.vm_name in wanted]
+        report.decisions = decide(chosen, policy)
     if not dry_run:
         for decision in report.removed:
             try:

@@ -29,6 +29,23 @@ between the two is lost from ``data/`` but not from ``fossils/``: the bytes are 
 Readers look in ``fossils/`` when an object is not in place, so a snapshot stays readable in the
 window before phase 2 puts an object back. Two prunes never run at once: each stores its lease,
 then backs off if an older live prune lease exists.
+
+Moves are made durable together, by one `Storage.flush` (``syncfs``) before the collection
+record changes, not by two folder fsyncs per object: a crash can only undo renames that no
+record relies on yet (an object back in place is simply collected again; a fossil not yet put
+back is still read through ``fossils/`` and put back by the next phase 2).
+
+The cutoff and the clock's resolution: an object is set aside only if its mtime is strictly
+before the cutoff (``mtime < cutoff``). Both times come from the storage's clock at the
+storage's resolution: S3 ``LastModified`` is truncated to the second (HEAD and LIST alike), a
+local file system to its timestamp granularity. Truncation never orders two events the wrong
+way round, it only makes them equal, so ``mtime < cutoff`` proves the object is older than the
+prune's start, and an object of the same second is left for the next prune. That is the safe
+side and costs nothing but a second's delay; rounding times up or trusting the caller's clock
+would not be safe. (Fossilizing is reversible anyway, phase 2 puts back whatever a writer
+turned out to need; the cutoff only keeps the prune from churning objects of running writers.)
+Tests that expect a prune to collect what they have just written therefore wait until the
+storage clock has passed those objects (``tests/repo/helpers.pass_storage_clock``).
 """
 
 from __future__ import annotations
@@ -47,6 +64,7 @@ from xvatool.repo.layout import (
     DATA_PREFIX,
     FOSSIL_PREFIX,
     INDEX_PREFIX,
+    SNAPSHOT_PREFIX,
     TRASH_PREFIX,
     fossil_key,
     id_of_key,
@@ -56,6 +74,7 @@ from xvatool.repo.layout import (
 from xvatool.repo.lease import Lease, LeaseInfo, live_leases, remove_dead_leases
 from xvatool.repo.refs import DATA_REFS, INDEX_REFS, load_manifest, manifests, mark_snapshot
 from xvatool.repo.repository import Repository
+from xvatool.repo.verification import stale_records
 
 __all__ = ["CLOCK_MARGIN_S", "PruneReport", "prune"]
 
@@ -79,6 +98,8 @@ class PruneReport:
     deleted_bytes: int = 0
     restored: int = 0
     leftovers_removed: int = 0
+    verifications_removed: int = 0
+    """Verification records of snapshots that no longer exist, or superseded ones."""
     waiting_for: list[str] = field(default_factory=list)
     """Live writer leases the pending collection waits for (its objects are deleted later)."""
 
@@ -96,6 +117,7 @@ class PruneReport:
             "deleted_bytes": self.deleted_bytes,
             "restored": self.restored,
             "leftovers_removed": self.leftovers_removed,
+            "verifications_removed": self.verifications_removed,
             "waiting_for": self.waiting_for,
         }
 
@@ -146,6 +168,18 @@ class _Prune:
                     self.storage.delete(info.key)
                 self.report.trash_removed += 1
 
+    def purge_verifications(self) -> None:
+        """Verification records of snapshots gone for good (or superseded) are deleted."""
+        existing = [
+            info.key.rpartition("/")[2]
+            for prefix in (SNAPSHOT_PREFIX, TRASH_PREFIX)
+            for info in self.storage.list(prefix)
+        ]
+        for key in stale_records(self.storage, existing):
+            if not self.report.dry_run:
+                self.storage.delete(key)
+            self.report.verifications_removed += 1
+
     def mark(self, tables: IdTables) -> None:
         for key in manifests(self.repo, trash=True):
             try:
@@ -170,12 +204,13 @@ class _Prune:
                     key = object_key(prefix, oid)
                     if not self.report.dry_run:
                         try:
-                            self.storage.move(key, fossil_key(key))
+                            self.storage.move(key, fossil_key(key), durable=False)
                         except ObjectMissingError:
                             continue
                     self.report.fossilized += 1
                     self.report.fossilized_bytes += size
         if not self.report.dry_run:
+            self.storage.flush()  # every move durable before the record says the collection closed
             closed = self.lease.now()
             _write_record(
                 self.repo,
@@ -206,7 +241,7 @@ class _Prune:
                 if (refs, id_of_key(original)) in tables:
                     if not self.report.dry_run:
                         if self.storage.stat(original) is None:
-                            self.storage.move(info.key, original)
+                            self.storage.move(info.key, original, durable=False)
                         else:
                             self.storage.delete(info.key)
                     self.report.restored += 1
@@ -216,6 +251,7 @@ class _Prune:
                 self.report.deleted += 1
                 self.report.deleted_bytes += info.size
         if not self.report.dry_run:
+            self.storage.flush()  # every object put back durable before the record goes
             self.storage.delete(COLLECTION_KEY)
         self.say(
             f"deleted {self.report.deleted} objects ({self.report.deleted_bytes} bytes), "
@@ -248,6 +284,7 @@ def prune(
         writers = job.writers(now)
         oldest = min((w.start for w in writers), default=None)
         job.purge_trash(oldest)
+        job.purge_verifications()
         record = _read_record(repo)
         if record is not None:
             if not job.ready(record, writers):

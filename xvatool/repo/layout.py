@@ -7,6 +7,7 @@
     index/<id[:2]>/<id>            disk index segments and ova.xml blobs
     snapshots/<id>                 snapshot manifests
     trash/<id>                     manifests forgotten while a backup may still rely on them
+    verify/<id>.<state>.<time>     the verdict of the last data check of snapshot <id> (`verification`)
     locks/backup-<rand>            leases of running backups (`lease`)
     locks/prune-<rand>             the lease of a running prune
     locks/collection               the pending fossil collection of the garbage collector (`gc`)
@@ -30,6 +31,7 @@ __all__ = [
     "LOCK_PREFIX",
     "SNAPSHOT_PREFIX",
     "TRASH_PREFIX",
+    "VERIFY_PREFIX",
     "fossil_key",
     "id_of_key",
     "object_key",
@@ -43,6 +45,7 @@ DATA_PREFIX = "data/"
 INDEX_PREFIX = "index/"
 SNAPSHOT_PREFIX = "snapshots/"
 TRASH_PREFIX = "trash/"
+VERIFY_PREFIX = "verify/"
 LOCK_PREFIX = "locks/"
 COLLECTION_KEY = "locks/collection"
 FOSSIL_PREFIX = "fossils/"

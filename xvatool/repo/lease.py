@@ -25,8 +25,8 @@ from types import TracebackType
 from typing import Self
 
 from xvatool.errors import ObjectMissingError, RepositoryBusyError, RepositoryError
+from xvatool.repo.backend import Storage
 from xvatool.repo.layout import COLLECTION_KEY, LOCK_PREFIX
-from xvatool.repo.storage import Storage
 
 __all__ = [
     "REFRESH_S",

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from xvatool._files import TEMP_GLOB, AtomicFile, fsync_dir, remove_quietly
 from xvatool.errors import LocalIOError, ObjectMissingError, RepositoryError
-from xvatool.repo.storage import ObjectInfo
+from xvatool.repo.backend import ObjectInfo
 
 __all__ = ["LOCAL_WRITERS", "LocalStorage"]
 
@@ -44,6 +44,7 @@ class LocalStorage:
         self.root = Path(root)
         self.location = os.fspath(root)
         self.parallelism = LOCAL_WRITERS
+        self.remote = False
         self._made: set[Path] = set()
         self._made_lock = threading.Lock()
 
@@ -73,6 +74,27 @@ class LocalStorage:
             raise ObjectMissingError("no such object", location=self.location, key=key) from exc
         except OSError as exc:
             raise self._error(exc, key) from exc
+
+    def get_into(self, key: str, buffer: bytearray) -> int:
+        try:
+            fd = os.open(self._path(key), os.O_RDONLY)
+        except FileNotFoundError as exc:
+            raise ObjectMissingError("no such object", location=self.location, key=key) from exc
+        except OSError as exc:
+            raise self._error(exc, key) from exc
+        try:
+            size = os.fstat(fd).st_size
+            if size > len(buffer):
+                return size
+            view = memoryview(buffer)[:size]
+            got = 0
+            while got < size and (n := os.readv(fd, [view[got:]])):
+                got += n
+            return got
+        except OSError as exc:
+            raise self._error(exc, key) from exc
+        finally:
+            os.close(fd)
 
     def put(self, key: str, data: bytes | bytearray | memoryview, *, durable: bool = True) -> None:
         path = self._path(key)
@@ -119,7 +141,8 @@ class LocalStorage:
         except OSError as exc:
             raise self._error(exc, key) from exc
 
-    def move(self, src: str, dst: str) -> None:
+    def move(self, src: str, dst: str, *, durable: bool = True) -> None:
+        """`os.replace`; with `durable` both folders are fsynced (else `flush` does it for many)."""
         source, target = self._path(src), self._path(dst)
         try:
             self._folder(target)
@@ -128,8 +151,9 @@ class LocalStorage:
             raise ObjectMissingError("no such object", location=self.location, key=src) from exc
         except OSError as exc:
             raise self._error(exc, src) from exc
-        fsync_dir(target.parent)
-        fsync_dir(source.parent)
+        if durable:
+            fsync_dir(target.parent)
+            fsync_dir(source.parent)
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         base = self._path(prefix.rstrip("/")) if prefix.strip("/") else self.root

@@ -49,6 +49,7 @@ __all__ = [
     "INDEX",
     "MAGIC",
     "MAX_PLAIN_SIZE",
+    "MAX_STORED_CHUNK",
     "METADATA",
     "SNAPSHOT",
     "ZERO_ID",
@@ -79,6 +80,9 @@ MAX_PLAIN_SIZE: dict[bytes, int] = {
     SNAPSHOT: 16 << 20,
 }
 """Bytes. The largest plaintext of each kind: nothing bigger is decompressed (style.md 9)."""
+MAX_STORED_CHUNK = HEADER_SIZE + NONCE_SIZE + CHUNK_SIZE + TAG_SIZE
+"""Bytes. The largest stored chunk (stored raw when zstd saves too little): `Codec.open_into`'s
+buffers of this size take any chunk."""
 _MIN_SAVING_FRACTION = 32
 
 
@@ -136,10 +140,41 @@ class Codec:
         nonce = os.urandom(NONCE_SIZE)
         return header + nonce + self._aead.encrypt(nonce, payload, header + object_id)
 
-    def open(self, kind: bytes, object_id: bytes, blob: bytes, *, key: str | None = None) -> bytes:
+    def open(
+        self, kind: bytes, object_id: bytes, blob: bytes | bytearray | memoryview, *, key: str | None = None
+    ) -> bytes:
         """The verified plaintext of a stored object; `ObjectCorruptError` (naming `key`) if the
         object is damaged, of another kind, or not the object `object_id` names.
         """
+        return bytes(self._open(kind, object_id, memoryview(blob), key, None, None))
+
+    def open_into(
+        self,
+        kind: bytes,
+        object_id: bytes,
+        first: bytearray,
+        length: int,
+        second: bytearray,
+        *,
+        key: str | None = None,
+    ) -> memoryview:
+        """`open` without allocating: the stored object lies in ``first[:length]``; decryption
+        and decompression write into `second` and back into `first`, and the verified plaintext
+        is returned as a view of one of them (an unencrypted, uncompressed chunk is not copied
+        at all). Buffers of `MAX_STORED_CHUNK` bytes take any chunk. The hot path of reading.
+        """
+        return memoryview(self._open(kind, object_id, memoryview(first)[:length], key, first, second))
+
+    def _open(
+        self,
+        kind: bytes,
+        object_id: bytes,
+        blob: memoryview,
+        key: str | None,
+        first: bytearray | None,
+        second: bytearray | None,
+    ) -> bytes | memoryview:
+        """`open` and `open_into` (which passes the two buffers; None allocates instead)."""
         if len(blob) < HEADER_SIZE:
             raise ObjectCorruptError(f"object of {len(blob)} bytes is shorter than its header", key=key)
         magic, version, got_kind, flags, _reserved, size = _HEADER.unpack_from(blob)
@@ -147,33 +182,56 @@ class Codec:
             raise ObjectCorruptError("not a repository object (bad magic or version)", key=key)
         if got_kind != kind:
             raise ObjectCorruptError(f"object is of kind {got_kind!r}, expected {kind!r}", key=key)
-        if size > MAX_PLAIN_SIZE[kind]:
+        if size > MAX_PLAIN_SIZE[kind] or (second is not None and size > len(second)):
             raise ObjectCorruptError(f"object claims {size} bytes, over the limit for its kind", key=key)
-        payload: bytes | memoryview = memoryview(blob)[HEADER_SIZE:]
+        payload: bytes | memoryview = blob[HEADER_SIZE:]
+        spare = second
         if bool(flags & FLAG_ENCRYPTED) != (self._aead is not None):
             state = "encrypted" if flags & FLAG_ENCRYPTED else "not encrypted"
             raise ObjectCorruptError(f"object is {state}, unlike this repository", key=key)
         if self._aead is not None:
-            if len(payload) < NONCE_SIZE + TAG_SIZE:
-                raise ObjectCorruptError("encrypted object is truncated", key=key)
+            sealed = len(payload) - NONCE_SIZE - TAG_SIZE
+            if sealed < 0 or (spare is not None and sealed > len(spare)):
+                raise ObjectCorruptError("encrypted object is truncated or too long", key=key)
+            nonce, body, aad = (
+                payload[:NONCE_SIZE],
+                payload[NONCE_SIZE:],
+                bytes(blob[:HEADER_SIZE]) + object_id,
+            )
             try:
-                payload = self._aead.decrypt(
-                    payload[:NONCE_SIZE], payload[NONCE_SIZE:], bytes(blob[:HEADER_SIZE]) + object_id
-                )
+                if spare is None:
+                    payload = self._aead.decrypt(nonce, body, aad)
+                else:
+                    self._aead.decrypt_into(nonce, body, aad, memoryview(spare)[:sealed])
+                    payload, spare = memoryview(spare)[:sealed], first  # the blob is spent
             except InvalidTag as exc:
                 raise ObjectCorruptError("authentication failed: the object was altered", key=key) from exc
+        plain: bytes | memoryview = payload
         if flags & FLAG_ZSTD:
-            try:
-                # the frame states its content size; refuse a claim over the header's before allocating
-                if zstandard.frame_content_size(payload) not in (size, -1):
-                    raise ObjectCorruptError("compressed size disagrees with the header", key=key)
-                plain = self._decompressor().decompress(payload, max_output_size=size)
-            except zstandard.ZstdError as exc:
-                raise ObjectCorruptError(f"cannot decompress: {exc}", key=key) from exc
-        else:
-            plain = bytes(payload)
+            plain = self._decompress(payload, size, spare, key)
         if len(plain) != size:
             raise ObjectCorruptError(f"object holds {len(plain)} bytes, its header says {size}", key=key)
         if not hmac.compare_digest(self.object_id(plain), object_id):
             raise ObjectCorruptError("content does not match its id", key=key)
         return plain
+
+    def _decompress(
+        self, payload: bytes | memoryview, size: int, out: bytearray | None, key: str | None
+    ) -> bytes | memoryview:
+        """`size` bytes out of a zstd frame, into `out` when given."""
+        try:
+            # the frame states its content size; refuse a claim over the header's before allocating
+            if zstandard.frame_content_size(payload) not in (size, -1):
+                raise ObjectCorruptError("compressed size disagrees with the header", key=key)
+            if out is None:
+                return self._decompressor().decompress(payload, max_output_size=size)
+            reader = self._decompressor().stream_reader(payload)
+            view = memoryview(out)[:size]
+            got = 0
+            while got < size and (n := reader.readinto(view[got:])):
+                got += n
+            if reader.read(1):
+                raise ObjectCorruptError("the compressed data holds more than its header says", key=key)
+            return view[:got]
+        except zstandard.ZstdError as exc:
+            raise ObjectCorruptError(f"cannot decompress: {exc}", key=key) from exc

@@ -6,6 +6,10 @@ This is the object every repository operation starts from::
     for snapshot in repo.snapshots():
         print(snapshot.short_id, snapshot.vm_name)
 
+On remote storage (S3), manifests are kept in the local cache folder (`cache.ObjectCache`), so
+listing snapshots costs one LIST and a GET per snapshot not seen before. Each snapshot carries the
+verdict of the last data check (`verification`), from one more LIST.
+
 Reads fall back to ``fossils/`` when an object is not in its place: the garbage collector parks
 unreferenced objects there before deleting them, and puts back any that a backup running at the
 same time turned out to need (`gc`), so a snapshot is readable at every moment in between.
@@ -15,10 +19,20 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import TypeVar
 
-from xvatool.errors import ObjectMissingError, RepositoryError, RepositoryPasswordError, UsageError
+from xvatool.errors import (
+    ObjectCorruptError,
+    ObjectMissingError,
+    RepositoryError,
+    RepositoryPasswordError,
+    UsageError,
+)
+from xvatool.repo.backend import Storage
+from xvatool.repo.cache import ObjectCache
 from xvatool.repo.config import RepoConfig
 from xvatool.repo.keys import DEFAULT_KDF, KdfParams, MasterKey, new_key_block, open_key_block
 from xvatool.repo.layout import (
@@ -32,10 +46,12 @@ from xvatool.repo.layout import (
 )
 from xvatool.repo.objects import CHUNK, ID_SIZE, INDEX, SNAPSHOT, Codec
 from xvatool.repo.snapshot import Snapshot, SnapshotDisk
-from xvatool.repo.storage import Storage, open_storage
+from xvatool.repo.storage import open_storage
+from xvatool.repo.verification import latest_verifications
 
 __all__ = ["LATEST_PREFIX", "PASSWORD_HINT", "Repository", "init_repository", "open_repository"]
 
+T = TypeVar("T")
 LATEST_PREFIX = "latest:"
 PASSWORD_HINT = "give its passphrase with XVATOOL_REPO_PASSWORD or --repo-password-file"
 LOAD_THREADS = 8
@@ -50,6 +66,7 @@ class Repository:
         self.storage = storage
         self.config = config
         self.codec = Codec(key, level=config.compression_level)
+        self._manifests = ObjectCache(config.id, "snapshots") if storage.remote else None
 
     @property
     def location(self) -> str:
@@ -130,15 +147,45 @@ class Repository:
     def load(self, kind: bytes, object_id: bytes) -> bytes:
         """The verified plaintext of an object, from its place or else from ``fossils/``."""
         key = self.key_of(kind, object_id)
+        return self.unseal(kind, object_id, self.fetch(key), key)
+
+    def fetch(self, key: str) -> bytes:
+        """The stored bytes of an object, from its place or else from ``fossils/``."""
+        return self._placed(key, self.storage.get)
+
+    def _placed(self, key: str, read: Callable[[str], T]) -> T:
+        """`read` of the object in its place, or else of its fossil."""
         try:
-            blob = self.storage.get(key)
+            return read(key)
         except ObjectMissingError:
             try:
-                blob = self.storage.get(fossil_key(key))
+                return read(fossil_key(key))
             except ObjectMissingError:
                 raise ObjectMissingError("object is missing", location=self.location, key=key) from None
-        try:
+
+    def load_into(self, kind: bytes, object_id: bytes, first: bytearray, second: bytearray) -> memoryview:
+        """`load` into two reused buffers (`Codec.open_into`): the verified plaintext as a view
+        of one of them, valid until either is reused.
+        """
+        key = self.key_of(kind, object_id)
+        length = self._placed(key, lambda name: self.storage.get_into(name, first))
+        if length > len(first):
+            raise ObjectCorruptError(
+                f"object of {length} bytes is larger than any of its kind", location=self.location, key=key
+            )
+        with self._located():
+            return self.codec.open_into(kind, object_id, first, length, second, key=key)
+
+    def unseal(self, kind: bytes, object_id: bytes, blob: bytes, key: str) -> bytes:
+        """The verified plaintext of stored bytes (`Codec.open`), errors naming the repository."""
+        with self._located():
             return self.codec.open(kind, object_id, blob, key=key)
+
+    @contextmanager
+    def _located(self) -> Iterator[None]:
+        """Errors of the codec name this repository."""
+        try:
+            yield
         except RepositoryError as exc:
             exc.location = exc.location or self.location
             raise
@@ -157,18 +204,39 @@ class Repository:
         return sorted(info.key[len(SNAPSHOT_PREFIX) :] for info in self.storage.list(SNAPSHOT_PREFIX))
 
     def load_snapshot(self, snapshot_id: str) -> Snapshot:
-        data = self.load(SNAPSHOT, bytes.fromhex(snapshot_id))
-        return Snapshot.from_bytes(data, snapshot_id)
+        """A manifest by id, from the local cache when the storage is remote and it was seen."""
+        object_id = bytes.fromhex(snapshot_id)
+        key = snapshot_key(snapshot_id)
+        cache = self._manifests
+        if cache is not None:
+            blob = cache.get(snapshot_id)
+            if blob is not None:
+                try:
+                    return Snapshot.from_bytes(self.unseal(SNAPSHOT, object_id, blob, key), snapshot_id)
+                except ObjectCorruptError:
+                    cache.drop(snapshot_id)  # a damaged copy: fetch it again
+        blob = self.fetch(key)
+        snapshot = Snapshot.from_bytes(self.unseal(SNAPSHOT, object_id, blob, key), snapshot_id)
+        if cache is not None:
+            cache.put(snapshot_id, blob)
+        return snapshot
 
     def snapshots(self, *, vm: str | None = None) -> list[Snapshot]:
-        """Every snapshot, oldest first; `vm` keeps those of one VM (uuid or name).
+        """Every snapshot, oldest first, with its last verification; `vm` keeps those of one VM
+        (uuid or name).
 
-        Only manifests are read (never chunk data), several at a time.
+        Only manifests are read (never chunk data), several at a time, from the local cache
+        when the storage is remote and a manifest was seen before.
         """
         ids = self.snapshot_ids()
+        if self._manifests is not None:
+            self._manifests.retain(ids)
         with ThreadPoolExecutor(max_workers=LOAD_THREADS, thread_name_prefix="repo-list") as pool:
             found = list(pool.map(self._load_if_present, ids))
+        verdicts = latest_verifications(self.storage)
         result = [s for s in found if s is not None and (vm is None or vm in (s.vm_uuid, s.vm_name))]
+        for snapshot in result:
+            snapshot.verification = verdicts.get(snapshot.id)
         return sorted(result, key=lambda s: (s.time, s.id))
 
     def _load_if_present(self, snapshot_id: str) -> Snapshot | None:

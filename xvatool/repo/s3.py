@@ -27,7 +27,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from xvatool._retry import RetryPolicy
 from xvatool.errors import ObjectMissingError, RepositoryError
-from xvatool.repo.storage import ObjectInfo
+from xvatool.repo.backend import ObjectInfo
 
 __all__ = ["MAX_CONNECTIONS", "MULTIPART_THRESHOLD", "PART_SIZE", "S3_WRITERS", "S3Storage"]
 
@@ -80,6 +80,7 @@ class S3Storage:
         self.bucket = bucket
         self.prefix = prefix
         self.parallelism = S3_WRITERS
+        self.remote = True
         self.retry = retry or RetryPolicy()
         config = Config(
             retries={"mode": "standard", "total_max_attempts": 1},
@@ -143,6 +144,13 @@ class S3Storage:
 
         return self._call("GET", key, read)
 
+    def get_into(self, key: str, buffer: bytearray) -> int:
+        """A GET, copied into `buffer` (botocore hands out bytes; the network dominates anyway)."""
+        data = self.get(key)
+        if len(data) <= len(buffer):
+            buffer[: len(data)] = data
+        return len(data)
+
     def put(self, key: str, data: bytes | bytearray | memoryview, *, durable: bool = True) -> None:
         """An S3 object is durable once its PUT returned; `durable` changes nothing."""
         view = memoryview(data).cast("B")
@@ -203,7 +211,8 @@ class S3Storage:
     def delete(self, key: str) -> None:
         self._call("DELETE", key, lambda: self._client.delete_object(Bucket=self.bucket, Key=self._key(key)))
 
-    def move(self, src: str, dst: str) -> None:
+    def move(self, src: str, dst: str, *, durable: bool = True) -> None:
+        """A server-side COPY, then DELETE; durable once it returned, whatever `durable` says."""
         source = {"Bucket": self.bucket, "Key": self._key(src)}
         self._call(
             "COPY",

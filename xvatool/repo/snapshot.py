@@ -28,7 +28,15 @@ from typing import Any
 
 from xvatool.errors import ObjectCorruptError
 
-__all__ = ["MANIFEST_VERSION", "SHORT_ID_LENGTH", "Snapshot", "SnapshotDisk", "format_time", "parse_time"]
+__all__ = [
+    "MANIFEST_VERSION",
+    "SHORT_ID_LENGTH",
+    "Snapshot",
+    "SnapshotDisk",
+    "Verification",
+    "format_time",
+    "parse_time",
+]
 
 MANIFEST_VERSION = 1
 SHORT_ID_LENGTH = 8
@@ -46,6 +54,22 @@ def parse_time(text: str) -> dt.datetime:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=dt.UTC)
     return moment.astimezone(dt.UTC)
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The outcome of the last `repo check --read-data` that read a snapshot (`verification`).
+
+    Not part of the manifest (which is immutable and content-addressed): recorded beside it,
+    like the unprotected verify state of a Proxmox Backup Server manifest.
+    """
+
+    state: str
+    """``ok``: every chunk was read, authenticated and matched its id; ``damaged``: some did not."""
+    time: dt.datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {"state": self.state, "time": self.time.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 
 @dataclass
@@ -116,6 +140,8 @@ class Snapshot:
     new_bytes: int = 0
     tool: str = ""
     id: str = ""
+    verification: Verification | None = field(default=None, compare=False)
+    """The last data check's verdict, attached by `Repository.snapshots`; not in the manifest."""
 
     @property
     def short_id(self) -> str:
@@ -198,4 +224,5 @@ class Snapshot:
             "logical_bytes": self.logical_bytes,
             "data_bytes": self.data_bytes,
             "new_bytes": self.new_bytes,
+            "verified": self.verification.to_json() if self.verification is not None else None,
         }
