@@ -67,15 +67,20 @@ def copy_sparse(
 class DiskTargets:
     """Open VDI files for an import; `write` places chunks, skipping zeros (fresh files only).
 
+    `on_write(key, offset, length)` hears of every write (the change log of a tracked VDI).
+
     Example::
 
         with DiskTargets({"Ref:2": path}) as targets:
             targets.write("Ref:2", 0, data)
     """
 
-    def __init__(self, paths: Mapping[str, Path]) -> None:
+    def __init__(
+        self, paths: Mapping[str, Path], *, on_write: Callable[[str, int, int], None] | None = None
+    ) -> None:
         self._paths = dict(paths)
         self._fds: dict[str, int] = {}
+        self._on_write = on_write
 
     def __enter__(self) -> Self:
         for key, path in self._paths.items():
@@ -87,6 +92,8 @@ class DiskTargets:
         fd = self._fds.get(key)
         if fd is not None:
             write_nonzero(fd, offset, data)
+            if self._on_write is not None:
+                self._on_write(key, offset, len(data))
 
     def __exit__(self, *exc: object) -> None:
         for fd in self._fds.values():
