@@ -595,22 +595,28 @@ def stats_command(
 
 
 def _render_repo_backup(report: RepoBackupReport) -> None:
-    rows = [("VM", "STATUS", "LOGICAL", "NEW", "TIME", "SNAPSHOT / ERROR")]
+    rows = [("VM", "STATUS", "READ", "METHOD", "LOGICAL", "NEW", "TIME", "SNAPSHOT / ERROR")]
     for r in report.results:
         detail = (r.snapshot or "")[:8] if r.status == "ok" else (r.error or "")
         rows.append(
             (
                 r.vm_name,
                 r.status,
+                human_size(r.bytes_read),
+                r.methods or "-",
                 human_size(r.logical_bytes),
                 human_size(r.new_bytes),
                 f"{r.duration_s:.1f}s",
                 detail,
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    widths = [max(len(row[i]) for row in rows) for i in range(7)]
     for row in rows:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[5])
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[7])
+    for r in report.results:
+        for disk in r.disks:
+            for notice in disk.notices:
+                click.echo(f"note: {r.vm_name} disk {disk.userdevice}: {notice}", err=True)
     ok = len(report.results) - len(report.failed)
     shard = f" (shard {report.shard})" if report.shard else ""
     click.echo(f"{ok} of {len(report.results)} VMs backed up to {report.repository}{shard}")
@@ -625,12 +631,14 @@ def run_repo_backup(
     repo: str,
     jobs: int,
     shard: str | None,
-    compression: str,
+    cbt: bool,
+    snapshots: str | None,
+    nbd_connections: int,
     as_json: bool,
     repo_password_file: str | None,
     s3_endpoint: str | None,
 ) -> None:
-    """`backup --repo`: one snapshot per VM; exit 0, 3 (some failed) or 1 (all failed)."""
+    """`backup --repo`: one snapshot per VM, read incrementally; exit 0, 3 (some failed) or 1 (all)."""
     from xvatool.ops.backup import Selection
     from xvatool.ops.repo_backup import backup_to_repository, parse_shard
 
@@ -643,7 +651,9 @@ def run_repo_backup(
             repository,
             jobs=jobs,
             shard=share,
-            compression=cast("Any", compression),
+            cbt=cbt,
+            snapshots=cast("Any", snapshots),
+            nbd_connections=nbd_connections,
             progress=_progress(),
         )
     finally:
