@@ -45,6 +45,7 @@ from xvatool.xva.reader import XvaReader
 
 __all__ = [
     "VERIFY_SAMPLE_CHUNKS",
+    "VERIFY_SAMPLE_RATE",
     "ChunkSample",
     "DiskFeed",
     "read_changed_over_nbd",
@@ -55,7 +56,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 VERIFY_SAMPLE_CHUNKS = 16
-"""Chunks of NBD or VHD data read a second time per disk (all of them when fewer changed)."""
+"""At most this many chunks of NBD or VHD data are read a second time per disk."""
+VERIFY_SAMPLE_RATE = 32
+"""...and about one in this many of the chunks read (at least one), so that checking costs a few
+per cent of the bytes an incremental backup moves."""
 Gaps = Literal["parent", "zeros"]
 
 
@@ -134,13 +138,17 @@ class ChunkSample:
             self.digests[index] = (len(data), hashlib.sha256(data).digest())
 
     def verify(self, targets: list[NbdTarget], *, vdi: str, allow_plain: bool, retry: RetryPolicy) -> int:
-        """Read the sampled chunks again over a new NBD connection; returns the bytes read.
+        """Read a share of the sampled chunks again over a new NBD connection; the bytes read.
 
-        Raises `ReadVerifyError` naming the first chunk that differs; NBD errors propagate.
+        The share is `VERIFY_SAMPLE_RATE`-th of the chunks offered (at least one), a uniform pick
+        from the reservoir. Raises `ReadVerifyError` naming the first chunk that differs; NBD
+        errors propagate.
         """
         if not self.digests:
             return 0
-        ranges = [(index * CHUNK_SIZE, length) for index, (length, _) in sorted(self.digests.items())]
+        count = min(len(self.digests), max(1, -(-self._seen // VERIFY_SAMPLE_RATE)))
+        picked = sorted(self._rng.sample(sorted(self.digests), count))
+        ranges = [(index * CHUNK_SIZE, self.digests[index][0]) for index in picked]
         with NbdReader(targets, connections=1, allow_plain=allow_plain, retry=retry) as reader:
             for offset, data in reader.read_ranges(ranges):
                 length, digest = self.digests[offset // CHUNK_SIZE]
