@@ -268,6 +268,24 @@ def read_changed_over_nbd(
         return reader.stats.bytes
 
 
+def _download(session: Session, params: dict[str, str], label: str, consume: Callable[[TeeReader], None],
+              moved: Callable[[int], None]) -> None:  # fmt: skip
+    """One ``/export_raw_vdi`` download under its own task, parsed by `consume`.
+
+    `moved` hears the bytes that came, whatever the outcome; a cut stream is a retryable
+    `TransferError`, a lasting task failure its `XapiError`.
+    """
+    with managed_task(session, label) as task:
+        with task_reason(session, task), open_download(session, "/export_raw_vdi", params, task=task) as body:
+            tee = TeeReader(body)
+            try:
+                with transport_errors(tee):
+                    consume(tee)
+            finally:
+                moved(tee.count)
+        wait_task(session, task)
+
+
 def read_vhd_delta(
     session: Session,
     repo: Repository,
@@ -281,30 +299,21 @@ def read_vhd_delta(
     """Mode B: a differencing VHD against the base snapshot; resumes where a cut stream stopped."""
     feed.gaps = "parent"
     where = f"{session.url}/export_raw_vdi?vdi={vdi_uuid}&base={base_uuid}"
-    moved = 0
+    moved = [0]
 
     def under(index: int) -> bytes | None:
         oid = feed.parent_id(index)
         return None if oid == ZERO_ID else repo.load(CHUNK, oid)
 
-    def attempt() -> None:
-        nonlocal moved
-        params = {"vdi": vdi_uuid, "base": base_uuid, "format": "vhd"}
-        with managed_task(session, f"xvatool delta {vdi_uuid}") as task:
-            with (
-                task_reason(session, task),
-                open_download(session, "/export_raw_vdi", params, task=task) as body,
-            ):
-                tee = TeeReader(body)
-                try:
-                    with transport_errors(tee):
-                        _apply_delta(VhdReader(tee, source=where), feed, base_uuid, under, sample)
-                finally:
-                    moved += tee.count
-            wait_task(session, task)
+    def consume(stream: TeeReader) -> None:
+        _apply_delta(VhdReader(stream, source=where), feed, base_uuid, under, sample)
 
-    retry.run(attempt, what=f"VHD delta of VDI {vdi_uuid}")
-    return moved
+    params = {"vdi": vdi_uuid, "base": base_uuid, "format": "vhd"}
+    retry.run(
+        lambda: _download(session, params, f"xvatool delta {vdi_uuid}", consume, moved.append),
+        what=f"VHD delta of VDI {vdi_uuid}",
+    )
+    return sum(moved)
 
 
 def _apply_delta(
@@ -337,32 +346,23 @@ def read_full(session: Session, feed: DiskFeed, *, vdi_uuid: str, retry: RetryPo
     feed.gaps = "zeros"
     where = f"{session.url}/export_raw_vdi?vdi={vdi_uuid}"
     start = feed.next
-    moved = 0
+    moved = [0]
 
-    def attempt() -> None:
-        nonlocal moved
-        params = {"vdi": vdi_uuid, "format": "tar"}
-        with managed_task(session, f"xvatool read {vdi_uuid}") as task:
-            with (
-                task_reason(session, task),
-                open_download(session, "/export_raw_vdi", params, task=task) as body,
-            ):
-                tee = TeeReader(body)
-                try:
-                    with transport_errors(tee):
-                        reader = XvaReader.for_disk_stream(tee, size=feed.size, source=where)
-                        assembler = _Assembler(feed, start=start)
-                        for chunk in reader.chunks():
-                            assembler.add(chunk.offset, chunk.data)
-                        assembler.flush()
-                        tee.drain()
-                finally:
-                    moved += tee.count
-            wait_task(session, task)
-        feed.finish()
+    def consume(stream: TeeReader) -> None:
+        reader = XvaReader.for_disk_stream(stream, size=feed.size, source=where)
+        assembler = _Assembler(feed, start=start)
+        for chunk in reader.chunks():
+            assembler.add(chunk.offset, chunk.data)
+        assembler.flush()
+        stream.drain()
 
     def transient(exc: BaseException) -> bool:
         return feed.next == start and retry.transient(exc)
 
-    retry.with_(transient=transient, codes=()).run(attempt, what=f"full read of VDI {vdi_uuid}")
-    return moved
+    params = {"vdi": vdi_uuid, "format": "tar"}
+    retry.with_(transient=transient, codes=()).run(
+        lambda: _download(session, params, f"xvatool read {vdi_uuid}", consume, moved.append),
+        what=f"full read of VDI {vdi_uuid}",
+    )
+    feed.finish()
+    return sum(moved)
