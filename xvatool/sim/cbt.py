@@ -35,7 +35,7 @@ from pathlib import Path
 from xvatool._files import remove_quietly, write_bytes_atomic
 from xvatool.errors import CbtBitmapError
 from xvatool.nbd.changed_blocks import ChangedBlocks
-from xvatool.sim.disks import backend_failure, overwrite
+from xvatool.sim.disks import backend_failure, overwrite, unshare
 from xvatool.sim.state import SimState
 from xvatool.sim.values import ApiFailure
 from xvatool.xva.disk import data_ranges
@@ -309,26 +309,37 @@ class CbtStore:
 
 
 class TrackedWrites:
-    """Writes into one VDI's open disk file, each one marked in the VDI's change log.
+    """Writes into one VDI's disk file, each one marked in the VDI's change log; a context manager.
 
-    Example::
+    A file shared with a snapshot (`disks.share`) is copied before the first write lands in it,
+    under the disk's lock, so a snapshot never sees a later write. Example::
 
-        with store.tracking(uuid):
-            write = TrackedWrites(store, uuid, fd)
+        with store.tracking(uuid), TrackedWrites(store, uuid, path) as write:
             write(offset, data)
     """
 
-    def __init__(self, store: CbtStore, uuid: str, fd: int) -> None:
+    def __init__(self, store: CbtStore, uuid: str, path: Path) -> None:
         self._store = store
         self._uuid = uuid
-        self._fd = fd
+        self._path = path
         self._lock = store.lock_for(uuid)
+        self._fd = os.open(path, os.O_WRONLY)
 
     def __call__(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         with self._lock:
+            if os.fstat(self._fd).st_nlink > 1:
+                unshare(self._path)
+                os.close(self._fd)
+                self._fd = os.open(self._path, os.O_WRONLY)
             overwrite(self._fd, offset, data)
             self._store.mark(self._uuid, offset, len(data))
 
     def sync(self) -> None:
         """Make the written data durable (before the task reports success)."""
         os.fsync(self._fd)
+
+    def __enter__(self) -> TrackedWrites:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self._fd)

@@ -12,9 +12,10 @@ One routine serves all three VM operations, parameterised by what happens to eac
 
 CD drives keep their (shared) VDI and empty drives stay empty; VIFs are copied with new MACs
 except in snapshots; the new VM gets a fresh uuid and `mac_seed`. Disks are copied sparse (holes
-stay holes), each disk file first and its record after, so a failure or a cancelled task at any
-point leaves no new disk, record or file behind. Progress and cancellation go through the
-calling `Async.` task when there is one.
+stay holes); a snapshot's disk shares the source's file instead, in constant time as on a host,
+and the first write to either copies it (`disks.share`). Each disk file comes first and its
+record after, so a failure or a cancelled task at any point leaves no new disk, record or file.
+Progress and cancellation go through the calling `Async.` task when there is one.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from xvatool._files import remove_quietly
-from xvatool.sim.disks import backend_failure, copy_sparse
+from xvatool.sim.disks import backend_failure, copy_sparse, share
 from xvatool.sim.objects import ObjectOps
 from xvatool.sim.records import vm_record
 from xvatool.sim.tasks import TaskManager
@@ -147,8 +148,13 @@ class Copier:
         elif op is DiskOp.COPY:
             fields.update(on_boot=source["on_boot"] if source["on_boot"] == "reset" else "persist")
         location = new_uuid()
+        target = self.state.disk_dir / f"{location}.img"
         with self.ops.cbt.lock_for(source["uuid"]):  # no write lands between the copy and the log's handover
-            _copy_file(self.state.disk_path(vdi), self.state.disk_dir / f"{location}.img", progress=progress)
+            if op is DiskOp.SNAPSHOT:  # constant time, as on a host: the file is shared until written
+                _disk_file(share, self.state.disk_path(vdi), target)
+                progress(int(source["virtual_size"]))
+            else:
+                _copy_file(self.state.disk_path(vdi), target, progress=progress)
             if op is DiskOp.SNAPSHOT and self.ops.cbt.rotate(source["uuid"], fields["uuid"]):
                 fields["cbt_enabled"] = True
         return _NewDisk(target_sr, location, int(source["virtual_size"]), fields)
@@ -288,8 +294,12 @@ class Copier:
 
 def _copy_file(source: Path, target: Path, **options: Any) -> None:
     """`copy_sparse`, with a local I/O error reported as the storage backend's failure."""
+    _disk_file(copy_sparse, source, target, **options)
+
+
+def _disk_file(action: Callable[..., None], source: Path, target: Path, **options: Any) -> None:
     try:
-        copy_sparse(source, target, **options)
+        action(source, target, **options)
     except OSError as exc:
         raise backend_failure("copy the disk", exc) from None
 

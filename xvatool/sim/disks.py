@@ -16,7 +16,16 @@ from xvatool._files import AtomicFile
 from xvatool.sim.values import ApiFailure
 from xvatool.xva.disk import CHUNK_SIZE, RawFileSource, is_zero
 
-__all__ = ["DiskTargets", "backend_failure", "copy_sparse", "create_sparse", "overwrite", "write_nonzero"]
+__all__ = [
+    "DiskTargets",
+    "backend_failure",
+    "copy_sparse",
+    "create_sparse",
+    "overwrite",
+    "share",
+    "unshare",
+    "write_nonzero",
+]
 
 
 def backend_failure(action: str, exc: OSError) -> ApiFailure:
@@ -62,6 +71,26 @@ def copy_sparse(
             write_nonzero(out.fileno(), offset, block)
             if progress is not None:
                 progress(offset + len(block))
+
+
+def share(source: Path, target: Path) -> None:
+    """`target` becomes the same disk as `source` in constant time: a hard link, copied on write.
+
+    How the simulator snapshots, where a host starts a new VHD child: whoever writes to either
+    name first calls `unshare`. A file system without hard links gets a copy.
+    """
+    try:
+        os.link(source, target)
+    except OSError:
+        copy_sparse(source, target)
+
+
+def unshare(path: Path) -> bool:
+    """Give `path` a file of its own if it shares one (`share`); True if it had to copy."""
+    if os.stat(path).st_nlink <= 1:
+        return False
+    copy_sparse(path, path)  # written under a temporary name, renamed over `path`: a new inode
+    return True
 
 
 class DiskTargets:

@@ -25,7 +25,7 @@ import time
 from typing import Any
 
 from xvatool.sim.classes import SPECS
-from xvatool.sim.disks import backend_failure
+from xvatool.sim.disks import backend_failure, unshare
 from xvatool.sim.methods import Method, as_int, checked_value
 from xvatool.sim.nbd_service import NbdService
 from xvatool.sim.objects import SECTOR_SIZE, ObjectOps
@@ -123,6 +123,7 @@ def vdi_cbt_messages(ops: ObjectOps, nbd: NbdService | None) -> dict[str, Method
             raise ApiFailure("SR_FULL", [wanted, state.field("SR", record["SR"], "physical_size")])
         with cbt.lock_for(record["uuid"]):
             try:
+                unshare(state.disk_path(vdi))  # a snapshot sharing the file keeps its size
                 os.truncate(state.disk_path(vdi), wanted)
             except OSError as exc:
                 raise backend_failure("resize the disk", exc) from None

@@ -237,10 +237,12 @@ def _receive(request: DataRequest, vdi: str, fmt: str, chunked: bool, length: in
     # body by it (when given) only turns a hang on a missing terminator into a prompt VDI_IO_ERROR.
     body = BodyReader(request, length)
     uuid = str(host.state.field("VDI", vdi, "uuid"))
-    with host.ops.vdi_operation(vdi, request.task, "import"), host.ops.cbt.tracking(uuid):
-        fd = os.open(host.state.disk_path(vdi), os.O_WRONLY)
+    with (
+        host.ops.vdi_operation(vdi, request.task, "import"),
+        host.ops.cbt.tracking(uuid),
+        TrackedWrites(host.ops.cbt, uuid, host.state.disk_path(vdi)) as write,
+    ):
         try:
-            write = TrackedWrites(host.ops.cbt, uuid, fd)
             if chunked:
                 _receive_chunked(body, write, size)
             elif fmt == "raw":
@@ -252,8 +254,6 @@ def _receive(request: DataRequest, vdi: str, fmt: str, chunked: bool, length: in
             write.sync()
         except FormatError as exc:
             raise ApiFailure("VDI_IO_ERROR", [str(exc)]) from None
-        finally:
-            os.close(fd)
 
 
 def _receive_raw(request: DataRequest, body: BodyReader, write: Write, size: int, length: int | None) -> None:
