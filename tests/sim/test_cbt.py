@@ -321,3 +321,19 @@ def test_new_messages_are_listed(sim: RunningHost) -> None:
                    "VDI.get_nbd_info", "VDI.resize", "network.add_purpose", "network.remove_purpose",
                    "VM.revert"):  # fmt: skip
         assert method in names, method
+
+
+def test_snapshots_share_the_disk_file_until_either_is_written(sim: RunningHost) -> None:
+    session = login(sim)
+    vdi = _disk(sim, 1)
+    before = sim.host.disk_bytes(vdi)
+    snap = _snapshot(sim, session, vdi)
+    assert sim.host.vdi_path(snap).stat().st_ino == sim.host.vdi_path(vdi).stat().st_ino  # constant time
+    _write(sim, session, vdi, (0, b"w" * 512))
+    assert sim.host.disk_bytes(snap) == before and sim.host.disk_bytes(vdi, 0, 512) == b"w" * 512
+    again = _snapshot(sim, session, vdi)
+    _write(sim, session, again, (512, b"s" * 512))  # writing the snapshot leaves the disk alone
+    assert sim.host.disk_bytes(vdi, 512, 512) == before[512:1024]
+    third = _snapshot(sim, session, vdi)
+    call(sim, "VDI.resize", session, vdi, str(3 * MiB))
+    assert sim.host.vdi_path(third).stat().st_size == 2 * MiB
