@@ -20,7 +20,7 @@ Backups go into a fresh local repository through `backup_to_repository`, as `xva
 Seconds are wall time of one run each (reads: best of 3). Only ratios mean something: the
 machine is shared.
 
-    .venv/bin/python bench/incremental.py --disk-size 512MiB
+    .venv/bin/python bench/incremental.py --disk-size 2GiB
 """
 
 from __future__ import annotations
@@ -217,7 +217,7 @@ def best_rate(action: Callable[[], int]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--disk-size", default="512MiB", help="size of the VM's disk, all data (default 512MiB)")
+    parser.add_argument("--disk-size", default="2GiB", help="size of the VM's disk, all data (default 2GiB)")
     args = parser.parse_args()
     size = parse_size(args.disk_size) // MiB * MiB
     blocks = size // BLOCK

@@ -72,11 +72,13 @@ def differing_blocks(path: Path, size: int, base_path: Path, base_size: int) -> 
     mine, theirs = bytearray(BLOCK_SIZE), bytearray(BLOCK_SIZE)
     fd, base_fd = os.open(path, os.O_RDONLY), os.open(base_path, os.O_RDONLY)
     try:
-        return [
-            index
-            for index in candidates
-            if _read_block(fd, index, size, mine) != _read_block(base_fd, index, base_size, theirs)
-        ]
+        found = []
+        for index in candidates:
+            _read_block(fd, index, size, mine)
+            _read_block(base_fd, index, base_size, theirs)
+            if mine != theirs:  # bytearrays compare with memcmp (memoryviews item by item)
+                found.append(index)
+        return found
     finally:
         os.close(fd)
         os.close(base_fd)
