@@ -12,8 +12,8 @@ Backups go into a fresh local repository through `backup_to_repository`, as `xva
 3. for information: 2% of the blocks changed one by one, scattered at random (each touches its
    own 1 MiB repository chunk, so ~28% of the chunks are read), and the ``base=`` VHD delta way
    after 2% clustered changes;
-4. the simulator's `VM.snapshot` alone: it copies the disk file (a real host snapshots in
-   constant time), so this fixed cost is reported, and the ratio shown without it too;
+4. the simulator's `VM.snapshot` alone, a fixed cost of every backup (constant time, as on a
+   host: the disk file is shared until written);
 5. reading the whole disk: ``GET /export_raw_vdi?format=raw`` (the baseline) against `NbdReader`
    with 4 connections, plain (``insecure_nbd``) and TLS. Goal: NBD >= 0.8x /export_raw_vdi.
 
@@ -140,8 +140,16 @@ class Bench:
             vdi = session.call("VM.get_VBDs", session.call("VM.get_by_uuid", self.vm))
             uuid = session.call("VDI.get_uuid", session.call("VBD.get_VDI", vdi[0]))
             with managed_task(session, "guest writes") as task:
-                upload(session, "/import_raw_vdi", {"vdi": uuid, "format": "raw", "chunked": "true"},
-                       lambda: chunked_frames(extents), length=chunked_length([BLOCK] * len(extents)), task=task)  # fmt: skip
+                params = {"vdi": uuid, "format": "raw", "chunked": "true"}
+                length = chunked_length([BLOCK] * len(extents))
+                upload(
+                    session,
+                    "/import_raw_vdi",
+                    params,
+                    lambda: chunked_frames(extents),
+                    length=length,
+                    task=task,
+                )
                 wait_task(session, task)
 
     def backup(self, **options: Any) -> tuple[float, int, str]:
@@ -158,7 +166,7 @@ class Bench:
         return took, result.bytes_read, result.methods
 
     def snapshot_cost(self) -> float:
-        """Seconds of the simulator's `VM.snapshot` (a copy of the disk file) and its removal."""
+        """Seconds of the simulator's `VM.snapshot` of the VM."""
         from xvatool.xapi.vms import destroy_vm_with_disks
 
         with self.factory() as session:
@@ -216,7 +224,9 @@ def best_rate(action: Callable[[], int]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--disk-size", default="2GiB", help="size of the VM's disk, all data (default 2GiB)")
     args = parser.parse_args()
     size = parse_size(args.disk_size) // MiB * MiB
@@ -231,7 +241,7 @@ def main() -> None:
         repo = init_repository(work / "repo")
         with serving(work / "host") as url:
             bench = Bench(url, vm, repo)
-            print(f"disk: {size / 1e6:.0f} MB of random data; {CHANGED:.0%} of its {blocks} 64 KiB blocks change")
+            print(f"disk: {size / 1e6:.0f} MB of random data; {CHANGED:.0%} of {blocks} 64 KiB blocks change")
             full = bench.backup(cbt=True)
             bench.write(clustered(blocks, rng), rng)
             incremental = bench.backup()
@@ -250,18 +260,18 @@ def main() -> None:
             ("CBT + NBD, 2% scattered", spread), ("base= VHD delta, 2% clustered", delta)]  # fmt: skip
     print(f"{'backup':32} {'method':9} {'seconds':>8} {'MB read':>8} {'x time':>7} {'x bytes':>8}")
     for label, (took, moved, methods) in rows:
-        print(f"{label:32} {methods:9} {took:8.2f} {moved / 1e6:8.1f} {took / full[0]:6.3f}x {moved / full[1]:7.3f}x")
-    print(f"simulator VM.snapshot (disk file copy, in every backup): {snapshot_s:.2f} s")
+        ratios = f"{took / full[0]:6.3f}x {moved / full[1]:7.3f}x"
+        print(f"{label:32} {methods:9} {took:8.2f} {moved / 1e6:8.1f} {ratios}")
+    print(f"simulator VM.snapshot (in every backup): {snapshot_s:.2f} s")
     base = rates["/export_raw_vdi?format=raw (baseline)"]
     print(f"{'whole-disk read':40} {'MB/s':>8} {'x export_raw_vdi':>17}")
     for label, value in rates.items():
         print(f"{label:40} {value / 1e6:8.0f} {value / base:16.2f}x")
     inc_time, inc_bytes = incremental[0] / full[0], incremental[1] / full[1]
-    net_time = (incremental[0] - snapshot_s) / (full[0] - snapshot_s)
     print(f"goal: incremental bytes <= 5% of full: {inc_bytes:.1%}")
-    print(f"goal: incremental time <= 10% of full: {inc_time:.1%} ({net_time:.1%} without the simulator's snapshot copy)")
-    print(f"goal: NBD with 4 connections >= 0.8x /export_raw_vdi: plain {rates['NBD plain, 4 connections'] / base:.2f}x, "
-          f"TLS {rates['NBD TLS, 4 connections'] / base:.2f}x")  # fmt: skip
+    print(f"goal: incremental time <= 10% of full: {inc_time:.1%}")
+    plain, tls = rates["NBD plain, 4 connections"] / base, rates["NBD TLS, 4 connections"] / base
+    print(f"goal: NBD with 4 connections >= 0.8x /export_raw_vdi: plain {plain:.2f}x (TLS: {tls:.2f}x)")
 
 
 if __name__ == "__main__":
