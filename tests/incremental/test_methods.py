@@ -104,3 +104,23 @@ def test_first_backup_after_cbt_is_full_then_incremental(env: Env) -> None:
     assert after.methods == "full" and after.kept == "metadata"
     env.write(vm, 0, (0, b"y" * 4096))
     assert env.backup(vm).methods == "cbt"
+
+
+def test_running_vms_in_parallel(env: Env) -> None:
+    from xvatool.ops.backup import Selection
+    from xvatool.ops.repo_backup import backup_to_repository
+
+    vms = [env.add_vm(name, sizes=(4 * MIB, 2 * MIB), seed=n) for n, name in enumerate(("p1", "p2", "p3"))]
+    for vm in vms:
+        (ref,) = env.sim.host.state.find("VM", uuid=vm)
+        env.sim.host.set_power_state(ref, "Running")
+    env.set_purpose("nbd")
+    first = backup_to_repository(env.session, Selection(vms=tuple(vms)), env.repo, jobs=3, cbt=True)
+    assert first.exit_code == 0 and {r.methods for r in first.results} == {"full,full"}
+    for n, vm in enumerate(vms):
+        env.write(vm, n % 2, (MIB, os.urandom(4096)))
+    second = backup_to_repository(env.session, Selection(vms=tuple(vms)), env.repo, jobs=3)
+    assert second.exit_code == 0 and {r.methods for r in second.results} == {"cbt,cbt"}
+    for result in second.results:
+        assert env.repo_digests(env.snapshot(result)) == env.vm_digests(result.vm_uuid)
+        assert result.bytes_read <= 2 * MIB  # one changed chunk and its re-read

@@ -201,10 +201,14 @@ def _take_snapshot(session: Session, vm: VmRef) -> tuple[str, str]:
 
 
 def _tag(session: Session, vm: VmRef, snap_ref: str) -> None:
-    """Mark the snapshot and its disks as ours, after the metadata was taken (it stays clean)."""
-    session.call("VM.add_to_other_config", snap_ref, MARKER_KEY, vm.uuid)
-    for vdi in _disk_vdis(session, snap_ref):
-        session.call("VDI.add_to_other_config", vdi, MARKER_KEY, vm.uuid)
+    """Mark the snapshot and its disks as ours, after the metadata was taken (it stays clean).
+
+    A snapshot inherits `other_config` from its source, which may carry an old mark (a VM
+    restored from a kept snapshot), so the key is removed before it is set.
+    """
+    for cls, ref in [("VM", snap_ref), *(("VDI", vdi) for vdi in _disk_vdis(session, snap_ref))]:
+        session.call(f"{cls}.remove_from_other_config", ref, MARKER_KEY)
+        session.call(f"{cls}.add_to_other_config", ref, MARKER_KEY, vm.uuid)
 
 
 def _metadata(session: Session, snap_ref: str, snap_uuid: str, vm: VmRef) -> Metadata:
