@@ -62,9 +62,9 @@ def test_broken_chain_notice_and_option_errors(env: Env, monkeypatch: pytest.Mon
 
 
 def test_serve_nbd_purpose_and_port(tmp_path: Path) -> None:
-    """`xvatool serve --demo --nbd-purpose nbd --nbd-port 0`: the demo host's NBD server is on."""
+    """`xvatool serve --demo --nbd-purpose nbd --listen 127.0.0.1:0`: NBD on a free port, with TLS."""
     command = [sys.executable, "-m", "xvatool", "serve", "--data", str(tmp_path / "d"), "--demo",
-               "--listen", "127.0.0.1:0", "--nbd-port", "0", "--nbd-purpose", "nbd"]  # fmt: skip
+               "--listen", "127.0.0.1:0", "--nbd-purpose", "nbd"]  # fmt: skip
     environ = {**os.environ, "PYTHONUNBUFFERED": "1"}
     lines: list[str] = []
     with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=environ) as proc:
@@ -79,6 +79,6 @@ def test_serve_nbd_purpose_and_port(tmp_path: Path) -> None:
             proc.wait(timeout=30)
             reader.join()
     (announce,) = [line for line in lines if "NBD server" in line]
-    assert "(TLS)" in announce
+    assert "(TLS)" in announce and "port 10809 " not in announce
     assert (tmp_path / "d" / "nbd-cert.pem").is_file()
     assert (tmp_path / "d" / "nbd-key.pem").stat().st_mode & 0o077 == 0

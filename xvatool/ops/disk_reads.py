@@ -67,7 +67,8 @@ class DiskFeed:
     """A `DiskWriter` fed in ascending order, with what a chunk not given is: the parent's or zeros.
 
     `next` is the first chunk not yet decided, which is where a reader taking over starts.
-    `progress` gets the disk bytes each decided chunk covers.
+    `moved` counts the bytes that came from the host, failed attempts included. `progress` gets
+    the disk bytes each decided chunk covers.
     """
 
     def __init__(
@@ -81,6 +82,7 @@ class DiskFeed:
         self.size = writer.record.virtual_size
         self.count = -(-self.size // CHUNK_SIZE)
         self.next = 0
+        self.moved = 0
         self.gaps: Gaps = "zeros"
         self._parent = parent_ids
         self._parent_pos = 0
@@ -249,30 +251,33 @@ def read_changed_over_nbd(
     allow_plain: bool,
     retry: RetryPolicy,
     sample: ChunkSample,
-) -> int:
-    """Mode A: the chunks with changed blocks over NBD, the others from the parent; bytes read."""
+) -> None:
+    """Mode A: the chunks with changed blocks over NBD, the others from the parent."""
     feed.gaps = "parent"
     with NbdReader(targets, connections=connections, allow_plain=allow_plain, retry=retry) as reader:
-        if reader.size != feed.size:
-            raise NbdProtocolError(
-                f"the NBD export has {reader.size} bytes, the VDI {feed.size}", host=reader.host
-            )
-        ranges = changed.ranges(granularity=CHUNK_SIZE, max_length=DEFAULT_REQUEST_SIZE)
-        for offset, data in reader.read_ranges(_from(ranges, feed.next * CHUNK_SIZE)):
-            for at in range(0, len(data), CHUNK_SIZE):
-                index = (offset + at) // CHUNK_SIZE
-                piece = data[at : at + CHUNK_SIZE]
-                feed.put(index, piece)
-                sample.offer(index, piece)
-        feed.finish()
-        return reader.stats.bytes
+        try:
+            if reader.size != feed.size:
+                raise NbdProtocolError(
+                    f"the NBD export has {reader.size} bytes, the VDI {feed.size}", host=reader.host
+                )
+            ranges = changed.ranges(granularity=CHUNK_SIZE, max_length=DEFAULT_REQUEST_SIZE)
+            for offset, data in reader.read_ranges(_from(ranges, feed.next * CHUNK_SIZE)):
+                for at in range(0, len(data), CHUNK_SIZE):
+                    index = (offset + at) // CHUNK_SIZE
+                    piece = data[at : at + CHUNK_SIZE]
+                    feed.put(index, piece)
+                    sample.offer(index, piece)
+        finally:
+            feed.moved += reader.stats.bytes
+    feed.finish()
 
 
-def _download(session: Session, params: dict[str, str], label: str, consume: Callable[[TeeReader], None],
-              moved: Callable[[int], None]) -> None:  # fmt: skip
+def _download(
+    session: Session, params: dict[str, str], label: str, consume: Callable[[TeeReader], None], feed: DiskFeed
+) -> None:
     """One ``/export_raw_vdi`` download under its own task, parsed by `consume`.
 
-    `moved` hears the bytes that came, whatever the outcome; a cut stream is a retryable
+    `feed.moved` counts the bytes that came, whatever the outcome; a cut stream is a retryable
     `TransferError`, a lasting task failure its `XapiError`.
     """
     with managed_task(session, label) as task:
@@ -282,7 +287,7 @@ def _download(session: Session, params: dict[str, str], label: str, consume: Cal
                 with transport_errors(tee):
                     consume(tee)
             finally:
-                moved(tee.count)
+                feed.moved += tee.count
         wait_task(session, task)
 
 
@@ -295,11 +300,10 @@ def read_vhd_delta(
     base_uuid: str,
     retry: RetryPolicy,
     sample: ChunkSample,
-) -> int:
+) -> None:
     """Mode B: a differencing VHD against the base snapshot; resumes where a cut stream stopped."""
     feed.gaps = "parent"
     where = f"{session.url}/export_raw_vdi?vdi={vdi_uuid}&base={base_uuid}"
-    moved = [0]
 
     def under(index: int) -> bytes | None:
         oid = feed.parent_id(index)
@@ -310,10 +314,9 @@ def read_vhd_delta(
 
     params = {"vdi": vdi_uuid, "base": base_uuid, "format": "vhd"}
     retry.run(
-        lambda: _download(session, params, f"xvatool delta {vdi_uuid}", consume, moved.append),
+        lambda: _download(session, params, f"xvatool delta {vdi_uuid}", consume, feed),
         what=f"VHD delta of VDI {vdi_uuid}",
     )
-    return sum(moved)
 
 
 def _apply_delta(
@@ -337,7 +340,7 @@ def _apply_delta(
     feed.finish()
 
 
-def read_full(session: Session, feed: DiskFeed, *, vdi_uuid: str, retry: RetryPolicy) -> int:
+def read_full(session: Session, feed: DiskFeed, *, vdi_uuid: str, retry: RetryPolicy) -> None:
     """Mode C: the whole disk as the host's checksummed ``vdi/`` tar; missing chunks are zeros.
 
     Retried only until the first chunk is stored: chunks are verified a few behind the stream,
@@ -346,7 +349,6 @@ def read_full(session: Session, feed: DiskFeed, *, vdi_uuid: str, retry: RetryPo
     feed.gaps = "zeros"
     where = f"{session.url}/export_raw_vdi?vdi={vdi_uuid}"
     start = feed.next
-    moved = [0]
 
     def consume(stream: TeeReader) -> None:
         reader = XvaReader.for_disk_stream(stream, size=feed.size, source=where)
@@ -361,8 +363,7 @@ def read_full(session: Session, feed: DiskFeed, *, vdi_uuid: str, retry: RetryPo
 
     params = {"vdi": vdi_uuid, "format": "tar"}
     retry.with_(transient=transient, codes=()).run(
-        lambda: _download(session, params, f"xvatool read {vdi_uuid}", consume, moved.append),
+        lambda: _download(session, params, f"xvatool read {vdi_uuid}", consume, feed),
         what=f"full read of VDI {vdi_uuid}",
     )
     feed.finish()
-    return sum(moved)

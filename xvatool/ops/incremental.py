@@ -288,7 +288,7 @@ class _DiskJob:
         for n, method in enumerate(methods):
             started_at = feed.next
             try:
-                report.bytes_read += self._read(method, feed, vdi, base, sample)
+                self._read(method, feed, vdi, base, sample)
             except _FALLBACK_ERRORS as exc:
                 if method == "full":
                     raise
@@ -298,7 +298,7 @@ class _DiskJob:
                 continue
             report.methods.append(method)
             break
-        report.bytes_read += self._verify(sample, vdi)
+        report.bytes_read = feed.moved + self._verify(sample, vdi)
         writer.record.source.update(
             method=report.method,
             host_vdi=vdi.uuid,
@@ -315,13 +315,14 @@ class _DiskJob:
 
     def _read(
         self, method: Method, feed: DiskFeed, vdi: HostVdi, base: HostVdi | None, sample: ChunkSample
-    ) -> int:
+    ) -> None:
         options, session = self.options, self.session
         if method == "full":
-            return read_full(session, feed, vdi_uuid=vdi.uuid, retry=options.retry)
+            read_full(session, feed, vdi_uuid=vdi.uuid, retry=options.retry)
+            return
         assert base is not None
         if method == "vhd-diff":
-            return read_vhd_delta(
+            read_vhd_delta(
                 session,
                 self.writer.repo,
                 feed,
@@ -330,13 +331,14 @@ class _DiskJob:
                 retry=options.retry,
                 sample=sample,
             )
+            return
         changed = list_changed_blocks(session, base.ref, vdi.ref, vdi.size)
         targets = nbd_targets(session, vdi.ref)
         if not targets:
             raise TransferError(
                 "the host offers no NBD address (no network has the purpose nbd)", retryable=False
             )
-        return read_changed_over_nbd(
+        read_changed_over_nbd(
             feed,
             changed,
             targets,
