@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/packages.py
 	$(BIN)/python bench/repo.py --s3
 	$(BIN)/python bench/nbd.py
+	$(BIN)/python bench/incremental.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -75,6 +75,7 @@ EXAMPLES: dict[type[Exception], Exception] = {
     errors.NbdProtocolError: errors.NbdProtocolError("bad magic", host="h:10809", offset=0),
     errors.NbdTlsError: errors.NbdTlsError("certificate mismatch", host="h:10809"),
     errors.CbtBitmapError: errors.CbtBitmapError("bitmap too short", host="h"),
+    errors.ReadVerifyError: errors.ReadVerifyError("differs", host="h:10809", vdi="u", offset=1 << 20),
     errors.RepositoryError: errors.RepositoryError("busy", location="s3://b/p", key="config", retryable=True),
     errors.RepositoryPasswordError: errors.RepositoryPasswordError("wrong passphrase", location="/r"),
     errors.ObjectMissingError: errors.ObjectMissingError("not stored", location="/r", key="data/ab/cd"),

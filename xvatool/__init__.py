@@ -34,6 +34,7 @@ from xvatool.errors import NbdTlsError as NbdTlsError
 from xvatool.errors import ObjectCorruptError as ObjectCorruptError
 from xvatool.errors import ObjectMissingError as ObjectMissingError
 from xvatool.errors import PartialFailure as PartialFailure
+from xvatool.errors import ReadVerifyError as ReadVerifyError
 from xvatool.errors import RepositoryBusyError as RepositoryBusyError
 from xvatool.errors import RepositoryError as RepositoryError
 from xvatool.errors import RepositoryPasswordError as RepositoryPasswordError

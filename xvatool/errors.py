@@ -14,7 +14,8 @@ problem" with one class::
     │   │   └── NbdError              an NBD connection or request failed (drop, stall, error reply)
     │   │       ├── NbdProtocolError  the NBD peer broke the protocol (magic, handle, length)
     │   │       └── NbdTlsError       the NBD server's certificate or TLS offer was not acceptable
-    │   └── CbtBitmapError            a changed-block bitmap does not fit the disk it describes
+    │   ├── CbtBitmapError            a changed-block bitmap does not fit the disk it describes
+    │   └── ReadVerifyError           a sample of a disk read again from the host came back different
     ├── ResumeError                   a journal does not match the archive or host it claims
     ├── UsageError                    the user asked for something impossible
     ├── LocalIOError                  a local file could not be read or written
@@ -61,6 +62,7 @@ __all__ = [
     "ObjectCorruptError",
     "ObjectMissingError",
     "PartialFailure",
+    "ReadVerifyError",
     "RepositoryBusyError",
     "RepositoryError",
     "RepositoryPasswordError",
@@ -249,6 +251,23 @@ class NbdTlsError(NbdError):
 
 class CbtBitmapError(HostError):
     """A `VDI.list_changed_blocks` bitmap does not fit the disk it describes (length, base64)."""
+
+
+class ReadVerifyError(HostError):
+    """Data a host sent for a disk (over NBD or in a VHD delta) differed when read again.
+
+    NBD carries no checksums, so an incremental backup reads a sample of what it stored a second
+    time; `vdi` and `offset` name the first 1 MiB that differed. Nothing is committed then.
+    """
+
+    def __init__(self, message: str, *, host: str | None = None, vdi: str = "", offset: int = 0) -> None:
+        super().__init__(message, host=host)
+        self.vdi = vdi
+        self.offset = offset
+
+    def __str__(self) -> str:
+        text = f"VDI {self.vdi} at offset {self.offset}: {self.message}"
+        return f"{self.host}: {text}" if self.host else text
 
 
 class ResumeError(XvatoolError):

@@ -608,22 +608,28 @@ def stats_command(
 
 
 def _render_repo_backup(report: RepoBackupReport) -> None:
-    rows = [("VM", "STATUS", "LOGICAL", "NEW", "TIME", "SNAPSHOT / ERROR")]
+    rows = [("VM", "STATUS", "READ", "METHOD", "LOGICAL", "NEW", "TIME", "SNAPSHOT / ERROR")]
     for r in report.results:
         detail = (r.snapshot or "")[:8] if r.status == "ok" else (r.error or "")
         rows.append(
             (
                 r.vm_name,
                 r.status,
+                human_size(r.bytes_read),
+                r.methods or "-",
                 human_size(r.logical_bytes),
                 human_size(r.new_bytes),
                 f"{r.duration_s:.1f}s",
                 detail,
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    widths = [max(len(row[i]) for row in rows) for i in range(7)]
     for row in rows:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[5])
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[7])
+    for r in report.results:
+        for disk in r.disks:
+            for notice in disk.notices:
+                click.echo(f"note: {r.vm_name} disk {disk.userdevice}: {notice}", err=True)
     ok = len(report.results) - len(report.failed)
     shard = f" (shard {report.shard})" if report.shard else ""
     click.echo(f"{ok} of {len(report.results)} VMs backed up to {report.repository}{shard}")
@@ -651,13 +657,15 @@ def run_repo_backup(
     repo: str,
     jobs: int,
     shard: str | None,
-    compression: str,
+    cbt: bool,
+    snapshots: str | None,
+    nbd_connections: int,
     as_json: bool,
     repo_password_file: str | None,
     s3_endpoint: str | None,
     keep: int | None = None,
 ) -> None:
-    """`backup --repo`: one snapshot per VM; exit 0, 3 (some failed) or 1 (all failed).
+    """`backup --repo`: one snapshot per VM, read incrementally; exit 0, 3 (some failed) or 1 (all).
 
     `keep` N forgets all but the N newest snapshots of each VM backed up successfully now.
     """
@@ -673,7 +681,9 @@ def run_repo_backup(
             repository,
             jobs=jobs,
             shard=share,
-            compression=cast("Any", compression),
+            cbt=cbt,
+            snapshots=cast("Any", snapshots),
+            nbd_connections=nbd_connections,
             progress=_progress(),
         )
         forgotten = _keep_newest(repository, report, keep) if keep else None

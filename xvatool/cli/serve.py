@@ -57,6 +57,13 @@ def _parse_listen(listen: str) -> tuple[str, int]:
 @click.option(
     "--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="PEM private key."
 )
+@click.option("--nbd-port", type=click.IntRange(min=0, max=65535),
+              help="Port of the NBD server on the --listen address (default 10809, or any free port "
+                   "when --listen asks for one with :0). It serves only while a network has the "
+                   "purpose nbd (TLS) or insecure_nbd.")  # fmt: skip
+@click.option("--nbd-purpose", type=click.Choice(["nbd", "insecure_nbd"]),
+              help="Give the management network this purpose at start, as "
+                   "`xe network-param-add param-name=purpose param-key=nbd` does on a host.")  # fmt: skip
 @click.option("--fault", "faults", multiple=True, metavar="HANDLER:KIND[=ARG][:times=N]",
               help="Inject a fault, e.g. export:drop-after=3MiB or import_raw_vdi:stall=5:times=2. "
                    "'redirect' also starts a second host on another port.")  # fmt: skip
@@ -71,24 +78,33 @@ def serve_command(
     demo: bool,
     tls_cert: Path | None,
     tls_key: Path | None,
+    nbd_port: int | None,
+    nbd_purpose: str | None,
     faults: tuple[str, ...],
 ) -> None:
     """Run a simulated XenServer host (xapi) that persists its state in DIR.
 
+    It has changed block tracking (VDI.enable_cbt and the rest) and an NBD server, whose
+    certificate is --tls-cert's, or one the simulator makes once in DIR for plain HTTP.
+
     \b
     Example:
-      xvatool serve --data ./simhost --demo
+      xvatool serve --data ./simhost --demo --nbd-purpose nbd
       # then, e.g.: XVATOOL_PASSWORD=demo xvatool vm list --host http://127.0.0.1:8080
     """
-    from xvatool.sim.server import serve_forever, tls_context
+    from xvatool.sim.server import DEFAULT_NBD_PORT, serve_forever, tls_context
 
     if (tls_cert is None) != (tls_key is None):
         raise UsageError("--tls-cert and --tls-key go together")
     host, port = _parse_listen(listen)
+    if nbd_port is None:
+        nbd_port = 0 if port == 0 else DEFAULT_NBD_PORT
     password = _read_password(password_file, demo)
     tls = tls_context(tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
+    certificate = tls_cert.read_text("ascii", "replace") if tls_cert is not None else None
     serve_forever(data_dir, host=host, port=port, user=user, password=password, faults=faults, demo=demo,
-                  tls=tls, say=_announce)  # fmt: skip
+                  tls=tls, certificate=certificate, nbd_port=nbd_port, nbd_purpose=nbd_purpose,
+                  say=_announce)  # fmt: skip
 
 
 def _announce(line: str) -> None:

@@ -138,6 +138,15 @@ def _target_session(
               type=click.Choice(["none", "gzip", "zstd"]), help="Host-side compression.")  # fmt: skip
 @click.option("--mode", default="stream", show_default=True, type=click.Choice(["stream", "parallel"]),
               help="One verified stream, or one stream per disk in parallel.")  # fmt: skip
+@click.option("--cbt", is_flag=True,
+              help="With --repo: switch changed block tracking on for the VMs' disks (the next backup "
+                   "after that is the first incremental one).")  # fmt: skip
+@click.option("--snapshots", type=click.Choice(["keep", "metadata", "delete"]),
+              help="With --repo: what stays on the host of each backup's snapshot: keep it (next night "
+                   "reads a base= delta), its CBT metadata only (default when CBT is on) or nothing "
+                   "(default otherwise).")  # fmt: skip
+@click.option("--nbd-connections", default=4, show_default=True, type=click.IntRange(min=1, max=16),
+              help="With --repo: NBD connections per disk for changed blocks.")  # fmt: skip
 @json_option("report")
 @quiet_option
 @debug_option
@@ -145,7 +154,8 @@ def _target_session(
 def backup_command(
     *, connect: Connection, vms: tuple[str, ...], all_vms: bool, tags: tuple[str, ...], appliance: str | None,
     dest: Path | None, repo: str | None, shard: str | None, repo_password_file: str | None,
-    s3_endpoint: str | None, jobs: int, keep: int | None, compression: str, mode: str, as_json: bool,
+    s3_endpoint: str | None, jobs: int, keep: int | None, compression: str, mode: str, cbt: bool,
+    snapshots: str | None, nbd_connections: int, as_json: bool,
 ) -> None:  # fmt: skip
     """Back up VMs: export each (verified), write DEST/<name>-<uuid8>/<time>.xva and a manifest.
 
@@ -154,15 +164,19 @@ def backup_command(
     delays, networks); the run is kept only if every VM succeeded.
 
     With --repo instead of --dest, each VM becomes one snapshot in a deduplicated repository
-    (see `xvatool repo`): only chunks the repository lacks are stored. Running VMs are exported
-    through a temporary snapshot. A failing VM does not stop the others; the exit code is 0 when
-    all succeeded, 3 when some failed, 1 when all failed.
+    (see `xvatool repo`), read incrementally where the host allows: per disk, the blocks changed
+    since the previous backup by changed block tracking over NBD, else a VHD delta against the
+    previous snapshot kept on the host, else the whole disk. The summary says which way each
+    disk was read and the bytes that came from the host. Running VMs are read through a
+    snapshot. A failing VM does not stop the others; the exit code is 0 when all succeeded, 3
+    when some failed, 1 when all failed.
 
     \b
     Example:
       XVATOOL_PASSWORD=… xvatool backup --host https://xen1 --fingerprint AB:CD:… \\
           --tag nightly --dest /backups --jobs 2 --keep 7 --compress zstd
       xvatool backup --host https://xen1 --all --repo s3://backups/xen --shard 1/2
+      xvatool backup --host https://xen1 --vm web-01 --repo /backups/repo --cbt
       xvatool backup --host https://xen1 --appliance web-app --dest /backups --keep 7
     """
     from xvatool.ops.backup import Selection, backup
@@ -179,8 +193,11 @@ def backup_command(
     if not (vms or all_vms or tags):
         raise UsageError("choose VMs with --vm, --all or --tag (or --appliance NAME)")
     if dest is None and repo:
-        if mode != "stream":
-            raise UsageError("--mode is for --dest; a repository backup reads each VM as one stream")
+        if mode != "stream" or compression != "none":
+            raise UsageError(
+                "--mode and --compress are for --dest: a repository backup reads each disk the cheapest "
+                "exact way and compresses every chunk itself"
+            )
         run_repo_backup(
             connect,
             vms,
@@ -189,7 +206,9 @@ def backup_command(
             repo=repo,
             jobs=jobs,
             shard=shard,
-            compression=compression,
+            cbt=cbt,
+            snapshots=snapshots,
+            nbd_connections=nbd_connections,
             as_json=as_json,
             repo_password_file=repo_password_file,
             s3_endpoint=s3_endpoint,
@@ -198,8 +217,8 @@ def backup_command(
         return
     if dest is None:
         raise UsageError("choose where to: --dest FOLDER or --repo REPO")
-    if shard:
-        raise UsageError("--shard needs --repo")
+    if shard or cbt or snapshots:
+        raise UsageError("--shard, --cbt and --snapshots need --repo")
     report = backup(
         connect, Selection(vms, all_vms, tags), dest, jobs=jobs, keep=keep,
         compression=cast("Compression", compression), mode=cast("ExportMode", mode),

@@ -1,12 +1,14 @@
 """Backups of VMs into a repository (`backup --repo`); restores are in `ops.repo_restore`.
 
-Backup: for each selected VM, in its own thread with its own session, the host's export stream
-(a running VM is exported through a temporary snapshot, destroyed afterwards) is read by the
-format reader, which verifies every chunk's checksum, and stored chunk by chunk (`repo.ingest`):
-only chunks the repository does not hold yet are written, so the second night of an unchanged VM
-stores almost nothing. A VM's snapshot is committed only after its whole export verified. A
-failing VM does not stop the others. `--shard K/N` keeps a stable share of the selection (by a
-hash of the VM uuid), so N workers on N machines split a pool without talking to each other.
+Backup: for each selected VM, in its own thread with its own session, a host snapshot is taken
+and each disk is read the cheapest exact way (`ops.incremental`): only the chunks changed since
+the VM's previous repository snapshot, by changed block tracking over NBD or by a ``base=`` VHD
+delta, else the whole disk as the host's checksummed tar stream. Chunks are stored one by one
+(`repo.ingest`), only those the repository lacks are written, and the chunks not read are the
+previous snapshot's, so every snapshot is complete by itself. A VM's snapshot is committed only
+after every disk was read and verified. A failing VM does not stop the others. `--shard K/N`
+keeps a stable share of the selection (by a hash of the VM uuid), so N workers on N machines
+split a pool without talking to each other.
 
 Example::
 
@@ -28,15 +30,20 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from xvatool._progress import Progress
-from xvatool._types import Compression
+from xvatool._retry import DEFAULT_RETRY, RetryPolicy
 from xvatool.errors import UsageError, XvatoolError
 from xvatool.ops.backup import Selection, select_vms
-from xvatool.ops.export import export_stream
-from xvatool.repo.ingest import WriterRun, ingest_reader
+from xvatool.ops.incremental import (
+    DEFAULT_NBD_CONNECTIONS,
+    DiskReport,
+    IncrementalOptions,
+    KeepOnHost,
+    backup_vm,
+)
+from xvatool.repo.ingest import WriterRun
 from xvatool.repo.repository import Repository
 from xvatool.xapi.session import Session
 from xvatool.xapi.vms import VmRef
-from xvatool.xva.reader import XvaReader
 
 __all__ = [
     "RepoBackupReport",
@@ -80,6 +87,16 @@ class VmRepoResult:
     new_bytes: int = 0
     duration_s: float = 0.0
     error: str | None = None
+    bytes_read: int = 0
+    """Bytes that came from the host (NBD reads, VHD deltas, tar streams)."""
+    disks: list[DiskReport] = field(default_factory=list)
+    kept: KeepOnHost | None = None
+    """What stayed on the host of this backup's snapshot."""
+
+    @property
+    def methods(self) -> str:
+        """Each disk's way of reading, in userdevice order: ``cbt``, ``vhd-diff``, ``full``."""
+        return ",".join(d.method for d in self.disks)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -90,6 +107,9 @@ class VmRepoResult:
             "logical_bytes": self.logical_bytes,
             "data_bytes": self.data_bytes,
             "new_bytes": self.new_bytes,
+            "bytes_read": self.bytes_read,
+            "kept_on_host": self.kept,
+            "disks": [d.to_json() for d in self.disks],
             "duration_s": round(self.duration_s, 3),
             "error": self.error,
         }
@@ -132,50 +152,45 @@ class _RepoBackupJob:
         self,
         session_factory: Callable[[], Session],
         run: WriterRun,
-        compression: Compression,
+        options: IncrementalOptions,
         progress: Progress | None,
     ) -> None:
         self.session_factory = session_factory
         self.run = run
-        self.compression: Compression = compression
+        self.options = options
         self.progress = progress
         self.cancelled = threading.Event()
 
     def one(self, vm: VmRef) -> VmRepoResult:
         result = VmRepoResult(vm.uuid, vm.name_label)
         started = time.monotonic()
-        bar = None
         try:
             if self.cancelled.is_set():
                 raise UsageError("cancelled")
             moment = dt.datetime.now(dt.UTC)
-            with (
-                self.session_factory() as session,
-                export_stream(session, vm.uuid, compression=self.compression, snapshot="auto") as body,
-            ):
-                reader = XvaReader(body, source=f"export of {vm.name_label}")
-                metadata = reader.metadata
-                if self.progress is not None:
-                    bar = self.progress(vm.name_label, sum(d.virtual_size for d in metadata.disks))
-                writer = self.run.snapshot(
-                    metadata,
-                    vm_uuid=vm.uuid,
-                    vm_name=vm.name_label,
+            with self.session_factory() as session:
+                done = backup_vm(
+                    session,
+                    vm,
+                    self.run,
+                    self.options,
                     time=moment,
-                    source={"host": _source_url(session)},
+                    host_url=_source_url(session),
+                    progress=self.progress,
                 )
-                snapshot = ingest_reader(writer, reader, progress=bar.update if bar else None)
+            snapshot = done.snapshot
             result.status = "ok"
             result.snapshot = snapshot.id
             result.logical_bytes = snapshot.logical_bytes
             result.data_bytes = snapshot.data_bytes
             result.new_bytes = snapshot.new_bytes
+            result.bytes_read = done.bytes_read
+            result.disks = done.disks
+            result.kept = done.kept
         except XvatoolError as exc:
             result.error = str(exc)
             log.info("backup of %s into the repository failed: %s", vm.name_label, exc)
         finally:
-            if bar is not None:
-                bar.close()
             result.duration_s = time.monotonic() - started
         return result
 
@@ -187,17 +202,23 @@ def backup_to_repository(
     *,
     jobs: int = 1,
     shard: tuple[int, int] | None = None,
-    compression: Compression = "none",
+    cbt: bool = False,
+    snapshots: KeepOnHost | None = None,
+    nbd_connections: int = DEFAULT_NBD_CONNECTIONS,
+    retry: RetryPolicy = DEFAULT_RETRY,
     progress: Progress | None = None,
 ) -> RepoBackupReport:
     """Back up the selected VMs into `repo`, `jobs` at a time; never raises for one VM's failure.
 
-    `shard` (K, N) keeps the VMs whose `shard_of` is K. `compression` is the host-side
-    compression of the export stream (saves network; the repository compresses each chunk
-    anyway). Raises `UsageError` for a bad selection before anything is exported.
+    Each disk is read incrementally where the host allows (`ops.incremental`): `cbt` switches
+    changed block tracking on for the VMs' disks first, `snapshots` says what stays on the host
+    (keep, metadata, delete; default metadata with CBT, else delete), `nbd_connections` per disk.
+    `shard` (K, N) keeps the VMs whose `shard_of` is K. Raises `UsageError` for a bad selection
+    or option before anything is read.
     """
     if jobs < 1:
         raise UsageError(f"--jobs must be at least 1, not {jobs}")
+    options = IncrementalOptions(cbt=cbt, snapshots=snapshots, nbd_connections=nbd_connections, retry=retry)
     with session_factory() as session:
         vms = select_vms(session, selection)
     report = RepoBackupReport(repo.location, shard=f"{shard[0]}/{shard[1]}" if shard else None)
@@ -206,7 +227,7 @@ def backup_to_repository(
         if not vms:
             return report
     with WriterRun(repo) as run:
-        job = _RepoBackupJob(session_factory, run, compression, progress)
+        job = _RepoBackupJob(session_factory, run, options, progress)
         if jobs == 1 or len(vms) == 1:
             report.results = [job.one(vm) for vm in vms]
             return report

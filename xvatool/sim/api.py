@@ -3,8 +3,8 @@
 `XapiApi.call(method, params)` is the whole API: it returns the call's value or raises
 `ApiFailure`; `rpc.py` wraps both into envelopes. Every message lives in one `MethodTable`
 (`methods.py`): the generated accessors of each class in `classes.py` and the explicit messages
-of `vm_messages.py`, `vdi_messages.py`, `task_messages.py`, `events.py`,
-`appliance_messages.py`, `network_messages.py` and the session messages below, so
+of `vm_messages.py`, `vdi_messages.py`, `vdi_cbt_messages.py`, `network_messages.py`,
+`revert.py`, `task_messages.py`, `events.py`, `appliance_messages.py` and the session messages below, so
 `system.listMethods` lists exactly what is served. To add messages, add them to their class's
 module (or a new one) and register it in `XapiApi.__init__`.
 
@@ -31,13 +31,16 @@ from xvatool.sim.classes import CLASSES
 from xvatool.sim.copies import Copier
 from xvatool.sim.events import event_messages
 from xvatool.sim.methods import ANY_ARITY, LIST_METHODS, Method, MethodTable
+from xvatool.sim.nbd_service import NbdService
 from xvatool.sim.network_messages import network_messages
 from xvatool.sim.objects import ObjectOps
 from xvatool.sim.records import session_record
+from xvatool.sim.revert import revert_messages
 from xvatool.sim.state import SimState
 from xvatool.sim.task_messages import task_messages
 from xvatool.sim.tasks import TaskManager
 from xvatool.sim.values import ApiFailure, now
+from xvatool.sim.vdi_cbt_messages import vdi_cbt_messages
 from xvatool.sim.vdi_messages import vdi_messages
 from xvatool.sim.vm_messages import vm_messages
 
@@ -71,6 +74,7 @@ class XapiApi:
         user: str,
         password: str,
         auth_failure_delay_s: float = 0.0,
+        nbd: NbdService | None = None,
     ) -> None:
         self.state = state
         self.tasks = tasks
@@ -88,6 +92,8 @@ class XapiApi:
             self.methods.update(class_messages(spec, state))
         self.methods.update(vm_messages(ops, copier))
         self.methods.update(vdi_messages(ops, copier))
+        self.methods.update(vdi_cbt_messages(ops, nbd))  # CBT, NBD and what they constrain
+        self.methods.update(revert_messages(ops, copier))
         self.methods.update(task_messages(tasks))
         self.methods.update(event_messages(state))
         self.appliances = ApplianceOps(ops, tasks)

@@ -12,9 +12,10 @@ One routine serves all three VM operations, parameterised by what happens to eac
 
 CD drives keep their (shared) VDI and empty drives stay empty; VIFs are copied with new MACs
 except in snapshots; the new VM gets a fresh uuid and `mac_seed`. Disks are copied sparse (holes
-stay holes), each disk file first and its record after, so a failure or a cancelled task at any
-point leaves no new disk, record or file behind. Progress and cancellation go through the
-calling `Async.` task when there is one.
+stay holes); a snapshot's disk shares the source's file instead, in constant time as on a host,
+and the first write to either copies it (`disks.share`). Each disk file comes first and its
+record after, so a failure or a cancelled task at any point leaves no new disk, record or file.
+Progress and cancellation go through the calling `Async.` task when there is one.
 """
 
 from __future__ import annotations
@@ -29,17 +30,17 @@ from pathlib import Path
 from typing import Any
 
 from xvatool._files import remove_quietly
-from xvatool.sim.disks import backend_failure, copy_sparse
+from xvatool.sim.disks import backend_failure, copy_sparse, share
 from xvatool.sim.objects import ObjectOps
 from xvatool.sim.records import vm_record
 from xvatool.sim.tasks import TaskManager
 from xvatool.sim.values import EPOCH, NULL_REF, ApiFailure, Record, new_ref, new_uuid, now, random_mac
 
-__all__ = ["Copier", "DiskOp"]
+__all__ = ["VBD_KEPT", "Copier", "DiskOp"]
 
 _VDI_KEPT = ("name_label", "name_description", "type", "sharable", "other_config", "xenstore_data",
              "on_boot", "allow_caching", "tags")  # fmt: skip
-_VBD_KEPT = ("device", "userdevice", "bootable", "mode", "type", "empty", "unpluggable", "other_config",
+VBD_KEPT = ("device", "userdevice", "bootable", "mode", "type", "empty", "unpluggable", "other_config",
              "qos_algorithm_type", "qos_algorithm_params")  # fmt: skip
 _VM_RESET: Record = {
     "allowed_operations": [], "current_operations": {}, "is_default_template": False, "resident_on": NULL_REF,
@@ -102,17 +103,25 @@ class Copier:
         if not self.state.exists("VDI", into):
             self.state.get("SR", sr)  # HANDLE_INVALID
             return self._single_vdi(vdi, DiskOp.COPY, sr)
-        source = self.state.get("VDI", vdi)
-        target = self.state.get("VDI", into)
+        source = _with_data(self.state.get("VDI", vdi), vdi)
+        target = _with_data(self.state.get("VDI", into), into)
         if target["read_only"]:
             raise ApiFailure("VDI_READONLY", [into])
         if target["virtual_size"] < source["virtual_size"]:
             raise ApiFailure("VDI_TOO_SMALL", [into, source["virtual_size"]])
         task = self._task()
-        with self.ops.vdi_operation(vdi, task, "copy"), self.ops.vdi_operation(into, task, "copy"):
+        cbt, uuid = self.ops.cbt, target["uuid"]
+        with (
+            self.ops.vdi_operation(vdi, task, "copy"),
+            self.ops.vdi_operation(into, task, "copy"),
+            cbt.tracking(uuid),
+            cbt.lock_for(uuid),
+        ):
+            source_path, target_path = self.state.disk_path(vdi), self.state.disk_path(into)
+            cbt.mark_allocated(uuid, source_path, target_path)  # every block the copy may change
             _copy_file(
-                self.state.disk_path(vdi),
-                self.state.disk_path(into),
+                source_path,
+                target_path,
                 size=target["virtual_size"],
                 progress=self._progress(source["virtual_size"]),
             )
@@ -128,18 +137,26 @@ class Copier:
 
     def _copy_disk(self, vdi: str, op: DiskOp, sr: str | None, progress: Callable[[int], None]) -> _NewDisk:
         """Copy one VDI's file to a fresh location; the record is made later by `_disk_record`."""
-        source = self.state.get("VDI", vdi)
+        source = _with_data(self.state.get("VDI", vdi), vdi)
         target_sr = source["SR"] if sr is None else sr
         if self.state.field("SR", target_sr, "content_type") == "iso":
             raise ApiFailure("SR_OPERATION_NOT_SUPPORTED", [target_sr])
-        fields = {k: source[k] for k in _VDI_KEPT}
+        fields = {k: source[k] for k in _VDI_KEPT}  # no cbt_enabled: clones and copies start untracked
         if op is DiskOp.SNAPSHOT:
             fields.update(read_only=source["read_only"], is_a_snapshot=True, snapshot_of=vdi)
-            fields["snapshot_time"] = now()
+            fields.update(snapshot_time=now(), uuid=new_uuid())
         elif op is DiskOp.COPY:
             fields.update(on_boot=source["on_boot"] if source["on_boot"] == "reset" else "persist")
         location = new_uuid()
-        _copy_file(self.state.disk_path(vdi), self.state.disk_dir / f"{location}.img", progress=progress)
+        target = self.state.disk_dir / f"{location}.img"
+        with self.ops.cbt.lock_for(source["uuid"]):  # no write lands between the copy and the log's handover
+            if op is DiskOp.SNAPSHOT:  # constant time, as on a host: the file is shared until written
+                _disk_file(share, self.state.disk_path(vdi), target)
+                progress(int(source["virtual_size"]))
+            else:
+                _copy_file(self.state.disk_path(vdi), target, progress=progress)
+            if op is DiskOp.SNAPSHOT and self.ops.cbt.rotate(source["uuid"], fields["uuid"]):
+                fields["cbt_enabled"] = True
         return _NewDisk(target_sr, location, int(source["virtual_size"]), fields)
 
     def _disk_record(self, vdi: str, op: DiskOp, disk: _NewDisk) -> str:
@@ -157,6 +174,8 @@ class Copier:
         except BaseException:
             for disk in disks:
                 remove_quietly(self.state.disk_dir / f"{disk.location}.img")
+                if "uuid" in disk.fields:  # a snapshot that never came to be: its log goes back
+                    self.ops.cbt.drop(disk.fields["uuid"])
             raise
 
     # -- VMs ------------------------------------------------------------------------------------
@@ -237,7 +256,7 @@ class Copier:
             vdi = vbd["VDI"]
             if vdi in disks:
                 vdi = self._disk_record(vdi, op, disks[vdi])
-            fields = {k: vbd[k] for k in _VBD_KEPT}
+            fields = {k: vbd[k] for k in VBD_KEPT}
             if fields["type"] == "Disk" and "owner" not in fields["other_config"]:
                 fields["other_config"] = {**fields["other_config"], "owner": ""}
             self.ops.create_vbd(new_vm, vdi, **fields)
@@ -275,10 +294,21 @@ class Copier:
 
 def _copy_file(source: Path, target: Path, **options: Any) -> None:
     """`copy_sparse`, with a local I/O error reported as the storage backend's failure."""
+    _disk_file(copy_sparse, source, target, **options)
+
+
+def _disk_file(action: Callable[..., None], source: Path, target: Path, **options: Any) -> None:
     try:
-        copy_sparse(source, target, **options)
+        action(source, target, **options)
     except OSError as exc:
         raise backend_failure("copy the disk", exc) from None
+
+
+def _with_data(record: Record, ref: str) -> Record:
+    """The record of a VDI that still has its data; `cbt_metadata` ones cannot be copied."""
+    if record["type"] == "cbt_metadata":
+        raise ApiFailure("VDI_INCOMPATIBLE_TYPE", [ref, "cbt_metadata"])
+    return record
 
 
 def _swap(items: list[str], old: str, new: str) -> None:

@@ -16,7 +16,16 @@ from xvatool._files import AtomicFile
 from xvatool.sim.values import ApiFailure
 from xvatool.xva.disk import CHUNK_SIZE, RawFileSource, is_zero
 
-__all__ = ["DiskTargets", "backend_failure", "copy_sparse", "create_sparse", "overwrite", "write_nonzero"]
+__all__ = [
+    "DiskTargets",
+    "backend_failure",
+    "copy_sparse",
+    "create_sparse",
+    "overwrite",
+    "share",
+    "unshare",
+    "write_nonzero",
+]
 
 
 def backend_failure(action: str, exc: OSError) -> ApiFailure:
@@ -64,8 +73,30 @@ def copy_sparse(
                 progress(offset + len(block))
 
 
+def share(source: Path, target: Path) -> None:
+    """`target` becomes the same disk as `source` in constant time: a hard link, copied on write.
+
+    How the simulator snapshots, where a host starts a new VHD child: whoever writes to either
+    name first calls `unshare`. A file system without hard links gets a copy.
+    """
+    try:
+        os.link(source, target)
+    except OSError:
+        copy_sparse(source, target)
+
+
+def unshare(path: Path) -> bool:
+    """Give `path` a file of its own if it shares one (`share`); True if it had to copy."""
+    if os.stat(path).st_nlink <= 1:
+        return False
+    copy_sparse(path, path)  # written under a temporary name, renamed over `path`: a new inode
+    return True
+
+
 class DiskTargets:
     """Open VDI files for an import; `write` places chunks, skipping zeros (fresh files only).
+
+    `on_write(key, offset, length)` hears of every write (the change log of a tracked VDI).
 
     Example::
 
@@ -73,9 +104,12 @@ class DiskTargets:
             targets.write("Ref:2", 0, data)
     """
 
-    def __init__(self, paths: Mapping[str, Path]) -> None:
+    def __init__(
+        self, paths: Mapping[str, Path], *, on_write: Callable[[str, int, int], None] | None = None
+    ) -> None:
         self._paths = dict(paths)
         self._fds: dict[str, int] = {}
+        self._on_write = on_write
 
     def __enter__(self) -> Self:
         for key, path in self._paths.items():
@@ -87,6 +121,8 @@ class DiskTargets:
         fd = self._fds.get(key)
         if fd is not None:
             write_nonzero(fd, offset, data)
+            if self._on_write is not None:
+                self._on_write(key, offset, len(data))
 
     def __exit__(self, *exc: object) -> None:
         for fd in self._fds.values():

@@ -12,6 +12,10 @@ Kinds (xapi-protocol.md §5 and §7.8 list the real-world failures they imitate)
 - `corrupt-chunk=N` – flip one byte in the data of the Nth chunk sent (0 = the first data
   member of an XVA or `vdi/` tar; the Nth MiB of a raw download); checksums stay the originals.
 
+The handler `nbd` is the NBD server (`nbd_service.py`): `drop-after` counts READ data bytes on
+one connection, `stall` pauses before its first data, `corrupt-chunk=N` flips the first byte of
+the disk's N-th MiB as it is served.
+
 Each fault fires `times` times (default 1), then the handler behaves. Only a firing counts: a
 request during which the fault's condition never arises (an upload probe with an empty body
 under `drop-after=1MiB`) leaves it armed for the next one.
@@ -29,7 +33,15 @@ from xvatool.xva.tarstream import BLOCK_SIZE
 
 __all__ = ["HANDLERS", "KINDS", "Fault", "FaultSet", "TarCorrupter", "parse_fault", "parse_size"]
 
-HANDLERS = ("export", "export_metadata", "import", "import_metadata", "export_raw_vdi", "import_raw_vdi")
+HANDLERS = (
+    "export",
+    "export_metadata",
+    "import",
+    "import_metadata",
+    "export_raw_vdi",
+    "import_raw_vdi",
+    "nbd",
+)
 KINDS = ("drop-after", "stall", "inline-500-after", "redirect", "corrupt-chunk")
 _NEEDS_ARG = {"drop-after", "stall", "inline-500-after", "corrupt-chunk"}
 _UNITS = {

@@ -13,6 +13,7 @@ import itertools
 from collections.abc import Iterator
 from typing import Any
 
+from xvatool.sim.cbt import CbtStore
 from xvatool.sim.disks import backend_failure, create_sparse
 from xvatool.sim.lifecycle import allowed_power_states, check_vm_operation, power_name
 from xvatool.sim.records import vbd_record, vdi_record, vif_record, vm_record
@@ -31,6 +32,7 @@ class ObjectOps:
     def __init__(self, state: SimState, host_ref: str) -> None:
         self.state = state
         self.host_ref = host_ref
+        self.cbt = CbtStore(state)
 
     # -- VDIs -----------------------------------------------------------------------------------
 
@@ -76,6 +78,7 @@ class ObjectOps:
             self._unlink(record["snapshot_of"], "VDI", "snapshots", vdi)
             self.state.remove("VDI", vdi)
             path.unlink(missing_ok=True)
+            self.cbt.drop(record["uuid"])  # its changes pass to the next snapshot in the chain
 
     def vdi_operation(self, vdi: str, task: str, operation: str) -> contextlib.AbstractContextManager[None]:
         """Mark a VDI busy for a transfer (xapi attaches it to dom0 meanwhile, §3.5)."""

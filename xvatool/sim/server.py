@@ -26,6 +26,8 @@ from xvatool.sim import vdi_handlers, vm_handlers
 from xvatool.sim.api import XapiApi
 from xvatool.sim.faults import Fault, FaultSet
 from xvatool.sim.handlers import DataRequest, HttpReject, parse_content_length, run_handler
+from xvatool.sim.nbd_service import NbdService, nbd_mode
+from xvatool.sim.network_messages import use_nbd_purpose
 from xvatool.sim.objects import ObjectOps
 from xvatool.sim.records import XAPI_VERSION
 from xvatool.sim.rpc import MAX_RPC_BODY, handle_jsonrpc, handle_xmlrpc, html_error
@@ -35,9 +37,11 @@ from xvatool.sim.tasks import TaskManager
 
 __all__ = [
     "AUTH_FAILURE_DELAY_S",
+    "DEFAULT_NBD_PORT",
     "MAX_HEADER_BYTES",
     "SimHost",
     "longest_prefix",
+    "nbd_state",
     "serve_forever",
     "tls_context",
 ]
@@ -52,6 +56,8 @@ IDLE_TIMEOUT_S = 60.0
 """A connection idle this long is closed (also bounds the TLS handshake)."""
 AUTH_FAILURE_DELAY_S = 1.0
 """Seconds a failed login waits in `serve_forever`, so a listening host is slow to brute-force."""
+DEFAULT_NBD_PORT = 10809
+"""xapi-nbd's port; `xvatool serve --nbd-port` changes it."""
 
 DataHandler = Callable[[DataRequest], None]
 HandlerTable = dict[str, tuple[str, DataHandler]]
@@ -122,6 +128,7 @@ class SimHost:
             self.state.release_directory()
             raise
         self.user = user
+        self.nbd = NbdService(self.state, self.ops, self.faults)
         self.api = XapiApi(
             self.state,
             self.tasks,
@@ -129,6 +136,7 @@ class SimHost:
             user=user,
             password=password,
             auth_failure_delay_s=auth_failure_delay_s,
+            nbd=self.nbd,
         )
         self.server_version = f"xapi/{XAPI_VERSION[0]}.{XAPI_VERSION[1]}"
         self.url = ""
@@ -145,14 +153,22 @@ class SimHost:
         *,
         tls: ssl.SSLContext | None = None,
         redirect_peer: bool = False,
+        nbd_port: int | None = 0,
+        certificate: str | None = None,
     ) -> None:
-        """Start listening (in background threads); `url` (and `peer_url`) say where."""
+        """Start listening (in background threads); `url` (and `peer_url`) say where.
+
+        The NBD server listens on `host`:`nbd_port` (0: any free port; None: none); its
+        certificate is `certificate` (the PEM behind `tls`) or the simulator's own.
+        """
         if tls is None and not _is_loopback(host):
             raise UsageError(f"listening on {host} needs TLS (--tls-cert and --tls-key)")
         self.url = self._start(host, port, tls, peer=False)
         self._listen = (host, tls)
         if redirect_peer:
             self.peer_url = self._start(host, 0, tls, peer=True)
+        if nbd_port is not None:
+            self.nbd.start(host, nbd_port, tls=tls, certificate=certificate)
 
     def _start(self, host: str, port: int, tls: ssl.SSLContext | None, *, peer: bool) -> str:
         try:
@@ -183,6 +199,7 @@ class SimHost:
 
     def close(self) -> None:
         """Stop the servers, join their threads and release the data directory."""
+        self.nbd.stop()
         for server, thread in self._servers:
             server.shutdown()
             server.server_close()
@@ -261,12 +278,16 @@ def serve_forever(
     faults: Iterable[Fault | str] = (),
     demo: bool = False,
     tls: ssl.SSLContext | None = None,
+    certificate: str | None = None,
+    nbd_port: int | None = DEFAULT_NBD_PORT,
+    nbd_purpose: str | None = None,
     say: Callable[[str], None] = print,
 ) -> None:
     """Serve a `SimHost` in the foreground until Ctrl-C, then close it (what `xvatool serve` runs).
 
     A `redirect` fault also starts the redirect peer. `say` gets the one-line announcements
-    (where it listens, then "stopping").
+    (where it listens, then "stopping"). `nbd_purpose` (``nbd`` or ``insecure_nbd``) is given to
+    the management network at start, which switches the NBD server on (`network.add_purpose`).
 
     Example::
 
@@ -282,17 +303,29 @@ def serve_forever(
         auth_failure_delay_s=AUTH_FAILURE_DELAY_S,
     )
     try:
+        if nbd_purpose is not None:
+            use_nbd_purpose(sim.state, nbd_purpose)
         redirect = any(f.kind == "redirect" for f in sim.faults.pending())
-        sim.serve(host, port, tls=tls, redirect_peer=redirect)
+        sim.serve(host, port, tls=tls, redirect_peer=redirect, nbd_port=nbd_port, certificate=certificate)
         say(f"xvatool: simulated host listening on {sim.url} (user {user!r}); Ctrl-C stops it")
         if sim.peer_url:
             say(f"xvatool: redirect peer listening on {sim.peer_url}")
+        if sim.nbd.endpoint is not None:
+            say(f"xvatool: NBD server on port {sim.nbd.endpoint.port} ({nbd_state(sim)})")
         try:
             sim.wait()
         except KeyboardInterrupt:
             say("xvatool: stopping")
     finally:
         sim.close()
+
+
+def nbd_state(sim: SimHost) -> str:
+    """What the NBD server does now, in words (it follows the networks' purposes)."""
+    mode = nbd_mode(sim.state)
+    if mode == "refuse":
+        return "off until a network gets the purpose nbd or insecure_nbd"
+    return "TLS" if mode == "tls" else "plain, insecure_nbd"
 
 
 def tls_context(cert: Path, key: Path) -> ssl.SSLContext:

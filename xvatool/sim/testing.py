@@ -48,12 +48,15 @@ def running_host(
     faults: Iterable[Fault | str] = (),
     tls: ssl.SSLContext | None = None,
     redirect: bool = False,
+    nbd_port: int | None = 0,
+    certificate: str | None = None,
 ) -> Iterator[RunningHost]:
     """Start a host bound to 127.0.0.1 on a free port; stop it and join its threads on exit.
 
-    `tls` is a server-side `SSLContext`; `redirect=True` also starts the redirect peer
-    (`peer_url`) that the `redirect` fault sends clients to. `demo_appliance=True` also seeds
-    the appliance `demo-app` (as `xvatool serve --demo` does).
+    `tls` is a server-side `SSLContext` (`certificate` its PEM, which the NBD server then shows
+    too); `redirect=True` also starts the redirect peer (`peer_url`) that the `redirect` fault
+    sends clients to. The NBD server listens on `nbd_port` (0: a free port; None: not at all).
+    `demo_appliance=True` also seeds the appliance `demo-app` (as `xvatool serve --demo` does).
     """
     host = SimHost(
         Path(data_dir),
@@ -65,7 +68,9 @@ def running_host(
         demo_appliance=demo_appliance,
     )
     try:
-        host.serve("127.0.0.1", 0, tls=tls, redirect_peer=redirect)
+        host.serve(
+            "127.0.0.1", 0, tls=tls, redirect_peer=redirect, nbd_port=nbd_port, certificate=certificate
+        )
         yield RunningHost(url=host.url, user=user, password=password, host=host, peer_url=host.peer_url)
     finally:
         host.close()

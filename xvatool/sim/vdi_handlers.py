@@ -1,6 +1,6 @@
 """`GET /export_raw_vdi` and `PUT /import_raw_vdi` (xapi-protocol.md §3.5, §3.6).
 
-Formats: `raw` (the whole disk, zeros included), `vhd` (a dynamic VHD, see `vhd.py`) and `tar`
+Formats: `raw` (the whole disk, zeros included), `vhd` (a dynamic VHD, see `vhd_streams.py`) and `tar`
 (the XVA chunk encoding under the fixed prefix `vdi`, xva-format.md §3.5). Uploads also accept the
 `chunked` framing: frames of u64 LE offset, u32 LE length and payload, ended by 12 zero bytes;
 only the frames sent are written. Quirks: `task-id:X` without a space; no Content-Length on
@@ -8,6 +8,11 @@ downloads; 404 for an unknown format, `chunked` with a non-raw format, or `Trans
 400 `VDI_MISSING` without `vdi` or SR; a short or broken upload fails the task `VDI_IO_ERROR`.
 An upload with `sr_id` creates its VDI first (raw with a Content-Length only) and, unlike a host,
 destroys it again when the upload fails, so a failed upload leaves no VDI and no disk file.
+
+Every write marks the 64 KiB blocks it touches in the VDI's change log when CBT is on (`cbt.py`).
+`format=vhd&base=REF` sends a differencing VHD against the base VDI (`vhd_streams.py`). A VDI
+whose data was destroyed (`cbt_metadata`) cannot be attached, so it can be neither read, written
+nor used as a base: the task fails as the host's does when its dom0 attach is refused.
 """
 
 from __future__ import annotations
@@ -15,11 +20,11 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from xvatool.errors import FormatError
-from xvatool.sim import vhd
-from xvatool.sim.disks import overwrite
+from xvatool.sim import vhd_streams
+from xvatool.sim.cbt import TrackedWrites
 from xvatool.sim.handlers import BodyReader, BodyWriter, DataRequest, HttpReject, TaskProgress
 from xvatool.sim.tasks import ref_fragment
 from xvatool.sim.values import ApiFailure
@@ -37,6 +42,7 @@ MAX_FRAME_PIECE = 2 << 20
 """The chunked server reads a frame's payload in pieces of at most 2 MiB (vhd-tool `chunked.ml`)."""
 TAR_PREFIX = "vdi"
 IO_ERROR = ApiFailure("VDI_IO_ERROR", ["Device I/O errors"])
+Write = Callable[[int, memoryview], None]
 
 
 def _resolve_vdi(request: DataRequest, value: str) -> str:
@@ -47,6 +53,13 @@ def _resolve_vdi(request: DataRequest, value: str) -> str:
     if not found:
         raise ApiFailure("HANDLE_INVALID", ["VDI", value])
     return found[0]
+
+
+def _attachable(request: DataRequest, vdi: str) -> None:
+    """The host attaches the VDI to dom0 first; a `cbt_metadata` VDI has no data to attach."""
+    if request.host.state.field("VDI", vdi, "type") == "cbt_metadata":
+        reason = f"VDI_INCOMPATIBLE_TYPE: [ {vdi}; cbt_metadata ]"
+        raise ApiFailure("INTERNAL_ERROR", [f"Caught exception: {reason}"])
 
 
 def _format(request: DataRequest) -> str:
@@ -109,11 +122,18 @@ def export_raw_vdi(request: DataRequest) -> None:
     request.abort_failure = IO_ERROR
     fmt = _format(request)
     vdi = _resolve_vdi(request, vdi_param)
-    if request.param("base") is not None:
-        raise ApiFailure("INTERNAL_ERROR", ["Cannot compute differences: base is not supported"])
+    _attachable(request, vdi)
+    base_param = request.param("base")
+    base = _resolve_vdi(request, base_param) if base_param is not None else None
+    if base is not None:
+        _attachable(request, base)
+        if fmt != "vhd":
+            raise ApiFailure("INTERNAL_ERROR", ["Cannot compute differences on non-VHD images"])
     record = host.state.get("VDI", vdi)
     size = int(record["virtual_size"])
     path = host.state.disk_path(vdi)
+    if fmt == "vhd" and size > vhd_streams.MAX_VHD_SIZE:
+        raise ApiFailure("VDI_TOO_LARGE", [vdi, vhd_streams.MAX_VHD_SIZE])
     request.send_head(
         200,
         [
@@ -124,13 +144,26 @@ def export_raw_vdi(request: DataRequest) -> None:
         ],
     )
     host.tasks.set_progress(request.task, 0.0)
-    pieces = {"raw": _raw_pieces, "tar": _tar_pieces, "vhd": vhd.vhd_pieces}[fmt](path, size)
+    pieces: Iterator[bytes | memoryview]
+    if base is not None:
+        base_record = host.state.get("VDI", base)
+        pieces = vhd_streams.delta_pieces(
+            path,
+            size,
+            host.state.disk_path(base),
+            int(base_record["virtual_size"]),
+            base_uuid=base_record["uuid"],
+            base_name=f"{base_record['location']}.vhd",
+        )
+    else:
+        pieces = {"raw": _raw_pieces, "tar": _tar_pieces, "vhd": vhd_streams.vhd_pieces}[fmt](path, size)
     corrupter = request.corrupter() if fmt == "tar" else None
     corrupt = request.faults.get("corrupt-chunk")
     flip_at = corrupt.bytes * CHUNK_SIZE if corrupt and fmt == "raw" else -1
     progress = TaskProgress(request, size)
     body = BodyWriter(request)
     sent = 0
+    piece: bytes | bytearray | memoryview
     with host.ops.vdi_operation(vdi, request.task, "export"):
         for piece in pieces:
             if corrupter is not None:
@@ -184,6 +217,7 @@ def import_raw_vdi(request: DataRequest) -> None:
         raise HttpReject(404, ApiFailure("INTERNAL_ERROR", ["Cannot handle chunked VHD"]))
     length = request.content_length
     vdi, created = _target(request, fmt, length)
+    _attachable(request, vdi)
     try:
         _receive(request, vdi, fmt, chunked, length)
     except BaseException:
@@ -202,25 +236,27 @@ def _receive(request: DataRequest, vdi: str, fmt: str, chunked: bool, length: in
     # The host ignores Content-Length on chunked uploads and reads to the terminator; bounding the
     # body by it (when given) only turns a hang on a missing terminator into a prompt VDI_IO_ERROR.
     body = BodyReader(request, length)
-    with host.ops.vdi_operation(vdi, request.task, "import"):
-        fd = os.open(host.state.disk_path(vdi), os.O_WRONLY)
+    uuid = str(host.state.field("VDI", vdi, "uuid"))
+    with (
+        host.ops.vdi_operation(vdi, request.task, "import"),
+        host.ops.cbt.tracking(uuid),
+        TrackedWrites(host.ops.cbt, uuid, host.state.disk_path(vdi)) as write,
+    ):
         try:
             if chunked:
-                _receive_chunked(body, fd, size)
+                _receive_chunked(body, write, size)
             elif fmt == "raw":
-                _receive_raw(request, body, fd, size, length)
+                _receive_raw(request, body, write, size, length)
             elif fmt == "tar":
-                _receive_tar(body, fd, size)
+                _receive_tar(body, write, size)
             else:
-                vhd.receive_vhd(body, fd, size)
-            os.fsync(fd)
+                vhd_streams.receive_vhd(body, write, size)
+            write.sync()
         except FormatError as exc:
             raise ApiFailure("VDI_IO_ERROR", [str(exc)]) from None
-        finally:
-            os.close(fd)
 
 
-def _receive_raw(request: DataRequest, body: BodyReader, fd: int, size: int, length: int | None) -> None:
+def _receive_raw(request: DataRequest, body: BodyReader, write: Write, size: int, length: int | None) -> None:
     """Sequential bytes from offset 0, written as they arrive, up to the VDI's size.
 
     Exactly Content-Length (or the VDI size) must arrive and fit: a short body, or a longer one
@@ -234,7 +270,7 @@ def _receive_raw(request: DataRequest, body: BodyReader, fd: int, size: int, len
     while position < min(expected, size):
         want = min(CHUNK_SIZE, min(expected, size) - position)
         got = _fill(body, memoryview(buf)[:want])
-        overwrite(fd, position, memoryview(buf)[:got])
+        write(position, memoryview(buf)[:got])
         if got < want:
             raise IO_ERROR
         position += want
@@ -253,7 +289,7 @@ def _fill(body: BodyReader, view: memoryview) -> int:
     return got
 
 
-def _receive_chunked(body: BodyReader, fd: int, size: int) -> None:
+def _receive_chunked(body: BodyReader, write: Write, size: int) -> None:
     """Frames until the (0, 0) terminator; regions not covered are left untouched (§3.6)."""
     buf = bytearray(MAX_FRAME_PIECE)
     while True:
@@ -268,14 +304,14 @@ def _receive_chunked(body: BodyReader, fd: int, size: int) -> None:
         while length:
             n = min(length, MAX_FRAME_PIECE)
             got = _fill(body, memoryview(buf)[:n])
-            overwrite(fd, offset, memoryview(buf)[:got])
+            write(offset, memoryview(buf)[:got])
             if got < n:
                 raise IO_ERROR
             offset += n
             length -= n
 
 
-def _receive_tar(body: BodyReader, fd: int, size: int) -> None:
+def _receive_tar(body: BodyReader, write: Write, size: int) -> None:
     """The `vdi/` chunk stream, placed by the host's rule (xva-format.md §3.4) and verified."""
     tar = TarReader(body)
     offset, last, first_len = 0, "-1", -1
@@ -307,6 +343,6 @@ def _receive_tar(body: BodyReader, fd: int, size: int) -> None:
             raise ApiFailure("INTERNAL_ERROR", [message])
         if offset + gap + member.size > size:
             raise IO_ERROR
-        overwrite(fd, offset + gap, data)
+        write(offset + gap, data)
         offset += gap + member.size
         last = suffix

@@ -208,8 +208,14 @@ def import_vm(request: DataRequest) -> None:
         disks = reader.disks
         progress = TaskProgress(request, sum(d.virtual_size for d in disks))
         files = {d.id: host.state.disk_path(importer.table[d.id]) for d in disks if d.id in importer.table}
+        uuids = {
+            d.id: str(host.state.field("VDI", importer.table[d.id], "uuid")) for d in disks if d.id in files
+        }
         covered = dict.fromkeys(files, 0)  # per disk: bytes placed so far, gaps included
-        with DiskTargets(files) as targets:
+        # New VDIs start untracked, so nothing is marked today; the hook keeps every write path alike.
+        with DiskTargets(
+            files, on_write=lambda key, offset, n: host.ops.cbt.mark(uuids[key], offset, n)
+        ) as targets:
             for chunk in reader.chunks():
                 seen = _check_problems(problems, seen, options.force)
                 targets.write(chunk.disk.id, chunk.offset, chunk.data)
