@@ -10,7 +10,7 @@ import os
 
 from tests.incremental.conftest import MIB, Env
 from xvatool.ops.hostdisks import vm_disk_digests
-from xvatool.ops.repo_backup import restore_from_repository
+from xvatool.ops.repo_restore import restore_from_repository
 
 
 def _kept_match_host(env: Env, result_snapshot_id: str) -> None:

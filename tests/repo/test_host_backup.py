@@ -255,4 +255,4 @@ def test_backup_keep_forgets_older_snapshots_of_the_vms_it_backed_up(host, repo_
     assert text.exit_code == 0 and "forgot 4 older snapshots" in text.output
     assert sorted(s.vm_name for s in repo.snapshots()) == ["kept", "other"]
     refused = CliRunner().invoke(main, [*base, "--all", "--mode", "parallel"])
-    assert refused.exit_code == 2 and "--mode is for --dest" in refused.output
+    assert refused.exit_code == 2 and "--mode and --compress are for --dest" in refused.output
