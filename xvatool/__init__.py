@@ -27,6 +27,7 @@ from xvatool.errors import FormatError as FormatError
 from xvatool.errors import HostError as HostError
 from xvatool.errors import Interrupted as Interrupted
 from xvatool.errors import LocalIOError as LocalIOError
+from xvatool.errors import ManifestMismatchError as ManifestMismatchError
 from xvatool.errors import MetadataError as MetadataError
 from xvatool.errors import NbdError as NbdError
 from xvatool.errors import NbdProtocolError as NbdProtocolError

@@ -198,7 +198,7 @@ import hashlib  # noqa: E402
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from xvatool.errors import ResumeError, UsageError, XapiError  # noqa: E402
+from xvatool.errors import LocalIOError, ResumeError, UsageError, XapiError  # noqa: E402
 from xvatool.ops.export import export_stream, export_vm  # noqa: E402
 from xvatool.xapi.journal import export_journal_path  # noqa: E402
 from xvatool.xapi.session import connect  # noqa: E402
@@ -284,10 +284,11 @@ def test_export_round_trip_gives_the_host_disks(sim, tmp_path, mode, compression
 
 def test_stream_and_parallel_exports_have_identical_disks(sim, tmp_path):
     with session_of(sim) as s:
-        export_vm(s, "demo-vm", tmp_path / "a.xva", mode="stream")
+        stream = export_vm(s, "demo-vm", tmp_path / "a.xva", mode="stream")
         result = export_vm(s, "demo-vm", tmp_path / "b.xva", mode="parallel")
     assert archive_disk_digests(tmp_path / "a.xva") == archive_disk_digests(tmp_path / "b.xva")
-    assert len(result.disks) == 2 and all(len(d.sha256) == 64 for d in result.disks)
+    assert [(d.userdevice, d.virtual_size) for d in result.disks] == [("0", 4 << 20), ("1", 2 << 20)]
+    assert [d.vdi_uuid for d in stream.disks] == [d.vdi_uuid for d in result.disks]
 
 
 def test_running_vm_is_exported_through_a_snapshot_that_is_removed(sim, tmp_path):
@@ -337,8 +338,9 @@ def test_vm_lookup_errors(sim, tmp_path):
         with pytest.raises(UsageError, match="no VM"):
             export_vm(s, "no-such-vm", tmp_path / "x.xva")
         (tmp_path / "x.xva").write_bytes(b"")
-        with pytest.raises(UsageError, match="exists"):
+        with pytest.raises(LocalIOError, match="already exists"):
             export_vm(s, "demo-vm", tmp_path / "x.xva")
+        assert export_vm(s, "demo-vm", tmp_path / "x.xva", overwrite=True).bytes_written > 0
 
 
 FAULTS = ["drop-after=1MiB", "stall=2", "inline-500-after=1MiB"]
@@ -460,11 +462,21 @@ def test_resume_of_a_running_vm_export_is_refused_with_the_reason(sim, tmp_path)
 def test_parallel_export_reports_one_bar_per_disk_and_a_total(sim, tmp_path):
     bars = RecordingProgress()
     with session_of(sim) as s:
-        result = export_vm(s, "demo-vm", tmp_path / "vm.xva", mode="parallel", progress=bars)
-    disk_labels = {d.id for d in result.disks}
-    assert set(bars.counts) == disk_labels | {"total"}
-    assert bars.counts["total"] == sum(bars.counts[label] for label in disk_labels) > 0
+        export_vm(s, "demo-vm", tmp_path / "vm.xva", mode="parallel", progress=bars)
+    # Labelled with the VM and the disk as users know them, never a Ref: id; totals known.
+    disk_labels = {"demo-vm disk 0 (demo-vm disk 0)", "demo-vm disk 1 (demo-vm disk 1)"}
+    assert set(bars.counts) == disk_labels | {"demo-vm total"}
+    assert bars.totals == {"demo-vm disk 0 (demo-vm disk 0)": 4 << 20,
+                           "demo-vm disk 1 (demo-vm disk 1)": 2 << 20, "demo-vm total": 6 << 20}  # fmt: skip
+    assert bars.counts == bars.totals  # every byte of every disk covered, holes included
     assert sorted(bars.closed) == sorted(bars.counts)
+
+
+def test_stream_export_bar_counts_disk_bytes_to_the_total(sim, tmp_path):
+    bars = RecordingProgress()
+    with session_of(sim) as s:
+        export_vm(s, "demo-vm", tmp_path / "vm.xva", mode="stream", progress=bars)
+    assert bars.totals == {"demo-vm": 6 << 20} and bars.counts == bars.totals
 
 
 def test_export_refused_by_the_host_is_not_retried(sim, tmp_path, monkeypatch):

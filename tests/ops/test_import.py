@@ -338,10 +338,10 @@ def test_parallel_import_progress_counts_the_data_sent(sim, exported):
     bars = RecordingProgress()
     with session_of(sim) as s:
         result = import_vm(s, path, mode="parallel", progress=bars)
-    assert bars.counts["verify"] == path.stat().st_size
-    disk_labels = {d.id for d in result.disks}
-    assert bars.counts["total"] == sum(bars.counts[label] for label in disk_labels)
-    assert bars.counts["total"] == 5 * MiB  # the demo disks' non-zero blocks
+    assert bars.counts[f"verify {path.name}"] == bars.totals[f"verify {path.name}"] == path.stat().st_size
+    disk_labels = {f"demo-vm disk {d.userdevice} (demo-vm disk {d.userdevice})" for d in result.disks}
+    assert bars.counts["demo-vm total"] == sum(bars.counts[label] for label in disk_labels)
+    assert bars.counts["demo-vm total"] == bars.totals["demo-vm total"] == 5 * MiB  # the non-zero blocks
 
 
 def count_uploads(monkeypatch) -> list[str]:

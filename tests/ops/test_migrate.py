@@ -31,7 +31,7 @@ def test_migrate_running_vm_maps_networks_and_keeps_source_running(host, second_
         networks = dst.call("network.get_all_records")
         target_name = next(iter(networks.values()))["name_label"]
         # Archives from create_archive carry no VIF unless asked; the map must still be checked.
-        with pytest.raises(UsageError, match="no network"):
+        with pytest.raises(UsageError, match="no VIF of busy is on network 'no such network'"):
             migrate(src, dst, vm.uuid, network_map={"no such network": target_name})
         result = migrate(src, dst, vm.uuid)
         assert [d.sha256 for d in vm_disk_digests(dst, result.vm_uuid)] == vm.digests

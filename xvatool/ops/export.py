@@ -31,39 +31,50 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Literal, NoReturn
 
-from xvatool._files import AtomicFile, atomic_output, file_sha256, remove_tree
+from xvatool._files import AtomicFile, file_sha256, remove_quietly, remove_tree
+from xvatool._human import NOTE, plural
 from xvatool._progress import Progress, ProgressGroup
 from xvatool._retry import DEFAULT_RETRY, RetryPolicy
 from xvatool._streams import TeeReader
-from xvatool._types import Compression, Readable
+from xvatool._types import Compression, Readable, Writable
 from xvatool.errors import (
     ChecksumError,
     FormatError,
+    Interrupted,
     LocalIOError,
     ResumeError,
     TransferError,
     TruncatedError,
     UsageError,
+    XvatoolError,
     location_context,
 )
+from xvatool.ops.documents import disk_doc, vm_doc
+from xvatool.ops.identity import Identity, snapshot_identity, with_identity
 from xvatool.ops.parallel import run_parallel, stop_check
-from xvatool.xapi.journal import Journal, export_journal_path
+from xvatool.ops.progress import disk_label, total_size, tracked
+from xvatool.xapi.journal import Journal, StatePath, export_journal_path
 from xvatool.xapi.session import Session
 from xvatool.xapi.tasks import managed_task, task_reason, wait_task
 from xvatool.xapi.transfer import open_download
 from xvatool.xapi.vmdata import open_export, open_metadata_export
 from xvatool.xapi.vms import SnapshotPolicy, VmRef, export_source, find_vm
 from xvatool.xva.assemble import assemble_xva, read_ova_xml_tar
+from xvatool.xva.convert import repack_pieces
 from xvatool.xva.ovaxml import DiskInfo, Metadata
-from xvatool.xva.reader import XvaReader, read_disk_stream
+from xvatool.xva.reader import XvaReader
+from xvatool.xva.writer import WriteStats, write_pieces
 
 __all__ = [
+    "SPOOL_SUFFIX",
     "ExportResult",
     "ExportedDisk",
+    "PartialExport",
     "TransferMode",
     "export_stream",
+    "export_to_stream",
     "export_vm",
     "fetch_metadata",
     "transport_errors",
@@ -72,6 +83,8 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 TransferMode = Literal["stream", "parallel"]
+SPOOL_SUFFIX = ".part.d"
+"""``OUT.part.d/``: the per-disk spools of a parallel export, beside OUT (same file system)."""
 
 
 # -- export to a file -------------------------------------------------------------------------
@@ -79,37 +92,49 @@ TransferMode = Literal["stream", "parallel"]
 
 @dataclass(frozen=True)
 class ExportedDisk:
-    """One disk of a parallel export: id in the archive, source VDI, spool digest."""
+    """One disk of an exported VM: where it sits in the VM, its VDI, its size."""
 
     id: str
     vdi_uuid: str
+    name_label: str
+    userdevice: str | None
     virtual_size: int
-    sha256: str
+
+    @classmethod
+    def of(cls, disk: DiskInfo) -> ExportedDisk:
+        return cls(disk.id, disk.vdi_uuid, disk.name_label, disk.userdevice, disk.virtual_size)
 
 
 @dataclass(frozen=True)
 class ExportResult:
-    """What `export_vm` wrote."""
+    """What `export_vm` wrote. `path` is None when the archive went to a stream (``-o -``)."""
 
-    path: Path
+    path: Path | None
     vm_uuid: str
+    vm_name: str
     mode: TransferMode
     compression: Compression
     bytes_written: int
-    snapshot_used: bool
+    snapshot_uuid: str | None
+    """The temporary snapshot a running VM was exported through (destroyed since), else None."""
     disks: list[ExportedDisk] = field(default_factory=list)
     resumed_disks: int = 0
 
+    @property
+    def snapshot_used(self) -> bool:
+        return self.snapshot_uuid is not None
+
     def to_json(self) -> dict[str, object]:
+        """The `export --json` document (docs/json.md)."""
         return {
-            "path": str(self.path),
-            "vm": {"uuid": self.vm_uuid},
+            "path": str(self.path) if self.path is not None else None,
+            "size_bytes": self.bytes_written,
+            "vm": vm_doc(self.vm_uuid, self.vm_name),
             "mode": self.mode,
             "compression": self.compression,
-            "bytes": self.bytes_written,
-            "snapshot": self.snapshot_used,
-            "disks": [d.__dict__ for d in self.disks],
-            "resumed_disks": self.resumed_disks,
+            "vm_snapshot": {"uuid": self.snapshot_uuid} if self.snapshot_uuid else None,
+            "disks": [disk_doc(d) for d in self.disks],
+            "resumed_disk_count": self.resumed_disks,
         }
 
 
@@ -122,6 +147,48 @@ def _check_options(mode: str, compression: str, snapshot: str) -> None:
         raise UsageError(f"unknown snapshot policy {snapshot!r} (auto or never)")
 
 
+class PartialExport:
+    """What an interrupted or failed parallel export of OUT leaves: its journal and ``OUT.part.d/``.
+
+    Both are named here once, so that the refusal, the "kept" message, ``--discard`` and the
+    backup's cleanup agree on what the state is.
+    """
+
+    def __init__(self, out: Path, state_dir: StatePath = None) -> None:
+        self.out = out
+        self.journal = export_journal_path(out, state=state_dir)
+        self.spool_dir = out.with_name(out.name + SPOOL_SUFFIX)
+
+    def exists(self) -> bool:
+        return self.journal.exists() or self.spool_dir.exists()
+
+    def describe(self) -> str:
+        """``vm.xva.part.d/ (1 of 2 disks) and its journal``, for messages."""
+        spools = len(list(self.spool_dir.glob("*.tar"))) if self.spool_dir.is_dir() else 0
+        done = sum(1 for record in self._records() if record.get("done"))
+        total = len(self._records())
+        parts = []
+        if self.spool_dir.exists():
+            count = f" ({done} of {plural(total, 'disk')} done)" if total else f" ({plural(spools, 'disk')})"
+            parts.append(f"{self.spool_dir.name}/{count}")
+        if self.journal.exists():
+            parts.append(f"the journal {self.journal}")
+        return " and ".join(parts) or "nothing"
+
+    def _records(self) -> list[dict[str, object]]:
+        try:
+            return list(Journal.load(self.journal).to_json()["disks"].values())
+        except XvatoolError:
+            return []
+
+    def kept_message(self) -> str:
+        return f"kept {self.describe()}; continue with --resume, or remove it with --discard"
+
+    def remove(self) -> None:
+        remove_tree(self.spool_dir)
+        remove_quietly(self.journal)
+
+
 def export_vm(
     session: Session,
     vm: str,
@@ -132,73 +199,199 @@ def export_vm(
     snapshot: SnapshotPolicy = "auto",
     retry: RetryPolicy = DEFAULT_RETRY,
     resume: bool = False,
+    discard: bool = False,
+    overwrite: bool = False,
+    state_dir: StatePath = None,
     progress: Progress | None = None,
 ) -> ExportResult:
     """Export VM `vm` (uuid or unique name) to the XVA file `out_path`, verified.
 
-    The file appears only when complete and verified. A running VM is exported through a
-    snapshot destroyed afterwards. Transient failures are retried as `retry` allows, each
-    attempt resuming what the previous ones completed. Example::
+    The file appears only when complete and verified; an existing one is refused unless
+    `overwrite`. A running VM is exported through a snapshot destroyed afterwards, and the
+    archive describes the VM (its uuid and disks' uuids), not the snapshot (`ops.identity`).
+    Transient failures are retried as `retry` allows, each attempt resuming what the previous
+    ones completed. A failed parallel export keeps its spools and journal (in `state_dir`) for
+    `resume` and says so; `discard` removes them (before starting, or after a failure). Example::
 
         with connect(url, "root", password) as host:
             export_vm(host, "web-01", "web-01.xva", mode="parallel", compression="zstd")
     """
     _check_options(mode, compression, snapshot)
     out = Path(out_path)
-    journal_path = export_journal_path(out)
-    if out.exists():
-        raise UsageError(f"{out} exists; remove it or choose another name")
-    if journal_path.exists() and not resume:
-        raise UsageError(f"{journal_path} exists from an interrupted export; use --resume or remove it")
-    if journal_path.exists() and mode == "stream":
-        raise ResumeError(
-            "journal is from a parallel export; resume with --mode parallel", journal=str(journal_path)
+    partial = PartialExport(out, state_dir)
+    if out.exists() and not overwrite:
+        raise LocalIOError("already exists (use --force to replace it)", path=str(out))
+    if partial.exists():
+        if discard:
+            _log.info("%s: removing %s (--discard)", out, partial.describe())
+            partial.remove()
+        elif not resume:
+            raise UsageError(
+                f"{out}: an interrupted export left {partial.describe()}; continue it with --resume, "
+                "or start over with --discard"
+            )
+        elif mode == "stream":
+            raise ResumeError(
+                "the state is from a parallel export; resume with --mode parallel",
+                journal=str(partial.journal),
+            )
+    elif resume:
+        _log.warning(
+            "%s: nothing to resume (no journal of an earlier export); starting from the beginning", out
         )
     found = find_vm(session, vm)
     with export_source(session, found, snapshot=snapshot, retry=retry) as source:
-        snapshotted = source.ref != found.ref
+        identity = snapshot_identity(session, found, source) if source.ref != found.ref else None
+        snapshot_uuid = source.uuid if identity is not None else None
+        if identity is not None:
+            _log.log(NOTE, "%s is %s: exporting it through a temporary snapshot", found.name_label,
+                     found.power_state.lower())  # fmt: skip
         if mode == "stream":
-            written = _export_stream_file(session, source, out, compression, retry, progress)
-            return ExportResult(out, found.uuid, mode, compression, written, snapshotted)
-        job = _ParallelExport(session, source, out, compression, retry, progress, snapshotted=snapshotted)
-        disks, written, resumed = job.run(resume=resume)
-        return ExportResult(out, found.uuid, mode, compression, written, snapshotted, disks, resumed)
+            options = _StreamOptions(compression, overwrite, identity)
+            written, disks = _export_stream_file(
+                session, source, found.name_label, out, options, retry, progress
+            )
+            return ExportResult(out, found.uuid, found.name_label, mode, compression, written, snapshot_uuid,
+                                disks)  # fmt: skip
+        job = _ParallelExport(session, source, found.name_label, partial, compression, retry, progress,
+                              identity=identity, overwrite=overwrite)  # fmt: skip
+        try:
+            disks, written, resumed = job.run(resume=resume)
+        except BaseException as exc:
+            _on_failure(partial, exc, discard=discard)
+        return ExportResult(out, found.uuid, found.name_label, mode, compression, written, snapshot_uuid,
+                            disks, resumed)  # fmt: skip
 
 
-def _verify_xva_stream(tee: TeeReader, *, source: str) -> None:
-    """Parse an XVA stream to its end, verifying every chunk, then read what follows the tar."""
-    with transport_errors(tee):
-        reader = XvaReader(tee, source=source)
-        for _chunk in reader.chunks():
-            pass
-        tee.drain()
+def _on_failure(partial: PartialExport, exc: BaseException, *, discard: bool) -> NoReturn:
+    """Say what a failed parallel export left (or remove it with `discard`), then re-raise."""
+    if not partial.exists():
+        raise exc
+    if discard and not isinstance(exc, KeyboardInterrupt | Interrupted):
+        partial.remove()
+        note = "removed the partial state (--discard)"
+    else:
+        note = partial.kept_message()
+    if isinstance(exc, KeyboardInterrupt | Interrupted):
+        raise Interrupted(f"interrupted; {note}") from exc
+    if isinstance(exc, XvatoolError):
+        exc.message += f"; {note}"
+    raise exc
+
+
+def export_to_stream(
+    session: Session,
+    vm: str,
+    out: Writable,
+    *,
+    compression: Compression = "none",
+    snapshot: SnapshotPolicy = "auto",
+    progress: Progress | None = None,
+) -> ExportResult:
+    """Export `vm` as one verified XVA stream into `out` (``export -o -``); not retried.
+
+    Every chunk is verified as it passes; a bad one stops the stream, so what the reader got is
+    a truncated archive that no importer takes for whole. A running VM's archive describes the
+    VM, as `export_vm` does.
+    """
+    _check_options("stream", compression, snapshot)
+    found = find_vm(session, vm)
+    with export_source(session, found, snapshot=snapshot) as source:
+        identity = snapshot_identity(session, found, source) if source.ref != found.ref else None
+        options = _StreamOptions(compression, False, identity)
+        bars = ProgressGroup(progress)
+        try:
+            written, disks = _copy_export(session, source, found.name_label, out, options, bars)
+        finally:
+            bars.close()
+    snapshot_uuid = source.uuid if identity is not None else None
+    return ExportResult(
+        None, found.uuid, found.name_label, "stream", compression, written, snapshot_uuid, disks
+    )
+
+
+@dataclass(frozen=True)
+class _StreamOptions:
+    compression: Compression
+    overwrite: bool
+    identity: Identity | None
 
 
 def _export_stream_file(
     session: Session,
     source: VmRef,
+    vm_name: str,
     out: Path,
-    compression: Compression,
+    options: _StreamOptions,
     retry: RetryPolicy,
     progress: Progress | None,
-) -> int:
-    """Stream mode: `GET /export` teed into the output's temporary file while the reader verifies it."""
-    bars = ProgressGroup(progress)
-    total = bars.new("total", None)
+) -> tuple[int, list[ExportedDisk]]:
+    """Stream mode: `GET /export` verified into the output's temporary file; (bytes, disks)."""
 
-    def attempt() -> int:
-        with (
-            atomic_output(out, overwrite=False) as fh,
-            open_export(session, source.uuid, compression=compression) as body,
-        ):
-            tee = TeeReader(body, _FileSink(fh, out), progress=total.update)
-            _verify_xva_stream(tee, source=f"{session.url}/export")
-            return tee.count
+    def attempt() -> tuple[int, list[ExportedDisk]]:
+        bars = ProgressGroup(progress)
+        try:
+            with AtomicFile(out, overwrite=options.overwrite) as output:
+                _written, disks = _copy_export(
+                    session, source, vm_name, _FileSink(output.file, out), options, bars
+                )
+                output.commit()
+            return out.stat().st_size, disks
+        finally:
+            bars.close()
 
-    try:
-        return retry.run(attempt, what=f"export of {source.uuid}")
-    finally:
-        bars.close()
+    return retry.run(attempt, what=f"export of {vm_name}")
+
+
+def _copy_export(
+    session: Session,
+    source: VmRef,
+    vm_name: str,
+    sink: Writable,
+    options: _StreamOptions,
+    bars: ProgressGroup,
+) -> tuple[int, list[ExportedDisk]]:
+    """One `GET /export` into `sink`, every chunk verified; a snapshot's identity rewritten.
+
+    The host's bytes are copied as they are unless the VM was exported through a snapshot: then
+    the reader's chunks are re-emitted behind a rewritten ova.xml (`repack_pieces`), in the
+    compression the host was asked for. Returns (bytes written, disks).
+    """
+    with open_export(session, source.uuid, compression=options.compression) as body:
+        raw = options.identity is None
+        counter = _CountingSink(sink)
+        tee = TeeReader(body, counter if raw else None)
+        with transport_errors(tee):
+            reader = XvaReader(tee, source=f"{session.url}/export")
+            metadata = reader.metadata
+            bar = bars.new(vm_name, total_size(metadata.disks))
+            watched = tracked(reader, bar.update)
+            if options.identity is None:
+                for _chunk in watched.chunks():
+                    pass
+            else:
+                pieces = repack_pieces(watched, with_identity(metadata, options.identity))
+                write_pieces(counter, pieces, WriteStats(), compression=options.compression)
+            tee.drain()
+    return counter.count, [ExportedDisk.of(d) for d in _described(metadata, options.identity).disks]
+
+
+def _described(metadata: Metadata, identity: Identity | None) -> Metadata:
+    return metadata if identity is None else with_identity(metadata, identity)
+
+
+class _CountingSink:
+    """Counts the bytes passed on to `sink` (the archive's size, compressed or not)."""
+
+    def __init__(self, sink: Writable) -> None:
+        self._sink = sink
+        self.count = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self._sink.write(data)
+        n = memoryview(data).nbytes
+        self.count += n
+        return n
 
 
 class _FileSink:
@@ -247,45 +440,44 @@ class _ParallelExport:
         self,
         session: Session,
         source: VmRef,
-        out: Path,
+        vm_name: str,
+        partial: PartialExport,
         compression: Compression,
         retry: RetryPolicy,
         progress: Progress | None,
         *,
-        snapshotted: bool,
+        identity: Identity | None,
+        overwrite: bool,
     ) -> None:
         self.session = session
         self.source = source
-        self.out = out
+        self.vm_name = vm_name
+        self.out = partial.out
         self.compression: Compression = compression
         self.retry = retry
         self.progress = progress
-        self.snapshotted = snapshotted
-        self.journal_path = export_journal_path(out)
-        self.spool_dir = out.with_name(out.name + ".part.d")
+        self.identity = identity
+        self.overwrite = overwrite
+        self.journal_path = partial.journal
+        self.spool_dir = partial.spool_dir
 
     def run(self, *, resume: bool) -> tuple[list[ExportedDisk], int, int]:
         """Returns (disks, bytes written, disks reused from a previous run)."""
         source = self.source
         ova_xml = self.retry.run(
-            lambda: fetch_metadata(self.session, source), what=f"metadata of {source.uuid}"
+            lambda: fetch_metadata(self.session, source), what=f"metadata of {self.vm_name}"
         )
         with location_context(file=f"{self.session.url}/export_metadata"):
-            parsed = Metadata.from_bytes(ova_xml)
-            metadata = parsed.without_snapshot_identity()
-            if metadata is not parsed:
-                ova_xml = metadata.to_bytes()
+            metadata = Metadata.from_bytes(ova_xml).without_snapshot_identity()
         disks = metadata.disks
         journal = self._journal(metadata, resume)
         self._make_spool_dir()
-        digests: dict[str, str] = {}
         todo: list[DiskInfo] = []
         for disk in disks:
             record = journal.disk(disk.vdi_uuid)
             spool = self.spool_dir / spool_name(disk)
             if record is not None and record.done and record.digest and spool.is_file():
                 if file_sha256(spool)[0] == record.digest:  # re-check what the journal claims
-                    digests[disk.vdi_uuid] = record.digest
                     continue
                 _log.warning(
                     "spool of VDI %s does not match its journal digest; fetching it again", disk.vdi_uuid
@@ -294,24 +486,30 @@ class _ParallelExport:
             journal.reset_disk(disk.vdi_uuid)
             todo.append(disk)
         bars = ProgressGroup(self.progress)
-        total = bars.new("total", None)
+        total = bars.new(f"{self.vm_name} total", total_size(disks))
+        total.update(total_size([d for d in disks if d not in todo]))
         stop = threading.Event()
         jobs = [
-            self._disk_fetcher(disk, journal, stop_check(bars.new(disk.id, None, also=total).update, stop))
+            self._disk_fetcher(
+                disk, journal, stop_check(bars.new(disk_label(self.vm_name, disk), disk.virtual_size,
+                                                   also=total).update, stop)
+            )
             for disk in todo
-        ]
+        ]  # fmt: skip
         try:
-            for disk, digest in zip(todo, run_parallel(jobs, stop=stop), strict=True):
-                digests[disk.vdi_uuid] = digest
+            run_parallel(jobs, stop=stop)
         finally:
             bars.close()
+        described = _described(metadata, self.identity)
         spools = [(d.id, self.spool_dir / spool_name(d)) for d in disks]
-        with atomic_output(self.out, overwrite=False) as fh:
-            written = assemble_xva(_FileSink(fh, self.out), ova_xml, spools, compression=self.compression)
+        with AtomicFile(self.out, overwrite=self.overwrite) as output:
+            written = assemble_xva(
+                _FileSink(output.file, self.out), described.to_bytes(), spools, compression=self.compression
+            )
+            output.commit()
         journal.remove()
         remove_tree(self.spool_dir)
-        exported = [ExportedDisk(d.id, d.vdi_uuid, d.virtual_size, digests[d.vdi_uuid]) for d in disks]
-        return exported, written, len(disks) - len(todo)
+        return [ExportedDisk.of(d) for d in described.disks], written, len(disks) - len(todo)
 
     def _journal(self, metadata: Metadata, resume: bool) -> Journal:
         key = {
@@ -325,7 +523,7 @@ class _ParallelExport:
         try:
             return Journal.open_for_resume(self.journal_path, kind="export", key=key)
         except ResumeError as exc:
-            if self.snapshotted:
+            if self.identity is not None:
                 exc.message += (
                     "; note: a running VM is exported from a new snapshot each time, so its disks "
                     "cannot be resumed (the journal of a halted VM can)"
@@ -352,9 +550,21 @@ class _ParallelExport:
         params = {"vdi": disk.vdi_uuid, "format": "tar"}
         where = f"{session.url}/export_raw_vdi?vdi={disk.vdi_uuid}"
         spool = self.spool_dir / spool_name(disk)
+        covered = [0]  # disk bytes reported so far: a retry reports only what is new
+
+        def report(n: int) -> None:
+            covered[0] += n
+            update(n)
 
         def attempt() -> str:
             hasher = hashlib.sha256()
+            done = [0]
+
+            def advance(n: int) -> None:  # this attempt's coverage, past what was already reported
+                done[0] += n
+                if done[0] > covered[0]:
+                    report(done[0] - covered[0])
+
             with (
                 managed_task(session, f"xvatool export_raw_vdi {disk.vdi_uuid}") as task,
                 AtomicFile(spool) as output,
@@ -363,9 +573,11 @@ class _ParallelExport:
                     task_reason(session, task),
                     open_download(session, "/export_raw_vdi", params, task=task) as body,
                 ):
-                    tee = TeeReader(body, _FileSink(output.file, spool), hasher=hasher, progress=update)
+                    tee = TeeReader(body, _FileSink(output.file, spool), hasher=hasher)
                     with transport_errors(tee):
-                        read_disk_stream(tee, size=disk.virtual_size, source=where)
+                        reader = XvaReader.for_disk_stream(tee, size=disk.virtual_size, source=where)
+                        for _chunk in tracked(reader, advance).chunks():
+                            pass
                         tee.drain()
                 wait_task(session, task)
                 output.commit()
@@ -373,7 +585,7 @@ class _ParallelExport:
             journal.mark_disk_done(disk.vdi_uuid, digest)
             return digest
 
-        return lambda: self.retry.run(attempt, what=f"disk {disk.id} ({disk.vdi_uuid})")
+        return lambda: self.retry.run(attempt, what=f"{disk_label(self.vm_name, disk)}")
 
 
 def fetch_metadata(session: Session, source: VmRef) -> bytes:

@@ -31,13 +31,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from xvatool._progress import Progress
 from xvatool._types import Compression
 from xvatool.errors import UsageError, XvatoolError
+from xvatool.ops.report import BatchReport, VmResult
 from xvatool.repo.ingest import WriterRun, ingest_reader
 from xvatool.repo.objects import ZERO_ID
 from xvatool.repo.reading import SnapshotDiskSource, snapshot_metadata
@@ -84,58 +85,34 @@ def shard_of(vm_uuid: str, count: int) -> int:
 
 
 @dataclass
-class VmRepoResult:
+class VmRepoResult(VmResult):
     """One VM's outcome: its new snapshot and what it cost, or the one-line error."""
 
-    vm_uuid: str
-    vm_name: str
-    status: Literal["ok", "failed"] = "failed"
     snapshot: str | None = None
     logical_bytes: int = 0
     data_bytes: int = 0
     new_bytes: int = 0
-    duration_s: float = 0.0
-    error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """One item of the `backup --repo --json` document (docs/json.md)."""
         return {
-            "vm_uuid": self.vm_uuid,
-            "vm_name": self.vm_name,
-            "status": self.status,
-            "snapshot": self.snapshot,
+            **super().to_json(),
+            "snapshot": {"id": self.snapshot} if self.snapshot else None,
             "logical_bytes": self.logical_bytes,
             "data_bytes": self.data_bytes,
             "new_bytes": self.new_bytes,
-            "duration_s": round(self.duration_s, 3),
-            "error": self.error,
         }
 
 
 @dataclass
-class RepoBackupReport:
-    repository: str
-    results: list[VmRepoResult] = field(default_factory=list)
+class RepoBackupReport(BatchReport[VmRepoResult]):
+    """Every selected VM's result, and where they went."""
+
+    repository: str = ""
     shard: str | None = None
 
-    @property
-    def failed(self) -> list[VmRepoResult]:
-        return [r for r in self.results if r.status != "ok"]
-
-    @property
-    def exit_code(self) -> int:
-        """0 when every VM succeeded, 3 when some failed, 1 when all failed."""
-        if not self.failed:
-            return 0
-        return 1 if len(self.failed) == len(self.results) else 3
-
     def to_json(self) -> dict[str, Any]:
-        return {
-            "repository": self.repository,
-            "shard": self.shard,
-            "ok": len(self.results) - len(self.failed),
-            "failed": len(self.failed),
-            "results": [r.to_json() for r in self.results],
-        }
+        return {"repository": self.repository, "shard": self.shard, **super().to_json()}
 
 
 def _source_url(session: Session) -> str:
@@ -190,7 +167,7 @@ class _RepoBackupJob:
             result.data_bytes = snapshot.data_bytes
             result.new_bytes = snapshot.new_bytes
         except XvatoolError as exc:
-            result.error = str(exc)
+            result.fail(exc)
             log.info("backup of %s into the repository failed: %s", vm.name_label, exc)
         finally:
             if bar is not None:
@@ -215,13 +192,17 @@ def backup_to_repository(
     compression of the export stream (saves network; the repository compresses each chunk
     anyway). Raises `UsageError` for a bad selection before anything is exported.
     """
-    from xvatool.ops.backup import select_vms
+    from xvatool.ops.backup import missing_results, resolve_selection
 
     if jobs < 1:
         raise UsageError(f"--jobs must be at least 1, not {jobs}")
     with session_factory() as session:
-        vms = select_vms(session, selection)
-    report = RepoBackupReport(repo.location, shard=f"{shard[0]}/{shard[1]}" if shard else None)
+        vms, missing = resolve_selection(session, selection)
+    report = RepoBackupReport(
+        missing_results(missing, VmRepoResult),
+        repository=repo.location,
+        shard=f"{shard[0]}/{shard[1]}" if shard else None,
+    )
     if shard is not None:
         vms = [vm for vm in vms if shard_of(vm.uuid, shard[1]) == shard[0]]
         if not vms:
@@ -229,12 +210,12 @@ def backup_to_repository(
     with WriterRun(repo) as run:
         job = _RepoBackupJob(session_factory, run, compression, progress)
         if jobs == 1 or len(vms) == 1:
-            report.results = [job.one(vm) for vm in vms]
+            report.results += [job.one(vm) for vm in vms]
             return report
         with ThreadPoolExecutor(max_workers=min(jobs, len(vms)), thread_name_prefix="repo-backup") as pool:
             futures = [pool.submit(job.one, vm) for vm in vms]
             try:
-                report.results = [future.result() for future in futures]
+                report.results += [future.result() for future in futures]
             except BaseException:
                 job.cancelled.set()
                 for future in futures:
