@@ -198,7 +198,7 @@ import hashlib  # noqa: E402
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from xvatool.errors import LocalIOError, ResumeError, UsageError, XapiError  # noqa: E402
+from xvatool.errors import Interrupted, LocalIOError, ResumeError, UsageError, XapiError  # noqa: E402
 from xvatool.ops.export import export_stream, export_vm  # noqa: E402
 from xvatool.xapi.journal import export_journal_path  # noqa: E402
 from xvatool.xapi.session import connect  # noqa: E402
@@ -502,3 +502,70 @@ def test_export_refused_by_the_host_is_not_retried(sim, tmp_path, monkeypatch):
     assert info.value.code == "VM_BAD_POWER_STATE" and info.value.params[1:] == ["halted", "running"]
     assert gets == ["/export"]
     assert no_leftovers(out) and not out.exists()
+
+
+# -- daily use (issue 12) --------------------------------------------------------------------------
+
+
+def test_a_failed_parallel_export_says_what_it_kept_and_discard_removes_it(sim, tmp_path):
+    # Regression: after a failure OUT.part.d/ and the journal stayed without a word, and the next
+    # run refused to start with nothing but "use --resume or remove it".
+    out = tmp_path / "vm.xva"
+    sim.host.add_fault("export_raw_vdi:corrupt-chunk=0")
+    with session_of(sim) as s:
+        with pytest.raises(ChecksumError) as info:
+            export_vm(s, "demo-vm", out, mode="parallel")
+        message = str(info.value)
+        assert "kept vm.xva.part.d/ (1 of 2 disks done) and the journal" in message
+        assert "continue with --resume, or remove it with --discard" in message
+        journal = export_journal_path(out)
+        assert journal.exists() and out.with_name("vm.xva.part.d").is_dir()
+        with pytest.raises(
+            UsageError, match=r"interrupted export left vm\.xva\.part\.d/.*start over with --discard"
+        ):
+            export_vm(s, "demo-vm", out, mode="parallel")
+        result = export_vm(s, "demo-vm", out, mode="parallel", discard=True)
+    assert result.resumed_disks == 0 and no_leftovers(out) and not journal.exists()
+    assert archive_disk_digests(out) == host_disk_digests(sim, sim.host.vm("demo-vm"))
+
+
+def test_discard_after_a_failure_removes_the_state_at_once(sim, tmp_path):
+    out = tmp_path / "vm.xva"
+    sim.host.add_fault("export_raw_vdi:corrupt-chunk=0")
+    with session_of(sim) as s, pytest.raises(ChecksumError, match=r"removed the partial state \(--discard\)"):
+        export_vm(s, "demo-vm", out, mode="parallel", discard=True)
+    assert no_leftovers(out) and not export_journal_path(out).exists()
+
+
+def test_ctrl_c_in_an_export_speaks_of_kept_state_only_when_there_is_some(sim, tmp_path):
+    def ctrl_c_at(label_start):
+        def hook(label, done):
+            if label.startswith(label_start) and done >= MiB:
+                raise KeyboardInterrupt
+
+        return RecordingProgress(hook)
+
+    with session_of(sim) as s:
+        with pytest.raises(KeyboardInterrupt):  # a stream export keeps nothing
+            export_vm(s, "demo-vm", tmp_path / "a.xva", progress=ctrl_c_at("demo-vm"))
+        assert no_leftovers(tmp_path / "a.xva") and not (tmp_path / "a.xva").exists()
+        with pytest.raises(Interrupted, match=r"interrupted; kept b\.xva\.part\.d/ .* --resume"):
+            export_vm(s, "demo-vm", tmp_path / "b.xva", mode="parallel", progress=ctrl_c_at("demo-vm disk 0"))
+        result = export_vm(s, "demo-vm", tmp_path / "b.xva", mode="parallel", resume=True)
+    assert archive_disk_digests(result.path) == host_disk_digests(sim, sim.host.vm("demo-vm"))
+
+
+def test_resume_of_an_export_with_nothing_to_resume_says_so(sim, tmp_path, caplog):
+    with session_of(sim) as s, caplog.at_level("WARNING", logger="xvatool"):
+        export_vm(s, "demo-vm", tmp_path / "vm.xva", mode="parallel", resume=True)
+    assert any("nothing to resume" in r.getMessage() for r in caplog.records)
+
+
+def test_a_running_vm_export_says_it_goes_through_a_snapshot(sim, tmp_path, caplog):
+    sim.host.set_power_state(sim.host.vm("demo-vm"), "Running")
+    with session_of(sim) as s, caplog.at_level("NOTE", logger="xvatool"):
+        result = export_vm(s, "demo-vm", tmp_path / "vm.xva")
+    assert any("demo-vm is running: exporting it through a temporary snapshot" in r.getMessage()
+               for r in caplog.records)  # fmt: skip
+    with open_archive(result.path) as reader:
+        assert reader.metadata.vm.uuid == result.vm_uuid != result.snapshot_uuid

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,14 +28,14 @@ from typing import Any
 from xvatool._human import human_size
 from xvatool._progress import Progress
 from xvatool._retry import DEFAULT_RETRY, RetryPolicy
-from xvatool.errors import LocalIOError, UsageError
+from xvatool.errors import FormatError, LocalIOError, UsageError
 from xvatool.images import sniff
 from xvatool.ops.documents import file_doc
 from xvatool.xapi.journal import StatePath
 from xvatool.xapi.session import Session
 from xvatool.xapi.vdi import IMPORT_SEGMENT_SIZE, ImportFormat, find_vdi, import_vdi, vhd_virtual_size
-from xvatool.xva.ovaxml import MAX_VIRTUAL_SIZE
-from xvatool.xva.reader import XvaReader
+from xvatool.xva.disk import CHUNK_SIZE
+from xvatool.xva.reader import read_disk_stream
 
 __all__ = ["HEAD_SIZE", "ImageImport", "image_format", "import_image"]
 
@@ -109,20 +110,32 @@ def _checked_format(path: Path, asked: ImportFormat | None) -> ImportFormat:
 
 
 def _tar_disk_size(path: Path) -> int:
-    """Verify a ``vdi/`` tar stream chunk by chunk; the disk size its chunks cover.
+    """A ``vdi/`` tar stream's disk size, and every chunk of it verified.
 
-    The host always sends a disk's last chunk (xva-format.md §3.4), so the end of the last
-    chunk is the disk's size.
+    The host always sends a disk's last chunk (xva-format.md §3.4), so the last member's counter
+    and length give the size; the member headers are listed first (seeking over the data), then
+    the stream is read through the format layer, which checks every chunk against that size.
     """
-    end = 0
+    last = (-1, 0)
     try:
-        with open(path, "rb") as fh:
-            reader = XvaReader.for_disk_stream(fh, size=MAX_VIRTUAL_SIZE, source=str(path))
-            for chunk in reader.chunks():
-                end = max(end, chunk.offset + len(chunk.data))
+        with tarfile.open(path, "r:") as tar:
+            for member in tar:
+                counter = member.name.removeprefix("vdi/")
+                if member.isfile() and counter.isdigit() and len(counter) == 8:
+                    last = max(last, (int(counter), member.size))
+    except tarfile.TarError as exc:
+        raise FormatError(f"not a disk tar stream: {exc}", code="tar", file=str(path)) from exc
     except OSError as exc:
         raise LocalIOError(exc.strerror or str(exc), path=str(path)) from exc
-    return end
+    if last[0] < 0:
+        raise FormatError("no vdi/ chunk members: not a disk tar stream", code="tar", file=str(path))
+    size = last[0] * CHUNK_SIZE + last[1]
+    try:
+        with open(path, "rb") as fh:
+            read_disk_stream(fh, size=size, source=str(path))
+    except OSError as exc:
+        raise LocalIOError(exc.strerror or str(exc), path=str(path)) from exc
+    return size
 
 
 def import_image(
