@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 
 from xvatool import __version__
-from xvatool.cli import archive, convert, host, package, repo, serve, shell, transfer, workflows
+from xvatool.cli import archive, backups, convert, host, package, repo, serve, shell, transfer, workflows
 from xvatool.cli._output import OutputGroup, output_options
 
 __all__ = ["main"]
@@ -33,6 +33,6 @@ def main() -> None:
     """
 
 
-for _module in (archive, convert, package, serve, host, transfer, workflows, repo, shell):
+for _module in (archive, convert, package, serve, host, transfer, workflows, backups, repo, shell):
     for _command in _module.COMMANDS:
         main.add_command(_command)

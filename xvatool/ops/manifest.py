@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xvatool._files import file_sha256, write_bytes_atomic
+from xvatool._files import write_bytes_atomic
 from xvatool._streams import LocalStream, TeeReader, open_local
 from xvatool._types import ChecksumKind, Compression
 from xvatool.errors import FormatError, LocalIOError, ManifestMismatchError, UsageError, location_context
@@ -322,8 +322,13 @@ def resolve_backup(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     )
 
 
-def check_archive(archive: Path, manifest: Manifest) -> None:
-    """The archive's size, then its SHA-256, against the manifest: `ManifestMismatchError` if not."""
+def check_archive(
+    archive: Path, manifest: Manifest, *, progress: Callable[[int], None] | None = None
+) -> None:
+    """The archive's size, then its SHA-256, against the manifest: `ManifestMismatchError` if not.
+
+    `progress` gets the bytes read while hashing.
+    """
     if not archive.is_file():
         raise LocalIOError("archive named by the manifest is missing", path=str(archive))
     size = archive.stat().st_size
@@ -331,7 +336,10 @@ def check_archive(archive: Path, manifest: Manifest) -> None:
         raise ManifestMismatchError(
             "size", f"{manifest.archive_size} bytes", f"{size} bytes", file=str(archive)
         )
-    digest, _size = file_sha256(archive)
+    hasher = hashlib.sha256()
+    with open_local(archive, "rb") as fh:
+        TeeReader(LocalStream(fh, str(archive)), hasher=hasher, progress=progress).drain()
+    digest = hasher.hexdigest()
     if digest != manifest.archive_sha256:
         raise ManifestMismatchError("sha256", manifest.archive_sha256, digest, file=str(archive))
 
