@@ -20,8 +20,10 @@ from xvatool.errors import LocalIOError, XvatoolError
 
 if TYPE_CHECKING:
     from xvatool._progress import Progress, ProgressBar
+    from xvatool.ops.report import BatchReport
 
 __all__ = [
+    "batch_outcome",
     "command_errors",
     "debug_option",
     "echo_json",
@@ -79,6 +81,21 @@ def _report_error(ctx: click.Context, exc: BaseException) -> None:
     else:
         click.echo(f"xvatool: {message}", err=True)
     ctx.exit(code)
+
+
+def batch_outcome(report: BatchReport[Any], *, as_json: bool) -> None:
+    """Exit 0 / 3 / 1 as a batch report says, after its table or document was printed.
+
+    With ``--json`` the report already holds every failure, so the exit code says the rest: a
+    second document (the error object) would break a script's parser.
+    """
+    if not as_json:
+        report.raise_for_failures()
+        return
+    if report.exit_code:
+        failed = ", ".join(r.vm_name for r in report.failed)
+        log_event(f"error: {len(report.failed)} of {len(report.results)} failed: {failed}", logging.ERROR)
+        click.get_current_context().exit(report.exit_code)
 
 
 def refuse_existing(path: Path, *, force: bool) -> None:

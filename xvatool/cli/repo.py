@@ -20,7 +20,14 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 
-from xvatool.cli._common import command_errors, echo_json, human_size, json_option, refuse_existing
+from xvatool.cli._common import (
+    batch_outcome,
+    command_errors,
+    echo_json,
+    human_size,
+    json_option,
+    refuse_existing,
+)
 from xvatool.cli._connection import read_password_file
 from xvatool.cli._documents import (
     check_doc,
@@ -665,7 +672,7 @@ def run_repo_backup(
     finally:
         repository.close()
     echo_json(report.to_json()) if as_json else _render_repo_backup(report)
-    report.raise_for_failures()
+    batch_outcome(report, as_json=as_json)
 
 
 def run_repo_restore(

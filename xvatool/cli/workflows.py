@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, cast
 import click
 
 from xvatool.cli._common import (
+    batch_outcome,
     command_errors,
     echo_json,
     human_size,
@@ -163,7 +164,7 @@ def backup_command(
         state_dir=state_dir, progress=terminal_progress(),
     )  # fmt: skip
     echo_json(report.to_json()) if as_json else _render_backup(report)
-    report.raise_for_failures()
+    batch_outcome(report, as_json=as_json)
 
 
 @click.command("restore")

@@ -27,7 +27,7 @@ from typing import Any
 
 from xvatool._human import human_size, plural
 from xvatool._progress import Progress
-from xvatool.errors import FormatError, XvatoolError
+from xvatool.errors import FormatError, LocalIOError, XvatoolError
 from xvatool.ops.backup import Selection, backup, select_vms
 from xvatool.ops.documents import file_doc, vm_doc
 from xvatool.ops.hostdisks import vm_disk_digests
@@ -85,7 +85,10 @@ def run_demo(
     `host_options` go to `running_host` (tests use them for smaller disks).
     """
     if workdir is not None:
-        Path(workdir).mkdir(parents=True, exist_ok=True)
+        try:
+            Path(workdir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LocalIOError(exc.strerror or str(exc), path=os.fspath(workdir)) from exc
         return _run(Path(workdir), progress, say or _silent, host_options or {})
     with tempfile.TemporaryDirectory(prefix="xvatool-demo-") as tmp:
         return _run(Path(tmp), progress, say or _silent, host_options or {})
