@@ -68,6 +68,7 @@ class _Settings:
     quiet: bool = False
     debug: bool = False
     log: logging.Handler | None = None
+    log_path: str | None = None
     argv: list[str] = field(default_factory=list)
 
 
@@ -222,7 +223,7 @@ def _open_log(path: str) -> None:
 
 
 def _close_log() -> None:
-    handler, OUTPUT.log = OUTPUT.log, None
+    handler, OUTPUT.log, OUTPUT.log_path = OUTPUT.log, None, None
     if handler is not None:
         logging.getLogger("xvatool").removeHandler(handler)
         handler.close()
@@ -245,10 +246,17 @@ def _set_debug(_ctx: click.Context, _param: click.Parameter, value: bool) -> Non
         logging.getLogger("xvatool").setLevel(logging.DEBUG)
 
 
-def _set_log_file(_ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
-    if value and OUTPUT.log is None:
-        _open_log(value)
-        logging.getLogger("xvatool").setLevel(_level())
+def _set_log_file(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """Open the log file; one given on the command line wins over ``XVATOOL_LOG_FILE``."""
+    if not value or value == OUTPUT.log_path:
+        return
+    if OUTPUT.log is not None:
+        if ctx.get_parameter_source(param.name or "") is click.core.ParameterSource.ENVIRONMENT:
+            return
+        _close_log()
+    _open_log(value)
+    OUTPUT.log_path = value
+    logging.getLogger("xvatool").setLevel(_level())
 
 
 quiet_option = click.option(
@@ -315,6 +323,7 @@ class OutputGroup(click.Group):
             log_event(f"exit {code}")
             _close_log()
             os.umask(previous_umask)
+            OUTPUT.quiet = OUTPUT.debug = False  # library calls after the command speak again
         if standalone_mode:
             sys.exit(code if isinstance(code, int) else 1)
         return code
