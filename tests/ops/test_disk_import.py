@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -105,3 +107,52 @@ def test_an_image_smaller_than_the_vdi_is_imported_with_a_warning(sim, exported,
         import_image(s, paths["raw"], vdi_uuid=big)
     assert vdi_bytes(sim, big) == content(3 * MIB) + b"\x07" * MIB
     assert any("the VDI's last 1.0 MiB keep what they held" in r.getMessage() for r in caplog.records)
+
+
+TESTDATA = Path(__file__).resolve().parents[2] / "testdata" / "images"
+EXPECTED = {
+    "disk.raw": "raw",
+    "disk.tar": "tar",
+    "disk-fixed.vhd": "vhd",
+    "disk.qcow2": "qcow2",
+    "disk.raw.gz": "gzip",
+    "vm.xva": "xva",
+}
+
+
+@pytest.mark.parametrize(("name", "fmt"), sorted(EXPECTED.items()))
+def test_testdata_images_are_told_apart_by_content(name, fmt):
+    assert image_format(TESTDATA / name) == fmt
+
+
+@pytest.mark.parametrize("name", ["disk.raw", "disk.tar"])
+def test_vdi_import_of_the_testdata_images_gives_the_same_disk(sim, tmp_path, name):
+    from click.testing import CliRunner
+
+    from xvatool.cli import main
+
+    pw = tmp_path / "pw"
+    pw.write_text(sim.password)
+    run = CliRunner().invoke(
+        main, ["vdi-import", "--host", sim.url, "--password-file", str(pw), str(TESTDATA / name), "--sr",
+               "Local storage", "--json"],
+    )  # fmt: skip
+    assert run.exit_code == 0, run.output
+    doc = json.loads(run.stdout)
+    assert doc["source"]["format"] == name.rpartition(".")[2]
+    assert vdi_bytes(sim, doc["disk"]["vdi_uuid"]) == (TESTDATA / "disk.raw").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("name", "words"), [("disk.raw.gz", "gzip-compressed"), ("vm.xva", "xvatool import")]
+)
+def test_vdi_import_refuses_what_it_cannot_take_with_a_hint(sim, tmp_path, name, words):
+    from click.testing import CliRunner
+
+    from xvatool.cli import main
+
+    run = CliRunner().invoke(
+        main, ["vdi-import", "--host", sim.url, str(TESTDATA / name), "--sr", "Local storage"],
+        env={"XVATOOL_PASSWORD": sim.password},
+    )  # fmt: skip
+    assert run.exit_code == 2 and words in run.stderr and run.stderr.count("\n") == 1
