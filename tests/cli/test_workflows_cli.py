@@ -223,3 +223,30 @@ def test_backup_partial_failure_exits_3(tmp_path, monkeypatch):
     assert sorted(line.split()[1] for line in lines[1:3]) == ["failed", "ok"]
     assert "1 of 2 backups failed" in result.output
     assert lines[3] == f"1 of 2 VMs backed up to {tmp_path / 'b'}"
+
+
+def test_backup_table_lists_pruned_backups_and_an_unwritable_dest_is_exit_2(tmp_path, monkeypatch):
+    from tests.ops.helpers import MIB, Host
+    from xvatool.sim.testing import running_host
+
+    with running_host(tmp_path / "host", demo=False) as sim:
+        Host(sim, tmp_path / "work").add_vm("kept", (MIB,), seed=1)
+        monkeypatch.setenv("XVATOOL_PASSWORD", sim.password)
+        args = ["backup", "--host", sim.url, "--vm", "kept", "--keep", "1"]
+        first = CliRunner().invoke(main, [*args, "--dest", str(tmp_path / "b")])
+        assert first.exit_code == 0, first.output
+        second = CliRunner().invoke(main, [*args, "--dest", str(tmp_path / "b")])
+        assert second.exit_code == 0, second.output
+        rows = [line.split() for line in second.stdout.splitlines()]
+        assert [r[0] for r in rows if r[0] == "pruned"] == ["pruned"]  # the older backup, in the table
+        pruned = next(r for r in rows if r[0] == "pruned")
+        assert pruned[-1].endswith(".xva") and not (tmp_path / pruned[-1]).exists()
+        assert second.stdout.splitlines()[-1] == f"1 of 1 VM backed up to {tmp_path / 'b'}"
+        blocker = tmp_path / "file"
+        blocker.write_text("x")
+        run = CliRunner().invoke(main, [*args, "--dest", str(blocker / "b")])
+        assert run.exit_code == 2 and "cannot write backups here" in run.stderr
+        archives = [p for p in (tmp_path / "b").rglob("*.xva")]
+        assert len(archives) == 1 and all((p.stat().st_mode & 0o777) == 0o600 for p in archives)
+        manifests = list((tmp_path / "b").rglob("*.manifest.json"))
+        assert all((p.stat().st_mode & 0o777) == 0o600 for p in manifests)

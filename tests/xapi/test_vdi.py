@@ -364,7 +364,7 @@ def test_import_into_too_small_vdi(sim, tmp_path):
     _, small = new_vdi(sim, size=MIB)
     src = tmp_path / "d.raw"
     src.write_bytes(b"\x01" * (2 * MIB))
-    with session(sim) as s, pytest.raises(UsageError, match="has 1048576 bytes"):
+    with session(sim) as s, pytest.raises(UsageError, match=r"has 1\.0 MiB, .* has 2\.0 MiB"):
         import_vdi(s, src, vdi_uuid=small)
 
 

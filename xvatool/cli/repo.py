@@ -169,7 +169,9 @@ def _common(func: F) -> F:
 
 def _exactly(rest: list[str], count: int, what: str) -> list[str]:
     if len(rest) != count:
-        raise UsageError(f"expected {what}, got {len(rest)} argument(s): {' '.join(rest) or '(none)'}")
+        raise UsageError(
+            f"expected {what}, got {plural(len(rest), 'argument')}: {' '.join(rest) or '(none)'}"
+        )
     return rest
 
 

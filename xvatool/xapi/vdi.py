@@ -33,6 +33,7 @@ from typing import Any, Literal
 import xxhash
 
 from xvatool._files import AtomicFile
+from xvatool._human import human_size
 from xvatool._progress import NullBar, Progress, ProgressBar
 from xvatool._retry import DEFAULT_RETRY, RetryPolicy, is_transient
 from xvatool.errors import (
@@ -454,7 +455,8 @@ def _import_whole(
     if vdi_uuid is not None:
         vdi = find_vdi(sender.session, vdi_uuid)
         if vdi.virtual_size < virtual_size:
-            raise UsageError(f"VDI {vdi.uuid} has {vdi.virtual_size} bytes, the image needs {virtual_size}")
+            needs = human_size(virtual_size)
+            raise UsageError(f"VDI {vdi.uuid} has {human_size(vdi.virtual_size)}, the image needs {needs}")
     else:
         assert sr is not None
         vdi = _new_vdi(sender.session, sr, _round_up(virtual_size, SECTOR_SIZE), source.name)
@@ -518,7 +520,9 @@ def _import_raw(
         if vdi_uuid is not None:
             vdi = find_vdi(session, vdi_uuid)
             if vdi.virtual_size < _round_up(size, SECTOR_SIZE):
-                raise UsageError(f"VDI {vdi.uuid} has {vdi.virtual_size} bytes, {source} has {size}")
+                raise UsageError(
+                    f"VDI {vdi.uuid} has {human_size(vdi.virtual_size)}, {source} has {human_size(size)}"
+                )
         else:
             assert sr is not None
             vdi = _new_vdi(session, sr, _round_up(size, SECTOR_SIZE), source.name)
