@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -46,12 +46,15 @@ __all__ = [
     "connection_options",
     "open_session",
     "read_password_file",
+    "resumable_import_options",
     "retries_option",
     "state_dir_option",
     "terminate_as_interrupt",
 ]
 
 HOST_ENV = "XVATOOL_HOST"
+F = TypeVar("F", bound=Callable[..., Any])
+
 PASSWORD_ENV = "XVATOOL_PASSWORD"
 STATE_DIR_ENV = "XVATOOL_STATE_DIR"
 """The same name as `xvatool.xapi.journal.STATE_DIR_ENV` (not imported: CLI start-up stays light)."""
@@ -258,3 +261,37 @@ state_dir_option = click.option(
     "$XDG_STATE_HOME/xvatool, else ~/.local/state/xvatool).",
 )
 """``--state-dir DIR``; the command receives ``state_dir`` (a `Path` or None)."""
+
+
+def resumable_import_options(what: str) -> Callable[[F], F]:
+    """``--mode``, ``--retries``, ``--resume``, ``--discard`` and ``--state-dir`` of an import.
+
+    `import` and `restore` send archives the same way, so they say the same; `what` names the
+    operation in the help ("import", "restore").
+    """
+
+    def decorate(func: F) -> F:
+        for decorator in (
+            state_dir_option,
+            click.option(
+                "--discard",
+                is_flag=True,
+                help=f"Remove the VDIs an interrupted parallel {what} left and start over; after a "
+                "failure, remove them instead of keeping them for --resume.",
+            ),
+            click.option(
+                "--resume", is_flag=True, help=f"Continue an interrupted parallel {what} from its journal."
+            ),
+            retries_option,
+            click.option(
+                "--mode",
+                type=click.Choice(["stream", "parallel"]),
+                default="stream",
+                show_default=True,
+                help="One verified stream, or every disk at once (resumable per segment).",
+            ),
+        ):
+            func = decorator(func)
+        return func
+
+    return decorate

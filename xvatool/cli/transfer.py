@@ -15,7 +15,13 @@ from xvatool.cli._common import (
     json_option,
     terminal_progress,
 )
-from xvatool.cli._connection import Connection, connection_options, retries_option, state_dir_option
+from xvatool.cli._connection import (
+    Connection,
+    connection_options,
+    resumable_import_options,
+    retries_option,
+    state_dir_option,
+)
 from xvatool.cli._output import note, output_options, plural, result, summary
 from xvatool.errors import UsageError
 
@@ -128,14 +134,7 @@ def export_command(
 @click.option("--restore-identity", "restore", is_flag=True,
               help="Keep the VM's identity (uuid, MACs) as exported, instead of a new one.")  # fmt: skip
 @click.option("--force", is_flag=True, help="Let the host ignore checksum errors (stream mode).")
-@click.option("--mode", type=_MODE, default="stream", show_default=True,
-              help="One verified stream, or every disk at once (resumable per segment).")  # fmt: skip
-@retries_option
-@click.option("--resume", is_flag=True, help="Continue an interrupted parallel import from its journal.")
-@click.option("--discard", is_flag=True,
-              help="Remove the VDIs an interrupted parallel import left and start over; after a "
-                   "failure, remove them instead of keeping them for --resume.")  # fmt: skip
-@state_dir_option
+@resumable_import_options("import")
 @json_option()
 @connection_options
 @output_options

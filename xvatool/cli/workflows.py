@@ -25,7 +25,7 @@ from xvatool.cli._connection import (
     INSECURE_WARNING,
     Connection,
     connection_options,
-    retries_option,
+    resumable_import_options,
     state_dir_option,
 )
 from xvatool.cli._output import note, output_options, plural, result, summary, table, warn
@@ -180,17 +180,10 @@ def backup_command(
 @click.option("--sr", metavar="SR", help="SR uuid or name (default: the pool's default SR).")
 @click.option("--restore-identity", is_flag=True,
               help="Keep the VM's identity (uuid, MACs) as backed up, instead of a new one.")  # fmt: skip
-@click.option("--mode", default="stream", show_default=True, type=click.Choice(["stream", "parallel"]),
-              help="One verified stream, or every disk at once (resumable per segment).")  # fmt: skip
-@retries_option
-@click.option("--resume", is_flag=True, help="Continue an interrupted parallel restore from its journal.")
-@click.option("--discard", is_flag=True,
-              help="Remove the VDIs an interrupted parallel restore left and start over; after a failure, "
-                   "remove them instead of keeping them for --resume.")  # fmt: skip
+@resumable_import_options("restore")
 @click.option("--force", is_flag=True,
               help="Restore even if the archive differs from its manifest, and let the host ignore checksum "
                    "errors: rescue what a damaged backup still holds.")  # fmt: skip
-@state_dir_option
 @json_option()
 @output_options
 @command_errors
