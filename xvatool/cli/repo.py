@@ -27,6 +27,7 @@ from xvatool.cli._common import (
     human_size,
     json_option,
     refuse_existing,
+    terminal_progress,
 )
 from xvatool.cli._connection import read_password_file
 from xvatool.cli._documents import (
@@ -42,7 +43,6 @@ from xvatool.cli._output import result as output_result
 from xvatool.errors import RepositoryError, RepositoryPasswordError, UsageError
 
 if TYPE_CHECKING:
-    from xvatool._progress import Progress
     from xvatool.ops.repo_backup import RepoBackupReport
     from xvatool.repo.repository import Repository
 
@@ -150,16 +150,6 @@ def _opened(
         repo.close()
 
 
-def _progress() -> Progress | None:
-    from xvatool.cli._common import progress_enabled
-
-    if not progress_enabled():
-        return None
-    from xvatool._progress import TqdmProgress
-
-    return TqdmProgress()
-
-
 def _common(func: F) -> F:
     """The options every repo subcommand takes, in the house order."""
     for decorator in (command_errors, output_options, repo_access_options, _repo_option):
@@ -257,7 +247,7 @@ def add_command(
         if not archives:
             raise UsageError("name at least one archive to add")
         moment = parse_time(when) if when else None
-        added = add_archives(repo, archives, time=moment, progress=_progress())
+        added = add_archives(repo, archives, time=moment, progress=terminal_progress())
     if as_json:
         echo_json([snapshot_doc(s, source_path=path) for path, s in zip(archives, added, strict=True)])
         return
@@ -669,7 +659,7 @@ def run_repo_backup(
             jobs=jobs,
             shard=share,
             compression=cast("Any", compression),
-            progress=_progress(),
+            progress=terminal_progress(),
         )
     finally:
         repository.close()
@@ -702,7 +692,7 @@ def run_repo_restore(
                 sr=sr,
                 restore_identity=restore_identity,
                 mode=cast("Any", mode),
-                progress=_progress(),
+                progress=terminal_progress(),
             )
     finally:
         repository.close()

@@ -573,7 +573,7 @@ class _ParallelExport:
                     task_reason(session, task),
                     open_download(session, "/export_raw_vdi", params, task=task) as body,
                 ):
-                    tee = TeeReader(body, _FileSink(output.file, spool), hasher=hasher)
+                    tee = TeeReader(body, _FileSink(output.file, self.out), hasher=hasher)  # the user's file
                     with transport_errors(tee):
                         reader = XvaReader.for_disk_stream(tee, size=disk.virtual_size, source=where)
                         for _chunk in tracked(reader, advance).chunks():
