@@ -318,3 +318,18 @@ def test_ctrl_c_stops_every_job_of_a_parallel_backup_promptly(host, tmp_path):
     assert [p for p in dest.rglob("*") if p.is_file() and p.name != ".lock"] == []
     with host.session() as session:
         assert not [r for r in session.call("VM.get_all_records").values() if r["is_a_snapshot"]]
+
+
+def test_a_repository_backup_reports_a_missing_vm_as_a_failed_item(host, tmp_path):
+    from xvatool.ops.repo_backup import backup_to_repository
+    from xvatool.repo.repository import init_repository
+
+    host.add_vm("present", (MIB,), seed=4)
+    repo = init_repository(tmp_path / "repo")
+    try:
+        report = backup_to_repository(host.session, Selection(vms=("absent", "present")), repo)
+    finally:
+        repo.close()
+    assert report.exit_code == 3
+    assert [(r.vm_name, r.status) for r in report.results] == [("absent", "failed"), ("present", "ok")]
+    assert report.to_json()["results"][0]["error"]["code"] == "usage"

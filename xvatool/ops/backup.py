@@ -2,10 +2,15 @@
 
 For each selected VM, in its own thread with its own session (sessions are not thread-safe):
 export it (the export layer snapshots a running VM and destroys the snapshot afterwards,
-xapi-protocol.md §5 item 12), write ``DEST/<name>-<uuid8>/<stamp>.xva``, verify every chunk of the
-written file while computing the archive sha256 and each disk's sha256 (`manifest.digest_archive`),
-write the manifest last and atomically, then apply retention in that VM's folder. A failing VM is
-recorded in the report and does not stop the others; its partial files are removed.
+xapi-protocol.md §5 item 12; the archive still describes the VM, `ops.identity`), write
+``DEST/<name>-<uuid8>/<stamp>.xva``, verify every chunk of the written file while computing the
+archive sha256 and each disk's sha256 (`manifest.digest_archive`), write the manifest last and
+atomically, then apply retention in that VM's folder (only xvatool's own files go). A failing
+VM, or a named VM the host does not have, is a failed result in the report (`ops.report`) and
+does not stop the others; a failed VM's partial files are removed. Ctrl-C stops every job at
+its next progress update (`parallel.run_batch`), each cleaning up as it would alone. Options and
+`DEST` are checked before anything is exported, and `DEST` is created only when there is
+something to back up.
 
 Layout::
 
