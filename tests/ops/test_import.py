@@ -454,3 +454,17 @@ def test_resume_with_nothing_to_resume_says_so(sim, exported, caplog):
     messages = [r.getMessage() for r in caplog.records]
     assert any("nothing to resume" in m for m in messages)
     assert any("a stream import cannot resume" in m for m in messages)
+
+
+def test_discard_removes_even_an_unreadable_journal(sim, exported, caplog):
+    path, digests = exported
+    journal = import_journal_path(path, sim.url)
+    journal.parent.mkdir(parents=True)
+    journal.write_text("{ not json")
+    with session_of(sim) as s:
+        with pytest.raises(ResumeError, match="journal is corrupt"):
+            import_vm(s, path, mode="parallel")
+        with caplog.at_level("WARNING", logger="xvatool"):
+            result = import_vm(s, path, mode="parallel", discard=True)
+    assert host_disk_digests(sim, vm_ref_of(sim, result.vm_uuid)) == digests
+    assert any("unreadable; removed it (--discard)" in r.getMessage() for r in caplog.records)

@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from xvatool._files import remove_tree
+from xvatool._files import remove_quietly, remove_tree
 from xvatool._human import plural
 from xvatool._progress import Progress, ProgressBar, ProgressGroup
 from xvatool._retry import DEFAULT_RETRY, RetryPolicy, is_transient
@@ -413,8 +413,14 @@ class _ParallelImport:
 
     def run(self, *, restore: bool, force: bool, resume: bool, discard: bool) -> ImportResult:
         if self.journal_path.exists() and not resume:
-            earlier = Journal.load(self.journal_path)
+            try:
+                earlier: Journal | None = Journal.load(self.journal_path)
+            except ResumeError:
+                if not discard:
+                    raise
+                earlier = None  # unreadable: its VDIs cannot be named, the file at least goes
             if not discard:
+                assert earlier is not None
                 vdis = earlier.target_vdis()
                 held = f" holding {plural(len(vdis), 'VDI')} on the host" if vdis else ""
                 raise UsageError(
@@ -422,7 +428,11 @@ class _ParallelImport:
                     f"({self.journal_path}); continue it with --resume, or remove its VDIs and start "
                     "over with --discard"
                 )
-            self._discard(earlier)
+            if earlier is None:
+                _log.warning("%s is unreadable; removed it (--discard) without its VDIs", self.journal_path)
+                remove_quietly(self.journal_path)
+            else:
+                self._discard(earlier)
         elif resume and not self.journal_path.exists():
             _log.warning("%s: nothing to resume (no journal for this host); starting from the beginning",
                          self.path)  # fmt: skip
