@@ -15,7 +15,7 @@ import click
 
 from xvatool._human import human_size
 from xvatool.cli._exit import exit_code_of
-from xvatool.cli._output import OUTPUT, debug_option, log_event, quiet_option
+from xvatool.cli._output import OUTPUT, debug_option, error, log_event, quiet_option
 from xvatool.errors import LocalIOError, XvatoolError
 
 if TYPE_CHECKING:
@@ -75,11 +75,11 @@ def _report_error(ctx: click.Context, exc: BaseException) -> None:
 
     code = exit_code_of(exc)
     message = error_message(exc)
-    log_event(f"error: {message}", logging.ERROR)
     if ctx.params.get("as_json"):
+        log_event(f"error: {message}", logging.ERROR)
         echo_json(error_document(exc))
     else:
-        click.echo(f"xvatool: {message}", err=True)
+        error(message)
     ctx.exit(code)
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "LOG_FILE_ENV",
     "OUTPUT",
     "OutputGroup",
+    "error",
     "log_event",
     "log_file_option",
     "note",
@@ -121,6 +122,12 @@ def summary(text: str) -> None:
     log_event(text)
     if not OUTPUT.quiet:
         _write(text, err=False)
+
+
+def error(text: str) -> None:
+    """A failure: ``xvatool: …`` on stderr, always (and in the log file)."""
+    log_event(f"error: {text}", logging.ERROR)
+    _write(f"xvatool: {text}", err=True)
 
 
 def note(text: str) -> None:
