@@ -16,9 +16,10 @@ from tests.ops.test_export import archive_disk_digests, session_of
 from xvatool._files import temp_files_of
 from xvatool.errors import LocalIOError, UsageError
 from xvatool.ops.backup import Selection, backup
-from xvatool.ops.export import export_vm, spool_name
+from xvatool.ops.export import export_vm
 from xvatool.ops.import_ import import_vm
 from xvatool.ops.manifest import load_manifest, manifest_path_for, write_manifest
+from xvatool.ops.spools import spool_name
 from xvatool.xapi.journal import Journal, export_journal_path
 from xvatool.xapi.session import connect
 from xvatool.xapi.vdi import export_vdi

@@ -4,9 +4,9 @@ import pytest
 
 from tests.ops.helpers import fake_backup
 from xvatool.errors import UsageError
-from xvatool.ops.export import PartialExport
 from xvatool.ops.manifest import manifest_path_for
 from xvatool.ops.retention import apply_retention, list_backups, scan_folder
+from xvatool.ops.spools import PartialExport
 
 
 def _stamped(folder, n):

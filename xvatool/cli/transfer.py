@@ -182,7 +182,7 @@ def import_command(
 def _import_stdin(
     session: Session, sr: str | None, restore: bool, mode: str, resume: bool, discard: bool, force: bool
 ) -> ImportResult:
-    from xvatool.ops.import_ import import_live
+    from xvatool.ops.live_import import import_live
     from xvatool.xapi.vms import find_sr
     from xvatool.xva.reader import XvaReader
 

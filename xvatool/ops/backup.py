@@ -50,11 +50,12 @@ from xvatool._retry import DEFAULT_RETRY, RetryPolicy
 from xvatool._types import Compression
 from xvatool.errors import LocalIOError, UsageError, XvatoolError
 from xvatool.ops.documents import file_doc
-from xvatool.ops.export import PartialExport, export_vm
+from xvatool.ops.export import export_vm
 from xvatool.ops.manifest import ARCHIVE_SUFFIX, Manifest, digest_archive, manifest_path_for, write_manifest
 from xvatool.ops.parallel import run_batch, stopping
 from xvatool.ops.report import BatchReport, VmResult
 from xvatool.ops.retention import BackupEntry, apply_retention, incomplete_files
+from xvatool.ops.spools import PartialExport
 from xvatool.xapi.session import Session
 from xvatool.xapi.vms import VmRef, find_vm
 from xvatool.xva.compression import COMPRESSIONS

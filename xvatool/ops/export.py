@@ -25,16 +25,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Literal, NoReturn
+from typing import IO, Literal
 
-from xvatool._files import AtomicFile, file_sha256, remove_quietly, remove_tree
-from xvatool._human import NOTE, plural
+from xvatool._files import AtomicFile, file_sha256, remove_tree
+from xvatool._human import NOTE
 from xvatool._progress import Progress, ProgressGroup
 from xvatool._retry import DEFAULT_RETRY, RetryPolicy
 from xvatool._streams import TeeReader
@@ -42,20 +41,19 @@ from xvatool._types import Compression, Readable, Writable
 from xvatool.errors import (
     ChecksumError,
     FormatError,
-    Interrupted,
     LocalIOError,
     ResumeError,
     TransferError,
     TruncatedError,
     UsageError,
-    XvatoolError,
     location_context,
 )
 from xvatool.ops.documents import disk_doc, vm_doc
 from xvatool.ops.identity import Identity, snapshot_identity, with_identity
 from xvatool.ops.parallel import run_parallel, stop_check
 from xvatool.ops.progress import disk_label, total_size, tracked
-from xvatool.xapi.journal import Journal, StatePath, export_journal_path
+from xvatool.ops.spools import PartialExport, disks_key, spool_name
+from xvatool.xapi.journal import Journal, StatePath
 from xvatool.xapi.session import Session
 from xvatool.xapi.tasks import managed_task, task_reason, wait_task
 from xvatool.xapi.transfer import open_download
@@ -68,10 +66,8 @@ from xvatool.xva.reader import XvaReader
 from xvatool.xva.writer import WriteStats, write_pieces
 
 __all__ = [
-    "SPOOL_SUFFIX",
     "ExportResult",
     "ExportedDisk",
-    "PartialExport",
     "TransferMode",
     "export_stream",
     "export_to_stream",
@@ -83,8 +79,6 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 TransferMode = Literal["stream", "parallel"]
-SPOOL_SUFFIX = ".part.d"
-"""``OUT.part.d/``: the per-disk spools of a parallel export, beside OUT (same file system)."""
 
 
 # -- export to a file -------------------------------------------------------------------------
@@ -145,48 +139,6 @@ def _check_options(mode: str, compression: str, snapshot: str) -> None:
         raise UsageError(f"unknown compression {compression!r} (none, gzip or zstd)")
     if snapshot not in ("auto", "never"):
         raise UsageError(f"unknown snapshot policy {snapshot!r} (auto or never)")
-
-
-class PartialExport:
-    """What an interrupted or failed parallel export of OUT leaves: its journal and ``OUT.part.d/``.
-
-    Both are named here once, so that the refusal, the "kept" message, ``--discard`` and the
-    backup's cleanup agree on what the state is.
-    """
-
-    def __init__(self, out: Path, state_dir: StatePath = None) -> None:
-        self.out = out
-        self.journal = export_journal_path(out, state=state_dir)
-        self.spool_dir = out.with_name(out.name + SPOOL_SUFFIX)
-
-    def exists(self) -> bool:
-        return self.journal.exists() or self.spool_dir.exists()
-
-    def describe(self) -> str:
-        """``vm.xva.part.d/ (1 of 2 disks) and its journal``, for messages."""
-        spools = len(list(self.spool_dir.glob("*.tar"))) if self.spool_dir.is_dir() else 0
-        done = sum(1 for record in self._records() if record.get("done"))
-        total = len(self._records())
-        parts = []
-        if self.spool_dir.exists():
-            count = f" ({done} of {plural(total, 'disk')} done)" if total else f" ({plural(spools, 'disk')})"
-            parts.append(f"{self.spool_dir.name}/{count}")
-        if self.journal.exists():
-            parts.append(f"the journal {self.journal}")
-        return " and ".join(parts) or "nothing"
-
-    def _records(self) -> list[dict[str, object]]:
-        try:
-            return list(Journal.load(self.journal).to_json()["disks"].values())
-        except XvatoolError:
-            return []
-
-    def kept_message(self) -> str:
-        return f"kept {self.describe()}; continue with --resume, or remove it with --discard"
-
-    def remove(self) -> None:
-        remove_tree(self.spool_dir)
-        remove_quietly(self.journal)
 
 
 def export_vm(
@@ -258,25 +210,9 @@ def export_vm(
         try:
             disks, written, resumed = job.run(resume=resume)
         except BaseException as exc:
-            _on_failure(partial, exc, discard=discard)
+            partial.fail(exc, discard=discard)
         return ExportResult(out, found.uuid, found.name_label, mode, compression, written, snapshot_uuid,
                             disks, resumed)  # fmt: skip
-
-
-def _on_failure(partial: PartialExport, exc: BaseException, *, discard: bool) -> NoReturn:
-    """Say what a failed parallel export left (or remove it with `discard`), then re-raise."""
-    if not partial.exists():
-        raise exc
-    if discard and not isinstance(exc, KeyboardInterrupt | Interrupted):
-        partial.remove()
-        note = "removed the partial state (--discard)"
-    else:
-        note = partial.kept_message()
-    if isinstance(exc, KeyboardInterrupt | Interrupted):
-        raise Interrupted(f"interrupted; {note}") from exc
-    if isinstance(exc, XvatoolError):
-        exc.message += f"; {note}"
-    raise exc
 
 
 def export_to_stream(
@@ -625,20 +561,3 @@ def transport_errors(tee: TeeReader) -> Iterator[None]:
         if INLINE_ERROR_MARK in tee.tail:
             raise TransferError(f"host reported an error inside the stream: {exc}") from exc
         raise
-
-
-def spool_name(disk: DiskInfo) -> str:
-    """A file name for a disk's spool: its VDI uuid, with anything but letters, digits, - replaced.
-
-    Not the disk id: `Ref:n` ids are made up afresh by every metadata export (§3.7).
-    """
-    return re.sub(r"[^A-Za-z0-9-]", "_", disk.vdi_uuid) + ".tar"
-
-
-def disks_key(metadata: Metadata) -> str:
-    """The disks of a metadata document as a journal key field: `vdi-uuid:size,…`, sorted.
-
-    Journal records are keyed by VDI uuid too: the `Ref:n` ids change from one metadata export
-    to the next, the VDIs do not.
-    """
-    return ",".join(sorted(f"{d.vdi_uuid}:{d.virtual_size}" for d in metadata.disks))

@@ -23,9 +23,8 @@ another attempt could cure (a network fault, Ctrl-C) keeps the created VDIs and 
 archive, a chunk is corrupt) destroys them at once: keeping gigabytes "for --resume" that can
 never succeed helps nobody.
 
-`import_live` sends an archive read from a pipe (``import -``, a migration): it is verified as it
-passes and re-emitted; a bad chunk stops the body before the tar's end, so the host fails the
-import of a truncated archive and removes what it made.
+An archive read from a pipe (``import -``) or another host's export (a migration) goes through
+`ops.live_import.import_live` instead.
 
 Example::
 
@@ -55,7 +54,6 @@ from xvatool.errors import (
     Interrupted,
     LocalIOError,
     ResumeError,
-    StreamStateError,
     UsageError,
     XapiError,
     XvatoolError,
@@ -63,7 +61,7 @@ from xvatool.errors import (
 from xvatool.ops.documents import vm_doc
 from xvatool.ops.export import TransferMode
 from xvatool.ops.parallel import run_parallel
-from xvatool.ops.progress import disk_label, total_size, tracked
+from xvatool.ops.progress import disk_label
 from xvatool.xapi.inventory import vm_disks
 from xvatool.xapi.journal import Journal, StatePath, import_journal_path, spool_folder
 from xvatool.xapi.session import Session
@@ -71,9 +69,8 @@ from xvatool.xapi.tasks import managed_task, task_reason, wait_task
 from xvatool.xapi.transfer import BodyFactory, chunked_frames, chunked_length, upload
 from xvatool.xapi.vdi import IMPORT_SEGMENT_SIZE, create_vdi
 from xvatool.xapi.vmdata import import_metadata, import_xva
-from xvatool.xapi.vms import destroy_vdi, destroy_vm_with_disks, find_sr
+from xvatool.xapi.vms import destroy_vdi, find_sr
 from xvatool.xva.assemble import ova_xml_tar
-from xvatool.xva.convert import repack_pieces
 from xvatool.xva.disk import CHUNK_SIZE
 from xvatool.xva.extents import ArchiveIndex, DiskPlan, index_archive, segment_extents
 from xvatool.xva.ovaxml import DiskInfo, Metadata
@@ -82,12 +79,11 @@ from xvatool.xva.reader import Problem, XvaReader
 __all__ = [
     "ImportResult",
     "ImportedDisk",
-    "LiveBody",
     "create_disk_vdi",
-    "import_live",
     "import_stream",
     "import_vm",
     "is_permanent",
+    "with_disks",
 ]
 
 _log = logging.getLogger(__name__)
@@ -147,7 +143,7 @@ class ImportResult:
         }
 
 
-def _with_disks(
+def with_disks(
     session: Session, result: ImportResult, metadata: Metadata, source: str | None
 ) -> ImportResult:
     """`result` with the new VM's disks matched to the archive's by userdevice, and the source."""
@@ -245,76 +241,6 @@ def _verify_archive(path: Path, update: Callable[[int], None], *, force: bool) -
     return metadata
 
 
-# -- a live archive ----------------------------------------------------------------------------
-
-
-class LiveBody:
-    """The body factory for a live stream: consumed once, and ends cleanly if the source fails.
-
-    A reader error (bad chunk, source connection lost) is kept in `error` and the body simply
-    stops, so the upload is half-closed rather than reset: the host then fails the import of a
-    truncated archive on its own terms and cleans up, and the task tells us when that is done.
-    Letting the exception tear the socket down instead would race the host's cleanup. A
-    chunked-frame body stops before its terminator, so the host cannot take it for whole.
-    """
-
-    def __init__(self, pieces: Iterator[bytes | memoryview]) -> None:
-        self._pieces = pieces
-        self._used = False
-        self.error: XvatoolError | None = None
-
-    def __call__(self) -> Iterator[bytes | memoryview]:
-        if self._used:
-            raise StreamStateError("a live stream cannot be sent twice")
-        self._used = True
-        return self._guarded()
-
-    def _guarded(self) -> Iterator[bytes | memoryview]:
-        try:
-            yield from self._pieces
-        except XvatoolError as exc:
-            self.error = exc
-
-
-def import_live(
-    session: Session,
-    reader: XvaReader,
-    *,
-    metadata: Metadata | None = None,
-    sr: str | None = None,
-    restore: bool = False,
-    retry: RetryPolicy = DEFAULT_RETRY,
-    progress: Progress | None = None,
-) -> ImportResult:
-    """Send the archive `reader` is reading (a pipe, another host's export) into ``PUT /import``.
-
-    Every chunk is verified as it passes and re-emitted behind `metadata` (default: the
-    archive's own ova.xml); nothing is stored locally. If the source fails, the host sees a
-    truncated archive and fails; if it took a prefix for whole anyway, the VM is destroyed
-    (`retry` paces that cleanup). The source's error is raised, not the host's echo of it.
-    `progress` shows one bar, in disk bytes, labelled with the VM's name. Example::
-
-        with open_local(path, "rb") as fh:
-            import_live(host, XvaReader(fh, source=path))
-    """
-    bars = ProgressGroup(progress)
-    bar = bars.new(reader.metadata.vm.name_label, total_size(reader.metadata.disks))
-    live = LiveBody(repack_pieces(tracked(reader, bar.update), metadata or reader.metadata))
-    try:
-        result = import_stream(session, live, None, sr=sr, restore=restore)
-    except XvatoolError as exc:
-        if live.error is not None:  # the host failed because the source did
-            raise live.error from exc
-        raise
-    finally:
-        bars.close()
-    if live.error is not None:
-        # The host took a prefix of the archive for a whole one: never keep that.
-        destroy_vm_with_disks(session, result.vm_ref, retry=retry)
-        raise live.error
-    return _with_disks(session, result, metadata or reader.metadata, None)
-
-
 # -- import_vm --------------------------------------------------------------------------------
 
 
@@ -365,7 +291,7 @@ def import_vm(
                                       progress=host, progress_total=size),
                 what=f"import of {path}",
             )  # fmt: skip
-            return _with_disks(session, result, metadata, str(path))
+            return with_disks(session, result, metadata, str(path))
         job = _ParallelImport(session, path, sr_ref, sr_uuid, retry, bars, segment_size, state_dir)
         return job.run(restore=restore, force=force, resume=resume, discard=discard)
     finally:

@@ -62,7 +62,8 @@ from xvatool._streams import TeeReader
 from xvatool.errors import Interrupted, UsageError, XvatoolError, location_context
 from xvatool.ops.documents import vm_doc
 from xvatool.ops.export import TransferMode, fetch_metadata, transport_errors
-from xvatool.ops.import_ import LiveBody, create_disk_vdi, import_live
+from xvatool.ops.import_ import create_disk_vdi
+from xvatool.ops.live_import import LiveBody, import_live
 from xvatool.ops.parallel import run_parallel
 from xvatool.ops.progress import disk_label, total_size, tracked
 from xvatool.xapi.session import Session

@@ -30,8 +30,8 @@ from pathlib import Path
 
 from xvatool._files import temp_files_of
 from xvatool.errors import LocalIOError, UsageError, XvatoolError
-from xvatool.ops.export import SPOOL_SUFFIX, PartialExport
 from xvatool.ops.manifest import ARCHIVE_SUFFIX, MANIFEST_SUFFIX, Manifest, load_manifest, manifest_path_for
+from xvatool.ops.spools import SPOOL_SUFFIX, PartialExport
 
 __all__ = [
     "STAMP",
