@@ -30,6 +30,14 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
+@pytest.fixture(autouse=True)
+def private_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Journals and spools of every test go to its own folder, never to ~/.local/state/xvatool."""
+    folder = tmp_path / "xdg-state"
+    monkeypatch.setenv("XDG_STATE_HOME", str(folder))
+    return folder / "xvatool"
+
+
 def _shared_root() -> Path:
     configured = os.environ.get(SHARED_ENV)
     if configured:

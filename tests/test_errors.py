@@ -30,6 +30,12 @@ def test_checksum_error_carries_both_digests():
     assert "Ref:1/00000003" in str(exc) and "'AA'" in str(exc) and "'BB'" in str(exc)
 
 
+def test_manifest_mismatch_says_the_manifest_disagrees():
+    exc = errors.ManifestMismatchError("sha256", "ab" * 32, "cd" * 32, file="b/x.xva")
+    assert str(exc) == f"b/x.xva: the manifest records sha256 {'ab' * 32}, the archive has {'cd' * 32}"
+    assert isinstance(exc, ChecksumError) and exc.code == "manifest-mismatch"
+
+
 def test_location_context_fills_only_what_is_missing():
     with pytest.raises(FormatError) as info, location_context(file="f.xva", offset=5):
         raise FormatError("x", offset=7)
@@ -60,6 +66,7 @@ EXAMPLES: dict[type[Exception], Exception] = {
     errors.XvatoolError: errors.XvatoolError("plain"),
     errors.FormatError: errors.FormatError("bad", code="c", file="f.xva", member="Ref:1/0", offset=7),
     errors.ChecksumError: errors.ChecksumError("Ref:1/00000003", "AA", "BB", offset=99, file="f.xva"),
+    errors.ManifestMismatchError: errors.ManifestMismatchError("size", "10 bytes", "9 bytes", file="f.xva"),
     errors.TruncatedError: errors.TruncatedError("short", file="f.xva", offset=3),
     errors.MetadataError: errors.MetadataError("no VM", member="ova.xml"),
     errors.HostError: errors.HostError("down", host="h:443"),

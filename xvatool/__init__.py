@@ -27,6 +27,7 @@ from xvatool.errors import FormatError as FormatError
 from xvatool.errors import HostError as HostError
 from xvatool.errors import Interrupted as Interrupted
 from xvatool.errors import LocalIOError as LocalIOError
+from xvatool.errors import ManifestMismatchError as ManifestMismatchError
 from xvatool.errors import MetadataError as MetadataError
 from xvatool.errors import NbdError as NbdError
 from xvatool.errors import NbdProtocolError as NbdProtocolError
@@ -61,6 +62,8 @@ _PUBLIC: dict[str, tuple[str, ...]] = {
     ),
     "xvatool.ops.appliance_migrate": ("ApplianceMigrateResult", "migrate_appliance"),
     "xvatool.ops.backup": ("BackupReport", "Selection", "VmBackupResult", "backup"),
+    "xvatool.ops.catalog": ("list_backups_in", "prune_backups", "verify_backups"),
+    "xvatool.ops.disk_import": ("ImageImport", "import_image"),
     "xvatool.ops.export": ("ExportResult", "export_stream", "export_vm"),
     "xvatool.ops.import_": ("ImportResult", "import_stream", "import_vm"),
     "xvatool.ops.manifest": ("Manifest", "verify_backup"),
@@ -113,6 +116,11 @@ if _typing.TYPE_CHECKING:
     from xvatool.ops.backup import Selection as Selection
     from xvatool.ops.backup import VmBackupResult as VmBackupResult
     from xvatool.ops.backup import backup as backup
+    from xvatool.ops.catalog import list_backups_in as list_backups_in
+    from xvatool.ops.catalog import prune_backups as prune_backups
+    from xvatool.ops.catalog import verify_backups as verify_backups
+    from xvatool.ops.disk_import import ImageImport as ImageImport
+    from xvatool.ops.disk_import import import_image as import_image
     from xvatool.ops.export import ExportResult as ExportResult
     from xvatool.ops.export import export_stream as export_stream
     from xvatool.ops.export import export_vm as export_vm

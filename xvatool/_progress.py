@@ -18,6 +18,8 @@ from typing import Any, Protocol
 
 from tqdm import tqdm
 
+from xvatool._human import human_size
+
 __all__ = [
     "NULL_PROGRESS",
     "NullBar",
@@ -91,8 +93,34 @@ class _TqdmBar:
         self._release()
 
 
+_WITH_TOTAL = "{desc}: {percentage:3.0f}%|{bar}| {done}/{whole} [{elapsed}<{remaining}, {speed}]"
+_WITHOUT_TOTAL = "{desc}: {done} [{elapsed}, {speed}]"
+
+
+class _BinaryTqdm(tqdm):  # type: ignore[type-arg]
+    """tqdm counting bytes in MiB/GiB (`human_size`) like every other size xvatool prints.
+
+    tqdm's own scaling says "MB" for 2^20 and scales the rate by 1000; these fields replace it.
+    """
+
+    @property
+    def format_dict(self) -> dict[str, Any]:
+        values = dict(super().format_dict)
+        rate = values.get("rate")
+        if rate is None and values.get("elapsed"):
+            rate = values["n"] / values["elapsed"]
+        values["done"] = human_size(values["n"])
+        values["whole"] = human_size(values["total"]) if values.get("total") else "?"
+        values["speed"] = f"{human_size(rate)}/s" if rate else "? B/s"
+        return values
+
+
 class TqdmProgress:
-    """Byte-counting tqdm bars on stderr; bars open at the same time get lines of their own."""
+    """Byte bars on stderr with percent and ETA when the total is known; binary units throughout.
+
+    Bars open at the same time get lines of their own. Labels are the caller's ("web-01 disk 0
+    (root)"); a label never shows a ``Ref:`` id.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -104,8 +132,9 @@ class TqdmProgress:
             if slot == len(self._used):
                 self._used.append(True)
             self._used[slot] = True
-        bar = tqdm(total=total, desc=label, unit="B", unit_scale=True, unit_divisor=1024,
-                   file=sys.stderr, position=slot, leave=True, dynamic_ncols=True)  # fmt: skip
+        layout = _WITH_TOTAL if total else _WITHOUT_TOTAL
+        bar = _BinaryTqdm(total=total, desc=label, unit="B", file=sys.stderr, position=slot, leave=True,
+                          dynamic_ncols=True, bar_format=layout)  # fmt: skip
 
         def release() -> None:
             with self._lock:

@@ -6,6 +6,7 @@ problem" with one class::
     XvatoolError
     ├── FormatError (ValueError)      the archive is at fault; carries file, member, offset
     │   ├── ChecksumError             a chunk's digest differs from its checksum member
+    │   │   └── ManifestMismatchError a backup archive differs from what its manifest records
     │   ├── TruncatedError            the stream ended inside a structure
     │   └── MetadataError             ova.xml is not a valid XVA metadata document
     ├── HostError                     the host (or the network to it) is at fault
@@ -55,6 +56,7 @@ __all__ = [
     "HostError",
     "Interrupted",
     "LocalIOError",
+    "ManifestMismatchError",
     "MetadataError",
     "NbdError",
     "NbdProtocolError",
@@ -156,6 +158,24 @@ class ChecksumError(FormatError):
             offset=offset,
             file=file,
         )
+        self.expected = expected
+        self.got = got
+
+
+class ManifestMismatchError(ChecksumError):
+    """A backup archive is not the one its manifest describes: another size or SHA-256.
+
+    `what` is "size" or "sha256"; the message says that the manifest is what disagrees, so
+    nobody hunts for a bad chunk in an archive that may be perfectly valid (a swapped file).
+    """
+
+    default_code = "manifest-mismatch"
+
+    def __init__(self, what: str, expected: str, got: str, *, file: str | None = None) -> None:
+        FormatError.__init__(
+            self, f"the manifest records {what} {expected}, the archive has {got}", file=file
+        )
+        self.what = what
         self.expected = expected
         self.got = got
 

@@ -33,7 +33,8 @@ def test_inspect_real_fixture_text_and_json(shared_fixture):
     assert "xenbr1" in result.stdout and "checksum: sha1" in result.stdout
     result = run("inspect", path, "--json")
     doc = json.loads(result.stdout)
-    assert doc["vm"]["name_label"] == "VM export"
+    assert doc["vm"]["name"] == "VM export" and doc["vm"]["uuid"] == "3b2c1663-f398-1298-846b-1b3152a50cc3"
+    assert doc["disks"][0]["vdi_uuid"] and doc["path"] == path
     assert doc["disks"][0]["virtual_size"] == 2 * MIB
     assert doc["disks"][0]["userdevice"] == "1"
     assert doc["networks"][0]["mac"] == "6a:fd:e6:c1:f7:9f"
@@ -74,7 +75,7 @@ def test_verify_human_output_one_line_per_problem(good, tmp_path):
     lines = result.stdout.splitlines()
     assert len(lines) == 2
     assert lines[0].startswith("error: checksum-mismatch: member Ref:2/00000002, offset ")
-    assert "INVALID (1 errors)" in lines[1]
+    assert "INVALID (1 error); 1 disk, 2 chunks," in lines[1]  # plurals right
 
 
 def test_verify_missing_file_is_exit_2(tmp_path):
@@ -108,18 +109,39 @@ def test_extract_passes_options_to_the_library(tmp_path):
     fake.assert_called_once_with("vm.xva", tmp_path, disk_uuids=("a", "b"), progress=mock.ANY)
 
 
-def test_inspect_and_verify_call_one_library_function():
-    with mock.patch("xvatool.xva.validate.inspect_archive", autospec=True) as fake:
-        fake.return_value.to_json.return_value = {"vm": {}}
-        result = run("inspect", "x.xva", "--json")
+def test_inspect_and_verify_call_one_library_function(good):
+    from xvatool.xva import validate
+
+    path = str(good[0])
+    with mock.patch("xvatool.xva.validate.inspect_archive", wraps=validate.inspect_archive) as fake:
+        result = run("inspect", path, "--json")
     assert result.exit_code == 0, result.output
-    fake.assert_called_once_with("x.xva")
-    with mock.patch("xvatool.xva.validate.validate_archive", autospec=True) as fake:
-        fake.return_value.valid = True
-        fake.return_value.to_json.return_value = {"valid": True}
-        result = run("verify", "x.xva", "--json")
+    fake.assert_called_once_with(path)
+    with mock.patch("xvatool.xva.validate.validate_archive", wraps=validate.validate_archive) as fake:
+        result = run("verify", path, "--json")
     assert result.exit_code == 0, result.output
-    fake.assert_called_once_with("x.xva", progress=mock.ANY)
+    fake.assert_called_once_with(path, progress=mock.ANY)
+
+
+def test_quiet_verify_of_a_valid_archive_prints_nothing(good):
+    result = run("verify", "-q", str(good[0]))
+    assert result.exit_code == 0 and result.output == ""
+
+
+def test_extract_refuses_existing_disks_unless_force(good, tmp_path):
+    # Regression: extract silently replaced existing files (export refused them): one policy now.
+    path, image = good
+    out = tmp_path / "disks"
+    out.mkdir()
+    (out / f"{UUID}.raw").write_bytes(b"keep me")
+    result = run("extract", str(path), "-o", str(out))
+    assert result.exit_code == 2 and "already exists (use --force to replace it)" in result.stderr
+    assert (out / f"{UUID}.raw").read_bytes() == b"keep me"
+    result = run("extract", str(path), "-o", str(out), "--force", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["files"] == [{"path": str(out / f"{UUID}.raw"), "vdi_uuid": UUID, "size_bytes": len(image)}]
+    assert (out / f"{UUID}.raw").read_bytes() == image
 
 
 @pytest.mark.parametrize("name", sorted(hostile_archives()))

@@ -42,7 +42,7 @@ def test_create_passes_parsed_options_to_the_library(tmp_path):
         networks=["lan", "dmz"], checksum="sha1", compression="gzip", progress=mock.ANY,
     )  # fmt: skip
     assert "note: a note" in result.stderr
-    assert result.stdout.startswith(f"wrote {tmp_path / 'o.xva'}: 1 disk(s)")
+    assert result.stdout.startswith(f"wrote {tmp_path / 'o.xva'}: 1 disk, 1.0 KiB of disk in 1 chunk")
 
 
 def test_create_defaults(tmp_path):
@@ -55,7 +55,14 @@ def test_create_defaults(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("text", "value"), [("512MiB", 512 * MiB), ("2G", 2 << 30), ("1073741824", 1 << 30), ("1.5GiB", 3 << 29)]
+    ("text", "value"),
+    [
+        ("512MiB", 512 * MiB),
+        ("2G", 2 << 30),
+        ("1073741824B", 1 << 30),
+        ("1.5GiB", 3 << 29),
+        ("4096", 4 << 30),
+    ],
 )
 def test_memory_sizes(tmp_path, text, value):
     with mock.patch("xvatool.xva.convert.create_archive", autospec=True) as create:
@@ -67,6 +74,37 @@ def test_memory_sizes(tmp_path, text, value):
 def test_bad_memory_size_is_a_usage_error():
     result = invoke("create", "-o", "o.xva", "--name", "x", "--disk", "a.img", "--memory", "lots")
     assert result.exit_code == 2 and "not a size" in result.stderr
+
+
+def test_bare_memory_is_mib_and_too_little_is_refused():
+    # Regression: `--memory 4` meant 4 bytes. A bare number is MiB (the help says so); < 16 MiB is refused.
+    result = invoke("create", "-o", "o.xva", "--name", "x", "--disk", "a.img", "--memory", "4")
+    assert result.exit_code == 2 and "4.0 MiB; at least 16.0 MiB" in result.stderr
+    assert "a bare number is MiB" in " ".join(invoke("create", "--help").stdout.split())
+
+
+def test_create_and_repack_refuse_an_existing_output_unless_force(tmp_path):
+    # Regression: create and repack replaced an existing file silently (export refused): one policy.
+    img = tmp_path / "a.img"
+    img.write_bytes(b"\1" * 4096)
+    out = tmp_path / "vm.xva"
+    out.write_bytes(b"precious")
+    result = invoke("create", "-o", str(out), "--name", "web", "--disk", str(img))
+    assert (
+        result.exit_code == 2
+        and result.stderr == f"xvatool: {out}: already exists (use --force to replace it)\n"
+    )
+    assert out.read_bytes() == b"precious"
+    assert invoke("create", "-o", str(out), "--name", "web", "--disk", str(img), "--force").exit_code == 0
+    other = tmp_path / "other.xva"
+    other.write_bytes(b"also precious")
+    result = invoke("repack", str(out), str(other))
+    assert (
+        result.exit_code == 2 and "already exists" in result.stderr and other.read_bytes() == b"also precious"
+    )
+    assert invoke("repack", str(out), str(other), "--force").exit_code == 0
+    assert other.read_bytes()[:7] == b"ova.xml"
+    assert (out.stat().st_mode & 0o777) == (other.stat().st_mode & 0o777) == 0o600  # VM data: private
 
 
 def test_repack_passes_parsed_options_to_the_library():
@@ -125,7 +163,8 @@ def test_create_and_repack_end_to_end(tmp_path):
     result = invoke("create", "-o", str(out), "--name", "web", "--disk", str(img), "--json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert doc["disks"][0]["virtual_size"] == 3 * MiB + 1024 and doc["stats"]["chunks"] == 2
+    assert doc["disks"][0]["virtual_size"] == 3 * MiB + 1024 and doc["chunk_count"] == 2
+    assert doc["vm"]["name"] == "web" and doc["size_bytes"] == out.stat().st_size
     assert "padded with zeros" in result.stderr
 
     result = invoke("repack", str(out), str(tmp_path / "vm2.xva"), "--compress", "zstd", "--rename", "db")

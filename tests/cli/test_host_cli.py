@@ -46,12 +46,24 @@ def test_vm_list_text_and_json(runner, host):
     assert result.exit_code == 0, result.output
     (vm,) = json.loads(result.stdout)
     assert vm["uuid"] == uuid and vm["power_state"] == "Running"
-    assert [d["uuid"] for d in vm["disks"]] == [host.host.state.field("VDI", r, "uuid") for r in (a, b)]
-    assert vm["total_size"] == 5 * MIB
+    assert [d["vdi_uuid"] for d in vm["disks"]] == [host.host.state.field("VDI", r, "uuid") for r in (a, b)]
+    assert vm["virtual_size"] == 5 * MIB and vm["name"] == "web-01"
     text = invoke(runner, host, "vm", "list")
     assert text.exit_code == 0
     assert "web-01" in text.stdout and "5.0 MiB" in text.stdout and "tmpl" not in text.stdout
     assert open_sessions(host) == 0  # both runs logged out
+
+
+def test_vm_list_never_cuts_names_and_says_when_there_are_none(runner, host):
+    # Regression: names were cut at 24 characters; an empty host printed a bare header.
+    empty = invoke(runner, host, "vm", "list")
+    assert empty.exit_code == 0 and empty.stdout == ""
+    assert "no VMs on" in empty.stderr
+    long_name = "accounting-database-primary-eu-west-replica-03"
+    new_vm(host, long_name, "Halted", [])
+    text = invoke(runner, host, "vm", "list")
+    header, row = text.stdout.splitlines()
+    assert row.startswith(long_name + "  ") and header.index("UUID") == row.index(row.split()[1])
 
 
 def test_password_file_and_user(runner, tmp_path):
@@ -116,17 +128,22 @@ def test_empty_or_missing_password_file(runner, host, tmp_path):
     assert result.exit_code == 2
 
 
-def test_wrong_password_exit_1(runner, host):
-    result = invoke(runner, host, "vm", "list", password="wrong")
+def test_wrong_password_exit_1_in_words_and_never_echoed(runner, host):
+    result = invoke(runner, host, "vm", "list", password="hunter2-not-it")
     assert result.exit_code == 1
-    assert "SESSION_AUTHENTICATION_FAILED" in result.stderr
-    assert "wrong" not in result.stderr.replace("SESSION_AUTHENTICATION_FAILED", "")
+    assert result.stderr.endswith("wrong user name or password for 'root' (SESSION_AUTHENTICATION_FAILED)\n")
+    assert "hunter2" not in result.stderr
+    as_json = invoke(runner, host, "vm", "list", "--json", password="hunter2-not-it")
+    assert as_json.exit_code == 1
+    error = json.loads(as_json.stdout)["error"]
+    assert error["code"] == "SESSION_AUTHENTICATION_FAILED" and error["exit_code"] == 1
+    assert "wrong user name or password" in error["message"] and "hunter2" not in as_json.stdout
 
 
-def test_missing_host(runner):
+def test_missing_host_mentions_the_variable(runner):
     result = runner.invoke(main, ["vm", "list"], env={"XVATOOL_PASSWORD": "x"})
     assert result.exit_code == 2
-    assert "--host" in result.stderr
+    assert "Missing option '--host' (or set XVATOOL_HOST)." in result.stderr
 
 
 def test_plain_http_elsewhere_refused(runner):
@@ -150,7 +167,8 @@ def test_vdi_export_and_import_round_trip(runner, host, tmp_path):
     out = tmp_path / "disk.raw"
     result = invoke(runner, host, "vdi-export", uuid, "-o", str(out), "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["size"] == 3 * MIB
+    doc = json.loads(result.stdout)
+    assert doc["size_bytes"] == 3 * MIB and doc["disk"]["vdi_uuid"] == uuid and doc["path"] == str(out)
     assert out.read_bytes() == content
     result = invoke(runner, host, "vdi-import", str(out), "--sr", "Local storage")
     assert result.exit_code == 0, result.output
@@ -168,36 +186,36 @@ def test_vdi_import_needs_exactly_one_target(runner, host, tmp_path):
 
 
 def test_vdi_import_passes_options(runner, host, tmp_path):
+    from xvatool.ops.disk_import import ImageImport
+
     f = tmp_path / "d.vhd"
     f.write_bytes(b"x")
-    with mock.patch("xvatool.xapi.vdi.import_vdi", autospec=True, return_value="new-uuid") as imp:
-        result = invoke(
-            runner,
-            host,
-            "vdi-import",
-            str(f),
-            "--vdi",
-            "u-1",
-            "--format",
-            "vhd",
-            "--resume",
-            "--retries",
-            "0",
-        )
+    done = ImageImport("new-uuid", "d.vhd", 512, f, "vhd", 1, 512)
+    with mock.patch("xvatool.ops.disk_import.import_image", autospec=True, return_value=done) as imp:
+        result = invoke(runner, host, "vdi-import", str(f), "--vdi", "u-1", "--format", "vhd", "--resume",
+                        "--retries", "0", "--force", "--state-dir", str(tmp_path / "state"))  # fmt: skip
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == "new-uuid"
     kwargs = imp.call_args.kwargs
-    assert kwargs["vdi_uuid"] == "u-1" and kwargs["sr"] is None
+    assert kwargs["vdi_uuid"] == "u-1" and kwargs["sr"] is None and kwargs["force"] is True
     assert kwargs["format"] == "vhd" and kwargs["resume"] is True and kwargs["retry"].retries == 0
+    assert kwargs["state_dir"] == tmp_path / "state"
 
 
 def test_vdi_export_passes_options(runner, host, tmp_path):
-    with mock.patch("xvatool.xapi.vdi.export_vdi", autospec=True, return_value=tmp_path) as exp:
-        result = invoke(runner, host, "vdi-export", "u-2", "-o", "x.vhd", "--format", "vhd", "--timeout", "5")
+    from xvatool.xapi.vdi import VdiInfo
+
+    info = VdiInfo("OpaqueRef:1", "u-2", "disk", 512)
+    with (
+        mock.patch("xvatool.xapi.vdi.export_vdi", autospec=True, return_value=tmp_path) as exp,
+        mock.patch("xvatool.xapi.vdi.find_vdi", autospec=True, return_value=info),
+    ):
+        result = invoke(runner, host, "vdi-export", "u-2", "-o", "x.vhd", "--format", "vhd", "--timeout", "5",
+                        "--force")  # fmt: skip
     assert result.exit_code == 0, result.output
     args, kwargs = exp.call_args
     assert args[1:] == ("u-2", Path("x.vhd"))
-    assert kwargs["format"] == "vhd" and kwargs["retry"].retries == 3
+    assert kwargs["format"] == "vhd" and kwargs["retry"].retries == 3 and kwargs["overwrite"] is True
     assert args[0].timeout_s == 5.0
 
 
@@ -213,9 +231,9 @@ def test_vm_list_against_simulated_host(runner, sim):
         main, ["vm", "list", "--json", "--host", sim.url], env={"XVATOOL_PASSWORD": sim.password}
     )
     assert result.exit_code == 0, result.output
-    (vm,) = [v for v in json.loads(result.stdout) if v["name_label"] == "demo-vm"]
+    (vm,) = [v for v in json.loads(result.stdout) if v["name"] == "demo-vm"]
     assert [d["virtual_size"] for d in vm["disks"]] == [4 * MIB, 2 * MIB]  # the sim fixture's demo disks
-    assert vm["total_size"] == 6 * MIB
+    assert vm["virtual_size"] == 6 * MIB
 
 
 def test_vdi_round_trip_against_simulated_host(runner, sim, tmp_path):
@@ -229,7 +247,7 @@ def test_vdi_round_trip_against_simulated_host(runner, sim, tmp_path):
     assert out.read_bytes() == host.disk_bytes(ref)
     result = runner.invoke(main, ["vdi-import", str(out), "--sr", "Local storage", "--json"], env=env)
     assert result.exit_code == 0, result.output
-    new_ref = host.state.find("VDI", uuid=json.loads(result.stdout)["vdi"])[0]
+    new_ref = host.state.find("VDI", uuid=json.loads(result.stdout)["disk"]["vdi_uuid"])[0]
     assert host.disk_bytes(new_ref) == out.read_bytes()
 
 
@@ -283,4 +301,4 @@ def test_vm_list_against_xvatool_serve_process(tmp_path):
             server.wait()
         server.stderr.close()
     assert result.returncode == 0, result.stderr
-    assert "demo-vm" in [vm["name_label"] for vm in json.loads(result.stdout)]
+    assert "demo-vm" in [vm["name"] for vm in json.loads(result.stdout)]

@@ -32,26 +32,29 @@ def test_network_map_option_gives_a_dict_and_refuses_a_bare_name() -> None:
     assert bad.exit_code == 2 and "OLD=NEW" in bad.output
 
 
-def test_ctrl_c_exits_130_and_mentions_resume_only_where_it_exists() -> None:
-    # Regression: every command said "partial state was kept for --resume", even verify/extract/demo.
+def test_ctrl_c_exits_130_and_speaks_of_kept_state_only_when_something_was_kept() -> None:
+    # Regression: "partial state was kept for --resume" was printed whenever the command had a
+    # --resume option, also when nothing was kept (Ctrl-C in a stream export).
     from xvatool.cli._common import command_errors
+    from xvatool.errors import Interrupted
 
     @click.command()
+    @click.option("--resume", is_flag=True)
     @command_errors
-    def plain() -> None:
+    def nothing_kept(resume: bool) -> None:
         raise KeyboardInterrupt
 
     @click.command()
     @click.option("--resume", is_flag=True)
     @command_errors
-    def resumable(resume: bool) -> None:
-        raise KeyboardInterrupt
+    def kept(resume: bool) -> None:
+        raise Interrupted("interrupted; kept out.xva.part.d/ for --resume (or remove it with --discard)")
 
     runner = CliRunner()
-    first = runner.invoke(plain, [])
+    first = runner.invoke(nothing_kept, [])
     assert first.exit_code == 130 and first.output == "xvatool: interrupted\n"
-    second = runner.invoke(resumable, [])
-    assert second.exit_code == 130 and "--resume" in second.output
+    second = runner.invoke(kept, [])
+    assert second.exit_code == 130 and "kept out.xva.part.d/ for --resume" in second.output
 
 
 def test_cli_timeout_default_is_the_library_default():

@@ -24,6 +24,16 @@ def image(path: Path, size: int, seed: int) -> Path:
     return path
 
 
+def full_image(path: Path, size: int, seed: int) -> Path:
+    """A raw image with data in every MiB: an export of it moves `size` bytes, chunk after chunk."""
+    with open(path, "wb") as f:
+        for index in range(-(-size // MIB)):
+            f.write(
+                hashlib.sha256(f"{seed}:{index}".encode()).digest() * (min(MIB, size - index * MIB) // 32)
+            )
+    return path
+
+
 def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -80,13 +90,20 @@ class Host:
         return connect(self.running.url, self.running.user, self.running.password)
 
     def add_vm(
-        self, name: str, sizes: tuple[int, ...], *, seed: int = 1, tags: tuple[str, ...] = ()
+        self,
+        name: str,
+        sizes: tuple[int, ...],
+        *,
+        seed: int = 1,
+        tags: tuple[str, ...] = (),
+        full: bool = False,
     ) -> SmallVm:
         from xvatool.ops.import_ import import_vm
 
         folder = self.workdir / f"src-{name}"
         folder.mkdir(parents=True)
-        images = [image(folder / f"d{i}.img", size, seed + i) for i, size in enumerate(sizes)]
+        make = full_image if full else image
+        images = [make(folder / f"d{i}.img", size, seed + i) for i, size in enumerate(sizes)]
         archive = folder / "vm.xva"
         create_archive(archive, name=name, disks=images)
         with self.session() as session:

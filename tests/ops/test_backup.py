@@ -1,13 +1,17 @@
 from __future__ import annotations
 
 import json
+import signal
+import threading
 
 import pytest
 
 from tests.ops.helpers import MIB
-from xvatool.errors import UsageError
+from tests.progress import RecordingProgress
+from xvatool.errors import LocalIOError, PartialFailure, UsageError
 from xvatool.ops.backup import Selection, backup, sanitize_name, select_vms, utc_stamp
 from xvatool.ops.manifest import load_manifest, verify_backup
+from xvatool.xapi.inventory import vm_disks
 
 
 def _three_vms(host):
@@ -87,7 +91,7 @@ def test_failed_export_of_one_vm_does_not_stop_the_others(host, tmp_path):
     assert len(ok) == len(vms) - 1
     for result in ok:
         verify_backup(result.archive)
-    assert report.to_json()["failed"] == 1
+    assert report.to_json()["failed_count"] == 1
 
 
 def test_all_failed_is_exit_1(host, tmp_path):
@@ -112,7 +116,8 @@ def test_retention_keeps_n_newest_complete(host, tmp_path):
     leftover.write_bytes(b"interrupted")
     report = backup(host.session, Selection(vms=(vm.uuid,)), dest, keep=2)
     archives.append(report.results[0].archive)
-    assert leftover in report.results[0].removed
+    assert leftover in report.results[0].cleaned
+    assert [e.archive for e in report.results[0].pruned] == [archives[1]]
     names = sorted(p.name for p in folder.iterdir() if p.suffix == ".xva")
     assert names == sorted(a.name for a in archives[-2:])
 
@@ -174,7 +179,7 @@ def test_report_json_is_serialisable(host, tmp_path):
     host.add_vm("j", (MIB,))
     report = backup(host.session, Selection(vms=("j",)), tmp_path / "b")
     doc = json.loads(json.dumps(report.to_json()))
-    assert doc["ok"] == 1 and doc["results"][0]["status"] == "ok"
+    assert doc["ok_count"] == 1 and doc["results"][0]["status"] == "ok"
 
 
 def test_parallel_mode_backup_and_restore(host, tmp_path):
@@ -194,13 +199,14 @@ def test_parallel_mode_backup_and_restore(host, tmp_path):
         assert [d.sha256 for d in vm_disk_digests(session, restored.vm_uuid)] == vm.digests
 
 
-def test_failed_parallel_export_leaves_no_spool_or_journal(host, tmp_path):
+def test_failed_parallel_export_leaves_no_spool_or_journal(host, tmp_path, private_state_dir):
     vm = host.add_vm("parfail", (2 * MIB, MIB), seed=8)
     host.running.host.add_fault("export_raw_vdi:corrupt-chunk=0")
     report = backup(host.session, Selection(vms=(vm.uuid,)), tmp_path / "b", mode="parallel")
     assert report.exit_code == 1
     folder = next((tmp_path / "b").iterdir())
     assert [p.name for p in folder.iterdir()] == [".lock"]
+    assert list(private_state_dir.rglob("*.json")) == []  # the export's journal went too
 
 
 def test_source_info_never_records_credentials():
@@ -214,3 +220,116 @@ def test_source_info_never_records_credentials():
 
     info = _source_info(FakeSession())
     assert info == {"url": "https://[::1]:8443", "pool_uuid": "u", "pool_name": "pool", "host_name": ""}
+
+
+# -- daily use (issue 12) --------------------------------------------------------------------------
+
+
+def test_an_unknown_vm_is_a_failed_item_and_the_others_run(host, tmp_path):
+    # Regression: `--vm nosuch --vm good` aborted the whole run before any backup.
+    good = host.add_vm("good", (MIB,), seed=2)
+    report = backup(host.session, Selection(vms=("nosuch", "good")), tmp_path / "b")
+    assert report.exit_code == 3
+    missing, done = report.results
+    assert (missing.vm_name, missing.status, missing.error_code) == ("nosuch", "failed", "usage")
+    assert "no VM with uuid or name 'nosuch'" in missing.error
+    assert (done.vm_uuid, done.status) == (good.uuid, "ok")
+    verify_backup(done.manifest)
+    with pytest.raises(PartialFailure, match="1 of 2 backups failed: nosuch"):
+        report.raise_for_failures()
+    doc = report.to_json()
+    assert doc["results"][0]["error"] == {"code": "usage", "message": missing.error}
+
+
+def test_all_with_named_vms_is_a_usage_error_and_nothing_is_created(host, tmp_path):
+    host.add_vm("one", (MIB,))
+    dest = tmp_path / "b"
+    with pytest.raises(UsageError, match="--all"):
+        backup(host.session, Selection(vms=("one",), all_vms=True), dest)
+    with pytest.raises(UsageError, match="no VM matches tag nobody"):
+        backup(host.session, Selection(tags=("nobody",)), dest)
+    assert not dest.exists()  # the folder is not created when the selection fails
+
+
+def test_unwritable_dest_fails_before_any_export(host, tmp_path):
+    host.add_vm("one", (MIB,))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    exports = host.running.host.faults.pending()
+    with pytest.raises(LocalIOError, match="cannot write backups here"):
+        backup(host.session, Selection(vms=("one",)), blocker / "backups")
+    assert host.running.host.faults.pending() == exports
+    with host.session() as session:
+        assert not [r for r in session.call("VM.get_all_records").values() if r["is_a_snapshot"]]
+
+
+def test_backup_of_a_running_vm_describes_the_vm_not_its_snapshot(host, second_host, tmp_path):
+    # Regression: the archive, the manifest, extract's file names and --restore-identity all
+    # carried the temporary snapshot's VM and VDI uuids.
+    from xvatool.ops.restore import restore
+    from xvatool.xva.extract import extract_disks
+    from xvatool.xva.reader import open_archive
+
+    vm = host.add_vm("live", (2 * MIB, MIB), seed=3)
+    with host.session() as session:
+        ref = session.call("VM.get_by_uuid", vm.uuid)
+        vdi_uuids = sorted(d.uuid for d in vm_disks(session, ref))
+        session.call("VM.start", ref, False, False)
+    for mode, compression in (("stream", "zstd"), ("parallel", "none")):
+        report = backup(host.session, Selection(vms=("live",)), tmp_path / mode, mode=mode,
+                        compression=compression)  # fmt: skip
+        result = report.results[0]
+        assert report.exit_code == 0, result.error
+        manifest = load_manifest(result.manifest)
+        assert manifest.vm_uuid == vm.uuid and manifest.snapshot
+        assert manifest.snapshot_uuid not in (None, vm.uuid)
+        assert sorted(d.vdi_uuid for d in manifest.disks) == vdi_uuids
+        assert [d.sha256 for d in manifest.disks] == vm.digests
+        with open_archive(result.archive) as reader:
+            assert reader.metadata.vm.uuid == vm.uuid
+            assert sorted(d.vdi_uuid for d in reader.metadata.disks) == vdi_uuids
+        extracted = extract_disks(result.archive, tmp_path / f"disks-{mode}")
+        assert sorted(p.name for p in extracted) == sorted(f"{u}.raw" for u in vdi_uuids)
+    with second_host.session() as target:
+        restored = restore(target, result.manifest, restore_identity=True)
+        assert restored.vm_uuid == vm.uuid  # the VM's identity, on a pool that has not seen it
+
+
+def test_ctrl_c_stops_every_job_of_a_parallel_backup_promptly(host, tmp_path):
+    # Regression: with --jobs 2 Ctrl-C waited for both backups to complete, then said "interrupted".
+    for name, seed in (("first", 1), ("second", 2)):
+        host.add_vm(name, (24 * MIB,), seed=seed, full=True)
+    started: set[str] = set()
+
+    def ctrl_c_once_both_run(label: str, done: int) -> None:
+        started.add(label.split()[0])
+        if started == {"first", "second"} and not interrupted:
+            interrupted.append(True)
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # as a terminal does
+
+    interrupted: list[bool] = []
+    bars = RecordingProgress(on_update=ctrl_c_once_both_run)
+    dest = tmp_path / "b"
+    with pytest.raises(KeyboardInterrupt):
+        backup(host.session, Selection(vms=("first", "second")), dest, jobs=2, progress=bars)
+    # Both exports stopped part way: nothing that looks like a backup, nothing half-written.
+    assert [b for b in bars.counts if b.endswith("verify")] == []
+    assert all(bars.counts[label] < bars.totals[label] for label in ("first", "second"))
+    assert [p for p in dest.rglob("*") if p.is_file() and p.name != ".lock"] == []
+    with host.session() as session:
+        assert not [r for r in session.call("VM.get_all_records").values() if r["is_a_snapshot"]]
+
+
+def test_a_repository_backup_reports_a_missing_vm_as_a_failed_item(host, tmp_path):
+    from xvatool.ops.repo_backup import backup_to_repository
+    from xvatool.repo.repository import init_repository
+
+    host.add_vm("present", (MIB,), seed=4)
+    repo = init_repository(tmp_path / "repo")
+    try:
+        report = backup_to_repository(host.session, Selection(vms=("absent", "present")), repo)
+    finally:
+        repo.close()
+    assert report.exit_code == 3
+    assert [(r.vm_name, r.status) for r in report.results] == [("absent", "failed"), ("present", "ok")]
+    assert report.to_json()["results"][0]["error"]["code"] == "usage"

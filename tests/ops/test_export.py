@@ -219,7 +219,7 @@ import hashlib  # noqa: E402
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from xvatool.errors import ResumeError, UsageError, XapiError  # noqa: E402
+from xvatool.errors import Interrupted, LocalIOError, ResumeError, UsageError, XapiError  # noqa: E402
 from xvatool.ops.export import export_stream, export_vm  # noqa: E402
 from xvatool.ops.manifest import digest_archive  # noqa: E402
 from xvatool.xapi.journal import export_journal_path  # noqa: E402
@@ -306,10 +306,11 @@ def test_export_round_trip_gives_the_host_disks(sim, tmp_path, mode, compression
 
 def test_stream_and_parallel_exports_have_identical_disks(sim, tmp_path):
     with session_of(sim) as s:
-        export_vm(s, "demo-vm", tmp_path / "a.xva", mode="stream")
+        stream = export_vm(s, "demo-vm", tmp_path / "a.xva", mode="stream")
         result = export_vm(s, "demo-vm", tmp_path / "b.xva", mode="parallel")
     assert archive_disk_digests(tmp_path / "a.xva") == archive_disk_digests(tmp_path / "b.xva")
-    assert len(result.disks) == 2 and all(len(d.spool_digest) == 32 for d in result.disks)  # XXH3-128
+    assert [(d.userdevice, d.virtual_size) for d in result.disks] == [("0", 4 << 20), ("1", 2 << 20)]
+    assert [d.vdi_uuid for d in stream.disks] == [d.vdi_uuid for d in result.disks]
     assert result.digest is None  # not asked for
 
 
@@ -384,8 +385,9 @@ def test_vm_lookup_errors(sim, tmp_path):
         with pytest.raises(UsageError, match="no VM"):
             export_vm(s, "no-such-vm", tmp_path / "x.xva")
         (tmp_path / "x.xva").write_bytes(b"")
-        with pytest.raises(UsageError, match="exists"):
+        with pytest.raises(LocalIOError, match="already exists"):
             export_vm(s, "demo-vm", tmp_path / "x.xva")
+        assert export_vm(s, "demo-vm", tmp_path / "x.xva", overwrite=True).bytes_written > 0
 
 
 FAULTS = ["drop-after=1MiB", "stall=2", "inline-500-after=1MiB"]
@@ -507,11 +509,21 @@ def test_resume_of_a_running_vm_export_is_refused_with_the_reason(sim, tmp_path)
 def test_parallel_export_reports_one_bar_per_disk_and_a_total(sim, tmp_path):
     bars = RecordingProgress()
     with session_of(sim) as s:
-        result = export_vm(s, "demo-vm", tmp_path / "vm.xva", mode="parallel", progress=bars)
-    disk_labels = {d.id for d in result.disks}
-    assert set(bars.counts) == disk_labels | {"total"}
-    assert bars.counts["total"] == sum(bars.counts[label] for label in disk_labels) > 0
+        export_vm(s, "demo-vm", tmp_path / "vm.xva", mode="parallel", progress=bars)
+    # Labelled with the VM and the disk as users know them, never a Ref: id; totals known.
+    disk_labels = {"demo-vm disk 0 (demo-vm disk 0)", "demo-vm disk 1 (demo-vm disk 1)"}
+    assert set(bars.counts) == disk_labels | {"demo-vm total"}
+    assert bars.totals == {"demo-vm disk 0 (demo-vm disk 0)": 4 << 20,
+                           "demo-vm disk 1 (demo-vm disk 1)": 2 << 20, "demo-vm total": 6 << 20}  # fmt: skip
+    assert bars.counts == bars.totals  # every byte of every disk covered, holes included
     assert sorted(bars.closed) == sorted(bars.counts)
+
+
+def test_stream_export_bar_counts_disk_bytes_to_the_total(sim, tmp_path):
+    bars = RecordingProgress()
+    with session_of(sim) as s:
+        export_vm(s, "demo-vm", tmp_path / "vm.xva", mode="stream", progress=bars)
+    assert bars.totals == {"demo-vm": 6 << 20} and bars.counts == bars.totals
 
 
 def test_export_refused_by_the_host_is_not_retried(sim, tmp_path, monkeypatch):
@@ -537,3 +549,70 @@ def test_export_refused_by_the_host_is_not_retried(sim, tmp_path, monkeypatch):
     assert info.value.code == "VM_BAD_POWER_STATE" and info.value.params[1:] == ["halted", "running"]
     assert gets == ["/export"]
     assert no_leftovers(out) and not out.exists()
+
+
+# -- daily use (issue 12) --------------------------------------------------------------------------
+
+
+def test_a_failed_parallel_export_says_what_it_kept_and_discard_removes_it(sim, tmp_path):
+    # Regression: after a failure OUT.part.d/ and the journal stayed without a word, and the next
+    # run refused to start with nothing but "use --resume or remove it".
+    out = tmp_path / "vm.xva"
+    sim.host.add_fault("export_raw_vdi:corrupt-chunk=0")
+    with session_of(sim) as s:
+        with pytest.raises(ChecksumError) as info:
+            export_vm(s, "demo-vm", out, mode="parallel")
+        message = str(info.value)
+        assert "kept vm.xva.part.d/ (1 of 2 disks done) and the journal" in message
+        assert "continue with --resume, or remove it with --discard" in message
+        journal = export_journal_path(out)
+        assert journal.exists() and out.with_name("vm.xva.part.d").is_dir()
+        with pytest.raises(
+            UsageError, match=r"interrupted export left vm\.xva\.part\.d/.*start over with --discard"
+        ):
+            export_vm(s, "demo-vm", out, mode="parallel")
+        result = export_vm(s, "demo-vm", out, mode="parallel", discard=True)
+    assert result.resumed_disks == 0 and no_leftovers(out) and not journal.exists()
+    assert archive_disk_digests(out) == host_disk_digests(sim, sim.host.vm("demo-vm"))
+
+
+def test_discard_after_a_failure_removes_the_state_at_once(sim, tmp_path):
+    out = tmp_path / "vm.xva"
+    sim.host.add_fault("export_raw_vdi:corrupt-chunk=0")
+    with session_of(sim) as s, pytest.raises(ChecksumError, match=r"removed the partial state \(--discard\)"):
+        export_vm(s, "demo-vm", out, mode="parallel", discard=True)
+    assert no_leftovers(out) and not export_journal_path(out).exists()
+
+
+def test_ctrl_c_in_an_export_speaks_of_kept_state_only_when_there_is_some(sim, tmp_path):
+    def ctrl_c_at(label_start):
+        def hook(label, done):
+            if label.startswith(label_start) and done >= MiB:
+                raise KeyboardInterrupt
+
+        return RecordingProgress(hook)
+
+    with session_of(sim) as s:
+        with pytest.raises(KeyboardInterrupt):  # a stream export keeps nothing
+            export_vm(s, "demo-vm", tmp_path / "a.xva", progress=ctrl_c_at("demo-vm"))
+        assert no_leftovers(tmp_path / "a.xva") and not (tmp_path / "a.xva").exists()
+        with pytest.raises(Interrupted, match=r"interrupted; kept b\.xva\.part\.d/ .* --resume"):
+            export_vm(s, "demo-vm", tmp_path / "b.xva", mode="parallel", progress=ctrl_c_at("demo-vm disk 0"))
+        result = export_vm(s, "demo-vm", tmp_path / "b.xva", mode="parallel", resume=True)
+    assert archive_disk_digests(result.path) == host_disk_digests(sim, sim.host.vm("demo-vm"))
+
+
+def test_resume_of_an_export_with_nothing_to_resume_says_so(sim, tmp_path, caplog):
+    with session_of(sim) as s, caplog.at_level("WARNING", logger="xvatool"):
+        export_vm(s, "demo-vm", tmp_path / "vm.xva", mode="parallel", resume=True)
+    assert any("nothing to resume" in r.getMessage() for r in caplog.records)
+
+
+def test_a_running_vm_export_says_it_goes_through_a_snapshot(sim, tmp_path, caplog):
+    sim.host.set_power_state(sim.host.vm("demo-vm"), "Running")
+    with session_of(sim) as s, caplog.at_level("NOTE", logger="xvatool"):
+        result = export_vm(s, "demo-vm", tmp_path / "vm.xva")
+    assert any("demo-vm is running: exporting it through a temporary snapshot" in r.getMessage()
+               for r in caplog.records)  # fmt: skip
+    with open_archive(result.path) as reader:
+        assert reader.metadata.vm.uuid == result.vm_uuid != result.snapshot_uuid

@@ -108,7 +108,7 @@ def test_index_spool_for_compressed_only_holds_data(tmp_path):
 import json  # noqa: E402
 
 from tests.ops.test_export import archive_disk_digests, host_disk_digests, session_of  # noqa: E402
-from xvatool.errors import ResumeError, TransferError, UsageError, XapiError  # noqa: E402
+from xvatool.errors import Interrupted, ResumeError, TransferError, UsageError, XapiError  # noqa: E402
 from xvatool.ops.export import export_vm  # noqa: E402
 from xvatool.ops.import_ import _ParallelImport, import_stream, import_vm  # noqa: E402
 from xvatool.xapi.journal import import_journal_path  # noqa: E402
@@ -338,10 +338,10 @@ def test_parallel_import_progress_counts_the_data_sent(sim, exported):
     bars = RecordingProgress()
     with session_of(sim) as s:
         result = import_vm(s, path, mode="parallel", progress=bars)
-    assert bars.counts["verify"] == path.stat().st_size
-    disk_labels = {d.id for d in result.disks}
-    assert bars.counts["total"] == sum(bars.counts[label] for label in disk_labels)
-    assert bars.counts["total"] == 5 * MiB  # the demo disks' non-zero blocks
+    assert bars.counts[f"verify {path.name}"] == bars.totals[f"verify {path.name}"] == path.stat().st_size
+    disk_labels = {f"demo-vm disk {d.userdevice} (demo-vm disk {d.userdevice})" for d in result.disks}
+    assert bars.counts["demo-vm total"] == sum(bars.counts[label] for label in disk_labels)
+    assert bars.counts["demo-vm total"] == bars.totals["demo-vm total"] == 5 * MiB  # the non-zero blocks
 
 
 def count_uploads(monkeypatch) -> list[str]:
@@ -387,3 +387,84 @@ def test_import_leaves_no_failed_task_behind(sim, exported, mode):
     with session_of(sim) as s:
         import_vm(s, path, mode=mode, segment_size=MiB)
     assert not failed_tasks(sim)
+
+
+# -- daily use (issue 12) --------------------------------------------------------------------------
+
+
+def test_a_parallel_import_writes_nothing_beside_the_archive(sim, tmp_path, private_state_dir):
+    # Regression: the journal (and a compressed archive's spool) went beside the archive, so a
+    # read-only folder failed and a restore's journal blocked the next restore of that backup.
+    folder = tmp_path / "read-only-backups"
+    folder.mkdir()
+    path = folder / "z.xva"
+    with session_of(sim) as s:
+        export_vm(s, "demo-vm", path, compression="zstd")
+        listing = sorted(os.listdir(folder))
+        sim.host.add_fault("import_raw_vdi:drop-after=512KiB:times=4")  # probes too
+        with pytest.raises((TransferError, XapiError), match="for --resume"):
+            import_vm(s, path, mode="parallel", retry=instant(0))
+        assert sorted(os.listdir(folder)) == listing
+        journal = import_journal_path(path, sim.url)
+        assert journal.is_file() and journal.parent == private_state_dir / "journals"
+        result = import_vm(s, path, mode="parallel", resume=True)
+    assert sorted(os.listdir(folder)) == listing
+    assert host_disk_digests(sim, vm_ref_of(sim, result.vm_uuid)) == archive_disk_digests(path)
+    assert not journal.exists() and not list((private_state_dir / "spool").iterdir())
+
+
+def test_a_permanent_host_error_removes_the_vdis_instead_of_keeping_them(sim, exported):
+    # Regression: VM_TO_IMPORT_IS_NOT_NEWER_VERSION kept the VDIs "for --resume", which never works.
+    path, _ = exported
+    vdis = vdi_count(sim)
+    with session_of(sim) as s, pytest.raises(XapiError) as info:
+        import_vm(s, path, mode="parallel", restore=True, segment_size=MiB)
+    assert info.value.code == "VM_TO_IMPORT_IS_NOT_NEWER_VERSION"
+    assert "removed the 2 VDIs it had created (this cannot succeed on a retry)" in str(info.value)
+    assert vdi_count(sim) == vdis and not import_journal_path(path, sim.url).exists()
+
+
+def test_ctrl_c_says_what_was_kept_and_only_then(sim, exported):
+    # Regression: "partial state was kept for --resume" was said when nothing was kept.
+    path, _ = exported
+
+    def ctrl_c_when(label_start):
+        def hook(label, done):
+            if label.startswith(label_start):
+                raise KeyboardInterrupt
+
+        return RecordingProgress(hook)
+
+    with session_of(sim) as s:
+        with pytest.raises(KeyboardInterrupt):  # during the verify pass: nothing exists yet
+            import_vm(s, path, mode="parallel", progress=ctrl_c_when("verify"))
+        assert not import_journal_path(path, sim.url).exists()
+        with pytest.raises(KeyboardInterrupt):  # a stream import keeps nothing either
+            import_vm(s, path, mode="stream", progress=ctrl_c_when("upload"))
+        with pytest.raises(Interrupted, match=r"kept 2 VDIs \(.*\) and the journal .* for --resume"):
+            import_vm(s, path, mode="parallel", segment_size=MiB, progress=ctrl_c_when("demo-vm disk"))
+        assert import_journal_path(path, sim.url).exists()
+
+
+def test_resume_with_nothing_to_resume_says_so(sim, exported, caplog):
+    path, _ = exported
+    with session_of(sim) as s, caplog.at_level("WARNING", logger="xvatool"):
+        import_vm(s, path, mode="parallel", resume=True)
+        import_vm(s, path, mode="stream", resume=True)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("nothing to resume" in m for m in messages)
+    assert any("a stream import cannot resume" in m for m in messages)
+
+
+def test_discard_removes_even_an_unreadable_journal(sim, exported, caplog):
+    path, digests = exported
+    journal = import_journal_path(path, sim.url)
+    journal.parent.mkdir(parents=True)
+    journal.write_text("{ not json")
+    with session_of(sim) as s:
+        with pytest.raises(ResumeError, match="journal is corrupt"):
+            import_vm(s, path, mode="parallel")
+        with caplog.at_level("WARNING", logger="xvatool"):
+            result = import_vm(s, path, mode="parallel", discard=True)
+    assert host_disk_digests(sim, vm_ref_of(sim, result.vm_uuid)) == digests
+    assert any("unreadable; removed it (--discard)" in r.getMessage() for r in caplog.records)

@@ -31,7 +31,7 @@ def test_migrate_running_vm_maps_networks_and_keeps_source_running(host, second_
         networks = dst.call("network.get_all_records")
         target_name = next(iter(networks.values()))["name_label"]
         # Archives from create_archive carry no VIF unless asked; the map must still be checked.
-        with pytest.raises(UsageError, match="no network"):
+        with pytest.raises(UsageError, match="no VIF of busy is on network 'no such network'"):
             migrate(src, dst, vm.uuid, network_map={"no such network": target_name})
         result = migrate(src, dst, vm.uuid)
         assert [d.sha256 for d in vm_disk_digests(dst, result.vm_uuid)] == vm.digests
@@ -194,3 +194,66 @@ def test_parallel_target_failure_leaves_nothing_on_the_target(host, second_host,
 def test_migrate_refuses_an_unknown_mode(host, second_host):
     with host.session() as src, second_host.session() as dst, pytest.raises(UsageError, match="mode"):
         migrate(src, dst, "anything", mode="sideways")  # type: ignore[arg-type]
+
+
+# -- daily use (issue 12) --------------------------------------------------------------------------
+
+
+def _wired_vm(host, tmp_path, network="Office"):
+    """A VM with one VIF on network `network` of the source host."""
+    from tests.ops.helpers import image
+    from xvatool.ops.import_ import import_vm
+    from xvatool.xva.convert import create_archive
+
+    disk = image(tmp_path / "net.img", 2 * MIB, seed=5)
+    archive = tmp_path / "net.xva"
+    create_archive(archive, name="wired", disks=[disk], networks=[network])
+    with host.session() as src:
+        imported = import_vm(src, archive)
+        vif = src.call("VM.get_VIFs", imported.vm_ref)[0]
+        return imported.vm_uuid, src.call("network.get_name_label", src.call("VIF.get_network", vif))
+
+
+def test_a_map_to_a_network_the_target_lacks_is_refused_before_anything_moves(host, second_host, tmp_path):
+    # Regression: "rewrote network" was printed and the VIF landed on the old network.
+    uuid, source_network = _wired_vm(host, tmp_path)
+    with host.session() as src, second_host.session() as dst:
+        vdis, vms = set(dst.call("VDI.get_all")), set(dst.call("VM.get_all"))
+        with pytest.raises(UsageError, match=r"the target has no network named 'Nowhere' \(its networks: "):
+            migrate(src, dst, uuid, network_map={source_network: "Nowhere"}, mode="parallel")
+        with pytest.raises(UsageError, match="the target has no network named 'Nowhere'"):
+            migrate(src, dst, uuid, network_map={source_network: "Nowhere"})
+        assert set(dst.call("VDI.get_all")) == vdis and set(dst.call("VM.get_all")) == vms
+
+
+def test_the_result_says_where_each_vif_landed(host, second_host, tmp_path):
+    from xvatool.sim.records import network_record
+
+    uuid, source_network = _wired_vm(host, tmp_path)
+    target = second_host.running.host
+    target.state.add("network", network_record(name_label="LAN", bridge="xenbr77"))
+    with host.session() as src, second_host.session() as dst:
+        result = migrate(src, dst, uuid, network_map={source_network: "LAN"})
+    (vif,) = result.vifs
+    assert (vif.device, vif.network_name, vif.source_network) == ("0", "LAN", source_network)
+    doc = result.to_json()
+    assert doc["vifs"][0]["network"]["name"] == "LAN" and doc["vm"]["uuid"] == result.vm_uuid
+
+
+def test_a_second_copy_and_a_snapshot_copy_are_announced(host, second_host, caplog):
+    vm = host.add_vm("twice", (MIB,), seed=2)
+    with host.session() as src, second_host.session() as dst:
+        src.call("VM.start", src.call("VM.get_by_uuid", vm.uuid), False, False)
+        with caplog.at_level("NOTE", logger="xvatool"):
+            first = migrate(src, dst, vm.uuid)
+        assert first.snapshot_uuid is not None
+        assert any("twice is running: copying it through a temporary snapshot" in r.getMessage()
+                   for r in caplog.records)  # fmt: skip
+        assert not any("second copy" in r.getMessage() for r in caplog.records)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="xvatool"):
+            migrate(src, dst, vm.uuid)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(
+        f"already has 'twice' (uuid {first.vm_uuid}), migrated from this VM before" in w for w in warnings
+    )

@@ -14,11 +14,12 @@ import pytest
 
 from tests.ops.test_export import archive_disk_digests, session_of
 from xvatool._files import temp_files_of
-from xvatool.errors import LocalIOError
+from xvatool.errors import LocalIOError, UsageError
 from xvatool.ops.backup import Selection, backup
-from xvatool.ops.export import export_vm, spool_name
+from xvatool.ops.export import export_vm
 from xvatool.ops.import_ import import_vm
 from xvatool.ops.manifest import load_manifest, manifest_path_for, write_manifest
+from xvatool.ops.spools import spool_name
 from xvatool.xapi.journal import Journal, export_journal_path
 from xvatool.xapi.session import connect
 from xvatool.xapi.vdi import export_vdi
@@ -49,10 +50,12 @@ def untouched(target: Path, *links: Path) -> bool:
 def test_vm_export_never_writes_through_planted_links(sim, tmp_path, mode):
     target = victim(tmp_path)
     out = tmp_path / "vm.xva"
+    export_journal_path(out).parent.mkdir(parents=True)
     links = [
         plant(out.with_name("vm.xva.part"), target),
         plant(Path(f"{export_journal_path(out)}.tmp"), target),
     ]
+    resume = mode == "parallel"  # a spool folder already there is an interrupted export's state
     if mode == "parallel":
         spools = out.with_name("vm.xva.part.d")
         spools.mkdir()
@@ -61,7 +64,7 @@ def test_vm_export_never_writes_through_planted_links(sim, tmp_path, mode):
             uuid = str(host.state.field("VDI", vdi, "uuid"))
             links.append(plant(spools / (spool_name(disk_of(uuid)) + ".part"), target))
     with session_of(sim) as s:
-        export_vm(s, "demo-vm", out, mode=mode)
+        export_vm(s, "demo-vm", out, mode=mode, resume=resume)
     assert untouched(target, *links)
     assert len(archive_disk_digests(out)) == 2
     assert temp_files_of(tmp_path) == []
@@ -77,8 +80,11 @@ def test_parallel_export_refuses_a_spool_folder_that_is_a_link(sim, tmp_path):
     elsewhere.mkdir()
     out = tmp_path / "vm.xva"
     plant(out.with_name("vm.xva.part.d"), elsewhere)
-    with session_of(sim) as s, pytest.raises(LocalIOError, match="not a folder"):
-        export_vm(s, "demo-vm", out, mode="parallel")
+    with session_of(sim) as s:
+        with pytest.raises(UsageError, match=r"interrupted export left vm\.xva\.part\.d/"):
+            export_vm(s, "demo-vm", out, mode="parallel")
+        with pytest.raises(LocalIOError, match="not a folder"):
+            export_vm(s, "demo-vm", out, mode="parallel", resume=True)
     assert list(elsewhere.iterdir()) == [] and not out.exists()
 
 
@@ -119,7 +125,7 @@ def test_parallel_import_never_writes_through_a_planted_extents_spool(sim, tmp_p
         result = import_vm(s, archive, mode="parallel")
     assert untouched(target, link)
     assert result.mode == "parallel" and len(result.disks) == 2
-    left = sorted(p.name for p in tmp_path.iterdir() if p.name != "sim")
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name not in ("sim", "xdg-state"))
     assert left == ["victim", "vm.xva", "vm.xva.xvatool-extents"]
 
 

@@ -56,9 +56,11 @@ def test_end_to_end_with_json(tmp_path):
     result = invoke("convert", str(tmp_path / "vm.xva"), str(tmp_path / "vm.ova"), "--json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert doc["outputs"] == [str(tmp_path / "vm.ova")] and doc["verified"] is True
+    assert doc["outputs"] == [{"path": str(tmp_path / "vm.ova")}] and doc["verified"] is True
     back = invoke("convert", str(tmp_path / "vm.ova"), str(tmp_path / "back.xva"), "-q")
-    assert back.exit_code == 0 and back.stdout.startswith("wrote")
+    assert back.exit_code == 0 and back.output == ""  # -q: nothing on success
+    again = invoke("convert", str(tmp_path / "vm.ova"), str(tmp_path / "again.xva"))
+    assert again.exit_code == 0 and again.stdout.startswith("wrote")
 
 
 def test_errors_are_one_line_with_a_code(tmp_path):

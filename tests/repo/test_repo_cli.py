@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from click.testing import CliRunner
 
@@ -52,11 +53,11 @@ def test_repo_commands_end_to_end(repo_place, tmp_path):
     piped = _run(["repo", "export", ids[1][:8], "-o", "-", "--compress", "zstd"], env=env)
     assert piped.exit_code == 0 and piped.stdout_bytes[:4] == b"\x28\xb5\x2f\xfd"
     extracted = _run(["repo", "extract", "latest:web", "-o", str(tmp_path / "x"), "--json"], env=env)
-    (raw,) = json.loads(extracted.output)
-    assert sha256_file(tmp_path / "x" / raw.rpartition("/")[2]) == sha256_file(tmp_path / "src-web" / "d.img")
+    (raw,) = json.loads(extracted.output)["files"]
+    assert sha256_file(Path(raw["path"])) == sha256_file(tmp_path / "src-web" / "d.img")
 
     stats = json.loads(_run(["repo", "stats", "--json"], env=env).output)
-    assert stats["snapshots"] == 2 and stats["chunks"] == 4 and stats["logical_bytes"] == 6 * MIB
+    assert stats["snapshot_count"] == 2 and stats["chunk_count"] == 4 and stats["logical_bytes"] == 6 * MIB
     assert all(
         s["verified"] is None for s in json.loads(_run(["repo", "snapshots", "--json"], env=env).output)
     )
@@ -78,8 +79,8 @@ def test_repo_commands_end_to_end(repo_place, tmp_path):
     pass_storage_clock(repo_place.storage())  # the prune below must see the chunks as older than itself
     gone = _run(["repo", "forget", ids[0][:8], "--prune", "--json"], env=env)
     result = json.loads(gone.output)
-    assert len(result["remove"]) == 1 and result["prune"]["deleted"] >= 2
-    assert json.loads(_run(["repo", "stats", "--json"], env=env).output)["snapshots"] == 1
+    assert len(result["remove"]) == 1 and result["prune"]["deleted_count"] >= 2
+    assert json.loads(_run(["repo", "stats", "--json"], env=env).output)["snapshot_count"] == 1
     assert _run(["repo", "prune", "--json"], env=env).exit_code == 0
 
 

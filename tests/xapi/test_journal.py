@@ -7,7 +7,7 @@ import pytest
 
 from xvatool.errors import ResumeError, TransferError
 from xvatool.ops.parallel import run_parallel
-from xvatool.xapi.journal import Journal, export_journal_path, import_journal_path
+from xvatool.xapi.journal import STATE_DIR_ENV, Journal, export_journal_path, import_journal_path, state_dir
 
 KEY = {"host": "http://127.0.0.1:1", "archive_sha256": "ab" * 32}
 
@@ -102,12 +102,30 @@ def test_concurrent_marks_all_land(tmp_path):
     assert all(len(loaded.disks[f"Ref:{d}"].segments) == 20 for d in range(4))
 
 
-def test_paths(tmp_path):
-    assert export_journal_path(tmp_path / "vm.xva").name == "vm.xva.xvatool-journal.json"
+def test_journals_live_in_the_state_folder_never_beside_the_file(tmp_path, monkeypatch, private_state_dir):
+    # Regression: journals beside the archive blocked later restores and failed in read-only folders.
+    journals = private_state_dir / "journals"
+    export = export_journal_path(tmp_path / "vm.xva")
+    assert export.parent == journals and export.name.startswith("export-vm.xva-")
+    assert export_journal_path(tmp_path / "other" / "vm.xva") != export  # one per absolute path
     a = import_journal_path(tmp_path / "vm.xva", "http://a:1")
     b = import_journal_path(tmp_path / "vm.xva", "http://b:1")
-    assert a != b and a.parent == tmp_path and a.name.startswith("vm.xva.xvatool-import-")
+    assert a != b and a.parent == journals and a.name.startswith("import-vm.xva-")
     assert import_journal_path(tmp_path / "vm.xva", "http://a:1/") == a
+    monkeypatch.setenv(STATE_DIR_ENV, str(tmp_path / "chosen"))
+    assert state_dir() == tmp_path / "chosen"
+    assert export_journal_path(tmp_path / "vm.xva").parent == tmp_path / "chosen" / "journals"
+    assert state_dir(tmp_path / "option") == tmp_path / "option"  # --state-dir beats the variable
+    monkeypatch.delenv(STATE_DIR_ENV)
+    monkeypatch.delenv("XDG_STATE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert state_dir() == tmp_path / "home" / ".local" / "state" / "xvatool"
+
+
+def test_a_journal_creates_its_private_folder(tmp_path):
+    path = tmp_path / "state" / "journals" / "j.json"
+    Journal.create(path, kind="import", key={"a": "b"})
+    assert path.is_file() and (path.parent.stat().st_mode & 0o777) == 0o700
 
 
 def test_run_parallel_waits_for_all_then_raises_first():

@@ -317,3 +317,38 @@ def test_sim_login_and_logout(sim):
             other.call("session.get_record", ref)
     with pytest.raises(XapiError, match="SESSION_AUTHENTICATION_FAILED"):
         connect(sim.url, sim.user, "wrong")
+
+
+def test_https_to_a_plain_port_is_explained(sim):
+    # Regression: "[SSL: WRONG_VERSION_NUMBER] wrong version number" told nobody what to change.
+    url = sim.url.replace("http://", "https://")
+    with pytest.raises(TransferError, match="answered in plain HTTP, not TLS") as info:
+        connect(url, sim.user, sim.password, insecure=True, timeout_s=5)
+    assert not info.value.retryable  # trying again will not change the port
+
+
+def test_http_to_a_tls_port_is_explained(tls_host):
+    running, _, _ = tls_host
+    url = running.url.replace("https://", "http://")
+    with pytest.raises(TransferError, match="if this port speaks TLS, use https:// instead of http://"):
+        connect(url, running.user, running.password, timeout_s=5)
+
+
+def test_host_error_codes_in_words():
+    from xvatool.ops.documents import error_code, error_message
+    from xvatool.xapi.codes import WORDS, explain
+
+    auth = XapiError("SESSION_AUTHENTICATION_FAILED", ["root", "Authentication failure"], host="xen1")
+    assert explain(auth) == "wrong user name or password for 'root'"
+    assert (
+        error_message(auth) == "xen1: wrong user name or password for 'root' (SESSION_AUTHENTICATION_FAILED)"
+    )
+    assert error_code(auth) == "SESSION_AUTHENTICATION_FAILED"
+    power = XapiError("VM_BAD_POWER_STATE", ["OpaqueRef:1", "halted", "running"])
+    assert explain(power) == "the VM is running but this needs it halted"
+    backend = XapiError("SR_BACKEND_FAILURE_46", ["", "The VDI is not available", ""])
+    assert explain(backend) == "the storage backend failed: The VDI is not available"
+    unknown = XapiError("SOMETHING_NEW", ["x"])
+    assert explain(unknown) is None and error_message(unknown) == "SOMETHING_NEW ['x']"
+    for code, words in WORDS.items():  # every entry copes with missing parameters
+        assert words([]) and words(["a", "b", "c", "d"]), code

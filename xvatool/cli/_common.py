@@ -13,13 +13,17 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
 
-from xvatool.cli._exit import EXIT_INTERRUPTED, exit_code_of
-from xvatool.errors import XvatoolError
+from xvatool._human import human_size
+from xvatool.cli._exit import exit_code_of
+from xvatool.cli._output import OUTPUT, debug_option, error, log_event, quiet_option
+from xvatool.errors import LocalIOError, XvatoolError
 
 if TYPE_CHECKING:
     from xvatool._progress import Progress, ProgressBar
+    from xvatool.ops.report import BatchReport
 
 __all__ = [
+    "batch_outcome",
     "command_errors",
     "debug_option",
     "echo_json",
@@ -31,6 +35,7 @@ __all__ = [
     "progress_enabled",
     "quiet_option",
     "refuse_dash",
+    "refuse_existing",
     "terminal_progress",
 ]
 
@@ -40,10 +45,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def command_errors(func: Callable[P, R]) -> Callable[P, R]:
-    """Turn any `XvatoolError` into one line on stderr and its exit code (`cli._exit.EXIT_CODES`).
+    """Turn any `XvatoolError` into one line on stderr (or a JSON error object) and its exit code.
 
-    Other exceptions keep their traceback: they are bugs and must be loud. `--debug` shows the
-    traceback of expected errors too.
+    The code comes from `cli._exit.EXIT_CODES`; the words from `cli._errors`. With ``--json``
+    the error is ``{"error": {"code", "message", "exit_code", …}}`` on stdout, so a script reads
+    one JSON document whatever happened. Ctrl-C (and SIGTERM) exits 130 saying "interrupted";
+    what was kept for ``--resume`` is said only by an `Interrupted` error of an operation that
+    kept something. Other exceptions keep their traceback: they are bugs and must be loud.
+    ``--debug`` shows the traceback of expected errors too.
     """
 
     @functools.wraps(func)
@@ -51,19 +60,52 @@ def command_errors(func: Callable[P, R]) -> Callable[P, R]:
         ctx = click.get_current_context()
         try:
             return func(*args, **kwargs)
-        except KeyboardInterrupt:
-            resumable = "resume" in ctx.params  # only transfers keep state worth resuming
-            hint = "; partial state was kept for --resume" if resumable else ""
-            click.echo(f"xvatool: interrupted{hint}", err=True)
-            ctx.exit(EXIT_INTERRUPTED)
-        except XvatoolError as exc:
-            if (ctx.find_root().obj or {}).get("debug"):
+        except (KeyboardInterrupt, XvatoolError) as exc:
+            if isinstance(exc, XvatoolError) and OUTPUT.debug:
                 raise
-            click.echo(f"xvatool: {exc}", err=True)
-            ctx.exit(exit_code_of(exc))
+            _report_error(ctx, exc)
         raise AssertionError("unreachable")
 
     return wrapper
+
+
+def _report_error(ctx: click.Context, exc: BaseException) -> None:
+    from xvatool.cli._errors import error_document
+    from xvatool.ops.documents import error_message
+
+    code = exit_code_of(exc)
+    message = error_message(exc)
+    if ctx.params.get("as_json"):
+        log_event(f"error: {message}", logging.ERROR)
+        echo_json(error_document(exc))
+    else:
+        error(message)
+    ctx.exit(code)
+
+
+def batch_outcome(report: BatchReport[Any], *, as_json: bool) -> None:
+    """Exit 0 / 3 / 1 as a batch report says, after its table or document was printed.
+
+    With ``--json`` the report already holds every failure, so the exit code says the rest: a
+    second document (the error object) would break a script's parser.
+    """
+    if not as_json:
+        report.raise_for_failures()
+        return
+    if report.exit_code:
+        failed = ", ".join(r.vm_name for r in report.failed)
+        log_event(f"error: {len(report.failed)} of {len(report.results)} failed: {failed}", logging.ERROR)
+        click.get_current_context().exit(report.exit_code)
+
+
+def refuse_existing(path: Path, *, force: bool) -> None:
+    """The one overwrite policy: an existing output is refused unless ``--force``.
+
+    Commands whose library call writes through `xvatool._files.AtomicFile(overwrite=force)`
+    get this at commit time too, when the file appeared meanwhile.
+    """
+    if not force and (path.exists() or path.is_symlink()):
+        raise LocalIOError("already exists (use --force to replace it)", path=str(path))
 
 
 def refuse_dash(_ctx: click.Context, param: click.Parameter, value: Any) -> Any:
@@ -87,48 +129,9 @@ def file_output_option(name: str, help: str) -> Callable[[F], F]:
     )
 
 
-def _set_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
-    ctx.ensure_object(dict)
-    root = ctx.find_root()
-    root.ensure_object(dict)
-    if value:
-        root.obj["quiet"] = True
-
-
-quiet_option = click.option(
-    "-q",
-    "--quiet",
-    is_flag=True,
-    expose_value=False,
-    is_eager=True,
-    callback=_set_quiet,
-    help="No progress bars.",
-)
-
-
-def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
-    root = ctx.find_root()
-    root.ensure_object(dict)
-    if value:
-        root.obj["debug"] = True
-        logging.basicConfig(level=logging.DEBUG)
-
-
-debug_option = click.option(
-    "--debug",
-    is_flag=True,
-    expose_value=False,
-    is_eager=True,
-    callback=_set_debug,
-    help="Show tracebacks and debug logs.",
-)
-
-
 def progress_enabled() -> bool:
     """Progress bars go to stderr, only when it is a terminal and --quiet was not given."""
-    ctx = click.get_current_context(silent=True)
-    quiet = bool(ctx and (ctx.find_root().obj or {}).get("quiet"))
-    return not quiet and sys.stderr.isatty()
+    return not OUTPUT.quiet and sys.stderr.isatty()
 
 
 def terminal_progress() -> Progress | None:
@@ -153,16 +156,6 @@ def progress_bar(label: str, total: int | None = None) -> Iterator[ProgressBar]:
         yield bar
     finally:
         bar.close()
-
-
-def human_size(size: int) -> str:
-    """Bytes in binary units for people: ``human_size(5 << 20)`` is ``'5.0 MiB'``."""
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024:
-            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
 
 
 def json_option(what: str = "result") -> Callable[[F], F]:

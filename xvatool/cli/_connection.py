@@ -26,8 +26,9 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -38,16 +39,25 @@ if TYPE_CHECKING:
     from xvatool.xapi.session import Session
 
 __all__ = [
+    "HOST_ENV",
     "PASSWORD_ENV",
+    "STATE_DIR_ENV",
     "Connection",
     "connection_options",
     "open_session",
     "read_password_file",
+    "resumable_import_options",
     "retries_option",
+    "state_dir_option",
     "terminate_as_interrupt",
 ]
 
+HOST_ENV = "XVATOOL_HOST"
+F = TypeVar("F", bound=Callable[..., Any])
+
 PASSWORD_ENV = "XVATOOL_PASSWORD"
+STATE_DIR_ENV = "XVATOOL_STATE_DIR"
+"""The same name as `xvatool.xapi.journal.STATE_DIR_ENV` (not imported: CLI start-up stays light)."""
 DEFAULT_TIMEOUT_S = 60.0
 """Seconds; the same as `xvatool.xapi.session.DEFAULT_TIMEOUT_S` (not imported: CLI start-up stays light).
 `tests/cli` holds them equal."""
@@ -70,6 +80,8 @@ class Connection:
     ca_bundle: str | None
     insecure: bool
     timeout_s: float
+    password_env: str = PASSWORD_ENV
+    """The variable holding the password (`XVATOOL_TO_PASSWORD` for a migration's target)."""
     _password: str | None = dataclasses.field(default=None, init=False)
 
     @property
@@ -82,13 +94,15 @@ class Connection:
     def _read_password(self) -> str:
         if self.password_file is not None:
             return read_password_file(self.password_file)
-        env = os.environ.get(PASSWORD_ENV)
+        env = os.environ.get(self.password_env)
         if env:
             return env
         if sys.stdin is not None and sys.stdin.isatty():
             value: str = click.prompt(f"Password for {self.user} at {self.url}", hide_input=True, err=True)
             return value
-        raise UsageError(f"no password: use --password-file FILE, set {PASSWORD_ENV}, or run on a terminal")
+        option = "--to-password-file" if self.password_env != PASSWORD_ENV else "--password-file"
+        raise UsageError(f"no password for {self.url}: use {option} FILE, set {self.password_env}, "
+                         "or run on a terminal")  # fmt: skip
 
     def connect(self) -> Session:
         """Log in (following HOST_IS_SLAVE); the session logs out when its `with` block ends."""
@@ -172,21 +186,22 @@ def connection_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @click.option(
         "--host",
         "host_url",
-        envvar="XVATOOL_HOST",
-        required=True,
+        envvar=HOST_ENV,
         metavar="URL",
-        help="Host or pool master, e.g. https://xen1.example (or XVATOOL_HOST).",
+        help=f"Host or pool master, e.g. https://xen1.example (or {HOST_ENV}).",
     )
     @click.option(
         "--user",
         envvar="XVATOOL_USER",
         default="root",
         show_default=True,
+        metavar="USER",
         help="User name (or XVATOOL_USER).",
     )
     @click.option(
         "--password-file",
         type=click.Path(dir_okay=False),
+        metavar="FILE",
         help=f"File whose first line is the password (else {PASSWORD_ENV}, else a prompt).",
     )
     @click.option(
@@ -194,7 +209,9 @@ def connection_options(func: Callable[..., Any]) -> Callable[..., Any]:
         metavar="SHA256",
         help="Trust only the host certificate with this SHA-256 fingerprint (colons optional).",
     )
-    @click.option("--ca-bundle", type=click.Path(dir_okay=False), help="Verify the host with these CAs.")
+    @click.option(
+        "--ca-bundle", type=click.Path(dir_okay=False), metavar="FILE", help="Verify the host with these CAs."
+    )
     @click.option("--insecure", is_flag=True, help="Do not verify the host certificate (not recommended).")
     @click.option(
         "--timeout",
@@ -202,10 +219,13 @@ def connection_options(func: Callable[..., Any]) -> Callable[..., Any]:
         type=click.FloatRange(min=0.1),
         default=DEFAULT_TIMEOUT_S,
         show_default=True,
+        metavar="SECONDS",
         help="Seconds without progress before a connection counts as stalled.",
     )
     @functools.wraps(func)
-    def wrapper(*, host_url: str, **kwargs: Any) -> Any:
+    def wrapper(*, host_url: str | None, **kwargs: Any) -> Any:
+        if not host_url:
+            raise click.UsageError(f"Missing option '--host' (or set {HOST_ENV}).")
         options = {name: kwargs.pop(name) for name in _OPTION_FIELDS}
         if options["insecure"]:
             click.echo(INSECURE_WARNING, err=True)
@@ -225,7 +245,53 @@ retries_option = click.option(
     type=click.IntRange(min=0),
     default=DEFAULT_RETRIES,
     show_default=True,
+    metavar="N",
     callback=_retry_policy,
     help="Retry transient failures (reset, 5xx, stall) this many times, resuming; 0 fails at once.",
 )
 """``--retries N``; the command receives ``retry``, a `RetryPolicy`."""
+
+state_dir_option = click.option(
+    "--state-dir",
+    "state_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar=STATE_DIR_ENV,
+    metavar="DIR",
+    help=f"Where journals of interrupted transfers live (or {STATE_DIR_ENV}; default "
+    "$XDG_STATE_HOME/xvatool, else ~/.local/state/xvatool).",
+)
+"""``--state-dir DIR``; the command receives ``state_dir`` (a `Path` or None)."""
+
+
+def resumable_import_options(what: str) -> Callable[[F], F]:
+    """``--mode``, ``--retries``, ``--resume``, ``--discard`` and ``--state-dir`` of an import.
+
+    `import` and `restore` send archives the same way, so they say the same; `what` names the
+    operation in the help ("import", "restore").
+    """
+
+    def decorate(func: F) -> F:
+        for decorator in (
+            state_dir_option,
+            click.option(
+                "--discard",
+                is_flag=True,
+                help=f"Remove the VDIs an interrupted parallel {what} left and start over; after a "
+                "failure, remove them instead of keeping them for --resume.",
+            ),
+            click.option(
+                "--resume", is_flag=True, help=f"Continue an interrupted parallel {what} from its journal."
+            ),
+            retries_option,
+            click.option(
+                "--mode",
+                type=click.Choice(["stream", "parallel"]),
+                default="stream",
+                show_default=True,
+                help="One verified stream, or every disk at once (resumable per segment).",
+            ),
+        ):
+            func = decorator(func)
+        return func
+
+    return decorate

@@ -9,24 +9,40 @@ import click
 
 from xvatool.cli._common import (
     command_errors,
-    debug_option,
     echo_json,
     human_size,
     json_option,
     progress_bar,
-    quiet_option,
+    refuse_existing,
 )
+from xvatool.cli._output import output_options, plural, result, summary
 
-__all__ = ["COMMANDS"]
+__all__ = ["COMMANDS", "disk_total"]
 
 _ARCHIVE = click.argument("archive", metavar="ARCHIVE")
+
+
+def disk_total(archive: str) -> int | None:
+    """The sum of an archive file's disk sizes, read from its ova.xml: a bar's total.
+
+    None for standard input (it can be read once only) or when the head cannot be read: the
+    full pass that follows reports that properly.
+    """
+    from xvatool.errors import XvatoolError
+    from xvatool.xva.validate import inspect_archive
+
+    if archive == "-" or not Path(archive).is_file():
+        return None
+    try:
+        return sum(d.virtual_size for d in inspect_archive(archive).disks)
+    except XvatoolError:
+        return None
 
 
 @click.command("inspect")
 @_ARCHIVE
 @json_option()
-@quiet_option
-@debug_option
+@output_options
 @command_errors
 def inspect_command(*, archive: str, as_json: bool) -> None:
     """Show the VM, disks and networks of an archive, reading only its metadata.
@@ -35,55 +51,58 @@ def inspect_command(*, archive: str, as_json: bool) -> None:
     Example:
         xvatool inspect vm.xva --json
     """
+    from xvatool.cli._documents import inspect_doc
     from xvatool.xva.validate import inspect_archive
 
     info = inspect_archive(archive)
     if as_json:
-        echo_json(info.to_json())
+        echo_json(inspect_doc(info))
         return
     vm = info.vm
-    click.echo(
-        f"VM {vm.name_label!r} uuid {vm.uuid}: {vm.power_state}, {vm.vcpus} vCPUs, {human_size(vm.memory)}"
-    )
+    result(f"VM {vm.name_label!r} uuid {vm.uuid}: {vm.power_state}, {plural(vm.vcpus, 'vCPU')}, "
+           f"{human_size(vm.memory)}")  # fmt: skip
     for d in info.disks:
         boot = ", bootable" if d.bootable else ""
-        click.echo(f"  disk {d.id} uuid {d.vdi_uuid} {d.name_label!r}: {human_size(d.virtual_size)}, "
-                   f"device {d.userdevice}{boot}")  # fmt: skip
+        result(
+            f"  disk {d.userdevice} uuid {d.vdi_uuid} {d.name_label!r}: {human_size(d.virtual_size)}{boot}"
+        )
     for n in info.networks:
-        click.echo(f"  vif {n.vif_device} MAC {n.mac or '-'} on {n.name_label!r} (bridge {n.bridge})")
+        result(f"  VIF {n.vif_device} MAC {n.mac or '-'} on {n.name_label!r} (bridge {n.bridge})")
     version = " ".join(f"{k}={v}" for k, v in info.to_json()["version"].items())
-    click.echo(f"version: {version}")
-    click.echo(f"compression: {info.compression}, checksum: {info.checksum or '-'}")
+    result(f"version: {version}")
+    result(f"compression: {info.compression}, checksum: {info.checksum or '-'}")
 
 
 @click.command("verify")
 @_ARCHIVE
 @json_option()
-@quiet_option
-@debug_option
+@output_options
 @command_errors
 def verify_command(*, archive: str, as_json: bool) -> None:
     """Check an archive completely (structure, metadata, every checksum); report every problem.
 
     ARCHIVE may be - for standard input. Exit status 0 if valid, 1 if not, 2 if unreadable.
+    With -q a valid archive prints nothing.
 
     \b
     Example:
         xvatool verify vm.xva --json; cat vm.xva.gz | xvatool verify -
     """
+    from xvatool.cli._documents import verify_doc
     from xvatool.xva.validate import validate_archive
 
-    with progress_bar("verify") as bar:
+    with progress_bar(f"verify {Path(archive).name}", disk_total(archive)) as bar:
         report = validate_archive(archive, progress=bar.update)
     if as_json:
-        echo_json(report.to_json())
+        echo_json(verify_doc(report))
     else:
         for problem in report.problems:
-            click.echo(str(problem))
+            result(str(problem))
         chunks = sum(d.chunks for d in report.disks)
-        state = "valid" if report.valid else f"INVALID ({len(report.errors)} errors)"
-        click.echo(f"{report.source}: {state}; {len(report.disks)} disks, {chunks} chunks, "
-                   f"compression {report.compression}, checksum {report.checksum or '-'}")  # fmt: skip
+        state = "valid" if report.valid else f"INVALID ({plural(len(report.errors), 'error')})"
+        line = (f"{report.source}: {state}; {plural(len(report.disks), 'disk')}, {plural(chunks, 'chunk')}, "
+                f"compression {report.compression}, checksum {report.checksum or '-'}")  # fmt: skip
+        result(line) if not report.valid else summary(line)
     if not report.valid:
         sys.exit(1)
 
@@ -92,27 +111,55 @@ def verify_command(*, archive: str, as_json: bool) -> None:
 @_ARCHIVE
 @click.option(
     "-o", "--output", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
-    help="Directory for the disk images (created if missing).",
+    metavar="DIR", help="Directory for the disk images (created if missing).",
 )  # fmt: skip
 @click.option("--disk", "disks", multiple=True, metavar="UUID", help="Only this VDI uuid; repeat for more.")
 @click.option("--format", "fmt", type=click.Choice(["raw"]), default="raw", show_default=True,
               help="Image format.")  # fmt: skip
-@quiet_option
-@debug_option
+@click.option("--force", is_flag=True, help="Replace <vdi-uuid>.raw files that exist in DIR.")
+@json_option("files written")
+@output_options
 @command_errors
-def extract_command(*, archive: str, out_dir: Path, disks: tuple[str, ...], fmt: str) -> None:
+def extract_command(
+    *, archive: str, out_dir: Path, disks: tuple[str, ...], fmt: str, force: bool, as_json: bool
+) -> None:
     """Extract the disks of an archive as sparse raw images named <vdi-uuid>.raw, verified.
+
+    A disk file appears only when the whole archive verified. Existing files are refused
+    unless --force.
 
     \b
     Example:
         xvatool extract vm.xva -o disks/
     """
+    from xvatool.cli._documents import extract_doc
     from xvatool.xva.extract import extract_disks
 
-    with progress_bar("extract") as bar:
+    _refuse_existing_disks(archive, out_dir, disks, force=force)
+    with progress_bar(f"extract {Path(archive).name}", disk_total(archive)) as bar:
         paths = extract_disks(archive, out_dir, disk_uuids=disks or None, progress=bar.update)
+    if as_json:
+        echo_json(extract_doc(archive, paths))
+        return
     for path in paths:
-        click.echo(str(path))
+        summary(str(path))
+
+
+def _refuse_existing_disks(archive: str, out_dir: Path, chosen: tuple[str, ...], *, force: bool) -> None:
+    """The overwrite policy for extract: every ``<uuid>.raw`` it would write must be new."""
+    from xvatool.xva.validate import inspect_archive
+
+    if force or not out_dir.is_dir():
+        return
+    if archive != "-" and not Path(archive).is_file():
+        return  # extract_disks says what is wrong with it
+    if archive == "-":  # which disks the stream holds is known only once it is read
+        names = [p for p in out_dir.glob("*.raw") if not chosen or p.stem in chosen]
+    else:
+        uuids = [d.vdi_uuid for d in inspect_archive(archive).disks if not chosen or d.vdi_uuid in chosen]
+        names = [out_dir / f"{uuid}.raw" for uuid in uuids]
+    for path in names:
+        refuse_existing(path, force=False)
 
 
 COMMANDS: list[click.Command] = [inspect_command, verify_command, extract_command]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -10,33 +9,44 @@ import click
 
 from xvatool.cli._common import (
     command_errors,
-    debug_option,
     echo_json,
     file_output_option,
+    human_size,
     json_option,
     network_map_option,
     progress_bar,
-    quiet_option,
+    refuse_existing,
 )
+from xvatool.cli._output import note, output_options, plural, summary
 
-__all__ = ["COMMANDS", "SizeParam"]
+__all__ = ["COMMANDS", "MIN_MEMORY", "SizeParam"]
 
-_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+MIN_MEMORY = 16 << 20
+"""Bytes: less memory than this boots nothing; ``--memory 4`` meaning 4 bytes was a trap."""
 
 
 class SizeParam(click.ParamType[int, Any]):
-    """A byte count such as `2GiB`, `512M` or `1073741824` (binary units, as memory sizes are)."""
+    """A size such as `2GiB`, `512M` or `1.5g` (binary units); a bare number is in `unit`."""
 
     name = "size"
 
+    def __init__(self, *, unit: str = "B", minimum: int = 0) -> None:
+        self.unit = unit
+        self.minimum = minimum
+
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        from xvatool._human import human_size, parse_size
+        from xvatool.errors import UsageError
+
         if isinstance(value, int):
             return value
-        match = _SIZE_RE.match(str(value))
-        if not match:
-            self.fail(f"{value!r} is not a size like 2GiB, 512MiB or 1073741824", param, ctx)
-        return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+        try:
+            size = parse_size(str(value), unit=self.unit)
+        except UsageError as exc:
+            self.fail(f"{exc.message} (a bare number is {self.unit})", param, ctx)
+        if size < self.minimum:
+            self.fail(f"{value!r} is {human_size(size)}; at least {human_size(self.minimum)}", param, ctx)
+        return size
 
 
 class _HostVersionParam(click.ParamType[tuple[int, int], Any]):
@@ -58,8 +68,8 @@ _COMPRESS = click.Choice(["none", "gzip", "zstd"])
 
 
 @click.command("create")
-@file_output_option("output", "Archive to write (written as OUT.part, renamed when complete).")
-@click.option("--name", required=True, help="name_label of the VM.")
+@file_output_option("output", "Archive to write (refused if it exists, unless --force).")
+@click.option("--name", required=True, metavar="NAME", help="name_label of the VM.")
 @click.option(
     "--disk",
     "disks",
@@ -68,9 +78,13 @@ _COMPRESS = click.Choice(["none", "gzip", "zstd"])
     required=True,
     help="Raw disk image; repeat for more disks (userdevice 0, 1, … in this order).",
 )
-@click.option("--vcpus", type=click.IntRange(min=1), default=1, show_default=True, help="Number of vCPUs.")
-@click.option("--memory", type=SizeParam(), default="1GiB", show_default=True, help="Memory, e.g. 2GiB.")
-@click.option("--network", "networks", multiple=True, help="Network name for a VIF; repeat for more VIFs.")
+@click.option("--vcpus", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+              help="Number of vCPUs.")  # fmt: skip
+@click.option("--memory", type=SizeParam(unit="MiB", minimum=MIN_MEMORY), default="1GiB", show_default=True,
+              metavar="SIZE",
+              help="Memory, e.g. 4GiB or 512MiB; a bare number is MiB. At least 16 MiB.")  # fmt: skip
+@click.option("--network", "networks", multiple=True, metavar="NAME",
+              help="Network name for a VIF; repeat for more VIFs.")  # fmt: skip
 @click.option(
     "--checksum",
     type=_CHECKSUM,
@@ -86,13 +100,13 @@ _COMPRESS = click.Choice(["none", "gzip", "zstd"])
     show_default=True,
     help="Compress the whole archive (zstd needs a host that has the zstd binary).",
 )
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @json_option()
-@quiet_option
-@debug_option
+@output_options
 @command_errors
 def create_command(
     *, output: Path, name: str, disks: tuple[Path, ...], vcpus: int, memory: int,
-    networks: tuple[str, ...], checksum: str, compression: str, as_json: bool,
+    networks: tuple[str, ...], checksum: str, compression: str, force: bool, as_json: bool,
 ) -> None:  # fmt: skip
     """Create an importable XVA for a halted VM from raw disk images.
 
@@ -101,24 +115,26 @@ def create_command(
       xvatool create -o web.xva --name web --disk root.img --disk data.img \\
           --vcpus 2 --memory 4GiB --network "Pool-wide network" --compress zstd
     """
+    from xvatool.cli._documents import create_doc
     from xvatool.xva.convert import create_archive
 
+    refuse_existing(output, force=force)
     total = sum(p.stat().st_size for p in disks if p.is_file())
-    with progress_bar("create", total) as bar:
-        result = create_archive(
+    with progress_bar(f"create {output.name}", total) as bar:
+        created = create_archive(
             output, name=name, disks=list(disks), vcpus=vcpus, memory=memory, networks=list(networks),
             checksum=checksum, compression=compression, progress=bar.update,  # type: ignore[arg-type]
         )  # fmt: skip
-    for note in result.notes:
-        click.echo(f"xvatool: note: {note}", err=True)
+    for text in created.notes:
+        note(text)
     if as_json:
-        echo_json(result.to_json())
+        echo_json(create_doc(created, name))
         return
-    stats = result.stats
-    click.echo(
-        f"wrote {result.path}: {len(result.disks)} disk(s), {stats.disk_bytes} bytes of disk in "
-        f"{stats.chunks} chunks ({stats.zero_chunks_skipped} zero chunks left out), "
-        f"{stats.output_bytes} bytes, {result.checksum}, {result.compression}"
+    stats = created.stats
+    summary(
+        f"wrote {created.path}: {plural(len(created.disks), 'disk')}, {human_size(stats.disk_bytes)} of disk "
+        f"in {plural(stats.chunks, 'chunk')} ({plural(stats.zero_chunks_skipped, 'zero chunk')} left out), "
+        f"{human_size(stats.output_bytes)}, {created.checksum}, {created.compression}"
     )
 
 
@@ -144,15 +160,16 @@ def create_command(
     default=None,
     help="Declare this xapi version in ova.xml, e.g. 1.1 so older hosts accept it.",
 )
-@click.option("--rename", default=None, help="New name_label for the VM.")
+@click.option("--rename", default=None, metavar="NAME", help="New name_label for the VM.")
 @network_map_option("Rename a network so the VIF lands on NEW on import; repeatable.")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @json_option()
-@quiet_option
-@debug_option
+@output_options
 @command_errors
 def repack_command(
     *, source: str, target: str, compression: str | None, checksum: str | None,
-    host_version: tuple[int, int] | None, rename: str | None, map_network: dict[str, str], as_json: bool,
+    host_version: tuple[int, int] | None, rename: str | None, map_network: dict[str, str], force: bool,
+    as_json: bool,
 ) -> None:  # fmt: skip
     """Rewrite an XVA: change compression, checksums, declared version, VM or network names.
 
@@ -163,24 +180,29 @@ def repack_command(
     Example:
       xvatool repack vm.xva vm-old-host.xva --checksum sha1 --host-version 1.1 --compress gzip
     """
+    from xvatool.cli._documents import repack_doc
     from xvatool.xva.convert import repack_archive
 
+    if target != "-":
+        refuse_existing(Path(target), force=force)
     total = Path(source).stat().st_size if source != "-" and Path(source).is_file() else None
-    with progress_bar("repack", total) as bar:
-        result = repack_archive(
+    with progress_bar(f"repack {Path(source).name}", total) as bar:
+        repacked = repack_archive(
             source, target, compression=compression, checksum=checksum,  # type: ignore[arg-type]
             host_version=host_version, rename=rename, network_map=map_network or None,
             progress=bar.update,
         )  # fmt: skip
     if as_json:
-        echo_json(result.to_json())
-    elif target != "-":
-        stats = result.stats
-        click.echo(
-            f"wrote {target}: {stats.chunks} chunks, {stats.output_bytes} bytes, "
-            f"checksums {', '.join(sorted(result.checksum_kinds)) or 'none'}, {result.compression}"
-            + (f"; changed: {', '.join(result.changes)}" if result.changes else "")
-        )
+        echo_json(repack_doc(repacked, source))
+        return
+    stats = repacked.stats
+    kinds = ", ".join(sorted(repacked.checksum_kinds)) or "none"
+    line = (
+        f"wrote {target if target != '-' else 'standard output'}: {plural(stats.chunks, 'chunk')}, "
+        f"{human_size(stats.output_bytes)}, checksums {kinds}, {repacked.compression}"
+        + (f"; changed: {', '.join(repacked.changes)}" if repacked.changes else "")
+    )
+    note(line) if target == "-" else summary(line)
 
 
 COMMANDS: list[click.Command] = [create_command, repack_command]

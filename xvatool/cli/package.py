@@ -10,12 +10,11 @@ import click
 from xvatool._types import ChecksumKind, Compression
 from xvatool.cli._common import (
     command_errors,
-    debug_option,
     echo_json,
     json_option,
     progress_bar,
-    quiet_option,
 )
+from xvatool.cli._output import note, output_options, plural, summary
 
 __all__ = ["COMMANDS"]
 
@@ -48,6 +47,7 @@ __all__ = ["COMMANDS"]
     "--level",
     type=click.IntRange(0, 9),
     default=6,
+    metavar="0-9",
     show_default=True,
     help="zlib level of written VMDK grains (1 is about 3x faster, a little larger).",
 )
@@ -71,11 +71,11 @@ __all__ = ["COMMANDS"]
     "--spool-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
+    metavar="DIR",
     help="Folder for the temporary copy of a VHD stored out of disk order (default: the system's).",
 )
 @json_option()
-@quiet_option
-@debug_option
+@output_options
 @command_errors
 def convert_command(
     *,
@@ -105,10 +105,11 @@ def convert_command(
       xvatool convert vendor-appliance.ova appliance.xva --compress zstd
       xvatool convert three-vms.ova xvas/
     """
+    from xvatool.cli._documents import convert_doc
     from xvatool.ovf.conversion import convert
 
     total = Path(source).stat().st_size if source != "-" and Path(source).is_file() else None
-    with progress_bar("convert", total) as bar:
+    with progress_bar(f"convert {Path(source).name}", total) as bar:
         result = convert(
             source,
             target,
@@ -123,16 +124,15 @@ def convert_command(
             spool_dir=str(spool_dir) if spool_dir else None,
             progress=bar.update,
         )
-    for note in result.notes:
-        click.echo(f"xvatool: note: {note}", err=True)
+    for text in result.notes:
+        note(text)
     if as_json:
-        echo_json(result.to_json())
+        echo_json(convert_doc(result))
         return
     outputs = ", ".join(str(p) for p in result.outputs)
-    vms = f"{len(result.vms)} VM{'s' if len(result.vms) != 1 else ''}"
-    disks = f"{result.disks} disk{'s' if result.disks != 1 else ''}"
     proof = "verified" if result.verified else "NOT verified: the package has no manifest"
-    click.echo(f"wrote {outputs}: {vms}, {disks} ({result.source_kind} -> {result.target_kind}, {proof})")
+    summary(f"wrote {outputs}: {plural(len(result.vms), 'VM')}, {plural(result.disks, 'disk')} "
+            f"({result.source_kind} -> {result.target_kind}, {proof})")  # fmt: skip
 
 
 COMMANDS: list[click.Command] = [convert_command]

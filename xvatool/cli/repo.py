@@ -20,12 +20,29 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 
-from xvatool.cli._common import command_errors, debug_option, echo_json, human_size, json_option, quiet_option
+from xvatool.cli._common import (
+    batch_outcome,
+    command_errors,
+    echo_json,
+    human_size,
+    json_option,
+    refuse_existing,
+    terminal_progress,
+)
 from xvatool.cli._connection import read_password_file
-from xvatool.errors import PartialFailure, RepositoryError, RepositoryPasswordError, UsageError, XvatoolError
+from xvatool.cli._documents import (
+    check_doc,
+    extract_doc,
+    forget_doc,
+    prune_doc,
+    snapshot_doc,
+    stats_doc,
+)
+from xvatool.cli._output import note, output_options, plural, summary, table
+from xvatool.cli._output import result as output_result
+from xvatool.errors import RepositoryError, RepositoryPasswordError, UsageError
 
 if TYPE_CHECKING:
-    from xvatool._progress import Progress
     from xvatool.ops.repo_backup import RepoBackupReport
     from xvatool.repo.repository import Repository
 
@@ -133,26 +150,18 @@ def _opened(
         repo.close()
 
 
-def _progress() -> Progress | None:
-    from xvatool.cli._common import progress_enabled
-
-    if not progress_enabled():
-        return None
-    from xvatool._progress import TqdmProgress
-
-    return TqdmProgress()
-
-
 def _common(func: F) -> F:
     """The options every repo subcommand takes, in the house order."""
-    for decorator in (command_errors, debug_option, quiet_option, repo_access_options, _repo_option):
+    for decorator in (command_errors, output_options, repo_access_options, _repo_option):
         func = cast(F, decorator(func))
     return func
 
 
 def _exactly(rest: list[str], count: int, what: str) -> list[str]:
     if len(rest) != count:
-        raise UsageError(f"expected {what}, got {len(rest)} argument(s): {' '.join(rest) or '(none)'}")
+        raise UsageError(
+            f"expected {what}, got {plural(len(rest), 'argument')}: {' '.join(rest) or '(none)'}"
+        )
     return rest
 
 
@@ -198,9 +207,9 @@ def init_command(
     repo = init_repository(location, passphrase=passphrase, s3_endpoint=s3_endpoint)
     repo.close()
     if as_json:
-        echo_json({"location": location, "id": repo.config.id, "encrypted": repo.config.encrypted})
+        echo_json({"repository": location, "id": repo.config.id, "encrypted": repo.config.encrypted})
     else:
-        click.echo(f"created {'encrypted ' if encrypt else ''}repository {repo.config.id[:8]} at {location}")
+        summary(f"created {'encrypted ' if encrypt else ''}repository {repo.config.id[:8]} at {location}")
 
 
 # --------------------------------------------------------------------------------------------- add
@@ -238,12 +247,12 @@ def add_command(
         if not archives:
             raise UsageError("name at least one archive to add")
         moment = parse_time(when) if when else None
-        added = add_archives(repo, archives, time=moment, progress=_progress())
+        added = add_archives(repo, archives, time=moment, progress=terminal_progress())
     if as_json:
-        echo_json([s.to_json() for s in added])
+        echo_json([snapshot_doc(s, source_path=path) for path, s in zip(archives, added, strict=True)])
         return
     for path, snapshot in zip(archives, added, strict=True):
-        click.echo(
+        summary(
             f"{path}: snapshot {snapshot.short_id} of {snapshot.vm_name}, "
             f"{human_size(snapshot.logical_bytes)} logical, {human_size(snapshot.new_bytes)} new"
         )
@@ -280,7 +289,10 @@ def snapshots_command(
         _exactly(rest, 0, "no argument after REPO")
         snapshots = repo.snapshots(vm=vm)
     if as_json:
-        echo_json([s.to_json() for s in snapshots])
+        echo_json([snapshot_doc(s) for s in snapshots])
+        return
+    if not snapshots:
+        note(f"no snapshots{f' of {vm}' if vm else ''} in {repo.location}")
         return
     rows = [("ID", "TIME (UTC)", "VM", "DISKS", "LOGICAL", "DATA", "NEW", "VERIFIED")]
     for s in snapshots:
@@ -299,10 +311,9 @@ def snapshots_command(
                 else f"{'ok' if verified.state == 'ok' else 'DAMAGED'} {verified.time:%Y-%m-%d %H:%M}",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-    click.echo(f"{len(snapshots)} snapshots")
+    for line in table(rows, right=(3, 4, 5, 6)):
+        output_result(line)
+    summary(plural(len(snapshots), "snapshot"))
 
 
 # ----------------------------------------------------------------------------------- export / extract
@@ -313,6 +324,7 @@ def snapshots_command(
 @click.option(
     "-o", "--output", "output", required=True, metavar="OUT.xva|-", help="Archive to write; - for stdout."
 )
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @click.option(
     "--compress",
     "compression",
@@ -336,6 +348,7 @@ def export_command(
     output: str,
     compression: str,
     checksum: str,
+    force: bool,
     repo_password_file: str | None,
     s3_endpoint: str | None,
 ) -> None:
@@ -356,16 +369,15 @@ def export_command(
         snapshot = repo.find_snapshot(spec)
         options: dict[str, Any] = {"compression": compression, "checksum": checksum}
         if output == "-":
+            if sys.stdout.isatty():
+                raise UsageError("refusing to write an archive to a terminal; redirect standard output")
             export_snapshot(repo, snapshot, sys.stdout.buffer, **options)
             sys.stdout.buffer.flush()
             return
-        with atomic_output(Path(output)) as out:
+        with atomic_output(Path(output), overwrite=force) as out:
             stats = export_snapshot(repo, snapshot, out, **options)
-    click.echo(
-        f"wrote {output}: snapshot {snapshot.short_id} of {snapshot.vm_name}, "
-        f"{human_size(stats.output_bytes)}",
-        err=True,
-    )
+    size = human_size(stats.output_bytes)
+    summary(f"wrote {output}: snapshot {snapshot.short_id} of {snapshot.vm_name}, {size}")
 
 
 @click.command("extract")
@@ -379,6 +391,7 @@ def export_command(
     metavar="DIR",
     help="Folder for the <vdi-uuid>.raw files.",
 )
+@click.option("--force", is_flag=True, help="Replace <vdi-uuid>.raw files that exist in DIR.")
 @json_option("written files")
 @_common
 def extract_command(
@@ -386,6 +399,7 @@ def extract_command(
     args: tuple[str, ...],
     repo_option: str | None,
     output: Path,
+    force: bool,
     as_json: bool,
     repo_password_file: str | None,
     s3_endpoint: str | None,
@@ -400,12 +414,15 @@ def extract_command(
 
     with _opened(args, repo_option, repo_password_file, s3_endpoint) as (repo, rest):
         (spec,) = _exactly(rest, 1, "SNAPSHOT")
-        written = extract_snapshot(repo, repo.find_snapshot(spec), output)
+        snapshot = repo.find_snapshot(spec)
+        for disk in snapshot.disks:
+            refuse_existing(output / f"{disk.vdi_uuid}.raw", force=force)
+        written = extract_snapshot(repo, snapshot, output)
     if as_json:
-        echo_json([str(p) for p in written])
+        echo_json(extract_doc(None, written, snapshot=snapshot.id))
         return
     for path in written:
-        click.echo(str(path))
+        summary(str(path))
 
 
 # --------------------------------------------------------------------------------------------- check
@@ -441,21 +458,18 @@ def check_command(
         _exactly(rest, 0, "no argument after REPO")
         report = check(repo, read_data=read_data)
     if as_json:
-        echo_json(report.to_json())
+        echo_json(check_doc(report))
     else:
         for problem in report.problems:
-            click.echo(f"problem: {problem}")
-        for note in report.notes:
-            click.echo(f"note: {note}")
+            output_result(f"problem: {problem}")
+        for text in report.notes:
+            note(text)
         read = (
-            f", {report.chunks_read} read, {report.verified} snapshots' verdicts recorded"
-            if read_data
-            else ""
+            f", {report.chunks_read} read, {plural(report.verified, 'verdict')} recorded" if read_data else ""
         )
-        click.echo(
-            f"{report.snapshots} snapshots, {report.chunks} chunks{read}: "
-            f"{'no problems' if report.ok else f'{len(report.problems)} problems'}"
-        )
+        verdict = "no problems" if report.ok else plural(len(report.problems), "problem")
+        line = f"{plural(report.snapshots, 'snapshot')}, {plural(report.chunks, 'chunk')}{read}: {verdict}"
+        summary(line) if report.ok else output_result(line)
     if not report.ok:
         damaged = ", ".join(s[:8] for s in report.damaged_snapshots) or "none named"
         raise RepositoryError(
@@ -468,13 +482,13 @@ def check_command(
 
 def _render_prune(report: Any) -> None:
     verb = "would delete" if report.dry_run else "deleted"
-    click.echo(
-        f"prune: {verb} {report.deleted} objects ({human_size(report.deleted_bytes)}), "
+    summary(
+        f"prune: {verb} {plural(report.deleted, 'object')} ({human_size(report.deleted_bytes)}), "
         f"set aside {report.fossilized} ({human_size(report.fossilized_bytes)}), "
-        f"put back {report.restored}, {report.trash_removed} forgotten manifests removed"
+        f"put back {report.restored}, {plural(report.trash_removed, 'forgotten manifest')} removed"
     )
     if report.waiting_for:
-        click.echo(f"prune: space is freed once these runs end: {', '.join(report.waiting_for)}")
+        summary(f"prune: space is freed once these runs end: {', '.join(report.waiting_for)}")
 
 
 @click.command("forget")
@@ -525,14 +539,14 @@ def forget_command(
         report = forget(repo, policy, snapshots=named, vm=vm, dry_run=dry_run)
         pruned = prune(repo, dry_run=False) if and_prune and not dry_run else None
     if as_json:
-        echo_json({**report.to_json(), "prune": pruned.to_json() if pruned else None})
+        echo_json(forget_doc(report, pruned))
         return
     for decision in report.decisions:
         s = decision.snapshot
         what = f"keep   ({', '.join(decision.reasons)})" if decision.keep else "forget"
-        click.echo(f"{s.short_id}  {s.time:%Y-%m-%d %H:%M}  {s.vm_name}  {what}")
+        summary(f"{s.short_id}  {s.time:%Y-%m-%d %H:%M}  {s.vm_name}  {what}")
     verb = "would forget" if dry_run else "forgot"
-    click.echo(f"{verb} {len(report.removed)} of {len(report.decisions)} snapshots")
+    summary(f"{verb} {len(report.removed)} of {plural(len(report.decisions), 'snapshot')}")
     if pruned is not None:
         _render_prune(pruned)
 
@@ -565,7 +579,7 @@ def prune_command(
     with _opened(args, repo_option, repo_password_file, s3_endpoint) as (repo, rest):
         _exactly(rest, 0, "no argument after REPO")
         report = prune(repo, dry_run=dry_run)
-    echo_json(report.to_json()) if as_json else _render_prune(report)
+    echo_json(prune_doc(report)) if as_json else _render_prune(report)
 
 
 # --------------------------------------------------------------------------------------------- stats
@@ -595,13 +609,13 @@ def stats_command(
         _exactly(rest, 0, "no argument after REPO")
         stats = repo_stats(repo)
     if as_json:
-        echo_json(stats.to_json())
+        echo_json(stats_doc(stats))
         return
-    click.echo(f"snapshots     {stats.snapshots}")
-    click.echo(f"chunks        {stats.chunks}")
-    click.echo(f"logical       {human_size(stats.logical_bytes)}")
-    click.echo(f"data          {human_size(stats.data_bytes)}")
-    click.echo(f"stored        {human_size(stats.stored_bytes)}")
+    output_result(f"snapshots     {stats.snapshots}")
+    output_result(f"chunks        {stats.chunks}")
+    output_result(f"logical       {human_size(stats.logical_bytes)}")
+    output_result(f"data          {human_size(stats.data_bytes)}")
+    output_result(f"stored        {human_size(stats.stored_bytes)}")
 
 
 # ----------------------------------------------------------------------- backup --repo, restore --repo
@@ -623,16 +637,15 @@ def _render_repo_backup(report: RepoBackupReport) -> None:
                 detail,
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(7)]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[7])
+    for line in table(rows, right=(2, 4, 5, 6)):
+        summary(line)
     for r in report.results:
         for disk in r.disks:
             for notice in disk.notices:
-                click.echo(f"note: {r.vm_name} disk {disk.userdevice}: {notice}", err=True)
+                note(f"{r.vm_name} disk {disk.userdevice}: {notice}")
     ok = len(report.results) - len(report.failed)
     shard = f" (shard {report.shard})" if report.shard else ""
-    click.echo(f"{ok} of {len(report.results)} VMs backed up to {report.repository}{shard}")
+    summary(f"{ok} of {plural(len(report.results), 'VM')} backed up to {report.repository}{shard}")
 
 
 def _keep_newest(repository: Repository, report: RepoBackupReport, keep: int) -> list[str]:
@@ -684,7 +697,7 @@ def run_repo_backup(
             cbt=cbt,
             snapshots=cast("Any", snapshots),
             nbd_connections=nbd_connections,
-            progress=_progress(),
+            progress=terminal_progress(),
         )
         forgotten = _keep_newest(repository, report, keep) if keep else None
     finally:
@@ -694,16 +707,9 @@ def run_repo_backup(
     else:
         _render_repo_backup(report)
         if forgotten is not None:
-            click.echo(
-                f"forgot {len(forgotten)} older snapshots (--keep {keep}); `repo prune` frees the space"
-            )
-    failed = [r.vm_name for r in report.failed]
-    if report.exit_code == 3:
-        raise PartialFailure(
-            f"{len(failed)} of {len(report.results)} backups failed: {', '.join(failed)}", failed=failed
-        )
-    if report.exit_code == 1:
-        raise XvatoolError(f"all {len(failed)} backups failed")
+            forgot = plural(len(forgotten), "older snapshot")
+            summary(f"forgot {forgot} (--keep {keep}); `repo prune` frees the space")
+    batch_outcome(report, as_json=as_json)
 
 
 def run_repo_restore(
@@ -731,11 +737,23 @@ def run_repo_restore(
                 sr=sr,
                 restore_identity=restore_identity,
                 mode=cast("Any", mode),
-                progress=_progress(),
+                progress=terminal_progress(),
             )
     finally:
         repository.close()
-    echo_json(result.to_json()) if as_json else click.echo(result.vm_uuid)
+    if as_json:
+        found = result.snapshot
+        echo_json({
+            "vm": {"uuid": result.vm_uuid, "name": found.vm_name},
+            "mode": result.mode,
+            "source": {
+                "repository": repo,
+                "snapshot": {"id": found.id, "time": found.to_json()["time"]},
+                "vm": {"uuid": found.vm_uuid, "name": found.vm_name},
+            },
+        })  # fmt: skip
+    else:
+        output_result(result.vm_uuid)
 
 
 @click.group("repo")

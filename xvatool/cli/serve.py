@@ -8,8 +8,9 @@ from pathlib import Path
 
 import click
 
-from xvatool.cli._common import command_errors, debug_option
+from xvatool.cli._common import command_errors
 from xvatool.cli._connection import read_password_file
+from xvatool.cli._output import output_options
 from xvatool.errors import UsageError
 
 __all__ = ["COMMANDS", "serve_command"]
@@ -67,7 +68,7 @@ def _parse_listen(listen: str) -> tuple[str, int]:
 @click.option("--fault", "faults", multiple=True, metavar="HANDLER:KIND[=ARG][:times=N]",
               help="Inject a fault, e.g. export:drop-after=3MiB or import_raw_vdi:stall=5:times=2. "
                    "'redirect' also starts a second host on another port.")  # fmt: skip
-@debug_option
+@output_options
 @command_errors
 def serve_command(
     *,

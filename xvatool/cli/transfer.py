@@ -2,46 +2,63 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import click
 
 from xvatool.cli._common import (
     command_errors,
-    debug_option,
     echo_json,
+    human_size,
     json_option,
     network_map_option,
-    quiet_option,
-    refuse_dash,
     terminal_progress,
 )
-from xvatool.cli._connection import Connection, connection_options, retries_option
+from xvatool.cli._connection import (
+    Connection,
+    connection_options,
+    resumable_import_options,
+    retries_option,
+    state_dir_option,
+)
+from xvatool.cli._output import note, output_options, plural, result, summary
 from xvatool.errors import UsageError
 
 if TYPE_CHECKING:
     from xvatool._retry import RetryPolicy
+    from xvatool._types import Compression
+    from xvatool.ops.export import ExportResult
+    from xvatool.ops.import_ import ImportResult
+    from xvatool.xapi.session import Session
+    from xvatool.xapi.vms import SnapshotPolicy
 
 __all__ = ["COMMANDS", "export_command", "import_command"]
 
 _MODE = click.Choice(["stream", "parallel"])
+_COMPRESS = click.Choice(["none", "gzip", "zstd"])
+
+
+def _exported(found: ExportResult) -> str:
+    where = str(found.path) if found.path is not None else "standard output"
+    snapshot = ", through a temporary snapshot" if found.snapshot_used else ""
+    return (
+        f"wrote {where}: {human_size(found.bytes_written)}, VM {found.vm_name} ({found.vm_uuid}), "
+        f"{plural(len(found.disks), 'disk')}{snapshot}"
+    )
 
 
 @click.command("export")
 @click.argument("vm", required=False)
 @click.option("--appliance", metavar="NAME", help="Export every VM of this appliance (vApp) as one package.")
-@click.option(
-    "-o",
-    "--output",
-    "out",
-    required=True,
-    metavar="OUT",
-    callback=refuse_dash,
-    help="The XVA to write; OUT.ova, OUT.ovf or DIR/ write an OVF package (streamOptimized VMDK disks).",
-)
-@click.option("--compress", type=click.Choice(["none", "gzip", "zstd"]), default="none", show_default=True)
-@click.option("--mode", type=_MODE, default="stream", show_default=True, help="One stream, or one per disk.")
+@click.option("-o", "--output", "out", required=True, metavar="OUT|-",
+              help="The XVA to write; - writes the stream to standard output (stream mode); OUT.ova, "
+                   "OUT.ovf or DIR/ write an OVF package (streamOptimized VMDK disks).")  # fmt: skip
+@click.option("--compress", type=_COMPRESS, default="none", show_default=True,
+              help="Ask the host to compress the archive (zstd is much faster than gzip).")  # fmt: skip
+@click.option("--mode", type=_MODE, default="stream", show_default=True,
+              help="One verified stream, or every disk at once (resumable per disk).")  # fmt: skip
 @click.option(
     "--snapshot",
     type=click.Choice(["auto", "never"]),
@@ -49,12 +66,16 @@ _MODE = click.Choice(["stream", "parallel"])
     show_default=True,
     help="Export a running VM through a temporary snapshot (auto) or refuse (never).",
 )
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @retries_option
-@click.option("--resume", is_flag=True, help="Continue an interrupted export from its journal.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted parallel export from its journal.")
+@click.option("--discard", is_flag=True,
+              help="Remove what an interrupted parallel export left (spools, journal) and start over; "
+                   "after a failure, remove it instead of keeping it for --resume.")  # fmt: skip
+@state_dir_option
 @json_option()
 @connection_options
-@quiet_option
-@debug_option
+@output_options
 @command_errors
 def export_command(
     *,
@@ -65,11 +86,19 @@ def export_command(
     compress: str,
     mode: str,
     snapshot: str,
+    force: bool,
     retry: RetryPolicy,
     resume: bool,
+    discard: bool,
+    state_dir: Path | None,
     as_json: bool,
 ) -> None:
     """Export VM (uuid or unique name) to an XVA file, verified while it downloads.
+
+    A running VM is exported through a temporary snapshot, and the archive describes the VM
+    itself (its uuid and its disks' uuids). OUT appears only when complete and verified; an
+    existing OUT is refused unless --force. A failed parallel export keeps what it fetched for
+    --resume and says so; --discard removes it.
 
     With -o OUT.ova (or OUT.ovf, DIR/) the VM, or with --appliance every VM of an appliance,
     becomes an OVF package instead: disks streamed from the host into streamOptimized VMDKs,
@@ -79,65 +108,86 @@ def export_command(
     \b
     Example:
       xvatool export --host xen1 --password-file pw web-01 -o web-01.xva --mode parallel
+      xvatool export --host xen1 web-01 -o - | ssh backup 'cat > web-01.xva'
       xvatool export --host xen1 --password-file pw --appliance web-app -o web-app.ova
     """
-    from xvatool.ops.export import export_vm
+    from xvatool.ops.export import export_to_stream, export_vm
     from xvatool.ops.package_export import export_package, package_layout
 
-    if appliance is not None or package_layout(out) is not None:
-        if resume or compress != "none" or mode != "stream":
-            raise UsageError("--resume, --compress and --mode are for XVA exports, not packages")
+    if appliance is not None or (out != "-" and package_layout(out) is not None):
+        if resume or discard or compress != "none" or mode != "stream":
+            raise UsageError("--resume, --discard, --compress and --mode are for XVA exports, not packages")
         with connect() as session:
-            package = export_package(session, out, vm=vm, appliance=appliance, snapshot=snapshot,  # type: ignore[arg-type]
-                                     retry=retry, progress=terminal_progress())  # fmt: skip
-        summary = (
-            f"{package.path}: {', '.join(package.vms)} ({package.disks} disks, {package.bytes_written} bytes)"
+            package = export_package(session, out, vm=vm, appliance=appliance, overwrite=force,
+                                     snapshot=cast("SnapshotPolicy", snapshot), retry=retry,
+                                     progress=terminal_progress())  # fmt: skip
+        described = (
+            f"wrote {package.path}: {', '.join(package.vms)} ({plural(package.disks, 'disk')}, "
+            f"{human_size(package.bytes_written)})"
         )
-        echo_json(package.to_json()) if as_json else click.echo(summary)
+        echo_json(package.to_json()) if as_json else summary(described)
         return
     if vm is None:
         raise UsageError("name the VM to export (or --appliance NAME)")
+
+    if out == "-":
+        if mode != "stream" or resume or discard or force:
+            raise UsageError(
+                "-o - (standard output) is one stream: no --mode parallel, --resume, --discard or --force"
+            )
+        if sys.stdout.isatty():
+            raise UsageError("refusing to write an archive to a terminal; redirect standard output")
+        with connect() as session:
+            found = export_to_stream(
+                session, vm, sys.stdout.buffer, compression=cast("Compression", compress),
+                snapshot=cast("SnapshotPolicy", snapshot), progress=terminal_progress(),
+            )  # fmt: skip
+        sys.stdout.buffer.flush()
+        if not as_json:  # stdout carries the archive: the summary goes to stderr
+            note(_exported(found))
+        return
     with connect() as session:
-        result = export_vm(
+        found = export_vm(
             session, vm, Path(out), mode=mode, compression=compress, snapshot=snapshot,  # type: ignore[arg-type]
-            retry=retry, resume=resume, progress=terminal_progress(),
+            retry=retry, resume=resume, discard=discard, overwrite=force, state_dir=state_dir,
+            progress=terminal_progress(),
         )  # fmt: skip
-    if as_json:
-        echo_json(result.to_json())
-    else:
-        click.echo(f"{result.path}: {result.bytes_written} bytes, VM {result.vm_uuid}")
+    echo_json(found.to_json()) if as_json else summary(_exported(found))
 
 
 @click.command("import")
-@click.argument("archive", metavar="ARCHIVE|PACKAGE", type=click.Path())
-@click.option("--sr", help="Target SR (uuid or unique name); default: the pool's default SR.")
+@click.argument("archive", metavar="ARCHIVE|PACKAGE|-")
+@click.option("--sr", metavar="SR", help="Target SR (uuid or unique name); default: the pool's default SR.")
+@click.option("--restore-identity", "restore", is_flag=True,
+              help="Keep the VM's identity (uuid, MACs) as exported, instead of a new one.")  # fmt: skip
 @network_map_option("Package NICs on network OLD go to host network NEW (names; repeatable).")
-@click.option("--restore", is_flag=True, help="Keep the VM's identity (MACs, uuids) as exported.")
 @click.option("--force", is_flag=True, help="Let the host ignore checksum errors (stream mode).")
-@click.option("--mode", type=_MODE, default="stream", show_default=True, help="One stream, or one per disk.")
-@retries_option
-@click.option("--resume", is_flag=True, help="Continue an interrupted parallel import from its journal.")
-@click.option("--discard", is_flag=True, help="On failure (or with an old journal) remove the VDIs created.")
+@resumable_import_options("import")
 @json_option()
 @connection_options
-@quiet_option
-@debug_option
+@output_options
 @command_errors
 def import_command(
     *,
     connect: Connection,
     archive: str,
     sr: str | None,
-    map_network: dict[str, str],
     restore: bool,
+    map_network: dict[str, str],
     force: bool,
     mode: str,
     retry: RetryPolicy,
     resume: bool,
     discard: bool,
+    state_dir: Path | None,
     as_json: bool,
 ) -> None:
-    """Import an XVA archive as a new VM and print its uuid.
+    """Import an XVA archive (or an OVF package) as a new VM and print its uuid.
+
+    ARCHIVE - reads the archive from standard input: every chunk is verified as it passes, and
+    a bad one stops the upload so the host keeps nothing. A failed parallel import keeps its
+    VDIs for --resume only when a retry could succeed (a network fault, Ctrl-C); when the host
+    refuses the archive they are removed at once.
 
     An OVF package (an .ova, a package folder or its .ovf; told by content) creates its VMs, and
     an appliance for a multi-VM package with its start order; disks go up as they stream (only
@@ -147,32 +197,57 @@ def import_command(
     \b
     Example:
       xvatool import --host xen1 --password-file pw web-01.xva --sr "Local storage" --mode parallel
+      ssh backup 'cat web-01.xva' | xvatool import --host xen1 --password-file pw -
       xvatool import --host xen1 --password-file pw vendor.ova --map-network "VM Network=LAN"
     """
     from xvatool.ops.import_ import import_vm
     from xvatool.ops.package_import import import_package, is_package
 
-    if is_package(archive):
+    if archive != "-" and is_package(archive):
         if force or resume or discard or mode != "stream":
             raise UsageError("--force, --resume, --discard and --mode are for XVA archives, not packages")
         with connect() as session:
             package = import_package(session, archive, sr=sr, network_map=map_network, restore=restore,
-                                     progress=terminal_progress())  # fmt: skip
-        for note in package.notes:
-            click.echo(f"xvatool: note: {note}", err=True)
-        echo_json(package.to_json()) if as_json else click.echo("\n".join(vm.uuid for vm in package.vms))
+                                     retry=retry, progress=terminal_progress())  # fmt: skip
+        for text in package.notes:
+            note(text)
+        if as_json:
+            echo_json(package.to_json())
+        else:
+            for vm in package.vms:
+                result(vm.uuid)
         return
     if map_network:
         raise UsageError("--map-network is for packages; rename an XVA's networks with `xvatool repack`")
+
     with connect() as session:
-        result = import_vm(
-            session, archive, sr=sr, restore=restore, force=force, mode=mode,  # type: ignore[arg-type]
-            retry=retry, resume=resume, discard=discard, progress=terminal_progress(),
-        )  # fmt: skip
-    if as_json:
-        echo_json({"vm": {"uuid": result.vm_uuid}, "mode": result.mode, "disks": result.to_json()["disks"]})
-    else:
-        click.echo(result.vm_uuid)
+        if archive == "-":
+            imported = _import_stdin(session, sr, restore, mode, resume, discard, force)
+        else:
+            imported = import_vm(
+                session, archive, sr=sr, restore=restore, force=force, mode=mode,  # type: ignore[arg-type]
+                retry=retry, resume=resume, discard=discard, state_dir=state_dir,
+                progress=terminal_progress(),
+            )  # fmt: skip
+    echo_json(imported.to_json()) if as_json else result(imported.vm_uuid)
+
+
+def _import_stdin(
+    session: Session, sr: str | None, restore: bool, mode: str, resume: bool, discard: bool, force: bool
+) -> ImportResult:
+    from xvatool.ops.live_import import import_live
+    from xvatool.xapi.vms import find_sr
+    from xvatool.xva.reader import XvaReader
+
+    if mode != "stream" or resume or discard or force:
+        raise UsageError(
+            "ARCHIVE - (standard input) is one stream: no --mode parallel, --resume, --discard or --force"
+        )
+    if sys.stdin.isatty():
+        raise UsageError("ARCHIVE -: standard input is a terminal; pipe an archive into it")
+    _ref, sr_uuid = find_sr(session, sr)
+    reader = XvaReader(sys.stdin.buffer, source="standard input")
+    return import_live(session, reader, sr=sr_uuid, restore=restore, progress=terminal_progress())
 
 
 COMMANDS: list[click.Command] = [export_command, import_command]

@@ -7,31 +7,36 @@ Each command parses its options, calls one function of `xvatool.ops` and renders
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 import click
 
 from xvatool.cli._common import (
+    batch_outcome,
     command_errors,
-    debug_option,
     echo_json,
     human_size,
     json_option,
     network_map_option,
-    quiet_option,
     terminal_progress,
 )
-from xvatool.cli._connection import INSECURE_WARNING, Connection, connection_options, read_password_file
+from xvatool.cli._connection import (
+    INSECURE_WARNING,
+    Connection,
+    connection_options,
+    resumable_import_options,
+    state_dir_option,
+)
+from xvatool.cli._output import note, output_options, plural, result, summary, table, warn
 from xvatool.cli.repo import repo_access_options, run_repo_backup, run_repo_restore
-from xvatool.errors import PartialFailure, UsageError, XvatoolError
+from xvatool.errors import UsageError
 
 if TYPE_CHECKING:
+    from xvatool._retry import RetryPolicy
     from xvatool._types import Compression
     from xvatool.ops.backup import BackupReport, ExportMode
     from xvatool.ops.export import TransferMode
-    from xvatool.xapi.session import Session
 
 __all__ = ["COMMANDS"]
 
@@ -46,24 +51,14 @@ def _render_backup(report: BackupReport) -> None:
     rows = [("VM", "STATUS", "SIZE", "TIME", "ARCHIVE / ERROR")]
     for r in report.results:
         detail = str(r.archive) if r.status == "ok" else (r.error or "")
-        rows.append((r.vm_name, r.status, human_size(r.archive_size), f"{r.duration_s:.1f}s", detail))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    for row in rows:
-        click.echo(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[4]
-        )
+        size = human_size(r.archive_size) if r.status == "ok" else "-"
+        rows.append((r.vm_name, r.status, size, f"{r.duration_s:.1f}s", detail))
+        for entry in r.pruned:
+            rows.append(("", "pruned", human_size(entry.manifest.archive_size), "", str(entry.archive)))
+    for line in table(rows, right=(2, 3)):
+        summary(line)
     ok = len(report.results) - len(report.failed)
-    click.echo(f"{ok} of {len(report.results)} VMs backed up to {report.dest}")
-
-
-def _backup_outcome(report: BackupReport) -> None:
-    """Exit 0 / 3 / 1 from the report (design.md §6)."""
-    failed = [r.vm_name for r in report.failed]
-    if report.exit_code == 3:
-        raise PartialFailure(f"{len(failed)} of {len(report.results)} backups failed: {', '.join(failed)}",
-                             failed=failed)  # fmt: skip
-    if report.exit_code == 1:
-        raise XvatoolError(f"all {len(failed)} backups failed")
+    summary(f"{ok} of {plural(len(report.results), 'VM')} backed up to {report.dest}")
 
 
 def _backup_appliance(
@@ -73,48 +68,45 @@ def _backup_appliance(
     from xvatool.ops.appliance_backup import backup_appliance
 
     with connect() as session:
-        result = backup_appliance(
+        run = backup_appliance(
             session, appliance, dest, keep=keep, compression=cast("Compression", compression),
             mode=cast("ExportMode", mode), progress=terminal_progress(),
         )  # fmt: skip
     if as_json:
-        echo_json(result.to_json())
+        echo_json(run.to_json())
         return
-    for member in result.members:
-        click.echo(f"{member.vm_name}  {human_size(member.archive_size)}  {result.folder / member.archive}")
-    click.echo(
-        f"appliance {result.appliance.name_label!r}: {len(result.members)} VMs backed up to {result.folder}"
+    rows = [("VM", "SIZE", "ARCHIVE")]
+    rows += [(m.vm_name, human_size(m.archive_size), str(run.folder / m.archive)) for m in run.members]
+    for line in table(rows, right=(1,)):
+        summary(line)
+    summary(
+        f"appliance {run.appliance.name_label!r}: {plural(len(run.members), 'VM')} backed up to {run.folder}"
     )
 
 
 # ---------------------------------------------------------------------------------------- migrate
 
 
-def _target_session(
-    url: str, user: str | None, password_file: str | None, fingerprint: str | None,
-    ca_bundle: str | None, insecure: bool,
-) -> Callable[[float], Session]:  # fmt: skip
-    """The target's credentials: `--to-user` / `XVATOOL_TO_USER`, password from a file or the env."""
-    from xvatool.xapi.session import connect
-
+def _target(url: str, user: str | None, password_file: str | None, fingerprint: str | None,
+            ca_bundle: str | None, insecure: bool, timeout_s: float) -> Connection:  # fmt: skip
+    """The target's credentials: `--to-user` / `XVATOOL_TO_USER`; the password from
+    `--to-password-file`, `XVATOOL_TO_PASSWORD`, or a prompt on a terminal.
+    """
     user = user or os.environ.get(TO_USER_ENV) or "root"
-    if password_file is not None:
-        password = read_password_file(password_file)
-    elif TO_PASSWORD_ENV in os.environ:
-        password = os.environ[TO_PASSWORD_ENV]
-    else:
-        raise UsageError(f"give the target's password with --to-password-file or {TO_PASSWORD_ENV}")
-
-    def factory(timeout_s: float) -> Session:
-        return connect(url, user, password, fingerprint=fingerprint, ca_bundle=ca_bundle,
-                       insecure=insecure, timeout_s=timeout_s)  # fmt: skip
-
-    return factory
+    return Connection(url=url, user=user, password_file=password_file, fingerprint=fingerprint,
+                      ca_bundle=ca_bundle, insecure=insecure, timeout_s=timeout_s,
+                      password_env=TO_PASSWORD_ENV)  # fmt: skip
 
 
 @click.command("backup")
 @connection_options
-@click.option("--vm", "vms", multiple=True, metavar="VM", help="VM name or uuid (repeatable).")
+@click.option(
+    "--vm",
+    "vms",
+    multiple=True,
+    metavar="VM",
+    help="VM name or uuid (repeatable); one not found is a failed item, the others still run.",
+)
 @click.option("--all", "all_vms", is_flag=True, help="Every VM except templates, snapshots and dom0.")
 @click.option("--tag", "tags", multiple=True, metavar="TAG", help="VMs carrying this tag (repeatable).")
 @click.option(
@@ -130,10 +122,15 @@ def _target_session(
 )
 @click.option("--shard", metavar="K/N", help="With --repo: only the K-th of N stable shares of the VMs.")
 @repo_access_options
-@click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1), help="VMs at once.")
-@click.option("--keep", type=click.IntRange(min=1),
-              help="Keep the N newest complete backups per VM (with --repo: forget the older "
-                   "snapshots of the VMs just backed up; `repo prune` frees their space).")  # fmt: skip
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1), metavar="N",
+              help="VMs at once.")  # fmt: skip
+@click.option(
+    "--keep",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Keep the N newest complete backups per VM (only backups xvatool wrote are removed; with "
+    "--repo: forget the older snapshots of the VMs just backed up; `repo prune` frees their space).",
+)
 @click.option("--compress", "compression", default="none", show_default=True,
               type=click.Choice(["none", "gzip", "zstd"]), help="Host-side compression.")  # fmt: skip
 @click.option("--mode", default="stream", show_default=True, type=click.Choice(["stream", "parallel"]),
@@ -147,15 +144,15 @@ def _target_session(
                    "(default otherwise).")  # fmt: skip
 @click.option("--nbd-connections", default=4, show_default=True, type=click.IntRange(min=1, max=16),
               help="With --repo: NBD connections per disk for changed blocks.")  # fmt: skip
+@state_dir_option
 @json_option("report")
-@quiet_option
-@debug_option
+@output_options
 @command_errors
 def backup_command(
     *, connect: Connection, vms: tuple[str, ...], all_vms: bool, tags: tuple[str, ...], appliance: str | None,
     dest: Path | None, repo: str | None, shard: str | None, repo_password_file: str | None,
     s3_endpoint: str | None, jobs: int, keep: int | None, compression: str, mode: str, cbt: bool,
-    snapshots: str | None, nbd_connections: int, as_json: bool,
+    snapshots: str | None, nbd_connections: int, state_dir: Path | None, as_json: bool,
 ) -> None:  # fmt: skip
     """Back up VMs: export each (verified), write DEST/<name>-<uuid8>/<time>.xva and a manifest.
 
@@ -168,8 +165,10 @@ def backup_command(
     since the previous backup by changed block tracking over NBD, else a VHD delta against the
     previous snapshot kept on the host, else the whole disk. The summary says which way each
     disk was read and the bytes that came from the host. Running VMs are read through a
-    snapshot. A failing VM does not stop the others; the exit code is 0 when all succeeded, 3
-    when some failed, 1 when all failed.
+    snapshot; the backup describes the VM itself. A failing or missing VM does not stop the
+    others; the exit code is 0 when all succeeded, 3 when some failed, 1 when all failed. With
+    -q nothing is printed unless something failed (for cron). Manage folder backups with
+    `xvatool backups`.
 
     \b
     Example:
@@ -192,6 +191,7 @@ def backup_command(
         return
     if not (vms or all_vms or tags):
         raise UsageError("choose VMs with --vm, --all or --tag (or --appliance NAME)")
+    Selection(vms, all_vms, tags).check()
     if dest is None and repo:
         if mode != "stream" or compression != "none":
             raise UsageError(
@@ -222,15 +222,15 @@ def backup_command(
     report = backup(
         connect, Selection(vms, all_vms, tags), dest, jobs=jobs, keep=keep,
         compression=cast("Compression", compression), mode=cast("ExportMode", mode),
-        progress=terminal_progress(),
+        state_dir=state_dir, progress=terminal_progress(),
     )  # fmt: skip
     echo_json(report.to_json()) if as_json else _render_backup(report)
-    _backup_outcome(report)
+    batch_outcome(report, as_json=as_json)
 
 
 @click.command("restore")
 @connection_options
-@click.argument("backup", metavar="BACKUP|SNAPSHOT")
+@click.argument("backup", metavar="BACKUP|DIR|SNAPSHOT")
 @click.option(
     "--repo",
     envvar="XVATOOL_REPO",
@@ -238,13 +238,15 @@ def backup_command(
     help="Restore SNAPSHOT (id prefix or latest:VM) from this repository (or XVATOOL_REPO).",
 )
 @repo_access_options
-@click.option("--sr", help="SR uuid or name (default: the pool's default SR).")
-@click.option("--restore-identity", is_flag=True, help="Keep the VM's identity (MACs…) as backed up.")
-@click.option("--mode", default="stream", show_default=True, type=click.Choice(["stream", "parallel"]),
-              help="One XVA stream, or every disk at once into its own VDI.")  # fmt: skip
+@click.option("--sr", metavar="SR", help="SR uuid or name (default: the pool's default SR).")
+@click.option("--restore-identity", is_flag=True,
+              help="Keep the VM's identity (uuid, MACs) as backed up, instead of a new one.")  # fmt: skip
+@resumable_import_options("restore")
+@click.option("--force", is_flag=True,
+              help="Restore even if the archive differs from its manifest, and let the host ignore checksum "
+                   "errors: rescue what a damaged backup still holds.")  # fmt: skip
 @json_option()
-@quiet_option
-@debug_option
+@output_options
 @command_errors
 def restore_command(
     *,
@@ -256,20 +258,25 @@ def restore_command(
     sr: str | None,
     restore_identity: bool,
     mode: str,
+    retry: RetryPolicy,
+    resume: bool,
+    discard: bool,
+    force: bool,
+    state_dir: Path | None,
     as_json: bool,
 ) -> None:
-    """Restore a backup (its .xva or its manifest) after checking the archive's sha256.
+    """Restore a backup after checking the archive against its manifest; print the new VM's uuid.
 
-    An appliance backup (its run folder or appliance.json) restores every VM, then the appliance
-    with its start order and delays; prints the appliance's uuid. All or nothing.
-
-    With --repo, restore a repository snapshot instead (every chunk authenticated as it is
-    read). Prints the new VM's uuid.
+    BACKUP is an .xva, its manifest, or a VM's backup folder DEST/<name>-<uuid8>, which
+    restores its newest complete backup. An appliance backup (its run folder or appliance.json)
+    restores every VM, then the appliance with its start order and delays, and prints the
+    appliance's uuid; all or nothing. With --repo, restore a repository snapshot instead (every
+    chunk authenticated as it is read).
 
     \b
     Example:
-      xvatool restore --host https://xen1 --sr "Local storage" \\
-          /backups/web-01-6f1c4d3e/20261127T051500Z.xva
+      xvatool restore --host https://xen1 --sr "Local storage" /backups/web-01-6f1c4d3e
+      xvatool restore --host https://xen1 /backups/web-01-6f1c4d3e/20261127T051500Z.xva --mode parallel
       xvatool restore --host https://xen1 --repo /backups/repo latest:web-01
       xvatool restore --host https://xen1 /backups/web-app-3f2a9c1d/20261127T051500Z
     """
@@ -282,10 +289,12 @@ def restore_command(
                 session, backup, sr=sr, restore_identity=restore_identity, mode=cast("ExportMode", mode),
                 progress=terminal_progress(),
             )  # fmt: skip
-        echo_json(group.to_json()) if as_json else click.echo(group.appliance_uuid)
+        echo_json(group.to_json()) if as_json else result(group.appliance_uuid)
         return
     source = click.get_current_context().get_parameter_source("repo")
-    if repo and (source != click.core.ParameterSource.ENVIRONMENT or not Path(backup).is_file()):
+    if repo and (source != click.core.ParameterSource.ENVIRONMENT or not Path(backup).exists()):
+        if resume or discard or force:
+            raise UsageError("--resume, --discard and --force are for folder backups, not --repo")
         run_repo_restore(
             connect,
             backup,
@@ -299,9 +308,10 @@ def restore_command(
         )
         return
     with connect() as session:
-        result = restore(session, Path(backup), sr=sr, restore_identity=restore_identity,
-                         mode=cast("ExportMode", mode), progress=terminal_progress())  # fmt: skip
-    echo_json(result.to_json()) if as_json else click.echo(result.vm_uuid)
+        restored = restore(session, Path(backup), sr=sr, restore_identity=restore_identity,
+                           mode=cast("ExportMode", mode), retry=retry, resume=resume, discard=discard,
+                           force=force, state_dir=state_dir, progress=terminal_progress())  # fmt: skip
+    echo_json(restored.to_json()) if as_json else result(restored.vm_uuid)
 
 
 @click.command("migrate")
@@ -311,21 +321,24 @@ def restore_command(
     "--appliance", metavar="NAME", help="Move every VM of this appliance and recreate it on the target."
 )
 @click.option("--to", "to_url", required=True, metavar="URL", help="Target host or pool master.")
-@click.option("--to-user", help=f"Target user (or {TO_USER_ENV}; default root).")
-@click.option("--to-password-file", type=click.Path(dir_okay=False),
-              help=f"File holding the target's password (or {TO_PASSWORD_ENV}).")  # fmt: skip
-@click.option("--to-fingerprint", help="Pin the target's self-signed certificate (SHA-256).")
-@click.option("--to-ca-bundle", type=click.Path(dir_okay=False), help="CA bundle for the target.")
+@click.option("--to-user", metavar="USER", help=f"Target user (or {TO_USER_ENV}; default root).")
+@click.option("--to-password-file", type=click.Path(dir_okay=False), metavar="FILE",
+              help=f"The target's password (else {TO_PASSWORD_ENV}, else a prompt).")  # fmt: skip
+@click.option(
+    "--to-fingerprint", metavar="SHA256", help="Pin the target's self-signed certificate (SHA-256)."
+)
+@click.option(
+    "--to-ca-bundle", type=click.Path(dir_okay=False), metavar="FILE", help="CA bundle for the target."
+)
 @click.option("--to-insecure", is_flag=True, help="Do not verify the target's certificate (loud).")
-@click.option("--sr", help="Target SR uuid or name (default: the target pool's default SR).")
-@network_map_option("Put VIFs of network OLD on target network NEW (names; repeatable).")
+@click.option("--sr", metavar="SR", help="Target SR uuid or name (default: the target pool's default SR).")
+@network_map_option("Put VIFs of network OLD on target network NEW (names; repeatable; checked first).")
 @click.option("--shutdown-source", is_flag=True, help="Shut the source VM down cleanly first.")
 @click.option("--mode", default="stream", show_default=True, type=click.Choice(["stream", "parallel"]),
               help="One export piped into one import, or every disk at once (export_raw_vdi into "
                    "chunked import_raw_vdi, then import_metadata).")  # fmt: skip
 @json_option()
-@quiet_option
-@debug_option
+@output_options
 @command_errors
 def migrate_command(
     *, connect: Connection, vm: str | None, appliance: str | None, to_url: str, to_user: str | None,
@@ -334,10 +347,12 @@ def migrate_command(
 ) -> None:  # fmt: skip
     """Copy VM to another pool: export piped straight into import, verified, no temp file.
 
-    The version header is lowered for an older target, networks are renamed with
-    --map-network, and a failed migration leaves nothing on the target. The source VM is left
-    as it was unless --shutdown-source. --mode parallel moves every disk at once, each verified
-    chunk by chunk and sent without its zero regions.
+    The version header is lowered for an older target; --map-network OLD=NEW is checked against
+    the VM and the target before a byte moves, and the result says on which network each VIF
+    landed. A running VM is copied through a temporary snapshot (a note says so); a VM migrated
+    before gets a warning before its second copy. A failed migration leaves nothing on the
+    target; the source VM is left as it was unless --shutdown-source. --mode parallel moves
+    every disk at once, each verified chunk by chunk and sent without its zero regions.
 
     --appliance NAME moves every VM of an appliance (running ones snapshotted together, or the
     appliance shut down in order with --shutdown-source), creates its private networks on the
@@ -357,33 +372,37 @@ def migrate_command(
     if (vm is None) == (appliance is None):
         raise UsageError("name the VM to migrate, or --appliance NAME (not both)")
     if to_insecure:
-        click.echo(INSECURE_WARNING.replace("--insecure", "--to-insecure"), err=True)
-    target = _target_session(to_url, to_user, to_password_file, to_fingerprint, to_ca_bundle, to_insecure)
-    with connect() as source, target(source.timeout_s) as dest:
+        warn(INSECURE_WARNING.replace("--insecure", "--to-insecure").removeprefix("xvatool: warning: "))
+    target = _target(to_url, to_user, to_password_file, to_fingerprint, to_ca_bundle, to_insecure,
+                     connect.timeout_s)  # fmt: skip
+    target.password  # noqa: B018  # asked for (prompted) before the source is touched
+    with connect() as source, target() as dest:
         if appliance is not None:
             group = migrate_appliance(source, dest, appliance, sr=sr, network_map=map_network,
                                       shutdown_source=shutdown_source, mode=cast("TransferMode", mode),
                                       progress=terminal_progress())  # fmt: skip
-            echo_json(group.to_json()) if as_json else click.echo(group.appliance_uuid)
+            echo_json(group.to_json()) if as_json else result(group.appliance_uuid)
             return
-        result = migrate(
-            source, dest, vm or "", sr=sr, network_map=map_network, shutdown_source=shutdown_source,
-            mode=cast("TransferMode", mode), progress=terminal_progress(),
-        )  # fmt: skip
+        migrated = migrate(source, dest, vm or "", sr=sr, network_map=map_network,
+                           shutdown_source=shutdown_source, mode=cast("TransferMode", mode),
+                           progress=terminal_progress())  # fmt: skip
     if as_json:
-        echo_json(result.to_json())
+        echo_json(migrated.to_json())
         return
-    for change in result.changes:
-        click.echo(f"rewrote {change}", err=True)
-    click.echo(result.vm_uuid)
+    for change in migrated.changes:
+        if not change.startswith("network "):  # where the VIFs landed is said below
+            note(f"changed {change}")
+    for vif in migrated.vifs:
+        was = f" (was {vif.source_network!r})" if vif.source_network not in (None, vif.network_name) else ""
+        note(f"VIF {vif.device} ({vif.mac}) is on target network {vif.network_name!r}{was}")
+    result(migrated.vm_uuid)
 
 
 @click.command("demo")
-@click.option("--keep-dir", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--keep-dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
               help="Keep the host data and backup here, not in a temporary folder.")  # fmt: skip
 @json_option("summary")
-@quiet_option
-@debug_option
+@output_options
 @command_errors
 def demo_command(*, keep_dir: Path | None, as_json: bool) -> None:
     """Run a backup → inspect → verify → restore → compare round trip on a simulated host.
@@ -396,15 +415,15 @@ def demo_command(*, keep_dir: Path | None, as_json: bool) -> None:
     """
     from xvatool.ops.demo import run_demo
 
-    say = None if as_json else click.echo
-    summary = run_demo(workdir=keep_dir, progress=terminal_progress(), say=say)
+    say = None if as_json else summary
+    outcome = run_demo(workdir=keep_dir, progress=terminal_progress(), say=say)
     if as_json:
-        echo_json(summary.to_json())
+        echo_json(outcome.to_json())
         return
-    sizes = " + ".join(human_size(s) for s in summary.disk_sizes)
-    click.echo(
-        f"demo ok: {summary.vm_name!r} ({sizes}) backed up to {human_size(summary.archive_size)}, verified, "
-        f"restored as {summary.restored_vm_uuid}, disks identical; {summary.total_s:.1f}s"
+    sizes = " + ".join(human_size(s) for s in outcome.disk_sizes)
+    summary(
+        f"demo ok: {outcome.vm_name!r} ({sizes}) backed up to {human_size(outcome.archive_size)}, verified, "
+        f"restored as {outcome.restored_vm_uuid}, disks identical; {outcome.total_s:.1f}s"
     )
 
 

@@ -2,11 +2,15 @@
 
 For each selected VM, in its own thread with its own session (sessions are not thread-safe):
 export it (the export layer snapshots a running VM and destroys the snapshot afterwards,
-xapi-protocol.md §5 item 12) into ``DEST/<name>-<uuid8>/<stamp>.xva``, verifying every chunk and
-computing the archive's sha256 and each disk's while the bytes stream (`export_vm(digest=True)`:
-the archive is never read again), write the manifest last and atomically, then apply retention
-in that VM's folder. A failing VM is recorded in the report and does not stop the others; its
-partial files are removed.
+xapi-protocol.md §5 item 12; the archive still describes the VM, `ops.identity`) into
+``DEST/<name>-<uuid8>/<stamp>.xva``, verifying every chunk and computing the archive's sha256 and
+each disk's while the bytes stream (`export_vm(digest=True)`: the archive is never read again),
+write the manifest last and atomically, then apply retention in that VM's folder (only
+xvatool's own files go). A failing VM, or a named VM the host does not have, is a failed result
+in the report (`ops.report`) and does not stop the others; a failed VM's partial files are
+removed. Ctrl-C stops every job at its next progress update (`parallel.run_batch`), each
+cleaning up as it would alone. Options and `DEST` are checked before anything is exported, and
+`DEST` is created only when there is something to back up.
 
 Layout::
 
@@ -31,23 +35,27 @@ import importlib.metadata
 import logging
 import os
 import re
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from xvatool._files import remove_tree
-from xvatool._progress import Progress, labelled
+from xvatool._progress import Progress
 from xvatool._retry import DEFAULT_RETRY, RetryPolicy
 from xvatool._types import Compression
 from xvatool.errors import LocalIOError, UsageError, XvatoolError
+from xvatool.ops.documents import file_doc
 from xvatool.ops.export import export_vm
 from xvatool.ops.manifest import ARCHIVE_SUFFIX, Manifest, manifest_path_for, write_manifest
-from xvatool.ops.retention import apply_retention, incomplete_files
+from xvatool.ops.parallel import run_batch, stopping
+from xvatool.ops.report import BatchReport, VmResult
+from xvatool.ops.retention import BackupEntry, apply_retention, incomplete_files
+from xvatool.ops.spools import PartialExport
 from xvatool.xapi.session import Session
 from xvatool.xapi.vms import VmRef, find_vm
 from xvatool.xva.compression import COMPRESSIONS
@@ -61,9 +69,11 @@ __all__ = [
     "backup",
     "backup_archive",
     "folder_lock",
+    "resolve_selection",
     "sanitize_name",
     "select_vms",
     "utc_stamp",
+    "vm_folder",
 ]
 
 _log = logging.getLogger(__name__)
@@ -82,79 +92,78 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 @dataclass(frozen=True)
 class Selection:
-    """Which VMs to back up: names or uuids, `all_vms`, and/or tags (the union of all three)."""
+    """Which VMs to back up: names or uuids, or `all_vms`, and/or tags (the union).
+
+    `all_vms` with named VMs is refused (`UsageError`): one of the two is a mistake.
+    """
 
     vms: tuple[str, ...] = ()
     all_vms: bool = False
     tags: tuple[str, ...] = ()
 
+    def check(self) -> None:
+        """`UsageError` for an empty or contradictory selection."""
+        if not (self.vms or self.all_vms or self.tags):
+            raise UsageError("choose VMs with --vm, --all or --tag")
+        if self.all_vms and (self.vms or self.tags):
+            raise UsageError("--all already selects every VM; drop --vm and --tag, or --all")
+
 
 @dataclass
-class VmBackupResult:
-    """The outcome for one VM; `error` is the one-line message when `status` is "failed"."""
+class VmBackupResult(VmResult):
+    """The outcome for one VM: the backup written, and what retention pruned and cleaned."""
 
-    vm_uuid: str
-    vm_name: str
-    status: Literal["ok", "failed"] = "failed"
     archive: Path | None = None
     manifest: Path | None = None
     archive_size: int = 0
+    archive_sha256: str | None = None
     disk_size: int = 0
     """Sum of the disks' virtual sizes."""
-    duration_s: float = 0.0
-    error: str | None = None
-    removed: list[Path] = field(default_factory=list)
-    """Older backups removed by retention, and incomplete leftovers cleaned."""
+    snapshot_uuid: str | None = None
+    """The temporary snapshot a running VM was exported through (destroyed since)."""
+    pruned: list[BackupEntry] = field(default_factory=list)
+    """Older complete backups retention removed."""
+    cleaned: list[Path] = field(default_factory=list)
+    """Leftovers of interrupted runs retention removed."""
 
     def to_json(self) -> dict[str, Any]:
-        """The result as JSON-friendly values (paths as strings)."""
+        """One item of the `backup --json` document (docs/json.md)."""
+        archive = (
+            file_doc(self.archive, self.archive_size, sha256=self.archive_sha256) if self.archive else None
+        )
         return {
-            "vm_uuid": self.vm_uuid,
-            "vm_name": self.vm_name,
-            "status": self.status,
-            "archive": str(self.archive) if self.archive else None,
-            "manifest": str(self.manifest) if self.manifest else None,
-            "archive_size": self.archive_size,
-            "disk_size": self.disk_size,
-            "duration_s": round(self.duration_s, 3),
-            "error": self.error,
-            "removed": [str(p) for p in self.removed],
+            **super().to_json(),
+            "archive": archive,
+            "manifest": file_doc(self.manifest) if self.manifest else None,
+            "virtual_size": self.disk_size,
+            "vm_snapshot": {"uuid": self.snapshot_uuid} if self.snapshot_uuid else None,
+            "pruned": [
+                file_doc(e.archive, e.manifest.archive_size, time=e.manifest.started_at) for e in self.pruned
+            ],
+            "cleaned": [file_doc(p) for p in self.cleaned],
         }
 
 
 @dataclass
-class BackupReport:
-    """Every selected VM's result, in selection order."""
+class BackupReport(BatchReport[VmBackupResult]):
+    """Every selected VM's result (VMs not found first, then in selection order)."""
 
-    dest: Path
-    results: list[VmBackupResult]
-
-    @property
-    def failed(self) -> list[VmBackupResult]:
-        """Results whose status is "failed"."""
-        return [r for r in self.results if r.status != "ok"]
-
-    @property
-    def exit_code(self) -> int:
-        """0 when every VM succeeded, 3 when some failed, 1 when all failed (design.md §6)."""
-        if not self.failed:
-            return 0
-        return 1 if len(self.failed) == len(self.results) else 3
+    dest: Path = Path()
 
     def to_json(self) -> dict[str, Any]:
-        """The report as one JSON document."""
-        return {
-            "dest": str(self.dest),
-            "ok": len(self.results) - len(self.failed),
-            "failed": len(self.failed),
-            "results": [r.to_json() for r in self.results],
-        }
+        """The `backup --json` document."""
+        return {"dest": str(self.dest), **super().to_json()}
 
 
 def sanitize_name(name: str) -> str:
     """A VM name made safe for one path component: ``"web 01/prod"`` → ``"web_01_prod"``."""
     safe = _UNSAFE.sub("_", name).strip("._-")[:MAX_DIR_NAME].rstrip("._-")
     return safe or "vm"
+
+
+def vm_folder(dest: str | os.PathLike[str], vm_uuid: str, vm_name: str) -> Path:
+    """``DEST/<name>-<uuid8>``: where a VM's backups go."""
+    return Path(dest) / f"{sanitize_name(vm_name)}-{vm_uuid[:UUID_PREFIX]}"
 
 
 def utc_stamp(moment: dt.datetime) -> str:
@@ -172,15 +181,25 @@ def _selectable(rec: Mapping[str, Any]) -> bool:
     return not (rec.get("is_a_template") or rec.get("is_a_snapshot") or rec.get("is_control_domain"))
 
 
-def select_vms(session: Session, selection: Selection) -> list[VmRef]:
-    """The VMs a selection names, each once, in a stable order (named first, then by name).
+def resolve_selection(
+    session: Session, selection: Selection
+) -> tuple[list[VmRef], list[tuple[str, UsageError]]]:
+    """The VMs a selection names, each once, in a stable order (named first, then by name), and
+    the names that match no VM (or several) with the reason.
 
-    A name or uuid that matches nothing (or a name that matches several VMs) is a `UsageError`,
-    raised before any backup starts; so is a selection that picks no VM at all.
+    A name that matches nothing is not fatal: the batch reports it as a failed VM and backs up
+    the others, so one renamed VM never stops the nightly job. A selection that picks no VM
+    and names none (a tag nobody carries) is a `UsageError`.
     """
+    selection.check()
     chosen: dict[str, VmRef] = {}
+    missing: list[tuple[str, UsageError]] = []
     for name in selection.vms:
-        vm = find_vm(session, name)
+        try:
+            vm = find_vm(session, name)
+        except UsageError as exc:
+            missing.append((name, exc))
+            continue
         chosen.setdefault(vm.uuid, vm)
     if selection.all_vms or selection.tags:
         records: dict[str, dict[str, Any]] = session.call("VM.get_all_records")
@@ -193,10 +212,28 @@ def select_vms(session: Session, selection: Selection) -> list[VmRef]:
         ]  # fmt: skip
         for vm in sorted(picked, key=lambda v: (v.name_label, v.uuid)):
             chosen.setdefault(vm.uuid, vm)
-    if not chosen:
+    if not chosen and not missing:
         what = f"tag {', '.join(selection.tags)}" if selection.tags else "the selection"
         raise UsageError(f"no VM matches {what}")
-    return list(chosen.values())
+    return list(chosen.values()), missing
+
+
+def select_vms(session: Session, selection: Selection) -> list[VmRef]:
+    """The VMs a selection names (`resolve_selection`); a name matching no VM is a `UsageError`."""
+    vms, missing = resolve_selection(session, selection)
+    if missing:
+        raise missing[0][1]
+    return vms
+
+
+def missing_results(missing: list[tuple[str, UsageError]], make: Callable[[str, str], VmResult]) -> list[Any]:
+    """Failed results for the names a selection could not find (`make(uuid, name)` builds one)."""
+    results = []
+    for name, exc in missing:
+        result = make("", name)
+        result.fail(exc)
+        results.append(result)
+    return results
 
 
 def backup(
@@ -209,14 +246,16 @@ def backup(
     compression: Compression = "none",
     mode: ExportMode = "stream",
     retry: RetryPolicy = DEFAULT_RETRY,
+    state_dir: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
 ) -> BackupReport:
     """Back up the selected VMs into `dest`, `jobs` at a time; never raises for one VM's failure.
 
-    Raises `UsageError` for a bad selection or options, before anything is exported. The report
-    says which VMs failed and why; `BackupReport.exit_code` maps it to 0 / 3 / 1.
-
-    Example::
+    Raises `UsageError` for bad options or a selection that picks nothing, and `LocalIOError`
+    when `dest` cannot be created or written, before anything is exported (and before `dest`
+    is created). A VM that is not found, or whose backup fails, is a failed result; the others
+    go on. `BackupReport.exit_code` maps the report to 0 / 3 / 1. Ctrl-C stops every job within
+    one buffer; each removes what it had half-written and destroys its snapshot. Example::
 
         report = backup(factory, Selection(vms=("web-01",)), Path("/backups"), keep=3)
     """
@@ -228,28 +267,29 @@ def backup(
         raise UsageError(f"unknown compression {compression!r} (none, gzip or zstd)")
     if mode not in ("stream", "parallel"):
         raise UsageError(f"unknown mode {mode!r} (stream or parallel)")
+    selection.check()
     dest = Path(dest)
+    with session_factory() as session:
+        vms, missing = resolve_selection(session, selection)
+    report = BackupReport(missing_results(missing, VmBackupResult), dest=dest)
+    if not vms:
+        return report
+    _writable_folder(dest)
+    stop = threading.Event()
+    job = _BackupJob(session_factory, dest, keep=keep, compression=compression, mode=mode, retry=retry,
+                     state_dir=state_dir, progress=stopping(progress, stop))  # fmt: skip
+    report.results += run_batch(vms, job.run, jobs=jobs, stop=stop)
+    return report
+
+
+def _writable_folder(dest: Path) -> None:
+    """Create `dest` if needed and prove it writable, so a read-only target fails as one line."""
     try:
         dest.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=dest, prefix=".xvatool-probe-"):
+            pass
     except OSError as exc:
-        raise LocalIOError(exc.strerror or str(exc), path=str(dest)) from exc
-    with session_factory() as session:
-        vms = select_vms(session, selection)
-    job = _BackupJob(session_factory, dest, keep=keep, compression=compression, mode=mode, retry=retry,
-                     progress=progress)  # fmt: skip
-    if jobs == 1 or len(vms) == 1:
-        results = [job.run(vm) for vm in vms]
-    else:
-        with ThreadPoolExecutor(max_workers=min(jobs, len(vms)), thread_name_prefix="backup") as pool:
-            futures = [pool.submit(job.run, vm) for vm in vms]
-            try:
-                results = [future.result() for future in futures]
-            except BaseException:
-                job.cancelled.set()
-                for future in futures:
-                    future.cancel()
-                raise
-    return BackupReport(dest, results)
+        raise LocalIOError(f"cannot write backups here: {exc.strerror or exc}", path=str(dest)) from exc
 
 
 class _BackupJob:
@@ -264,7 +304,8 @@ class _BackupJob:
         compression: Compression,
         mode: ExportMode,
         retry: RetryPolicy,
-        progress: Progress | None,
+        state_dir: str | os.PathLike[str] | None,
+        progress: Progress,
     ) -> None:
         self.session_factory = session_factory
         self.dest = dest
@@ -272,24 +313,23 @@ class _BackupJob:
         self.compression: Compression = compression
         self.mode: ExportMode = mode
         self.retry = retry
+        self.state_dir = state_dir
         self.progress = progress
-        self.cancelled = threading.Event()
         self._stamp_lock = threading.Lock()
 
     def run(self, vm: VmRef) -> VmBackupResult:
         result = VmBackupResult(vm.uuid, vm.name_label)
         started = time.monotonic()
-        folder = self.dest / f"{sanitize_name(vm.name_label)}-{vm.uuid[:UUID_PREFIX]}"
+        folder = vm_folder(self.dest, vm.uuid, vm.name_label)
         try:
-            if self.cancelled.is_set():
-                raise UsageError("cancelled")
             with folder_lock(folder):
                 self._backup_one(vm, folder, result)
-                result.removed = _retention(folder, self.keep)
+                retention = apply_retention(folder, keep=self.keep)
+            result.pruned, result.cleaned = retention.removed, retention.cleaned
             result.status = "ok"
         except XvatoolError as exc:
-            result.error = str(exc)
-            _log.info("backup of %s failed: %s", vm.name_label, exc)
+            result.fail(exc)
+            _log.info("backup of %s failed: %s", vm.name_label, result.error)
         finally:
             result.duration_s = time.monotonic() - started
         return result
@@ -302,18 +342,21 @@ class _BackupJob:
             with self.session_factory() as session:
                 manifest = backup_archive(
                     session, vm, archive, started_at=started_at, mode=self.mode, compression=self.compression,
-                    retry=self.retry, progress=labelled(self.progress, vm.name_label),
+                    retry=self.retry, state_dir=self.state_dir, progress=self.progress,
                 )  # fmt: skip
             committed = True
         finally:
             if not committed:
-                # Nothing without a manifest may look like a backup; retention would clean it
-                # anyway, but a failed VM should leave its folder as it found it.
+                # Nothing without a manifest may look like a backup; a failed VM leaves its
+                # folder as it found it (spools and their journal included).
+                PartialExport(archive, self.state_dir).remove()
                 for leftover in (archive, *incomplete_files(archive)):
                     remove_tree(leftover)
         result.archive = archive
         result.manifest = manifest_path_for(archive)
         result.archive_size = manifest.archive_size
+        result.archive_sha256 = manifest.archive_sha256
+        result.snapshot_uuid = manifest.snapshot_uuid
         result.disk_size = sum(d.virtual_size for d in manifest.disks)
 
     def _archive_path(self, folder: Path, moment: dt.datetime) -> Path:
@@ -338,6 +381,7 @@ def backup_archive(
     mode: ExportMode = "stream",
     compression: Compression = "none",
     retry: RetryPolicy = DEFAULT_RETRY,
+    state_dir: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> Manifest:
@@ -349,7 +393,7 @@ def backup_archive(
     source = _source_info(session)
     exported = export_vm(
         session, (export_from or vm).uuid, archive, mode=mode, compression=compression, snapshot="auto",
-        retry=retry, digest=True, progress=progress,
+        retry=retry, state_dir=state_dir, digest=True, progress=progress,
     )  # fmt: skip
     digest = exported.digest
     assert digest is not None  # asked for: hashed in flight, the archive is never read again
@@ -367,7 +411,8 @@ def backup_archive(
         finished_at=_iso(dt.datetime.now(dt.UTC)),
         tool_version=importlib.metadata.version("xvatool"),
         snapshot=exported.snapshot_used or (export_from is not None and export_from.uuid != vm.uuid),
-        extra={"archive_vm_uuid": digest.vm_uuid, "mode": mode, **(extra or {})},
+        snapshot_uuid=exported.snapshot_uuid or (export_from.uuid if export_from is not None else None),
+        extra={"mode": mode, **(extra or {})},
     )
     write_manifest(manifest_path_for(archive), manifest)
     return manifest
@@ -387,11 +432,6 @@ def _source_info(session: Session) -> dict[str, str]:
             info["host_name"] = str(session.call("host.get_name_label", master))
         break
     return info
-
-
-def _retention(folder: Path, keep: int | None) -> list[Path]:
-    result = apply_retention(folder, keep=keep)
-    return [*result.removed, *result.cleaned]
 
 
 @contextlib.contextmanager

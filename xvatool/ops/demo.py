@@ -25,9 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xvatool._human import human_size, plural
 from xvatool._progress import Progress
-from xvatool.errors import FormatError, XvatoolError
+from xvatool.errors import FormatError, LocalIOError, XvatoolError
 from xvatool.ops.backup import Selection, backup, select_vms
+from xvatool.ops.documents import file_doc, vm_doc
 from xvatool.ops.hostdisks import vm_disk_digests
 from xvatool.ops.manifest import load_manifest
 from xvatool.ops.restore import restore
@@ -58,16 +60,15 @@ class DemoSummary:
         return sum(seconds for _, seconds in self.steps)
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-friendly summary."""
+        """The `demo --json` document (docs/json.md)."""
         return {
-            "vm_name": self.vm_name,
-            "vm_uuid": self.vm_uuid,
-            "archive": str(self.archive),
-            "archive_size": self.archive_size,
-            "disk_sizes": self.disk_sizes,
-            "restored_vm_uuid": self.restored_vm_uuid,
+            "vm": vm_doc(self.vm_uuid, self.vm_name),
+            "archive": file_doc(self.archive, self.archive_size),
+            "disks": [{"virtual_size": size} for size in self.disk_sizes],
+            "restored_vm": {"uuid": self.restored_vm_uuid},
             "disks_equal": self.disks_equal,
-            "steps": {name: round(seconds, 3) for name, seconds in self.steps},
+            "steps": [{"name": name, "duration_s": round(seconds, 3)} for name, seconds in self.steps],
+            "duration_s": round(self.total_s, 3),
         }
 
 
@@ -84,7 +85,10 @@ def run_demo(
     `host_options` go to `running_host` (tests use them for smaller disks).
     """
     if workdir is not None:
-        Path(workdir).mkdir(parents=True, exist_ok=True)
+        try:
+            Path(workdir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LocalIOError(exc.strerror or str(exc), path=os.fspath(workdir)) from exc
         return _run(Path(workdir), progress, say or _silent, host_options or {})
     with tempfile.TemporaryDirectory(prefix="xvatool-demo-") as tmp:
         return _run(Path(tmp), progress, say or _silent, host_options or {})
@@ -125,12 +129,12 @@ def _run(
             result = report.results[0]
             if result.status != "ok" or result.archive is None or result.manifest is None:
                 raise XvatoolError(f"backup failed: {result.error}")
-            say(f"   wrote {result.archive} ({result.archive_size} bytes) and its manifest")
+            say(f"   wrote {result.archive} ({human_size(result.archive_size)}) and its manifest")
 
         with _step(steps, "inspect", say):
             info = inspect_archive(result.archive)
             for disk in info.disks:
-                say(f"   disk {disk.userdevice}: {disk.name_label!r}, {disk.virtual_size} bytes")
+                say(f"   disk {disk.userdevice}: {disk.name_label!r}, {human_size(disk.virtual_size)}")
             say(f"   compression {info.compression}, checksums {info.checksum}")
 
         with _step(steps, "verify", say):
@@ -141,7 +145,7 @@ def _run(
                     first.message, code=first.code, file=str(result.archive), member=first.member
                 )
             chunks = sum(d.chunks for d in verdict.disks)
-            say(f"   valid: {chunks} chunks checked")
+            say(f"   valid: {plural(chunks, 'chunk')} checked")
 
         with _step(steps, "restore", say), session_factory() as session:
             restored = restore(session, result.manifest, progress=progress)
@@ -186,8 +190,9 @@ def _repository_nights(
         result = backup_to_repository(session_factory, Selection(vms=(vm_uuid,)), repo).results[0]
         if result.status != "ok":
             raise XvatoolError(f"repository backup failed: {result.error}")
-        say(f"   {night} backup: snapshot {(result.snapshot or '')[:8]}, {result.data_bytes} bytes of data, "
-            f"{result.new_bytes} bytes stored")  # fmt: skip
+        snapshot = (result.snapshot or "")[:8]
+        say(f"   {night} backup: snapshot {snapshot}, {human_size(result.data_bytes)} of data, "
+            f"{human_size(result.new_bytes)} stored")  # fmt: skip
 
 
 def _device_key(userdevice: str | None) -> tuple[int, str]:

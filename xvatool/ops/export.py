@@ -11,9 +11,12 @@ and fetches every disk at once with `GET /export_raw_vdi?format=tar` (§3.5). Ea
 stream (xva-format.md §3.5) is verified chunk by chunk as it arrives and spooled to
 `OUT.part.d/<disk>.tar`; when all disks are there they are assembled into a standard XVA
 (`ops.spools.assemble_by_copy`: new member headers, the data copied by the kernel). The host
-offers no ranges (§4), so resuming is per disk: the journal `OUT.xvatool-journal.json` marks a
-disk (by VDI uuid) done with the XXH3-128 of its spool, and `--resume` re-hashes the spools and
+offers no ranges (§4), so resuming is per disk: the journal (in the state folder) marks a disk
+(by VDI uuid) done with the XXH3-128 of its spool, and `--resume` re-hashes the spools and
 fetches only the rest.
+
+`export_vm(digest=True)` also computes, while the bytes stream, the SHA-256 of the archive and
+of each disk (what a backup manifest records), so the file is never read again for them.
 
 Example::
 
@@ -36,11 +39,12 @@ from typing import IO, Literal
 
 import xxhash
 
-from xvatool._files import AtomicFile, atomic_output, remove_tree
+from xvatool._files import AtomicFile, remove_tree
+from xvatool._human import NOTE
 from xvatool._progress import Progress, ProgressGroup
 from xvatool._retry import DEFAULT_RETRY, RetryPolicy
 from xvatool._streams import TeeReader
-from xvatool._types import Compression, Readable
+from xvatool._types import Compression, Readable, Writable
 from xvatool.errors import (
     ChecksumError,
     FormatError,
@@ -51,10 +55,20 @@ from xvatool.errors import (
     UsageError,
     location_context,
 )
+from xvatool.ops.documents import disk_doc, vm_doc
+from xvatool.ops.identity import Identity, snapshot_identity, with_identity
 from xvatool.ops.manifest import ArchiveDigest, DiskDigester, InFlightDigest, archive_digest
 from xvatool.ops.parallel import run_parallel, stop_check
-from xvatool.ops.spools import DiskDigests, assemble_by_copy, spool_digest, spool_name
-from xvatool.xapi.journal import Journal, export_journal_path
+from xvatool.ops.progress import disk_label, tapped, total_size, tracked
+from xvatool.ops.spools import (
+    DiskDigests,
+    PartialExport,
+    assemble_by_copy,
+    disks_key,
+    spool_digest,
+    spool_name,
+)
+from xvatool.xapi.journal import Journal, StatePath
 from xvatool.xapi.session import Session
 from xvatool.xapi.tasks import managed_task, task_reason, wait_task
 from xvatool.xapi.transfer import open_download
@@ -62,14 +76,17 @@ from xvatool.xapi.vmdata import open_export, open_metadata_export
 from xvatool.xapi.vms import SnapshotPolicy, VmRef, export_source, find_vm
 from xvatool.xva.assemble import assemble_xva, read_ova_xml_tar
 from xvatool.xva.checksum import Hasher
+from xvatool.xva.convert import repack_pieces
 from xvatool.xva.ovaxml import DiskInfo, Metadata
 from xvatool.xva.reader import XvaReader
+from xvatool.xva.writer import WriteStats, write_pieces
 
 __all__ = [
     "ExportResult",
     "ExportedDisk",
     "TransferMode",
     "export_stream",
+    "export_to_stream",
     "export_vm",
     "fetch_metadata",
     "transport_errors",
@@ -78,7 +95,6 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 TransferMode = Literal["stream", "parallel"]
-SPOOL_READ_SIZE = 1 << 20
 
 
 # -- export to a file -------------------------------------------------------------------------
@@ -86,41 +102,51 @@ SPOOL_READ_SIZE = 1 << 20
 
 @dataclass(frozen=True)
 class ExportedDisk:
-    """One disk of a parallel export: id in the archive, source VDI, and the XXH3-128 digest of
-    its `vdi/` stream as spooled (what the journal re-checks on `--resume`).
-    """
+    """One disk of an exported VM: where it sits in the VM, its VDI, its size."""
 
     id: str
     vdi_uuid: str
+    name_label: str
+    userdevice: str | None
     virtual_size: int
-    spool_digest: str
+
+    @classmethod
+    def of(cls, disk: DiskInfo) -> ExportedDisk:
+        return cls(disk.id, disk.vdi_uuid, disk.name_label, disk.userdevice, disk.virtual_size)
 
 
 @dataclass(frozen=True)
 class ExportResult:
-    """What `export_vm` wrote."""
+    """What `export_vm` wrote. `path` is None when the archive went to a stream (``-o -``)."""
 
-    path: Path
+    path: Path | None
     vm_uuid: str
+    vm_name: str
     mode: TransferMode
     compression: Compression
     bytes_written: int
-    snapshot_used: bool
+    snapshot_uuid: str | None
+    """The temporary snapshot a running VM was exported through (destroyed since), else None."""
     disks: list[ExportedDisk] = field(default_factory=list)
     resumed_disks: int = 0
     digest: ArchiveDigest | None = None
     """The archive's SHA-256 and each disk's, computed in flight (`export_vm(digest=True)`)."""
 
+    @property
+    def snapshot_used(self) -> bool:
+        return self.snapshot_uuid is not None
+
     def to_json(self) -> dict[str, object]:
+        """The `export --json` document (docs/json.md)."""
         return {
-            "path": str(self.path),
-            "vm": {"uuid": self.vm_uuid},
+            "path": str(self.path) if self.path is not None else None,
+            "size_bytes": self.bytes_written,
+            "vm": vm_doc(self.vm_uuid, self.vm_name),
             "mode": self.mode,
             "compression": self.compression,
-            "bytes": self.bytes_written,
-            "snapshot": self.snapshot_used,
-            "disks": [d.__dict__ for d in self.disks],
-            "resumed_disks": self.resumed_disks,
+            "vm_snapshot": {"uuid": self.snapshot_uuid} if self.snapshot_uuid else None,
+            "disks": [disk_doc(d) for d in self.disks],
+            "resumed_disk_count": self.resumed_disks,
         }
 
 
@@ -143,82 +169,201 @@ def export_vm(
     snapshot: SnapshotPolicy = "auto",
     retry: RetryPolicy = DEFAULT_RETRY,
     resume: bool = False,
+    discard: bool = False,
+    overwrite: bool = False,
+    state_dir: StatePath = None,
     digest: bool = False,
     progress: Progress | None = None,
 ) -> ExportResult:
     """Export VM `vm` (uuid or unique name) to the XVA file `out_path`, verified.
 
-    The file appears only when complete and verified. A running VM is exported through a
-    snapshot destroyed afterwards. Transient failures are retried as `retry` allows, each
-    attempt resuming what the previous ones completed. `digest` also computes, while the bytes
-    stream, the SHA-256 of the archive and of each disk (`ExportResult.digest`, what a backup
-    manifest records), so the file is never read again for them. Example::
+    The file appears only when complete and verified; an existing one is refused unless
+    `overwrite`. A running VM is exported through a snapshot destroyed afterwards, and the
+    archive describes the VM (its uuid and disks' uuids), not the snapshot (`ops.identity`).
+    Transient failures are retried as `retry` allows, each attempt resuming what the previous
+    ones completed. A failed parallel export keeps its spools and journal (in `state_dir`) for
+    `resume` and says so; `discard` removes them (before starting, or after a failure). `digest`
+    also computes the SHA-256 of the archive and of each disk while the bytes stream
+    (`ExportResult.digest`), so the file is never read again for them. Example::
 
         with connect(url, "root", password) as host:
             export_vm(host, "web-01", "web-01.xva", mode="parallel", compression="zstd")
     """
     _check_options(mode, compression, snapshot)
     out = Path(out_path)
-    journal_path = export_journal_path(out)
-    if out.exists():
-        raise UsageError(f"{out} exists; remove it or choose another name")
-    if journal_path.exists() and not resume:
-        raise UsageError(f"{journal_path} exists from an interrupted export; use --resume or remove it")
-    if journal_path.exists() and mode == "stream":
-        raise ResumeError(
-            "journal is from a parallel export; resume with --mode parallel", journal=str(journal_path)
+    partial = PartialExport(out, state_dir)
+    if out.exists() and not overwrite:
+        raise LocalIOError("already exists (use --force to replace it)", path=str(out))
+    if partial.exists():
+        if discard:
+            _log.info("%s: removing %s (--discard)", out, partial.describe())
+            partial.remove()
+        elif not resume:
+            raise UsageError(
+                f"{out}: an interrupted export left {partial.describe()}; continue it with --resume, "
+                "or start over with --discard"
+            )
+        elif mode == "stream":
+            raise ResumeError(
+                "the state is from a parallel export; resume with --mode parallel",
+                journal=str(partial.journal),
+            )
+    elif resume:
+        _log.warning(
+            "%s: nothing to resume (no journal of an earlier export); starting from the beginning", out
         )
     found = find_vm(session, vm)
     with export_source(session, found, snapshot=snapshot, retry=retry) as source:
-        snapshotted = source.ref != found.ref
+        identity = snapshot_identity(session, found, source) if source.ref != found.ref else None
+        snapshot_uuid = source.uuid if identity is not None else None
+        if identity is not None:
+            _log.log(NOTE, "%s is %s: exporting it through a temporary snapshot", found.name_label,
+                     found.power_state.lower())  # fmt: skip
         if mode == "stream":
-            job = _Job(session, source, out, compression, retry, progress)
-            written, digests = _export_stream_file(job, digest)
-            return ExportResult(out, found.uuid, mode, compression, written, snapshotted, digest=digests)
-        parallel = _ParallelExport(_Job(session, source, out, compression, retry, progress), snapshotted)
-        disks, written, resumed, digests = parallel.run(resume=resume, digest=digest)
-        return ExportResult(out, found.uuid, mode, compression, written, snapshotted, disks, resumed, digests)
+            options = _StreamOptions(compression, overwrite, identity, digest)
+            written, disks, digests = _export_stream_file(
+                session, source, found.name_label, out, options, retry, progress
+            )
+            return ExportResult(out, found.uuid, found.name_label, mode, compression, written, snapshot_uuid,
+                                disks, digest=digests)  # fmt: skip
+        job = _ParallelExport(session, source, found.name_label, partial, compression, retry, progress,
+                              identity=identity, overwrite=overwrite)  # fmt: skip
+        try:
+            disks, written, resumed, digests = job.run(resume=resume, digest=digest)
+        except BaseException as exc:
+            partial.fail(exc, discard=discard)
+        return ExportResult(out, found.uuid, found.name_label, mode, compression, written, snapshot_uuid,
+                            disks, resumed, digests)  # fmt: skip
+
+
+def export_to_stream(
+    session: Session,
+    vm: str,
+    out: Writable,
+    *,
+    compression: Compression = "none",
+    snapshot: SnapshotPolicy = "auto",
+    progress: Progress | None = None,
+) -> ExportResult:
+    """Export `vm` as one verified XVA stream into `out` (``export -o -``); not retried.
+
+    Every chunk is verified as it passes; a bad one stops the stream, so what the reader got is
+    a truncated archive that no importer takes for whole. A running VM's archive describes the
+    VM, as `export_vm` does.
+    """
+    _check_options("stream", compression, snapshot)
+    found = find_vm(session, vm)
+    with export_source(session, found, snapshot=snapshot) as source:
+        identity = snapshot_identity(session, found, source) if source.ref != found.ref else None
+        options = _StreamOptions(compression, False, identity, False)
+        bars = ProgressGroup(progress)
+        try:
+            written, disks, _digests = _copy_export(session, source, found.name_label, out, options, bars)
+        finally:
+            bars.close()
+    snapshot_uuid = source.uuid if identity is not None else None
+    return ExportResult(
+        None, found.uuid, found.name_label, "stream", compression, written, snapshot_uuid, disks
+    )
 
 
 @dataclass(frozen=True)
-class _Job:
-    """What one export is: from where, to where, how."""
-
-    session: Session
-    source: VmRef
-    out: Path
+class _StreamOptions:
     compression: Compression
-    retry: RetryPolicy
-    progress: Progress | None
+    overwrite: bool
+    identity: Identity | None
+    digest: bool
 
 
-def _export_stream_file(job: _Job, digest: bool) -> tuple[int, ArchiveDigest | None]:
-    """Stream mode: `GET /export` teed into the output's temporary file while the reader verifies it."""
-    session, source, out, compression = job.session, job.source, job.out, job.compression
-    bars = ProgressGroup(job.progress)
-    total = bars.new("total", None)
+def _export_stream_file(
+    session: Session,
+    source: VmRef,
+    vm_name: str,
+    out: Path,
+    options: _StreamOptions,
+    retry: RetryPolicy,
+    progress: Progress | None,
+) -> tuple[int, list[ExportedDisk], ArchiveDigest | None]:
+    """Stream mode: `GET /export` verified into the output's temporary file; (bytes, disks, digests)."""
 
-    def attempt() -> tuple[int, ArchiveDigest | None]:
-        with (
-            atomic_output(out, overwrite=False) as fh,
-            open_export(session, source.uuid, compression=compression) as body,
-            InFlightDigest() if digest else contextlib.nullcontext() as digests,
-        ):
-            tee = TeeReader(body, _FileSink(fh, out), hasher=digests, progress=total.update)
-            with transport_errors(tee):
-                reader = XvaReader(tee, source=f"{session.url}/export")
-                for chunk in reader.chunks():
+    def attempt() -> tuple[int, list[ExportedDisk], ArchiveDigest | None]:
+        bars = ProgressGroup(progress)
+        try:
+            with AtomicFile(out, overwrite=options.overwrite) as output:
+                written, disks, digests = _copy_export(
+                    session, source, vm_name, _FileSink(output.file, out), options, bars
+                )
+                output.commit()
+            return written, disks, digests
+        finally:
+            bars.close()
+
+    return retry.run(attempt, what=f"export of {vm_name}")
+
+
+def _copy_export(
+    session: Session,
+    source: VmRef,
+    vm_name: str,
+    sink: Writable,
+    options: _StreamOptions,
+    bars: ProgressGroup,
+) -> tuple[int, list[ExportedDisk], ArchiveDigest | None]:
+    """One `GET /export` into `sink`, every chunk verified; a snapshot's identity rewritten.
+
+    The host's bytes are copied as they are unless the VM was exported through a snapshot: then
+    the reader's chunks are re-emitted behind a rewritten ova.xml (`repack_pieces`), in the
+    compression the host was asked for. With `options.digest` the bytes written and the disks'
+    chunks are hashed on their own threads as they pass (`InFlightDigest`). Returns (bytes
+    written, disks, digests or None).
+    """
+    with (
+        InFlightDigest() if options.digest else contextlib.nullcontext() as digests,
+        open_export(session, source.uuid, compression=options.compression) as body,
+    ):
+        raw = options.identity is None
+        counter = _CountingSink(sink, hasher=digests)
+        tee = TeeReader(body, counter if raw else None)
+        with transport_errors(tee):
+            reader = XvaReader(tee, source=f"{session.url}/export")
+            metadata = reader.metadata
+            bar = bars.new(vm_name, total_size(metadata.disks))
+            watched = tracked(reader, bar.update)
+            if options.identity is None:
+                for chunk in watched.chunks():
                     if digests is not None:
                         digests.chunk(chunk)
-                tee.drain()  # what follows the tar, so the copy holds everything the host sent
-            if digests is None:
-                return tee.count, None
-            return tee.count, digests.result(tee.count, reader.compression, reader.metadata)
+            else:
+                chunks = tapped(watched, digests.chunk) if digests is not None else watched
+                pieces = repack_pieces(chunks, with_identity(metadata, options.identity))
+                write_pieces(counter, pieces, WriteStats(), compression=options.compression)
+            tee.drain()
+        described = _described(metadata, options.identity)
+        result = None
+        if digests is not None:
+            result = digests.result(counter.count, reader.compression, described)
+    return counter.count, [ExportedDisk.of(d) for d in described.disks], result
 
-    try:
-        return job.retry.run(attempt, what=f"export of {source.uuid}")
-    finally:
-        bars.close()
+
+def _described(metadata: Metadata, identity: Identity | None) -> Metadata:
+    return metadata if identity is None else with_identity(metadata, identity)
+
+
+class _CountingSink:
+    """Counts (and hashes, if asked) the bytes passed on to `sink`: the archive as written."""
+
+    def __init__(self, sink: Writable, *, hasher: Hasher | None = None) -> None:
+        self._sink = sink
+        self._hasher = hasher
+        self.count = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self._sink.write(data)
+        if self._hasher is not None:
+            self._hasher.update(data)
+        n = memoryview(data).nbytes
+        self.count += n
+        return n
 
 
 class _FileSink:
@@ -266,39 +411,48 @@ def export_stream(
 class _ParallelExport:
     """Parallel mode: metadata, every disk at once into spools, then assembly into OUT."""
 
-    def __init__(self, job: _Job, snapshotted: bool) -> None:
-        self.session = job.session
-        self.source = job.source
-        self.out = job.out
-        self.compression: Compression = job.compression
-        self.retry = job.retry
-        self.progress = job.progress
-        self.snapshotted = snapshotted
-        self.journal_path = export_journal_path(job.out)
-        self.spool_dir = job.out.with_name(job.out.name + ".part.d")
+    def __init__(
+        self,
+        session: Session,
+        source: VmRef,
+        vm_name: str,
+        partial: PartialExport,
+        compression: Compression,
+        retry: RetryPolicy,
+        progress: Progress | None,
+        *,
+        identity: Identity | None,
+        overwrite: bool,
+    ) -> None:
+        self.session = session
+        self.source = source
+        self.vm_name = vm_name
+        self.out = partial.out
+        self.compression: Compression = compression
+        self.retry = retry
+        self.progress = progress
+        self.identity = identity
+        self.overwrite = overwrite
+        self.journal_path = partial.journal
+        self.spool_dir = partial.spool_dir
 
     def run(self, *, resume: bool, digest: bool) -> tuple[list[ExportedDisk], int, int, ArchiveDigest | None]:
         """Returns (disks, bytes written, disks reused from a previous run, digests if asked)."""
         source = self.source
         ova_xml = self.retry.run(
-            lambda: fetch_metadata(self.session, source), what=f"metadata of {source.uuid}"
+            lambda: fetch_metadata(self.session, source), what=f"metadata of {self.vm_name}"
         )
         with location_context(file=f"{self.session.url}/export_metadata"):
-            parsed = Metadata.from_bytes(ova_xml)
-            metadata = parsed.without_snapshot_identity()
-            if metadata is not parsed:
-                ova_xml = metadata.to_bytes()
+            metadata = Metadata.from_bytes(ova_xml).without_snapshot_identity()
         disks = metadata.disks
         journal = self._journal(metadata, resume)
         self._make_spool_dir()
-        spool_digests: dict[str, str] = {}
         todo: list[DiskInfo] = []
         for disk in disks:
             record = journal.disk(disk.vdi_uuid)
             spool = self.spool_dir / spool_name(disk)
             if record is not None and record.done and record.digest and spool.is_file():
                 if spool_digest(spool) == record.digest:  # re-check what the journal claims
-                    spool_digests[disk.vdi_uuid] = record.digest
                     continue
                 _log.warning(
                     "spool of VDI %s does not match its journal digest; fetching it again", disk.vdi_uuid
@@ -307,36 +461,41 @@ class _ParallelExport:
         journal.reset_disks({disk.vdi_uuid: disk.virtual_size for disk in todo})
         disk_digests = DiskDigests(self.spool_dir) if digest else None
         bars = ProgressGroup(self.progress)
-        total = bars.new("total", None)
+        total = bars.new(f"{self.vm_name} total", total_size(disks))
+        total.update(total_size([d for d in disks if d not in todo]))
         stop = threading.Event()
         jobs = [
             self._disk_fetcher(
-                disk, journal, stop_check(bars.new(disk.id, None, also=total).update, stop), disk_digests
+                disk, journal, stop_check(bars.new(disk_label(self.vm_name, disk), disk.virtual_size,
+                                                   also=total).update, stop), disk_digests
             )
             for disk in todo
-        ]
+        ]  # fmt: skip
         try:
-            for disk, fetched in zip(todo, run_parallel(jobs, stop=stop), strict=True):
-                spool_digests[disk.vdi_uuid] = fetched
+            run_parallel(jobs, stop=stop)
         finally:
             bars.close()
+        described = _described(metadata, self.identity)
         spools = [(d.id, self.spool_dir / spool_name(d)) for d in disks]
         archive_hash = hashlib.sha256() if digest else None
-        with AtomicFile(self.out, overwrite=False) as output:
+        with AtomicFile(self.out, overwrite=self.overwrite) as output:
             if self.compression == "none" and archive_hash is None:
-                written = assemble_by_copy(output, ova_xml, spools)  # the data stays in the kernel
+                written = assemble_by_copy(
+                    output, described.to_bytes(), spools
+                )  # the data stays in the kernel
             else:  # the bytes pass through here anyway: to be compressed, or hashed
                 sink = _FileSink(output.file, self.out, hasher=archive_hash)
-                written = assemble_xva(sink, ova_xml, spools, compression=self.compression)
+                written = assemble_xva(sink, described.to_bytes(), spools, compression=self.compression)
+            output.commit()
         digests = None
         if disk_digests is not None and archive_hash is not None:
             by_id = {d.id: disk_digests.of(d) for d in disks}
             digests = archive_digest(
-                archive_hash.hexdigest(), written, self.compression, metadata, by_id, disk_digests.kinds
+                archive_hash.hexdigest(), written, self.compression, described, by_id, disk_digests.kinds
             )
         journal.remove()
         remove_tree(self.spool_dir)
-        exported = [ExportedDisk(d.id, d.vdi_uuid, d.virtual_size, spool_digests[d.vdi_uuid]) for d in disks]
+        exported = [ExportedDisk.of(d) for d in described.disks]
         return exported, written, len(disks) - len(todo), digests
 
     def _journal(self, metadata: Metadata, resume: bool) -> Journal:
@@ -351,7 +510,7 @@ class _ParallelExport:
         try:
             return Journal.open_for_resume(self.journal_path, kind="export", key=key)
         except ResumeError as exc:
-            if self.snapshotted:
+            if self.identity is not None:
                 exc.message += (
                     "; note: a running VM is exported from a new snapshot each time, so its disks "
                     "cannot be resumed (the journal of a halted VM can)"
@@ -382,10 +541,22 @@ class _ParallelExport:
         params = {"vdi": disk.vdi_uuid, "format": "tar"}
         where = f"{session.url}/export_raw_vdi?vdi={disk.vdi_uuid}"
         spool = self.spool_dir / spool_name(disk)
+        covered = [0]  # disk bytes reported so far: a retry reports only what is new
+
+        def report(n: int) -> None:
+            covered[0] += n
+            update(n)
 
         def attempt() -> str:
             hasher = xxhash.xxh3_128()
             digester = DiskDigester() if disk_digests is not None else None
+            done = [0]
+
+            def advance(n: int) -> None:  # this attempt's coverage, past what was already reported
+                done[0] += n
+                if done[0] > covered[0]:
+                    report(done[0] - covered[0])
+
             with (
                 managed_task(session, f"xvatool export_raw_vdi {disk.vdi_uuid}") as task,
                 AtomicFile(spool, durable=False) as output,  # re-hashed before any reuse
@@ -394,10 +565,10 @@ class _ParallelExport:
                     task_reason(session, task),
                     open_download(session, "/export_raw_vdi", params, task=task) as body,
                 ):
-                    tee = TeeReader(body, _FileSink(output.file, spool), hasher=hasher, progress=update)
+                    tee = TeeReader(body, _FileSink(output.file, self.out), hasher=hasher)  # the user's file
                     with transport_errors(tee):
                         reader = XvaReader.for_disk_stream(tee, size=disk.virtual_size, source=where)
-                        for chunk in reader.chunks():
+                        for chunk in tracked(reader, advance).chunks():
                             if digester is not None:  # on this disk's thread: disks hash in parallel
                                 digester.feed(disk.id, chunk.offset, chunk.data)
                         tee.drain()
@@ -409,7 +580,7 @@ class _ParallelExport:
             journal.mark_disk_done(disk.vdi_uuid, digest)
             return digest
 
-        return lambda: self.retry.run(attempt, what=f"disk {disk.id} ({disk.vdi_uuid})")
+        return lambda: self.retry.run(attempt, what=f"{disk_label(self.vm_name, disk)}")
 
 
 def fetch_metadata(session: Session, source: VmRef) -> bytes:
@@ -449,12 +620,3 @@ def transport_errors(tee: TeeReader) -> Iterator[None]:
         if INLINE_ERROR_MARK in tee.tail:
             raise TransferError(f"host reported an error inside the stream: {exc}") from exc
         raise
-
-
-def disks_key(metadata: Metadata) -> str:
-    """The disks of a metadata document as a journal key field: `vdi-uuid:size,…`, sorted.
-
-    Journal records are keyed by VDI uuid too: the `Ref:n` ids change from one metadata export
-    to the next, the VDIs do not.
-    """
-    return ",".join(sorted(f"{d.vdi_uuid}:{d.virtual_size}" for d in metadata.disks))

@@ -16,9 +16,15 @@ the error, from the task.
    idempotent (§3.6), so a retry or `--resume` sends at most the segments not yet journalled;
 4. `PUT /import_metadata` with `vdi:<source uuid>=<target uuid>` for every disk.
 
-The journal sits next to the archive, keyed by host URL and archive digest
-(`import_journal_path`). On failure the created VDIs are kept and listed for `--resume`, or
-destroyed with `discard=True`.
+The journal sits in the state folder (`xapi.journal.state_dir`, never beside the archive, which
+may be read-only), keyed by host URL and archive digest (`import_journal_path`). A failure that
+another attempt could cure (a network fault, Ctrl-C) keeps the created VDIs and lists them for
+`--resume`; `discard=True` destroys them. A failure no retry can cure (the host refuses the
+archive, a chunk is corrupt) destroys them at once: keeping gigabytes "for --resume" that can
+never succeed helps nobody.
+
+An archive read from a pipe (``import -``) or another host's export (a migration) goes through
+`ops.live_import.import_live` instead.
 
 Example::
 
@@ -29,18 +35,19 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from xvatool._files import remove_tree
+from xvatool._files import remove_quietly, remove_tree
+from xvatool._human import plural
 from xvatool._progress import Progress, ProgressBar, ProgressGroup
-from xvatool._retry import DEFAULT_RETRY, RetryPolicy
+from xvatool._retry import DEFAULT_RETRY, RetryPolicy, is_transient
 from xvatool._streams import READ_BUFFER_SIZE, LocalStream, TeeReader, open_local
 from xvatool.errors import (
     FormatError,
@@ -51,9 +58,12 @@ from xvatool.errors import (
     XapiError,
     XvatoolError,
 )
+from xvatool.ops.documents import vm_doc
 from xvatool.ops.export import TransferMode
 from xvatool.ops.parallel import run_parallel
-from xvatool.xapi.journal import Journal, import_journal_path
+from xvatool.ops.progress import disk_label
+from xvatool.xapi.inventory import vm_disks
+from xvatool.xapi.journal import Journal, StatePath, import_journal_path, spool_folder
 from xvatool.xapi.session import Session
 from xvatool.xapi.tasks import managed_task, task_reason, wait_task
 from xvatool.xapi.transfer import BodyFactory, chunked_frames, chunked_length, upload
@@ -63,10 +73,18 @@ from xvatool.xapi.vms import destroy_vdi, find_sr
 from xvatool.xva.assemble import ova_xml_tar
 from xvatool.xva.disk import CHUNK_SIZE
 from xvatool.xva.extents import ArchiveIndex, DiskPlan, index_archive, segment_extents
-from xvatool.xva.ovaxml import DiskInfo
+from xvatool.xva.ovaxml import DiskInfo, Metadata
 from xvatool.xva.reader import Problem, XvaReader
 
-__all__ = ["ImportResult", "ImportedDisk", "create_disk_vdi", "import_stream", "import_vm"]
+__all__ = [
+    "ImportResult",
+    "ImportedDisk",
+    "create_disk_vdi",
+    "import_stream",
+    "import_vm",
+    "is_permanent",
+    "with_disks",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -75,38 +93,79 @@ _log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ImportedDisk:
-    """One disk of a parallel import: archive id, source VDI uuid, the VDI created for it."""
+    """One disk of an import: its place in the VM, the archive's VDI uuid, the VDI made for it."""
 
     id: str
     source_vdi: str
     target_vdi: str
-    segments_sent: int
-    segments_resumed: int
+    name_label: str = ""
+    userdevice: str | None = None
+    virtual_size: int = 0
+    segments_sent: int = 0
+    segments_resumed: int = 0
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "vdi_uuid": self.target_vdi,
+            "source_vdi_uuid": self.source_vdi,
+            "name": self.name_label,
+            "userdevice": self.userdevice,
+            "virtual_size": self.virtual_size,
+            "sent_segment_count": self.segments_sent,
+            "resumed_segment_count": self.segments_resumed,
+        }
 
 
 @dataclass(frozen=True)
 class ImportResult:
-    """The VM an import created."""
+    """The VM an import created, and what it came from."""
 
     vm_uuid: str
     vm_ref: str
     mode: TransferMode = "stream"
     disks: list[ImportedDisk] = field(default_factory=list)
+    vm_name: str = ""
+    source_path: str | None = None
+    """The archive imported (None for a stream)."""
+    source_vm_uuid: str | None = None
+    """The VM uuid the archive describes."""
 
     def to_json(self) -> dict[str, object]:
-        return {"vm": {"uuid": self.vm_uuid}, "mode": self.mode, "disks": [d.__dict__ for d in self.disks]}
+        """The `import --json` document (docs/json.md)."""
+        source: dict[str, object] = {"path": self.source_path}
+        if self.source_vm_uuid is not None:
+            source["vm"] = vm_doc(self.source_vm_uuid, self.vm_name)
+        return {
+            "vm": vm_doc(self.vm_uuid, self.vm_name),
+            "mode": self.mode,
+            "source": source,
+            "disks": [d.to_json() for d in self.disks],
+        }
+
+
+def with_disks(
+    session: Session, result: ImportResult, metadata: Metadata, source: str | None
+) -> ImportResult:
+    """`result` with the new VM's disks matched to the archive's by userdevice, and the source."""
+    created = {d.userdevice: d for d in vm_disks(session, result.vm_ref)}
+    disks = [
+        ImportedDisk(d.id, d.vdi_uuid, created[d.userdevice].uuid if d.userdevice in created else "",
+                     d.name_label, d.userdevice, d.virtual_size)
+        for d in metadata.disks
+    ]  # fmt: skip
+    vm = metadata.vm
+    return dataclasses.replace(
+        result, disks=disks, vm_name=vm.name_label, source_path=source, source_vm_uuid=vm.uuid
+    )
 
 
 # -- stream mode ------------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
-def _private_folder(beside: Path) -> Iterator[Path]:
-    """A new folder only we can use, next to `beside`, removed with its contents afterwards."""
-    try:
-        folder = Path(tempfile.mkdtemp(prefix=f".{beside.name}.", suffix=".part.d", dir=beside.parent))
-    except OSError as exc:
-        raise LocalIOError(exc.strerror or str(exc), path=str(beside.parent)) from exc
+def _spool(state: StatePath) -> Iterator[Path]:
+    """A new private folder in the state folder (never beside a possibly read-only archive)."""
+    folder = spool_folder(state)
     try:
         yield folder
     finally:
@@ -176,8 +235,8 @@ def _file_body(path: Path, update: Callable[[int], None] | None = None) -> BodyF
     return body
 
 
-def _verify_archive(path: Path, update: Callable[[int], None], *, force: bool) -> None:
-    """Read the whole archive, verifying every chunk; the first problem raises.
+def _verify_archive(path: Path, update: Callable[[int], None], *, force: bool) -> Metadata:
+    """Read the whole archive, verifying every chunk; the first problem raises. Its metadata.
 
     With `force` the host is told to ignore checksum mismatches (§3.3), so they only warn here;
     any other problem still stops the import before a byte is sent.
@@ -189,11 +248,13 @@ def _verify_archive(path: Path, update: Callable[[int], None], *, force: bool) -
         )
         for _chunk in reader.chunks():
             pass
+        metadata = reader.metadata
     for problem in problems or []:
         if problem.severity == "error" and problem.code != "checksum-mismatch":
             raise FormatError(problem.message, code=problem.code, file=str(path), member=problem.member,
                               offset=problem.offset)  # fmt: skip
         _log.warning("%s: %s (ignored: --force)", path, problem)
+    return metadata
 
 
 # -- import_vm --------------------------------------------------------------------------------
@@ -210,13 +271,15 @@ def import_vm(
     retry: RetryPolicy = DEFAULT_RETRY,
     resume: bool = False,
     discard: bool = False,
+    state_dir: StatePath = None,
     progress: Progress | None = None,
     segment_size: int = IMPORT_SEGMENT_SIZE,
 ) -> ImportResult:
     """Import the XVA at `archive_path` as a new VM into SR `sr` (uuid or name; default SR).
 
-    Transient failures are retried as `retry` allows; a parallel import resumes per segment.
-    Example::
+    Transient failures are retried as `retry` allows; a parallel import resumes per segment from
+    its journal in `state_dir` (`resume`), or starts over destroying what an earlier run left
+    (`discard`). Example::
 
         with connect(url, "root", password) as host:
             result = import_vm(host, "web-01.xva", sr="Local storage", mode="parallel")
@@ -234,20 +297,34 @@ def import_vm(
     try:
         if mode == "stream":
             if resume:
-                _log.info("stream imports restart from the beginning; --resume has nothing to reuse")
+                _log.warning("%s: a stream import cannot resume; sending it from the beginning", path)
             size = path.stat().st_size
-            _verify_archive(path, bars.new("verify", size).update, force=force)
-            body = _file_body(path, bars.new("upload", size).update)
-            host = bars.new("host", size)
-            return retry.run(
+            metadata = _verify_archive(path, bars.new(f"verify {path.name}", size).update, force=force)
+            body = _file_body(path, bars.new(f"upload {path.name}", size).update)
+            host = bars.new(f"{metadata.vm.name_label} import", size)
+            result = retry.run(
                 lambda: _import_xva(session, body, size, sr_uuid, restore, force, host),
                 what=f"import of {path}",
             )
-        return _ParallelImport(session, path, sr_ref, sr_uuid, retry, bars, segment_size).run(
-            restore=restore, force=force, resume=resume, discard=discard
-        )
+            return with_disks(session, result, metadata, str(path))
+        job = _ParallelImport(session, path, sr_ref, sr_uuid, retry, bars, segment_size, state_dir)
+        return job.run(restore=restore, force=force, resume=resume, discard=discard)
     finally:
         bars.close()
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """True for a failure no later attempt can cure: keeping state for ``--resume`` would be a lie.
+
+    The host refusing the archive or the operation (an `XapiError` not in the transient set), a
+    corrupt archive (`FormatError`) or a journal that does not match: permanent. A network
+    fault, a stall, Ctrl-C, a local disk error (space may be freed): worth resuming.
+    """
+    if isinstance(exc, KeyboardInterrupt | Interrupted | LocalIOError):
+        return False
+    if isinstance(exc, XapiError):
+        return not is_transient(exc)
+    return isinstance(exc, FormatError | ResumeError)
 
 
 class _ParallelImport:
@@ -262,6 +339,7 @@ class _ParallelImport:
         retry: RetryPolicy,
         bars: ProgressGroup,
         segment_size: int,
+        state_dir: StatePath,
     ) -> None:
         self.segment_size = segment_size
         self.session = session
@@ -270,29 +348,48 @@ class _ParallelImport:
         self.sr_uuid = sr_uuid
         self.retry = retry
         self.bars = bars
+        self.state_dir = state_dir
         self.stop = threading.Event()
-        self.journal_path = import_journal_path(path, session.url)
+        self.journal_path = import_journal_path(path, session.url, state=state_dir)
 
     def run(self, *, restore: bool, force: bool, resume: bool, discard: bool) -> ImportResult:
         if self.journal_path.exists() and not resume:
+            try:
+                earlier: Journal | None = Journal.load(self.journal_path)
+            except ResumeError:
+                if not discard:
+                    raise
+                earlier = None  # unreadable: its VDIs cannot be named, the file at least goes
             if not discard:
+                assert earlier is not None
+                vdis = earlier.target_vdis()
+                held = f" holding {plural(len(vdis), 'VDI')} on the host" if vdis else ""
                 raise UsageError(
-                    f"{self.journal_path} exists from an interrupted import; use --resume, or --discard "
-                    "to remove its VDIs and start over"
+                    f"{self.path}: an interrupted import into this host left a journal{held} "
+                    f"({self.journal_path}); continue it with --resume, or remove its VDIs and start "
+                    "over with --discard"
                 )
-            self._discard(Journal.load(self.journal_path))
-        # A compressed archive's extents are spooled for reading back at offsets: into a fresh
-        # private folder, so that nothing planted at a predictable name is ever written through.
-        with _private_folder(self.path) as spool_dir:
+            if earlier is None:
+                _log.warning("%s is unreadable; removed it (--discard) without its VDIs", self.journal_path)
+                remove_quietly(self.journal_path)
+            else:
+                self._discard(earlier)
+        elif resume and not self.journal_path.exists():
+            _log.warning("%s: nothing to resume (no journal for this host); starting from the beginning",
+                         self.path)  # fmt: skip
+        # A compressed archive's extents are spooled for reading back at offsets, into a fresh
+        # private folder in the state folder: the archive's own folder may be read-only.
+        with _spool(self.state_dir) as spool_dir:
             index = index_archive(
                 self.path,
                 segment_size=self.segment_size,
                 spool_path=spool_dir / "extents",
-                progress=self.bars.new("verify", self.path.stat().st_size).update,
+                progress=self.bars.new(f"verify {self.path.name}", self.path.stat().st_size).update,
             )
+            name = index.metadata.vm.name_label
             journal = self._journal(index, resume)
             try:
-                disks = self._send_disks(index, journal)
+                disks = self._send_disks(index, journal, name)
                 vm_ref, vm_uuid = self.retry.run(
                     lambda: self._import_metadata(index, journal, restore, force), what="import_metadata"
                 )
@@ -301,7 +398,8 @@ class _ParallelImport:
                 self._on_failure(journal, exc, discard)
                 raise
         journal.remove()
-        return ImportResult(vm_uuid=vm_uuid, vm_ref=vm_ref, mode="parallel", disks=disks)
+        return ImportResult(vm_uuid=vm_uuid, vm_ref=vm_ref, mode="parallel", disks=disks, vm_name=name,
+                            source_path=str(self.path), source_vm_uuid=index.metadata.vm.uuid)  # fmt: skip
 
     def _journal(self, index: ArchiveIndex, resume: bool) -> Journal:
         key = {
@@ -340,13 +438,14 @@ class _ParallelImport:
                     )
         return journal
 
-    def _send_disks(self, index: ArchiveIndex, journal: Journal) -> list[ImportedDisk]:
+    def _send_disks(self, index: ArchiveIndex, journal: Journal, name: str) -> list[ImportedDisk]:
         targets = [self._target_vdi(plan, journal) for plan in index.disks]
-        total = self.bars.new("total", sum(plan.data_bytes for plan in index.disks))
+        total = self.bars.new(f"{name} total", sum(plan.data_bytes for plan in index.disks))
         jobs = [
-            self._disk_job(index, plan, target, journal, total)
+            self._disk_job(index, plan, target, journal, self.bars.new(disk_label(name, plan.disk),
+                                                                      plan.data_bytes, also=total))
             for plan, target in zip(index.disks, targets, strict=True)
-        ]
+        ]  # fmt: skip
         return run_parallel(jobs, stop=self.stop)
 
     def _target_vdi(self, plan: DiskPlan, journal: Journal) -> str:
@@ -358,12 +457,13 @@ class _ParallelImport:
         return uuid
 
     def _disk_job(
-        self, index: ArchiveIndex, plan: DiskPlan, target: str, journal: Journal, total: ProgressBar
+        self, index: ArchiveIndex, plan: DiskPlan, target: str, journal: Journal, bar: ProgressBar
     ) -> Callable[[], ImportedDisk]:
-        update = self.bars.new(plan.disk.id, plan.data_bytes, also=total).update
+        update = bar.update
+        disk = plan.disk
 
         def job() -> ImportedDisk:
-            record = journal.disk(plan.disk.id)
+            record = journal.disk(disk.id)
             done = dict(record.segments) if record is not None else {}
             resumed = sent = 0
             probe = True
@@ -374,16 +474,17 @@ class _ParallelImport:
                     update(sum(plan.lengths[seg.start : seg.stop]))
                     continue
                 if self.stop.is_set():
-                    raise Interrupted("interrupted; the journal was kept for --resume")
+                    raise Interrupted("interrupted")
                 self.retry.run(
                     functools.partial(self._send_segment, index, plan, seg_index, target, probe, update),
-                    what=f"disk {plan.disk.id} segment {seg_index}",
+                    what=f"disk {disk.userdevice or disk.id} segment {seg_index}",
                 )
-                journal.mark_segment(plan.disk.id, seg_index, seg.digest)
+                journal.mark_segment(disk.id, seg_index, seg.digest)
                 sent += 1
                 probe = False
-            journal.mark_disk_done(plan.disk.id)
-            return ImportedDisk(plan.disk.id, plan.disk.vdi_uuid, target, sent, resumed)
+            journal.mark_disk_done(disk.id)
+            return ImportedDisk(disk.id, disk.vdi_uuid, target, disk.name_label, disk.userdevice,
+                                disk.virtual_size, sent, resumed)  # fmt: skip
 
         return job
 
@@ -403,7 +504,7 @@ class _ParallelImport:
             with open_local(index.data_path, "rb") as fh:
                 for piece in chunked_frames(segment_extents(index, plan, seg_index, fh)):
                     if self.stop.is_set():
-                        raise Interrupted("interrupted; the journal was kept for --resume")
+                        raise Interrupted("interrupted")
                     yield piece
                     if len(piece) > 12:
                         update(len(piece))
@@ -426,21 +527,22 @@ class _ParallelImport:
         return import_metadata(self.session, archive, vdi_map, restore=restore, force=force)
 
     def _on_failure(self, journal: Journal, exc: BaseException, discard: bool) -> None:
+        """Keep the VDIs and journal for ``--resume``, or destroy them (`discard`, or no cure)."""
         vdis = journal.target_vdis()
-        interrupted = isinstance(exc, (KeyboardInterrupt, Interrupted))  # Ctrl-C always keeps state
-        if discard and not interrupted:
+        interrupted = isinstance(exc, KeyboardInterrupt | Interrupted)  # Ctrl-C always keeps state
+        if (discard and not interrupted) or is_permanent(exc):
             self._discard(journal)
-            note = f"; removed the {len(vdis)} VDIs created (--discard)" if vdis else ""
+            why = "--discard" if discard else "this cannot succeed on a retry"
+            note = f"removed the {plural(len(vdis), 'VDI')} it had created ({why})" if vdis else ""
         else:
             note = (
-                f"; kept VDIs {', '.join(vdis)} and {journal.path.name} for --resume (or use --discard)"
-                if vdis
-                else ""
+                f"kept {plural(len(vdis), 'VDI')} ({', '.join(vdis)}) and the journal {journal.path} for "
+                "--resume (or remove them with --discard)"
             )
+        if interrupted:
+            raise Interrupted(f"interrupted; {note}" if note else "interrupted") from exc
         if note and isinstance(exc, XvatoolError):
-            exc.message += note
-        elif note:
-            _log.warning(note[2:])
+            exc.message += f"; {note}"
 
     def _discard(self, journal: Journal) -> None:
         for uuid in journal.target_vdis():

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import queue
 import threading
@@ -32,10 +33,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from xvatool._files import file_sha256, write_bytes_atomic
+from xvatool._files import write_bytes_atomic
 from xvatool._streams import LocalStream, TeeReader, open_local
 from xvatool._types import ChecksumKind, Compression
-from xvatool.errors import ChecksumError, FormatError, LocalIOError, UsageError, location_context
+from xvatool.errors import FormatError, LocalIOError, ManifestMismatchError, UsageError, location_context
 from xvatool.xva.disk import CHUNK_SIZE, ZERO_CHUNK
 from xvatool.xva.ovaxml import DiskInfo, Metadata
 from xvatool.xva.reader import Chunk, XvaReader
@@ -51,6 +52,7 @@ __all__ = [
     "InFlightDigest",
     "Manifest",
     "archive_digest",
+    "check_archive",
     "digest_archive",
     "load_json",
     "load_manifest",
@@ -61,6 +63,8 @@ __all__ = [
 ]
 
 ARCHIVE_SUFFIX = ".xva"
+_log = logging.getLogger(__name__)
+
 MANIFEST_SUFFIX = ".manifest.json"
 MANIFEST_KIND = "xvatool-backup"
 MANIFEST_FORMAT = 1
@@ -103,6 +107,8 @@ class Manifest:
     snapshot: bool = False
     """True when the VM was running and a temporary snapshot was exported instead."""
     extra: dict[str, Any] = field(default_factory=dict)
+    snapshot_uuid: str | None = None
+    """The temporary snapshot's uuid (destroyed since); the archive describes the VM itself."""
 
     def to_json(self) -> dict[str, Any]:
         """The manifest as written to disk (keys are stable; see MANIFEST_FORMAT)."""
@@ -127,7 +133,7 @@ class Manifest:
             manifest = cls(
                 **{k: value[k] for k in _REQUIRED},
                 disks=disks,
-                **{k: value[k] for k in ("snapshot", "extra") if k in value},
+                **{k: value[k] for k in ("snapshot", "extra", "snapshot_uuid") if k in value},
             )
         except (KeyError, TypeError) as exc:
             raise FormatError(
@@ -327,11 +333,13 @@ class InFlightDigest:
                 thread.finish()
 
 
-def digest_archive(path: str | os.PathLike[str]) -> ArchiveDigest:
+def digest_archive(
+    path: str | os.PathLike[str], *, progress: Callable[[int], None] | None = None
+) -> ArchiveDigest:
     """Verify every chunk checksum of the archive at `path` and digest the file and its disks.
 
-    One sequential pass, bounded memory. Raises `FormatError`/`ChecksumError` (with the file name)
-    on any damage. Example::
+    One sequential pass, bounded memory; `progress` gets the bytes of the file read. Raises
+    `FormatError`/`ChecksumError` (with the file name) on any damage. Example::
 
         digest = digest_archive("vm.xva")
         print(digest.sha256, [d.sha256 for d in digest.disks])
@@ -339,7 +347,7 @@ def digest_archive(path: str | os.PathLike[str]) -> ArchiveDigest:
     path = Path(path)
     with open_local(path, "rb") as f, location_context(file=str(path)):
         hasher = hashlib.sha256()
-        tee = TeeReader(LocalStream(f, str(path)), hasher=hasher)
+        tee = TeeReader(LocalStream(f, str(path)), hasher=hasher, progress=progress)
         reader = XvaReader(tee, source=str(path))
         digester = DiskDigester()
         kinds: set[str] = set()
@@ -434,16 +442,41 @@ def resolve_backup(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     if path.name.endswith(ARCHIVE_SUFFIX):
         return path, manifest_path_for(path)
     raise UsageError(
-        f"{path}: expected a backup archive (*{ARCHIVE_SUFFIX}) or its manifest (*{MANIFEST_SUFFIX})"
+        f"{path}: expected a backup archive (*{ARCHIVE_SUFFIX}), its manifest (*{MANIFEST_SUFFIX}) "
+        "or a VM's backup folder"
     )
 
 
-def verify_backup(path: str | os.PathLike[str]) -> tuple[Path, Manifest]:
+def check_archive(
+    archive: Path, manifest: Manifest, *, progress: Callable[[int], None] | None = None
+) -> None:
+    """The archive's size, then its SHA-256, against the manifest: `ManifestMismatchError` if not.
+
+    `progress` gets the bytes read while hashing.
+    """
+    if not archive.is_file():
+        raise LocalIOError("archive named by the manifest is missing", path=str(archive))
+    size = archive.stat().st_size
+    if size != manifest.archive_size:
+        raise ManifestMismatchError(
+            "size", f"{manifest.archive_size} bytes", f"{size} bytes", file=str(archive)
+        )
+    hasher = hashlib.sha256()
+    with open_local(archive, "rb") as fh:
+        TeeReader(LocalStream(fh, str(archive)), hasher=hasher, progress=progress).drain()
+    digest = hasher.hexdigest()
+    if digest != manifest.archive_sha256:
+        raise ManifestMismatchError("sha256", manifest.archive_sha256, digest, file=str(archive))
+
+
+def verify_backup(path: str | os.PathLike[str], *, force: bool = False) -> tuple[Path, Manifest]:
     """Check a backup's archive against its manifest (size, then sha256) before anyone uses it.
 
     Returns the archive path and the manifest. A missing manifest is a `UsageError` (the backup
-    never completed, or this is not a backup); a size or digest mismatch is a `ChecksumError`
-    naming the archive, so a tampered or truncated archive is refused.
+    never completed, or this is not a backup); a size or digest mismatch is a
+    `ManifestMismatchError` naming the archive, so a tampered, truncated or swapped archive is
+    refused. With `force` a mismatch is logged as a warning instead (rescuing what a damaged
+    backup still holds; the import verifies every chunk anyway).
     """
     archive, manifest_path = resolve_backup(path)
     if not manifest_path.is_file():
@@ -452,14 +485,10 @@ def verify_backup(path: str | os.PathLike[str]) -> tuple[Path, Manifest]:
     if manifest.archive != archive.name:
         raise FormatError(f"manifest names {manifest.archive!r}, not {archive.name!r}",
                           code="manifest", file=str(manifest_path))  # fmt: skip
-    if not archive.is_file():
-        raise LocalIOError("archive named by the manifest is missing", path=str(archive))
-    size = archive.stat().st_size
-    if size != manifest.archive_size:
-        raise ChecksumError(
-            "(whole archive)", f"{manifest.archive_size} bytes", f"{size} bytes", file=str(archive)
-        )
-    digest, _size = file_sha256(archive)
-    if digest != manifest.archive_sha256:
-        raise ChecksumError("(whole archive sha256)", manifest.archive_sha256, digest, file=str(archive))
+    try:
+        check_archive(archive, manifest)
+    except ManifestMismatchError as exc:
+        if not force:
+            raise
+        _log.warning("%s (going on: --force)", exc)
     return archive, manifest

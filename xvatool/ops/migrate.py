@@ -16,7 +16,16 @@ fails it and destroys what it created (§3.3, no `force`). As a second line, any
 the target during the migration with the migrated VM's name is destroyed with its disks.
 
 The source VM is left as it was: a running VM is exported through a temporary snapshot destroyed
-afterwards (§5 item 12), unless `shutdown_source` asks to shut it down cleanly first.
+afterwards (§5 item 12; a note says so), unless `shutdown_source` asks to shut it down cleanly
+first.
+
+Before a byte moves, every ``--map-network OLD=NEW`` is checked: OLD must be a network of one of
+the VM's VIFs and NEW a network of the target (by name, as the importer matches them first; a
+missing NEW would let the importer fall back to the old bridge and land the VIF on the wrong
+network). Unmapped networks the target lacks are warned about. After the copy the result says
+on which target network each VIF ended up. The new VM is marked (``other_config``
+``xvatool-migrated-from``), so that migrating the same VM again warns before making a second
+copy.
 
 `mode="parallel"` moves every disk at once, still with no temporary file::
 
@@ -47,35 +56,60 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from xvatool._human import NOTE
 from xvatool._progress import Progress, ProgressBar, ProgressGroup
 from xvatool._retry import DEFAULT_RETRY, RetryPolicy
 from xvatool._streams import TeeReader
 from xvatool.errors import Interrupted, UsageError, XvatoolError, location_context
-from xvatool.ops.export import TransferMode, export_stream, fetch_metadata
-from xvatool.ops.import_ import create_disk_vdi, import_stream
+from xvatool.ops.documents import vm_doc
+from xvatool.ops.export import TransferMode, fetch_metadata
+from xvatool.ops.import_ import create_disk_vdi
+from xvatool.ops.live_import import import_live
 from xvatool.ops.parallel import run_parallel
-from xvatool.ops.vdi_stream import HostDisk, LiveBody, upload_extents
+from xvatool.ops.progress import disk_label, total_size
+from xvatool.ops.vdi_stream import HostDisk, upload_extents
 from xvatool.xapi.session import Session
-from xvatool.xapi.vmdata import import_metadata
+from xvatool.xapi.vmdata import import_metadata, open_export
 from xvatool.xapi.vms import VmRef, destroy_vdi, destroy_vm_with_disks, export_source, find_sr, find_vm
 from xvatool.xva.assemble import ova_xml_tar
-from xvatool.xva.convert import edit_metadata, repack_pieces
+from xvatool.xva.convert import edit_metadata
 from xvatool.xva.ovaxml import DiskInfo, Metadata
 from xvatool.xva.reader import XvaReader
 
-__all__ = ["MigrateResult", "host_xapi_version", "migrate"]
+__all__ = ["MIGRATED_FROM", "MigrateResult", "VifPlacement", "host_xapi_version", "migrate"]
 
 _log = logging.getLogger(__name__)
 
 LEFTOVER_WAIT_S = 10.0
 """Seconds to watch the target for a failed import's VM after the failure (its cleanup is async)."""
 LEFTOVER_POLL_S = 0.25
+MIGRATED_FROM = "xvatool-migrated-from"
+"""`other_config` key on a migrated VM: the source VM's uuid, so a second copy is noticed."""
 _VERSION = re.compile(r"^(\d+)\.(\d+)")
 
 
 @dataclass(frozen=True)
+class VifPlacement:
+    """Where one VIF ended up: its device, MAC, and the target network (and the source's)."""
+
+    device: str
+    mac: str
+    network_uuid: str
+    network_name: str
+    source_network: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "mac": self.mac,
+            "network": {"uuid": self.network_uuid, "name": self.network_name},
+            "source_network": {"name": self.source_network} if self.source_network is not None else None,
+        }
+
+
+@dataclass(frozen=True)
 class MigrateResult:
-    """The VM created on the target and what was rewritten on the way."""
+    """The VM created on the target, what was rewritten on the way, and where its VIFs are."""
 
     vm_uuid: str
     vm_ref: str
@@ -84,15 +118,21 @@ class MigrateResult:
     bytes_transferred: int
     changes: list[str] = field(default_factory=list)
     source_shut_down: bool = False
+    mode: TransferMode = "stream"
+    vifs: list[VifPlacement] = field(default_factory=list)
+    snapshot_uuid: str | None = None
+    """The temporary snapshot a running source VM was copied through (destroyed since)."""
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-friendly summary."""
+        """The `migrate --json` document (docs/json.md)."""
         return {
-            "vm_uuid": self.vm_uuid,
-            "source_vm_uuid": self.source_vm_uuid,
-            "vm_name": self.vm_name,
-            "bytes": self.bytes_transferred,
+            "vm": vm_doc(self.vm_uuid, self.vm_name),
+            "source_vm": vm_doc(self.source_vm_uuid, self.vm_name),
+            "mode": self.mode,
+            "transferred_bytes": self.bytes_transferred,
             "changes": self.changes,
+            "vifs": [v.to_json() for v in self.vifs],
+            "vm_snapshot": {"uuid": self.snapshot_uuid} if self.snapshot_uuid else None,
             "source_shut_down": self.source_shut_down,
         }
 
@@ -124,12 +164,17 @@ def migrate(
 
     `sr` is a target SR uuid or unique name (the target pool's default SR if None). `mode` is
     "stream" (one export piped into one import) or "parallel" (every disk at once, module
-    docstring). Live streams cannot be replayed, so only the metadata fetch and cleanups use
+    docstring). `network_map` is checked against the VM and the target before anything moves
+    (`UsageError`). Live streams cannot be replayed, so only the metadata fetch and cleanups use
     `retry`. Raises the first error; nothing half-made is left on the target.
     """
     if mode not in ("stream", "parallel"):
         raise UsageError(f"unknown mode {mode!r} (stream or parallel)")
     found = find_vm(source, vm)
+    mapping = dict(network_map or {})
+    target_networks = _networks(target)
+    _check_networks(found, _vif_networks(source, found.ref), mapping, target_networks)
+    _warn_if_copied_before(target, found)
     sr_ref, sr_uuid = find_sr(target, sr) if sr is not None or mode == "parallel" else ("", None)
     target_version = host_xapi_version(target)
     shut_down = False
@@ -138,19 +183,26 @@ def migrate(
         shut_down = True
         found = find_vm(source, found.uuid)  # now Halted: exported as it is, no snapshot
     before = _vm_uuids(target)
-    edits = _Edits(target_version, network_map)
+    edits = _Edits(target_version, mapping)
     parallel = _ParallelMigration(source, target, sr_ref, retry, progress) if mode == "parallel" else None
     try:
-        if parallel is not None:
-            vm_ref, vm_uuid = parallel.run(found, edits)
-            sent = parallel.bytes_read
-        else:
-            (vm_ref, vm_uuid), sent = _migrate_stream(source, target, found, sr_uuid, edits, retry, progress)
+        with export_source(source, found, snapshot="auto", retry=retry) as copied:
+            snapshot_uuid = copied.uuid if copied.ref != found.ref else None
+            if snapshot_uuid is not None:
+                _log.log(NOTE, "%s is %s: copying it through a temporary snapshot", found.name_label,
+                         found.power_state.lower())  # fmt: skip
+            if parallel is not None:
+                vm_ref, vm_uuid = parallel.run(copied, found.name_label, edits)
+                sent = parallel.bytes_read
+            else:
+                (vm_ref, vm_uuid), sent = _migrate_stream(source, target, copied, found.name_label, sr_uuid,
+                                                          edits, retry, progress)  # fmt: skip
     except BaseException:
         _remove_leftovers(target, before, found.name_label, retry)
         if parallel is not None:
             parallel.discard()
         raise
+    _mark(target, vm_ref, found.uuid)
     return MigrateResult(
         vm_uuid=vm_uuid,
         vm_ref=vm_ref,
@@ -159,7 +211,100 @@ def migrate(
         bytes_transferred=sent,
         changes=edits.changes,
         source_shut_down=shut_down,
+        mode=mode,
+        vifs=_placements(target, vm_ref, _inverse(mapping)),
+        snapshot_uuid=snapshot_uuid,
     )
+
+
+def _networks(session: Session) -> dict[str, dict[str, Any]]:
+    """The host's networks by ref."""
+    records: dict[str, dict[str, Any]] = session.call("network.get_all_records")
+    return records
+
+
+def _vif_networks(session: Session, vm_ref: str) -> dict[str, str]:
+    """VIF device → the name of its network, for the VM on the source."""
+    networks = _networks(session)
+    found: dict[str, str] = {}
+    for vif in session.call("VM.get_VIFs", vm_ref):
+        record = session.call("VIF.get_record", vif)
+        network = networks.get(str(record.get("network")), {})
+        found[str(record.get("device", ""))] = str(network.get("name_label", ""))
+    return found
+
+
+def _check_networks(
+    vm: VmRef, vifs: Mapping[str, str], mapping: Mapping[str, str], target: Mapping[str, dict[str, Any]]
+) -> None:
+    """Refuse a map naming a network the VM does not use or the target lacks; warn about the rest."""
+    names = {str(rec.get("name_label", "")) for rec in target.values()}
+    used = set(vifs.values())
+    unused = sorted(old for old in mapping if old not in used)
+    if unused:
+        have = ", ".join(repr(n) for n in sorted(used)) or "none: the VM has no VIF"
+        raise UsageError(
+            f"--map-network: no VIF of {vm.name_label} is on network {', '.join(map(repr, unused))} "
+            f"(its networks: {have})"
+        )
+    missing = sorted({new for new in mapping.values() if new not in names})
+    if missing:
+        have = ", ".join(repr(n) for n in sorted(names)) or "none"
+        raise UsageError(
+            f"--map-network: the target has no network named {', '.join(map(repr, missing))} "
+            f"(its networks: {have})"
+        )
+    for device, network in sorted(vifs.items()):
+        if network not in mapping and network not in names:
+            _log.warning(
+                "VIF %s of %s is on network %r, which the target does not have: the target will match it "
+                "by bridge or create a network; choose one with --map-network %r=NAME",
+                device, vm.name_label, network, network,
+            )  # fmt: skip
+
+
+def _warn_if_copied_before(target: Session, vm: VmRef) -> None:
+    records: dict[str, dict[str, Any]] = target.call("VM.get_all_records")
+    copies = [
+        rec for rec in records.values() if (rec.get("other_config") or {}).get(MIGRATED_FROM) == vm.uuid
+    ]
+    for rec in copies:
+        _log.warning(
+            "the target already has %r (uuid %s), migrated from this VM before; this makes a second copy",
+            rec.get("name_label"), rec.get("uuid"),
+        )  # fmt: skip
+
+
+def _mark(target: Session, vm_ref: str, source_uuid: str) -> None:
+    """Record where the new VM came from; a failure to do so never fails the migration."""
+    try:
+        target.call("VM.add_to_other_config", vm_ref, MIGRATED_FROM, source_uuid)
+    except XvatoolError as exc:
+        _log.info("could not mark the migrated VM: %s", exc)
+
+
+def _inverse(mapping: Mapping[str, str]) -> dict[str, str]:
+    return {new: old for old, new in mapping.items()}
+
+
+def _placements(target: Session, vm_ref: str, renamed_from: Mapping[str, str]) -> list[VifPlacement]:
+    """Where each VIF of the new VM is; `renamed_from` gives a mapped network's source name."""
+    networks = _networks(target)
+    placements = []
+    for vif in target.call("VM.get_VIFs", vm_ref):
+        record = target.call("VIF.get_record", vif)
+        network = networks.get(str(record.get("network")), {})
+        name = str(network.get("name_label", ""))
+        placements.append(
+            VifPlacement(
+                device=str(record.get("device", "")),
+                mac=str(record.get("MAC", "")),
+                network_uuid=str(network.get("uuid", "")),
+                network_name=name,
+                source_network=renamed_from.get(name, name),
+            )
+        )
+    return sorted(placements, key=lambda p: (len(p.device), p.device))
 
 
 class _Edits:
@@ -182,33 +327,20 @@ class _Edits:
 def _migrate_stream(
     source: Session,
     target: Session,
-    found: VmRef,
+    copied: VmRef,
+    vm_name: str,
     sr_uuid: str | None,
     edits: _Edits,
     retry: RetryPolicy,
     progress: Progress | None,
 ) -> tuple[tuple[str, str], int]:
     """Stream mode: `GET /export` rewritten on the fly into `PUT /import`; ((ref, uuid), bytes)."""
-    bars = ProgressGroup(progress)
-    bar = bars.new(f"{found.name_label} migrate", None)
-    try:
-        with export_stream(source, found.uuid, snapshot="auto") as body:
-            tee = TeeReader(body, progress=bar.update)
-            reader = XvaReader(tee, source=f"{source.url}/export")
-            live = LiveBody(repack_pieces(reader, edits.apply(reader.metadata)))
-            try:
-                result = import_stream(target, live, None, sr=sr_uuid)
-            except XvatoolError as exc:
-                if live.error is not None:  # the target failed because the source did
-                    raise live.error from exc
-                raise
-            if live.error is not None:
-                # The target took a prefix of the archive for a whole one: never keep that.
-                destroy_vm_with_disks(target, result.vm_ref, retry=retry)
-                raise live.error
-            tee.drain()  # anything after the tar end, so the source's task completes cleanly
-    finally:
-        bars.close()
+    with open_export(source, copied.uuid) as body:
+        tee = TeeReader(body)
+        reader = XvaReader(tee, source=f"{source.url}/export")
+        result = import_live(target, reader, metadata=edits.apply(reader.metadata), sr=sr_uuid, retry=retry,
+                             progress=progress)  # fmt: skip
+        tee.drain()  # anything after the tar end, so the source's task completes cleanly
     return (result.vm_ref, result.vm_uuid), tee.count
 
 
@@ -230,27 +362,24 @@ class _ParallelMigration:
         self._lock = threading.Lock()
         self._first_error: BaseException | None = None
 
-    def run(self, found: VmRef, edits: _Edits) -> tuple[str, str]:
+    def run(self, vm: VmRef, vm_name: str, edits: _Edits) -> tuple[str, str]:
         """Metadata, every disk at once, then the metadata import; the new VM's (ref, uuid)."""
         bars = ProgressGroup(self.progress)
         try:
-            with export_source(self.source, found, snapshot="auto", retry=self.retry) as vm:
-                ova_xml = self.retry.run(
-                    lambda: fetch_metadata(self.source, vm), what=f"metadata of {vm.uuid}"
-                )
-                metadata = edits.apply(_parse_metadata(ova_xml, self.source.url))
-                vdi_map: dict[str, str] = {}
-                for disk in metadata.disks:
-                    ref, uuid = create_disk_vdi(self.target, self.sr_ref, disk)
-                    self.created.append(ref)
-                    vdi_map[disk.vdi_uuid] = uuid
-                total = bars.new("total", None)
-                jobs = [
-                    self._guarded(self._disk_job(disk, vdi_map[disk.vdi_uuid], bars, total))
-                    for disk in metadata.disks
-                ]
-                self._run(jobs)
-                return import_metadata(self.target, ova_xml_tar(metadata.to_bytes()), vdi_map)
+            ova_xml = self.retry.run(lambda: fetch_metadata(self.source, vm), what=f"metadata of {vm_name}")
+            metadata = edits.apply(_parse_metadata(ova_xml, self.source.url))
+            vdi_map: dict[str, str] = {}
+            for disk in metadata.disks:
+                ref, uuid = create_disk_vdi(self.target, self.sr_ref, disk)
+                self.created.append(ref)
+                vdi_map[disk.vdi_uuid] = uuid
+            total = bars.new(f"{vm_name} total", total_size(metadata.disks))
+            jobs = []
+            for disk in metadata.disks:
+                bar = bars.new(disk_label(vm_name, disk), disk.virtual_size, also=total)
+                jobs.append(self._guarded(self._disk_job(disk, vdi_map[disk.vdi_uuid], bar)))
+            self._run(jobs)
+            return import_metadata(self.target, ova_xml_tar(metadata.to_bytes()), vdi_map)
         finally:
             self.stop.set()  # any disk still running gives up
             bars.close()
@@ -283,14 +412,11 @@ class _ParallelMigration:
 
         return run
 
-    def _disk_job(
-        self, disk: DiskInfo, target_vdi: str, bars: ProgressGroup, total: ProgressBar
-    ) -> Callable[[], int]:
+    def _disk_job(self, disk: DiskInfo, target_vdi: str, bar: ProgressBar) -> Callable[[], int]:
         """One disk: its verified tar stream from the source as chunked frames into `target_vdi`."""
-        update = bars.new(disk.id, None, also=total).update
 
         def job() -> int:
-            image = HostDisk(self.source, disk.vdi_uuid, disk.virtual_size, progress=update)
+            image = HostDisk(self.source, disk.vdi_uuid, disk.virtual_size, progress=bar.update)
             with contextlib.closing(image.extents()) as extents:
                 upload_extents(self.target, target_vdi, self._unless_stopped(extents))
             return image.bytes_read

@@ -196,7 +196,7 @@ def _add_system(
         info = by_xva[xva_id]
         plan.disks.append(VirtualDisk(new_id, info.virtual_size))
         label = f"{member.name_label} disk {info.userdevice or len(renamed) - 1}"
-        update = bars.new(label, None).update
+        update = bars.new(label, info.virtual_size).update
         plan.sources.append(HostDisk(session, info.vdi_uuid, info.virtual_size, progress=update))
     system = dataclasses.replace(
         xva.system,

@@ -26,13 +26,13 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from xvatool._progress import Progress
 from xvatool._retry import DEFAULT_RETRY, RetryPolicy
 from xvatool.errors import UsageError, XvatoolError
-from xvatool.ops.backup import Selection, select_vms
+from xvatool.ops.backup import Selection, missing_results, resolve_selection
 from xvatool.ops.incremental import (
     DEFAULT_NBD_CONNECTIONS,
     DiskReport,
@@ -40,6 +40,7 @@ from xvatool.ops.incremental import (
     KeepOnHost,
     backup_vm,
 )
+from xvatool.ops.report import BatchReport, VmResult
 from xvatool.repo.ingest import WriterRun
 from xvatool.repo.repository import Repository
 from xvatool.xapi.session import Session
@@ -75,18 +76,13 @@ def shard_of(vm_uuid: str, count: int) -> int:
 
 
 @dataclass
-class VmRepoResult:
+class VmRepoResult(VmResult):
     """One VM's outcome: its new snapshot and what it cost, or the one-line error."""
 
-    vm_uuid: str
-    vm_name: str
-    status: Literal["ok", "failed"] = "failed"
     snapshot: str | None = None
     logical_bytes: int = 0
     data_bytes: int = 0
     new_bytes: int = 0
-    duration_s: float = 0.0
-    error: str | None = None
     bytes_read: int = 0
     """Bytes that came from the host (NBD reads, VHD deltas, tar streams)."""
     disks: list[DiskReport] = field(default_factory=list)
@@ -99,47 +95,28 @@ class VmRepoResult:
         return ",".join(d.method for d in self.disks)
 
     def to_json(self) -> dict[str, Any]:
+        """One item of the `backup --repo --json` document (docs/json.md)."""
         return {
-            "vm_uuid": self.vm_uuid,
-            "vm_name": self.vm_name,
-            "status": self.status,
-            "snapshot": self.snapshot,
+            **super().to_json(),
+            "snapshot": {"id": self.snapshot} if self.snapshot else None,
             "logical_bytes": self.logical_bytes,
             "data_bytes": self.data_bytes,
             "new_bytes": self.new_bytes,
             "bytes_read": self.bytes_read,
             "kept_on_host": self.kept,
             "disks": [d.to_json() for d in self.disks],
-            "duration_s": round(self.duration_s, 3),
-            "error": self.error,
         }
 
 
 @dataclass
-class RepoBackupReport:
-    repository: str
-    results: list[VmRepoResult] = field(default_factory=list)
+class RepoBackupReport(BatchReport[VmRepoResult]):
+    """Every selected VM's result, and where they went."""
+
+    repository: str = ""
     shard: str | None = None
 
-    @property
-    def failed(self) -> list[VmRepoResult]:
-        return [r for r in self.results if r.status != "ok"]
-
-    @property
-    def exit_code(self) -> int:
-        """0 when every VM succeeded, 3 when some failed, 1 when all failed."""
-        if not self.failed:
-            return 0
-        return 1 if len(self.failed) == len(self.results) else 3
-
     def to_json(self) -> dict[str, Any]:
-        return {
-            "repository": self.repository,
-            "shard": self.shard,
-            "ok": len(self.results) - len(self.failed),
-            "failed": len(self.failed),
-            "results": [r.to_json() for r in self.results],
-        }
+        return {"repository": self.repository, "shard": self.shard, **super().to_json()}
 
 
 def _source_url(session: Session) -> str:
@@ -188,7 +165,7 @@ class _RepoBackupJob:
             result.disks = done.disks
             result.kept = done.kept
         except XvatoolError as exc:
-            result.error = str(exc)
+            result.fail(exc)
             log.info("backup of %s into the repository failed: %s", vm.name_label, exc)
         finally:
             result.duration_s = time.monotonic() - started
@@ -220,8 +197,12 @@ def backup_to_repository(
         raise UsageError(f"--jobs must be at least 1, not {jobs}")
     options = IncrementalOptions(cbt=cbt, snapshots=snapshots, nbd_connections=nbd_connections, retry=retry)
     with session_factory() as session:
-        vms = select_vms(session, selection)
-    report = RepoBackupReport(repo.location, shard=f"{shard[0]}/{shard[1]}" if shard else None)
+        vms, missing = resolve_selection(session, selection)
+    report = RepoBackupReport(
+        missing_results(missing, VmRepoResult),
+        repository=repo.location,
+        shard=f"{shard[0]}/{shard[1]}" if shard else None,
+    )
     if shard is not None:
         vms = [vm for vm in vms if shard_of(vm.uuid, shard[1]) == shard[0]]
         if not vms:
@@ -229,12 +210,12 @@ def backup_to_repository(
     with WriterRun(repo) as run:
         job = _RepoBackupJob(session_factory, run, options, progress)
         if jobs == 1 or len(vms) == 1:
-            report.results = [job.one(vm) for vm in vms]
+            report.results += [job.one(vm) for vm in vms]
             return report
         with ThreadPoolExecutor(max_workers=min(jobs, len(vms)), thread_name_prefix="repo-backup") as pool:
             futures = [pool.submit(job.one, vm) for vm in vms]
             try:
-                report.results = [future.result() for future in futures]
+                report.results += [future.result() for future in futures]
             except BaseException:
                 job.cancelled.set()
                 for future in futures:

@@ -30,6 +30,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from xvatool._streams import TeeReader
 from xvatool.errors import StreamStateError, XvatoolError
 from xvatool.ops.export import transport_errors
+from xvatool.ops.progress import tracked
 from xvatool.xapi.session import Session
 from xvatool.xapi.tasks import managed_task, task_reason, wait_task
 from xvatool.xapi.transfer import chunked_frames, open_download, upload_unsized
@@ -49,7 +50,8 @@ class HostDisk:
 
     `extents()` runs one `GET /export_raw_vdi?format=tar` under its own task: every chunk's
     checksum is checked before it is handed on, a cut stream is a retryable `TransferError`, and
-    the task is waited for at the end. `bytes_read` counts the body. Example::
+    the task is waited for at the end. `bytes_read` counts the body; `progress` gets the disk
+    bytes covered (gaps included), so a bar's total is the disk's virtual size. Example::
 
         disk = HostDisk(session, vdi_uuid, virtual_size)
         for offset, data in disk.extents():
@@ -77,8 +79,10 @@ class HostDisk:
         where = f"{self.session.url}/export_raw_vdi?vdi={self.vdi_uuid}"
         with managed_task(self.session, f"xvatool export_raw_vdi {self.vdi_uuid}") as task:
             with open_download(self.session, "/export_raw_vdi", params, task=task) as body:
-                tee = TeeReader(body, progress=self.progress)
+                tee = TeeReader(body)
                 reader = XvaReader.for_disk_stream(tee, size=self.virtual_size, source=where)
+                if self.progress is not None:
+                    reader = tracked(reader, self.progress)
                 with transport_errors(tee):
                     for chunk in reader.chunks():
                         self.bytes_read = tee.count
@@ -95,7 +99,8 @@ class LiveBody:
     A reader error (bad chunk, source connection lost) is kept in `error` and the body simply
     stops, so the upload is half-closed rather than reset: the target then fails the import of
     a truncated body and cleans up, and the task tells us when that is done. Letting the
-    exception tear the socket down instead would race the target's cleanup.
+    exception tear the socket down instead would race the target's cleanup. A chunked-frame
+    body stops before its terminator, so the host cannot take it for whole.
     """
 
     def __init__(self, pieces: Iterator[bytes | memoryview]) -> None:
@@ -105,7 +110,7 @@ class LiveBody:
 
     def __call__(self) -> Iterator[bytes | memoryview]:
         if self._used:
-            raise StreamStateError("a live export cannot be sent twice")
+            raise StreamStateError("a live stream cannot be sent twice")
         self._used = True
         return self._guarded()
 

@@ -17,7 +17,7 @@ from typing import Any
 from xvatool.errors import XapiError
 from xvatool.xapi.session import Session
 
-__all__ = ["DiskSummary", "VmSummary", "list_vms"]
+__all__ = ["DiskSummary", "VmSummary", "list_vms", "vm_disks"]
 
 _NULL_REFS = frozenset({"", "OpaqueRef:NULL"})  # both mean "none" on the wire (§1.4)
 
@@ -32,9 +32,10 @@ class DiskSummary:
     virtual_size: int
 
     def to_json(self) -> dict[str, Any]:
+        """A disk as docs/json.md spells one."""
         return {
-            "uuid": self.uuid,
-            "name_label": self.name_label,
+            "vdi_uuid": self.uuid,
+            "name": self.name_label,
             "userdevice": self.userdevice,
             "virtual_size": self.virtual_size,
         }
@@ -55,12 +56,13 @@ class VmSummary:
         return sum(d.virtual_size for d in self.disks)
 
     def to_json(self) -> dict[str, Any]:
+        """One item of `vm list --json` (docs/json.md): ``virtual_size`` is the disks' sum."""
         return {
             "uuid": self.uuid,
-            "name_label": self.name_label,
+            "name": self.name_label,
             "power_state": self.power_state,
             "disks": [d.to_json() for d in self.disks],
-            "total_size": self.total_size,
+            "virtual_size": self.total_size,
         }
 
 
@@ -85,6 +87,35 @@ def _device_order(disk: DiskSummary) -> tuple[int, str]:
     return (_int(disk.userdevice) if disk.userdevice.isdigit() else 1 << 30, disk.userdevice)
 
 
+def _disk(vbd: dict[str, Any], vdis: dict[str, dict[str, Any]]) -> DiskSummary | None:
+    """The disk behind a VBD, or None for a CD drive, an empty drive or a missing VDI."""
+    if vbd.get("type") == "CD" or vbd.get("empty"):
+        return None
+    vdi_ref = str(vbd.get("VDI", ""))
+    vdi = vdis.get(vdi_ref) if vdi_ref not in _NULL_REFS else None
+    if vdi is None:
+        return None
+    return DiskSummary(
+        uuid=str(vdi.get("uuid", "")),
+        name_label=str(vdi.get("name_label", "")),
+        userdevice=str(vbd.get("userdevice", "")),
+        virtual_size=_int(vdi.get("virtual_size", 0)),
+    )
+
+
+def vm_disks(session: Session, vm_ref: str) -> list[DiskSummary]:
+    """The disks of one VM, by userdevice (a few calls: for one VM, not for a listing)."""
+    disks = []
+    for vbd_ref in session.call("VM.get_VBDs", vm_ref):
+        vbd: dict[str, Any] = session.call("VBD.get_record", vbd_ref)
+        vdi_ref = str(vbd.get("VDI", ""))
+        vdis = {} if vdi_ref in _NULL_REFS else {vdi_ref: session.call("VDI.get_record", vdi_ref)}
+        disk = _disk(vbd, vdis)
+        if disk is not None:
+            disks.append(disk)
+    return sorted(disks, key=_device_order)
+
+
 def list_vms(session: Session) -> list[VmSummary]:
     """The VMs on the host (no templates, snapshots or dom0), sorted by name then uuid."""
     vms = _all_records(session, "VM")
@@ -94,23 +125,8 @@ def list_vms(session: Session) -> list[VmSummary]:
     for vm in vms.values():
         if vm.get("is_a_template") or vm.get("is_control_domain") or vm.get("is_a_snapshot"):
             continue
-        disks = []
-        for vbd_ref in vm.get("VBDs") or []:
-            vbd = vbds.get(str(vbd_ref))
-            if vbd is None or vbd.get("type") == "CD" or vbd.get("empty"):
-                continue
-            vdi_ref = str(vbd.get("VDI", ""))
-            vdi = vdis.get(vdi_ref) if vdi_ref not in _NULL_REFS else None
-            if vdi is None:
-                continue
-            disks.append(
-                DiskSummary(
-                    uuid=str(vdi.get("uuid", "")),
-                    name_label=str(vdi.get("name_label", "")),
-                    userdevice=str(vbd.get("userdevice", "")),
-                    virtual_size=_int(vdi.get("virtual_size", 0)),
-                )
-            )
+        found = (_disk(vbds[str(ref)], vdis) for ref in vm.get("VBDs") or [] if str(ref) in vbds)
+        disks = [disk for disk in found if disk is not None]
         result.append(
             VmSummary(
                 uuid=str(vm.get("uuid", "")),

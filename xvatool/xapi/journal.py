@@ -2,11 +2,15 @@
 
 The host offers no ranges (xapi-protocol.md §4): an export can only be resumed per disk, and an
 import per segment, because `PUT /import_raw_vdi?chunked=true` writes only the frames it receives
-and re-sending a range is idempotent (§3.6, §4). A journal is a small JSON file next to the output
-(exports) or next to the archive (imports) that records, per disk, what was completed and a digest
-of it. It is rewritten atomically (`xvatool._files.write_bytes_atomic`) after every step, so a
-crash or Ctrl-C leaves either the old or the new state, never a torn file; it is not fsynced (a
-journal behind reality only means a re-send, and what it claims is re-checked anyway). A retry
+and re-sending a range is idempotent (§3.6, §4). A journal is a small JSON file that records, per
+disk, what was completed and a digest of it. Journals live in the state folder (`state_dir`:
+``--state-dir``, ``XVATOOL_STATE_DIR``, else ``$XDG_STATE_HOME/xvatool``, else
+``~/.local/state/xvatool``), never beside the input: an archive may sit in a read-only folder,
+and a journal beside a backup would block the next restore of it. The name says which transfer
+it belongs to (the file's absolute path, hashed, and for imports the host). It is rewritten
+atomically (`xvatool._files.write_bytes_atomic`) after every step, so a crash or Ctrl-C leaves
+either the old or the new state, never a torn file; it is not fsynced (a journal behind reality
+only means a re-send, and what it claims is re-checked anyway). A retry
 (`xvatool._retry.RetryPolicy`) resumes from the journal rather than restarting.
 
 A journal is bound to what it describes by its `key` (host URL, VM or archive digest, mode,
@@ -25,6 +29,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import tempfile
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,11 +42,14 @@ from xvatool.errors import LocalIOError, ResumeError
 
 __all__ = [
     "JOURNAL_FORMAT",
+    "STATE_DIR_ENV",
     "DiskRecord",
     "Journal",
     "JournalKind",
     "export_journal_path",
     "import_journal_path",
+    "spool_folder",
+    "state_dir",
 ]
 
 JOURNAL_FORMAT = 1
@@ -48,7 +57,13 @@ JOURNAL_FORMAT = 1
 MAX_JOURNAL_SIZE = 64 << 20
 """Bytes. Even a 100 TiB import at 32 MiB segments stays far below this."""
 
+STATE_DIR_ENV = "XVATOOL_STATE_DIR"
+"""Overrides the state folder (journals of interrupted transfers, import spools)."""
+JOURNALS = "journals"
+"""Subfolder of the state folder holding the journals."""
+
 JournalKind = Literal["export", "import"]
+StatePath = str | os.PathLike[str] | None
 
 
 @dataclass
@@ -251,6 +266,7 @@ class Journal:
     def _save_locked(self) -> None:
         # Atomic but not fsynced: it is saved after every step, and a journal that a crash left
         # behind reality (or unreadable) only costs a re-send; everything it claims is re-checked.
+        _private_folder(self.path.parent)
         data = json.dumps(self.to_json(), indent=1, sort_keys=True).encode()
         write_bytes_atomic(self.path, data, durable=False)
 
@@ -260,18 +276,60 @@ class Journal:
             remove_quietly(self.path)
 
 
-def export_journal_path(out_path: str | os.PathLike[str]) -> Path:
-    """`OUT.xvatool-journal.json`, next to the output it describes."""
-    out_path = Path(out_path)
-    return out_path.with_name(out_path.name + ".xvatool-journal.json")
-
-
-def import_journal_path(archive_path: str | os.PathLike[str], host_url: str) -> Path:
-    """`ARCHIVE.xvatool-import-<host hash>.json`: one journal per (archive, host) pair.
-
-    The host is part of the name (hashed: a URL is not a file name) so that importing the same
-    archive into two hosts keeps two independent journals.
+def state_dir(override: StatePath = None) -> Path:
+    """The state folder: `override`, else ``$XVATOOL_STATE_DIR``, else ``$XDG_STATE_HOME/xvatool``,
+    else ``~/.local/state/xvatool`` (the XDG base directory rule for state that survives a restart
+    but is not worth backing up). Not created here.
     """
-    archive_path = Path(archive_path)
-    tag = hashlib.sha256(host_url.rstrip("/").encode()).hexdigest()[:12]
-    return archive_path.with_name(f"{archive_path.name}.xvatool-import-{tag}.json")
+    if override is not None and str(override):
+        return Path(override)
+    if os.environ.get(STATE_DIR_ENV):
+        return Path(os.environ[STATE_DIR_ENV])
+    xdg = os.environ.get("XDG_STATE_HOME")
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".local" / "state"
+    return base / "xvatool"
+
+
+def _private_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LocalIOError(f"cannot create the state folder: {exc.strerror}", path=str(folder)) from exc
+
+
+def _tag(text: str, length: int = 16) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def _readable(name: str) -> str:
+    """A file name made safe for a journal name (the hash, not this, makes it unique)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:64] or "file"
+
+
+def export_journal_path(out_path: str | os.PathLike[str], *, state: StatePath = None) -> Path:
+    """``STATE/journals/export-<name>-<hash of OUT's absolute path>.json``: one per output file."""
+    out = Path(os.path.abspath(out_path))
+    return state_dir(state) / JOURNALS / f"export-{_readable(out.name)}-{_tag(str(out))}.json"
+
+
+def import_journal_path(
+    archive_path: str | os.PathLike[str], host_url: str, *, state: StatePath = None
+) -> Path:
+    """``STATE/journals/import-<name>-<hash of the file>-<hash of the host>.json``.
+
+    One journal per (file, host) pair, so importing the same archive into two hosts keeps two
+    independent journals; the host is hashed because a URL is not a file name.
+    """
+    archive = Path(os.path.abspath(archive_path))
+    host = _tag(host_url.rstrip("/"), 12)
+    return state_dir(state) / JOURNALS / f"import-{_readable(archive.name)}-{_tag(str(archive))}-{host}.json"
+
+
+def spool_folder(state: StatePath = None) -> Path:
+    """A new private folder under ``STATE/spool`` for scratch data of one transfer; the caller removes it."""
+    parent = state_dir(state) / "spool"
+    _private_folder(parent)
+    try:
+        return Path(tempfile.mkdtemp(prefix="import-", dir=parent))
+    except OSError as exc:
+        raise LocalIOError(f"cannot create a spool folder: {exc.strerror}", path=str(parent)) from exc

@@ -115,11 +115,36 @@ def _find_cause(exc: BaseException, kind: type[BaseException]) -> BaseException 
     return None
 
 
+_PLAIN_ANSWER_MARKS = (
+    "WRONG_VERSION_NUMBER",
+    "RECORD_LAYER_FAILURE",
+    "HTTP_REQUEST",
+    "PACKET_LENGTH_TOO_LONG",
+)
+"""OpenSSL's words for "the peer answered a TLS hello in plain text": an https:// URL on an HTTP port."""
+
+
+def _scheme_mistake(exc: httpx.HTTPError, host: str | None) -> HostError | None:
+    """An https:// URL on a port that speaks plain HTTP, explained (http on a TLS port: `connect`)."""
+    tls = _find_cause(exc, ssl.SSLError)
+    if tls is not None and any(mark in str(tls).upper() for mark in _PLAIN_ANSWER_MARKS):
+        return TransferError(
+            "the host answered in plain HTTP, not TLS: this port does not speak https; use the host's "
+            "HTTPS port (443), or http:// for a loopback test host",
+            host=host,
+            retryable=False,
+        )
+    return None
+
+
 def _translate(exc: httpx.HTTPError, host: str | None) -> HostError:
     """The `HostError` for one httpx exception; `retryable` says whether trying again may help."""
     pin = _find_cause(exc, FingerprintMismatch)
     if pin is not None:
         return HostError(str(pin), host=host)
+    mistake = _scheme_mistake(exc, host)
+    if mistake is not None:
+        return mistake
     verify = _find_cause(exc, ssl.SSLCertVerificationError)
     if verify is not None:
         return HostError(
@@ -432,9 +457,16 @@ class Session:
 
     def _login_once(self, user: str, password: str) -> None:
         headers = {THUMBPRINT_REQUEST_HEADER: "sha-256:master"} if self.fingerprint else None
-        data, reply_headers = self._post(
-            "session.login_with_password", (user, password, API_VERSION, ORIGINATOR), headers
-        )
+        try:
+            data, reply_headers = self._post(
+                "session.login_with_password", (user, password, API_VERSION, ORIGINATOR), headers
+            )
+        except TransferError as exc:
+            dropped = isinstance(exc.__cause__, httpx.ReadError | httpx.RemoteProtocolError)
+            if dropped and urlsplit(self.url).scheme == "http":
+                # A TLS port drops a plain request without an HTTP answer (or answers TLS bytes).
+                exc.message += "; if this port speaks TLS, use https:// instead of http://"
+            raise
         # sent alongside a HOST_IS_SLAVE failure when asked for (§1.3)
         self._master_thumbprint = reply_headers.get(THUMBPRINT_RESPONSE_HEADER)
         value = self._unwrap("session.login_with_password", data)

@@ -33,10 +33,19 @@ from typing import Any, Literal
 import xxhash
 
 from xvatool._files import AtomicFile
+from xvatool._human import human_size
 from xvatool._progress import NullBar, Progress, ProgressBar
 from xvatool._retry import DEFAULT_RETRY, RetryPolicy, is_transient
-from xvatool.errors import LocalIOError, ResumeError, TransferError, UsageError, XapiError
-from xvatool.xapi.journal import Journal, import_journal_path
+from xvatool.errors import (
+    Interrupted,
+    LocalIOError,
+    ResumeError,
+    TransferError,
+    UsageError,
+    XapiError,
+    XvatoolError,
+)
+from xvatool.xapi.journal import Journal, StatePath, import_journal_path
 from xvatool.xapi.session import Session
 from xvatool.xapi.tasks import managed_task, task_reason, wait_task
 from xvatool.xapi.transfer import BodyFactory, chunked_frames, chunked_length, open_download, upload
@@ -58,7 +67,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ExportFormat = Literal["raw", "vhd", "tar"]
-ImportFormat = Literal["raw", "vhd"]
+ImportFormat = Literal["raw", "vhd", "tar"]
 
 IMPORT_SEGMENT_SIZE = 256 << 20
 """Bytes of disk per chunked ``PUT /import_raw_vdi`` (here and in parallel imports): the unit of
@@ -155,6 +164,7 @@ def export_vdi(
     out_path: str | os.PathLike[str],
     *,
     format: ExportFormat = "raw",
+    overwrite: bool = False,
     retry: RetryPolicy = DEFAULT_RETRY,
     progress: Progress | None = None,
     timeout_s: float | None = None,
@@ -162,26 +172,26 @@ def export_vdi(
     """Download one disk to `out_path` (via a temporary file); returns the final path.
 
     `format` ``raw`` gives exactly ``virtual_size`` bytes (sparse on disk), ``vhd`` a dynamic VHD,
-    ``tar`` the XVA disk encoding (§3.5). Transient failures restart the download as `retry`
-    allows (no Range on the host). Example::
+    ``tar`` the XVA disk encoding (§3.5). An existing `out_path` is refused unless `overwrite`.
+    Transient failures restart the download as `retry` allows (no Range on the host). Example::
 
         export_vdi(host, vdi_uuid, "disk.raw", progress=TqdmProgress())
     """
     if format not in ("raw", "vhd", "tar"):
         raise UsageError(f"unknown VDI format {format!r} (raw, vhd or tar)")
     out = Path(out_path)
-    if out.exists():
-        raise UsageError(f"{out} exists; remove it or choose another name")
+    if out.exists() and not overwrite:
+        raise LocalIOError("already exists (use --force to replace it)", path=str(out))
     vdi = find_vdi(session, vdi_uuid)
     expected = vdi.virtual_size if format == "raw" else None
-    bar = progress(f"VDI {vdi.name_label or vdi.uuid[:8]}", expected) if progress else NullBar()
+    bar = progress(vdi.name_label or f"VDI {vdi.uuid}", expected) if progress else NullBar()
     position = _Position(bar)
 
     def attempt() -> Path:
         with (
             managed_task(session, f"xvatool vdi-export {vdi.uuid}") as task,
             task_reason(session, task),
-            AtomicFile(out, overwrite=False) as output,
+            AtomicFile(out, overwrite=overwrite) as output,
         ):
             params = {"vdi": vdi.uuid, "format": format}
             with open_download(session, "/export_raw_vdi", params, task=task, timeout_s=timeout_s) as body:
@@ -233,18 +243,6 @@ def vhd_virtual_size(path: str | os.PathLike[str]) -> int:
     if not footer.startswith(VHD_COOKIE):
         raise UsageError(f"{path}: not a VHD file (no 'conectix' footer)")
     return int(_VHD_SIZE.unpack_from(footer, _VHD_SIZE_OFFSET)[0])
-
-
-def _has_vhd_footer(path: Path, size: int) -> bool:
-    """Whether the file ends in a VHD footer (its last 512 bytes start with the cookie)."""
-    if size < VHD_FOOTER_SIZE or size % SECTOR_SIZE:
-        return False
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(size - VHD_FOOTER_SIZE)
-            return fh.read(len(VHD_COOKIE)) == VHD_COOKIE
-    except OSError as exc:
-        raise LocalIOError(exc.strerror or str(exc), path=str(path)) from exc
 
 
 def _round_up(n: int, unit: int) -> int:
@@ -361,8 +359,10 @@ def import_vdi(
     vdi_uuid: str | None = None,
     sr: str | None = None,
     format: ImportFormat = "raw",
+    size: int | None = None,
     resume: bool = False,
     retry: RetryPolicy = DEFAULT_RETRY,
+    state_dir: StatePath = None,
     progress: Progress | None = None,
     segment_size: int = IMPORT_SEGMENT_SIZE,
     timeout_s: float | None = None,
@@ -370,16 +370,19 @@ def import_vdi(
     """Upload a disk image into an existing VDI (`vdi_uuid`) or a new one in `sr`; returns its uuid.
 
     `sr` is an SR uuid or unique name; the new VDI is named after the file. Raw images go in
-    chunked segments with a journal next to the file (``FILE.xvatool-import-<host>.json``) so
-    that `resume` continues an interrupted import; VHD images go in one PUT (into an existing
-    VDI only the VHD's allocated blocks are written: a delta). Example::
+    chunked segments with a journal in the state folder (`journal.import_journal_path`) so that
+    `resume` continues an interrupted import; `size` sends only the first `size` bytes. VHD
+    images and ``vdi/`` tar streams go in one PUT (into an existing VDI only the blocks they
+    hold are written: a delta); for those `size` is the virtual size of a new VDI. The format is
+    the caller's word: `xvatool.ops.disk_import.import_image` recognises it by content and
+    checks that the image fits. Example::
 
         new_uuid = import_vdi(host, "disk.raw", sr="Local storage")
     """
     if (vdi_uuid is None) == (sr is None):
         raise UsageError("give exactly one of a target VDI (--vdi) or an SR (--sr)")
-    if format not in ("raw", "vhd"):
-        raise UsageError(f"unknown import format {format!r} (raw or vhd)")
+    if format not in ("raw", "vhd", "tar"):
+        raise UsageError(f"unknown import format {format!r} (raw, vhd or tar)")
     if segment_size <= 0 or segment_size % CHUNK_SIZE:
         raise UsageError(f"segment size must be a positive multiple of {CHUNK_SIZE} bytes")
     source = Path(path)
@@ -389,17 +392,17 @@ def import_vdi(
         raise LocalIOError(exc.strerror or str(exc), path=str(source)) from exc
     if st.st_size == 0:
         raise UsageError(f"{source}: empty file")
-    if format == "raw" and _has_vhd_footer(source, st.st_size):
-        # A raw upload would make the VHD container itself the disk's contents.
-        raise UsageError(f"{source}: this is a VHD file (it ends in a 'conectix' footer); use --format vhd")
-    if format == "vhd" and resume:
-        raise UsageError("--resume works with raw images only (a VHD is sent in one request)")
+    if format != "raw" and resume:
+        raise UsageError(f"--resume works with raw images only (a {format} image is sent in one request)")
     bar = progress(source.name, st.st_size) if progress else NullBar()
     sender = _Sender(session, retry, _Position(bar), timeout_s)
     try:
-        if format == "vhd":
-            return _import_vhd(sender, source, st.st_size, vdi_uuid, sr)
-        return _import_raw(sender, source, st, vdi_uuid, sr, resume=resume, segment_size=segment_size)
+        if format == "raw":
+            length = min(st.st_size, size) if size is not None else st.st_size
+            return _import_raw(sender, source, st, length, vdi_uuid, sr, resume=resume,
+                               segment_size=segment_size, state_dir=state_dir)  # fmt: skip
+        virtual_size = size if size is not None else vhd_virtual_size(source)
+        return _import_whole(sender, source, st.st_size, format, virtual_size, vdi_uuid, sr)
     finally:
         bar.close()
 
@@ -439,15 +442,24 @@ class _Sender:
         self.retry.run(attempt, what=what)
 
 
-def _import_vhd(sender: _Sender, source: Path, length: int, vdi_uuid: str | None, sr: str | None) -> str:
-    virtual_size = vhd_virtual_size(source)
+def _import_whole(
+    sender: _Sender,
+    source: Path,
+    length: int,
+    fmt: str,
+    virtual_size: int,
+    vdi_uuid: str | None,
+    sr: str | None,
+) -> str:
+    """A VHD or a ``vdi/`` tar in one PUT with its length, into the VDI or a new one of `virtual_size`."""
     if vdi_uuid is not None:
         vdi = find_vdi(sender.session, vdi_uuid)
         if vdi.virtual_size < virtual_size:
-            raise UsageError(f"VDI {vdi.uuid} has {vdi.virtual_size} bytes, the VHD needs {virtual_size}")
+            needs = human_size(virtual_size)
+            raise UsageError(f"VDI {vdi.uuid} has {human_size(vdi.virtual_size)}, the image needs {needs}")
     else:
         assert sr is not None
-        vdi = _new_vdi(sender.session, sr, virtual_size, source.name)
+        vdi = _new_vdi(sender.session, sr, _round_up(virtual_size, SECTOR_SIZE), source.name)
 
     def body() -> Iterator[bytes]:
         done = 0
@@ -460,7 +472,7 @@ def _import_vhd(sender: _Sender, source: Path, length: int, vdi_uuid: str | None
         except OSError as exc:
             raise LocalIOError(exc.strerror or str(exc), path=str(source)) from exc
 
-    sender.send(vdi, {"format": "vhd"}, body, length, f"import of {source} into VDI {vdi.uuid}")
+    sender.send(vdi, {"format": fmt}, body, length, f"import of {source} into VDI {vdi.uuid}")
     return vdi.uuid
 
 
@@ -479,19 +491,27 @@ def _import_raw(
     sender: _Sender,
     source: Path,
     st: os.stat_result,
+    size: int,
     vdi_uuid: str | None,
     sr: str | None,
     *,
     resume: bool,
     segment_size: int,
+    state_dir: StatePath,
 ) -> str:
     session = sender.session
-    size = st.st_size
-    journal_path = import_journal_path(source, session.url)
+    journal_path = import_journal_path(source, session.url, state=state_dir)
     target = f"vdi:{vdi_uuid}" if vdi_uuid is not None else f"sr:{sr}"
     key = _journal_key(session, st, target, segment_size)
+    if size != st.st_size:
+        key["length"] = str(size)
     if journal_path.exists() and not resume:
-        raise UsageError(f"{journal_path} exists from an interrupted import; use --resume or remove it")
+        raise UsageError(
+            f"{source}: an interrupted import into this host left a journal ({journal_path}); continue it "
+            "with --resume, or remove the journal to start over"
+        )
+    if resume and not journal_path.exists():
+        log.warning("%s: nothing to resume (no journal for this host); starting from the beginning", source)
     if resume and journal_path.exists():
         journal = Journal.open_for_resume(journal_path, kind="import", key=key)
         vdi = _resume_target(session, journal, size)
@@ -500,7 +520,9 @@ def _import_raw(
         if vdi_uuid is not None:
             vdi = find_vdi(session, vdi_uuid)
             if vdi.virtual_size < _round_up(size, SECTOR_SIZE):
-                raise UsageError(f"VDI {vdi.uuid} has {vdi.virtual_size} bytes, {source} has {size}")
+                raise UsageError(
+                    f"VDI {vdi.uuid} has {human_size(vdi.virtual_size)}, {source} has {human_size(size)}"
+                )
         else:
             assert sr is not None
             vdi = _new_vdi(session, sr, _round_up(size, SECTOR_SIZE), source.name)
@@ -514,8 +536,12 @@ def _import_raw(
         for index in image.segments():
             _send_segment(sender, image, index, vdi, journal, done_before.get(index))
             sender.position.to(min(image.size, (index + 1) * image.segment_size))
-    except BaseException:
-        log.warning("import into VDI %s interrupted; continue it with --resume (%s)", vdi.uuid, journal_path)
+    except KeyboardInterrupt as exc:
+        raise Interrupted(
+            f"interrupted; kept VDI {vdi.uuid} and the journal {journal_path} for --resume"
+        ) from exc
+    except XvatoolError as exc:
+        exc.message += f"; kept VDI {vdi.uuid} and the journal {journal_path} for --resume"
         raise
     finally:
         image.close()
