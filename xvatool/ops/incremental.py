@@ -276,6 +276,8 @@ class _DiskJob:
     def run(self, disk: DiskInfo, vdi: HostVdi, vm_name: str) -> DiskReport:
         parent = _parent_disk(self.writer.parent, disk)
         methods, base, broken = _plan(self.session, vdi, parent)
+        if self.writer.parent is not None and self.writer.parent.source.get("snapshots") == "delete":
+            broken = ""  # nothing was kept on the host last time: a full read is the plan, not a fallback
         report = DiskReport(str(disk.userdevice or ""), vdi.uuid)
         writer = self.writer.disk(disk)
         repo = self.writer.repo
