@@ -86,7 +86,7 @@ def reference(image: Path, kind: str) -> None:
 
 
 def writer(image: Path, kind: str, target: str) -> None:
-    from xvatool.xva.convert import atomic_output
+    from xvatool._files import atomic_output
     from xvatool.xva.disk import RawFileSource
     from xvatool.xva.template import DiskSpec, build_vm_metadata
     from xvatool.xva.writer import write_xva

@@ -51,8 +51,9 @@ if TYPE_CHECKING:
     from xvatool.xapi.vdi import export_vdi, import_vdi
     from xvatool.xva.convert import CreateResult, RepackResult, create_archive, repack_archive, repack_stream
     from xvatool.xva.extract import extract_disks
+    from xvatool.xva.opening import open_archive
     from xvatool.xva.ovaxml import DiskInfo, Metadata, NetworkInfo, VmInfo
-    from xvatool.xva.reader import Chunk, Problem, XvaReader, open_archive
+    from xvatool.xva.reader import Chunk, Problem, XvaReader
     from xvatool.xva.template import DiskSpec, build_vm_metadata
     from xvatool.xva.validate import ArchiveInfo, Report, inspect_archive, validate_archive
     from xvatool.xva.writer import WriteStats, XvaWriter, write_xva
@@ -78,7 +79,8 @@ _LAZY: dict[str, str] = {
     ),
     "extract_disks": "xvatool.xva.extract",
     **dict.fromkeys(["DiskInfo", "Metadata", "NetworkInfo", "VmInfo"], "xvatool.xva.ovaxml"),
-    **dict.fromkeys(["Chunk", "Problem", "XvaReader", "open_archive"], "xvatool.xva.reader"),
+    **dict.fromkeys(["Chunk", "Problem", "XvaReader"], "xvatool.xva.reader"),
+    "open_archive": "xvatool.xva.opening",
     **dict.fromkeys(["DiskSpec", "build_vm_metadata"], "xvatool.xva.template"),
     **dict.fromkeys(["ArchiveInfo", "Report", "inspect_archive", "validate_archive"], "xvatool.xva.validate"),
     **dict.fromkeys(["WriteStats", "XvaWriter", "write_xva"], "xvatool.xva.writer"),

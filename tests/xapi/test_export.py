@@ -199,7 +199,7 @@ from xvatool.errors import ResumeError, UsageError, XapiError  # noqa: E402
 from xvatool.xapi.export import export_stream, export_vm  # noqa: E402
 from xvatool.xapi.journal import export_journal_path  # noqa: E402
 from xvatool.xapi.session import connect  # noqa: E402
-from xvatool.xva.reader import open_archive  # noqa: E402
+from xvatool.xva.opening import open_archive  # noqa: E402
 
 ZERO = bytes(MiB)
 

@@ -20,7 +20,8 @@ from tests.builders import (
 from xvatool.errors import ChecksumError, FormatError, LocalIOError, StreamStateError, TruncatedError
 from xvatool.xva.checksum import hexdigest
 from xvatool.xva.digests import HASH_LAG
-from xvatool.xva.reader import Problem, XvaReader, open_archive, read_disk_stream
+from xvatool.xva.opening import open_archive
+from xvatool.xva.reader import Problem, XvaReader, read_disk_stream
 
 
 def rebuild(reader: XvaReader) -> dict[str, bytes]:
@@ -296,7 +297,9 @@ def test_digest_helper_matches_builder():
     assert hexdigest("sha1", bytes(MIB)) == "3b71f43ff30f4b15b5cd85dd9e95ebc7e84eb5a3"
 
 
-def test_directory_entries_are_tolerated_but_reported():
+def test_directory_entries_are_errors_in_every_mode():
+    # One verdict (issue 8 finding 1): the host fails on a directory entry (§1.3), so a strict
+    # reader refuses it as `verify` does, instead of tolerating it silently.
     import tarfile
 
     built = build_xva(XvaSpec([disk_from_image("Ref:2", pattern(MIB, 1), "sha1")]))
@@ -304,7 +307,9 @@ def test_directory_entries_are_tolerated_but_reported():
     info.type = tarfile.DIRTYPE
     first = built.members[1].header_offset
     data = built.data[:first] + info.tobuf(tarfile.GNU_FORMAT) + built.data[first:]
-    assert rebuild(XvaReader(io.BytesIO(data))) == {"Ref:2": pattern(MIB, 1)}
+    with pytest.raises(FormatError) as raised:
+        rebuild(XvaReader(io.BytesIO(data)))
+    assert raised.value.code == "directory-entry"
     problems: list[Problem] = []
     list(XvaReader(io.BytesIO(data), problems=problems).chunks())
     assert [(p.code, p.member, p.offset) for p in problems] == [("directory-entry", "Ref:2/", first)]
@@ -317,13 +322,15 @@ def test_chunks_larger_than_a_mebibyte_are_read():
     assert rebuild(XvaReader(io.BytesIO(build_xva(XvaSpec([disk])).data))) == {"Ref:2": image}
 
 
-def test_unaligned_chunk_is_read_but_reported():
-    disk = DiskSpec("Ref:2", 1000, [ChunkSpec(0, pattern(1000, 1))])
+def test_unaligned_chunk_is_an_error_in_every_mode():
+    disk = DiskSpec("Ref:2", 1536, [ChunkSpec(0, pattern(1000, 1)), ChunkSpec(1, pattern(536, 2))])
     data = build_xva(XvaSpec([disk])).data
-    assert rebuild(XvaReader(io.BytesIO(data))) == {"Ref:2": pattern(1000, 1)}
+    with pytest.raises(FormatError) as raised:
+        rebuild(XvaReader(io.BytesIO(data)))
+    assert raised.value.code == "chunk-not-aligned"
     problems: list[Problem] = []
     list(XvaReader(io.BytesIO(data), problems=problems).chunks())
-    assert [p.code for p in problems] == ["chunk-not-aligned"]
+    assert [p.code for p in problems] == ["chunk-not-aligned", "chunk-not-aligned"]
 
 
 @pytest.mark.parametrize("name", ["Ref:2/0000000", "Ref:2/0000000x", "Ref:2/000000000", "Ref:2/+0000000"])
@@ -368,12 +375,16 @@ def test_disk_stream_other_disk_id():
 
 
 def test_disk_stream_bad_counter():
-    chunks = [("vdi/00000001", STREAM_IMAGE[:MIB]), ("vdi/00000000", STREAM_IMAGE[MIB : 2 * MIB])]
+    chunks = [("vdi/00000000", STREAM_IMAGE[:MIB]), ("vdi/00000000", STREAM_IMAGE[MIB : 2 * MIB])]
     with pytest.raises(FormatError) as info:
         read_disk_stream(io.BytesIO(disk_stream(chunks)), size=3 * MIB, source="s")
     assert (info.value.code, info.value.member, info.value.file) == (
         "counter-not-increasing", "vdi/00000000", "s"
     )  # fmt: skip
+    chunks = [("vdi/00000001", STREAM_IMAGE[:MIB])]
+    with pytest.raises(FormatError) as info:
+        read_disk_stream(io.BytesIO(disk_stream(chunks)), size=3 * MIB, source="s")
+    assert info.value.code == "missing-first-chunk"
 
 
 def test_disk_stream_checksum_mismatch_and_problems_mode():

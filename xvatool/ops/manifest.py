@@ -27,7 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from xvatool._types import ChecksumKind, Compression, Readable
+from xvatool._streams import as_readable
+from xvatool._types import ChecksumKind, Compression, Readable, SupportsRead
 from xvatool.errors import ChecksumError, FormatError, LocalIOError, UsageError
 from xvatool.xva.disk import CHUNK_SIZE, ZERO_CHUNK
 
@@ -157,9 +158,8 @@ def _check_types(manifest: Manifest, path: str) -> None:
 class HashingReader:
     """A tee: passes reads through and hashes every byte that went by (style.md 7)."""
 
-    def __init__(self, stream: Readable) -> None:
-        self._stream = stream
-        self._readinto = getattr(stream, "readinto", None)
+    def __init__(self, stream: Readable | SupportsRead) -> None:
+        self._stream = as_readable(stream)
         self.hash = hashlib.sha256()
         self.count = 0
 
@@ -170,11 +170,7 @@ class HashingReader:
         return data
 
     def readinto(self, buf: bytearray | memoryview, /) -> int:
-        if self._readinto is None:
-            data = self.read(len(buf))
-            buf[: len(data)] = data
-            return len(data)
-        n: int = self._readinto(buf)
+        n = self._stream.readinto(buf)
         view = memoryview(buf)[:n]
         self.hash.update(view)
         self.count += n
@@ -331,7 +327,7 @@ def manifest_path_for(archive: Path) -> Path:
 
 def write_manifest(path: Path, manifest: Manifest) -> None:
     """Write the manifest atomically (`.part`, fsync, rename): its appearance commits the backup."""
-    from xvatool.xva.convert import atomic_output
+    from xvatool._files import atomic_output
 
     data = json.dumps(manifest.to_json(), indent=2, sort_keys=True).encode() + b"\n"
     with atomic_output(path) as f:

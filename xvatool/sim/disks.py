@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Self
 
-from xvatool.xva.convert import atomic_output
+from xvatool._files import atomic_output
 from xvatool.xva.disk import CHUNK_SIZE, RawFileSource, is_zero
 
 __all__ = ["DiskTargets", "copy_sparse", "create_sparse", "overwrite", "write_nonzero"]

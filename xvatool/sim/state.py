@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from xvatool._files import atomic_output
 from xvatool.errors import LocalIOError, UsageError
 from xvatool.sim.values import ApiFailure, DateTime, Record, new_ref
-from xvatool.xva.convert import atomic_output
 
 __all__ = [
     "ALL_CLASSES",

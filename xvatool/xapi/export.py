@@ -216,7 +216,7 @@ def _export_stream_file(
     progress: ProgressFactory | None,
 ) -> int:
     """Stream mode: `GET /export` teed into `OUT.part` while the reader verifies it."""
-    from xvatool.xva.convert import atomic_output
+    from xvatool._files import atomic_output
 
     bars = ProgressBars(progress)
     update = bars.new("total", None)
@@ -287,8 +287,8 @@ def _export_parallel_file(
 
     Returns (disks, bytes written, disks reused from a previous run).
     """
+    from xvatool._files import atomic_output
     from xvatool.xva.assemble import assemble_xva
-    from xvatool.xva.convert import atomic_output
     from xvatool.xva.ovaxml import Metadata
 
     journal_path = export_journal_path(out)
