@@ -80,6 +80,8 @@ def verify_command(*, archive: str, as_json: bool) -> None:
     else:
         for problem in report.problems:
             click.echo(str(problem))
+        for code, count in sorted(report.omitted.items()):
+            click.echo(f"... and {count} more {code} problems, not listed")
         chunks = sum(d.chunks for d in report.disks)
         state = "valid" if report.valid else f"INVALID ({len(report.errors)} errors)"
         click.echo(f"{report.source}: {state}; {len(report.disks)} disks, {chunks} chunks, "

@@ -58,7 +58,7 @@ _COMPRESS = click.Choice(["none", "gzip", "zstd"])
 
 
 @click.command("create")
-@file_output_option("output", "Archive to write (written as OUT.part, renamed when complete).")
+@file_output_option("output", "Archive to write (to a temporary file in its folder, renamed when complete).")
 @click.option("--name", required=True, help="name_label of the VM.")
 @click.option(
     "--disk",

@@ -33,10 +33,10 @@ __all__ = [
 
 MAX_OVA_XML_SIZE = 64 << 20
 """Bytes. Real ova.xml members are tens of KiB (a VM export) to a few MiB (a pool's metadata)."""
-MAX_OVA_XML_ELEMENTS = 2_000_000
-"""Elements in one document. Real files hold one per ~20 bytes (xs70-ova.xml: 1,245 in 28 KB), so
-this admits any real document up to the size limit and stops a dense one (``<value/>`` × 8
-million) after a fraction of it."""
+MAX_OVA_XML_ELEMENTS = 1_000_000
+"""Elements in one document. Real files hold one per ~22 bytes (xs70-ova.xml: 1,245 in 28 KB;
+a VM export holds 1,000-3,000), so this admits real documents of 20 MB and more, and stops a dense
+one (``<value/>`` × 8 million) after an eighth of it, in about a second."""
 MAX_OVA_XML_DEPTH = 64
 """Nesting levels. xapi's documents are 16 deep; a map inside a record inside an object is 20."""
 
@@ -81,6 +81,8 @@ _CHILDREN: dict[str, frozenset[str]] = {
 }  # fmt: skip
 """Which elements may appear inside which (§2.1); an unknown element is refused where it starts."""
 _MEMBER_PARTS = ("name", "value")
+_COUNTED = frozenset({"value", "array", "member"})
+"""Parents whose children are counted or ordered: one item, one <data>, <name> then <value>."""
 _ENTITY_DECLARATION = b"<!ENTITY"
 
 
@@ -99,50 +101,51 @@ class _Builder:
     def __init__(self) -> None:
         self.notes: list[tuple[str, str]] = []
         self.elements = 0
-        self._tags: list[str] = []
-        self._texts: list[list[str] | None] = []
-        self._kids: list[list[Any] | None] = []
+        self._stack: list[list[Any]] = []
+        """One ``[tag, text pieces or None, children's values or None]`` per open element."""
         self._result: Value = None
         self._done = False
 
-    # -- the target interface (lxml calls these)
+    # -- the target interface (lxml calls these; the hot path of a big document)
 
     def start(self, tag: str, attrib: object) -> None:
         self.elements += 1
         if self.elements > MAX_OVA_XML_ELEMENTS:
             raise metadata_error(f"more than {MAX_OVA_XML_ELEMENTS} elements; refused", "ova-xml-budget")
-        tags = self._tags
-        if not tags:
-            if tag != "value":
-                raise metadata_error(f"expected <value>, found <{tag}>")
-        elif len(tags) >= MAX_OVA_XML_DEPTH:
-            raise metadata_error(
-                f"elements nested more than {MAX_OVA_XML_DEPTH} deep; refused", "ova-xml-budget"
-            )
-        else:
-            self._check_child(tags[-1], tag)
-        tags.append(tag)
-        self._texts.append(None)
-        self._kids.append(None)
+        stack = self._stack
+        if stack:
+            parent = stack[-1]
+            if parent[0] in _COUNTED or tag not in _CHILDREN[parent[0]]:
+                self._check_child(parent, tag)
+            if len(stack) >= MAX_OVA_XML_DEPTH:
+                raise metadata_error(
+                    f"elements nested more than {MAX_OVA_XML_DEPTH} deep; refused", "ova-xml-budget"
+                )
+        elif tag != "value":
+            raise metadata_error(f"expected <value>, found <{tag}>")
+        stack.append([tag, None, None])
 
     def data(self, text: str) -> None:
-        texts = self._texts
-        if texts:  # text interrupted by a comment or a PI continues after it
-            pieces = texts[-1]
-            if pieces is None:
-                texts[-1] = [text]
+        if self._stack:  # text interrupted by a comment or a PI continues after it
+            frame = self._stack[-1]
+            if frame[1] is None:
+                frame[1] = [text]
             else:
-                pieces.append(text)
+                frame[1].append(text)
 
     def end(self, tag: str) -> None:
-        self._tags.pop()
-        value = self._finish(tag, self._texts.pop(), self._kids.pop())
-        if self._kids:
-            siblings = self._kids[-1]
-            if siblings is None:
-                self._kids[-1] = [value]
+        stack = self._stack
+        _, pieces, kids = stack.pop()
+        if tag == "value" and kids is None:
+            value: Any = "".join(pieces) if pieces is not None else ""  # untyped: a string (§2.1)
+        else:
+            value = self._finish(tag, pieces, kids)
+        if stack:
+            parent = stack[-1]
+            if parent[2] is None:
+                parent[2] = [value]
             else:
-                siblings.append(value)
+                parent[2].append(value)
         else:
             self._result, self._done = value, True
 
@@ -155,21 +158,22 @@ class _Builder:
 
     # -- values
 
-    def _check_child(self, parent: str, tag: str) -> None:
-        if tag in _CHILDREN[parent]:
-            if parent == "member":
-                kids = self._kids[-1]
+    def _check_child(self, parent: list[Any], tag: str) -> None:
+        """The slow path of `start`: children that are counted or ordered, and every refusal."""
+        parent_tag, _, kids = parent
+        if tag in _CHILDREN[parent_tag]:
+            if parent_tag == "member":
                 position = len(kids) if kids is not None else 0
                 if position > 1 or tag != _MEMBER_PARTS[position]:
                     raise metadata_error("<member> must hold <name> then <value>")
-            elif parent in ("value", "array") and self._kids[-1]:
-                raise metadata_error(f"<{parent}> holds more than one item")
+            elif kids:
+                raise metadata_error(f"<{parent_tag}> holds more than one item")
             return
-        if parent == "value":
+        if parent_tag == "value":
             raise metadata_error(f"unknown XML-RPC type <{tag}> in <value>")
-        if not _CHILDREN[parent]:
-            raise metadata_error(f"<{parent}> must hold text only, found <{tag}>")
-        raise metadata_error(f"<{parent}> holds a malformed <{tag}>")
+        if not _CHILDREN[parent_tag]:
+            raise metadata_error(f"<{parent_tag}> must hold text only, found <{tag}>")
+        raise metadata_error(f"<{parent_tag}> holds a malformed <{tag}>")
 
     @staticmethod
     def _text(pieces: list[str] | None) -> str:
