@@ -3,7 +3,6 @@ compression checksums enforced, bounded work on hostile input."""
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
 import os
@@ -30,6 +29,7 @@ from tests.builders import (
     gzip_zero_bomb,
     hostile_archives,
     ova_xml,
+    ova_xml_bomb,
     pattern,
     small_archive,
     zstd_bytes,
@@ -40,7 +40,7 @@ from xvatool.xva.extract import extract_disks
 from xvatool.xva.ovaxml import MAX_OVA_XML_ELEMENTS
 from xvatool.xva.problems import MAX_PROBLEMS_PER_CODE, SEVERITY
 from xvatool.xva.reader import TRAILING_DATA_BUDGET, XvaReader
-from xvatool.xva.tarstream import END_OF_ARCHIVE, v7_header
+from xvatool.xva.tarstream import v7_header
 from xvatool.xva.validate import inspect_archive, validate_archive
 
 UUID = "0d5b9d6a-3f2e-4a51-8c7b-1e2f3a4b5c61"
@@ -276,20 +276,6 @@ class Counting(io.BytesIO):
         return data
 
 
-def _ova_bomb(values: int = 8_000_000) -> bytes:
-    """ova.xml of 8 million ``<value/>`` (64 MB), as a multi-member gzip of about 100 KB."""
-    head, tail = b"<value><array><data>", b"</data></array></value>"
-    size = len(head) + 8 * values + len(tail)
-    piece = gzip.compress(b"<value/>" * (1 << 17), compresslevel=9, mtime=0)  # 1 MiB of them
-    return b"".join(
-        [
-            gzip.compress(v7_header("ova.xml", size) + head, mtime=0),
-            piece * (values >> 17),
-            gzip.compress(b"<value/>" * (values % (1 << 17)) + tail + bytes(-size % 512) + END_OF_ARCHIVE),
-        ]
-    )
-
-
 _PEAK_RSS = """
 import io, json, resource, sys
 from xvatool.xva.validate import validate_archive
@@ -300,7 +286,7 @@ print(json.dumps({"codes": [p.code for p in report.errors],
 
 
 def test_an_ova_xml_element_bomb_is_refused_within_its_budget(tmp_path):
-    bomb = _ova_bomb()
+    bomb = ova_xml_bomb()
     assert len(bomb) < 200_000
     path = tmp_path / "bomb.xva"
     path.write_bytes(bomb)
@@ -309,7 +295,7 @@ def test_an_ova_xml_element_bomb_is_refused_within_its_budget(tmp_path):
     result = json.loads(out.stdout)
     assert result["codes"] == ["ova-xml-budget"]
     assert result["rss"] < 160 * MIB  # it was 2.3 GB: the document is never held whole, nor a tree
-    bomb = _ova_bomb(MAX_OVA_XML_ELEMENTS + 1)  # just over the budget: the other readers stop too
+    bomb = ova_xml_bomb(MAX_OVA_XML_ELEMENTS + 1)  # just over the budget: the other readers stop too
     for action in (
         lambda: inspect_archive(io.BytesIO(bomb)),
         lambda: extract_disks(io.BytesIO(bomb), tmp_path),
