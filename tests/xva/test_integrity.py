@@ -40,7 +40,7 @@ from xvatool.xva.extract import extract_disks
 from xvatool.xva.ovaxml import MAX_OVA_XML_ELEMENTS
 from xvatool.xva.problems import MAX_PROBLEMS_PER_CODE, SEVERITY
 from xvatool.xva.reader import TRAILING_DATA_BUDGET, XvaReader
-from xvatool.xva.tarstream import v7_header
+from xvatool.xva.tarstream import END_OF_ARCHIVE, v7_header
 from xvatool.xva.validate import inspect_archive, validate_archive
 
 UUID = "0d5b9d6a-3f2e-4a51-8c7b-1e2f3a4b5c61"
@@ -64,12 +64,16 @@ def _with_uuid(uuid: str) -> bytes:
     return build_xva(XvaSpec([disk])).data
 
 
-def _directory_entry() -> bytes:
-    built = small_archive()
+def _directory_block() -> bytes:
     info = tarfile.TarInfo("Ref:2/")
     info.type = tarfile.DIRTYPE
+    return info.tobuf(tarfile.GNU_FORMAT)
+
+
+def _directory_entry() -> bytes:
+    built = small_archive()
     first = built.members[1].header_offset
-    return built.data[:first] + info.tobuf(tarfile.GNU_FORMAT) + built.data[first:]
+    return built.data[:first] + _directory_block() + built.data[first:]
 
 
 def _ova_edit(old: bytes, new: bytes) -> bytes:
@@ -142,6 +146,8 @@ def _warning_cases() -> dict[str, bytes]:
     ova = built.members[0]
     return {
         "trailing-member": build_tar([*_entries(built), ("notes.txt", b"hello")]).data,
+        # Found by the fuzzer: a directory entry after the last disk failed verify but not extract.
+        "trailing-directory-entry": built.data[: built.end_offset] + _directory_block() + END_OF_ARCHIVE,
         "trailing-garbage": built.data + b"\x01" * 700,
         "no-end-marker": build_tar(_entries(built), trailer=b"").data,
         "global-first-len": build_xva(XvaSpec([half, gap])).data,

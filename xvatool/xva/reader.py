@@ -628,18 +628,21 @@ class XvaReader:
     def _trailing_members(self, start: int) -> bool:
         """Take the members after the last disk, unread; report them (and unreadable data) once.
 
-        Returns False if the trailer could not be read as tar members.
+        Whatever they are (directory entries included), the host never reads them: together
+        they are one ``trailing-member`` warning. Returns False if the trailer could not be read
+        as tar members (``trailing-data``).
         """
-        first: TarMember | None = None
-        count = 0
+        assert self._tar is not None
+        first: TarMember | None = self._lookahead if self._have_lookahead else None
+        self._have_lookahead = False
+        count = int(first is not None)
         error: FormatError | None = None
         try:
-            while (member := self._peek()) is not None:
+            while (member := self._tar.next_member()) is not None:
                 if member.data_offset + member.size - start > TRAILING_DATA_BUDGET:
                     self._trailing_too_large(start)
                 first = first or member
                 count += 1
-                self._take()
         except FormatError as exc:
             if is_stream_error(exc) or exc.code == "trailing-data-too-large":
                 raise  # the compressed stream itself is bad, or the budget is spent
