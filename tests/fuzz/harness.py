@@ -12,7 +12,7 @@ repack succeeds, ``verify`` and ``extract`` of its output). Invariants:
   and its disks are what the host would write (`model.host_disks`); a repacked archive verifies and
   extracts to the same disks;
 - time: no command runs longer than `hang_limit_s` (a hang detector, not a speed target);
-- memory: the process's peak RSS (VmHWM) stays within `MEMORY_BUDGET` of its start.
+- memory: no mutant raises the process's peak RSS (VmHWM) by more than `MEMORY_JUMP_LIMIT`.
 """
 
 from __future__ import annotations
@@ -36,10 +36,13 @@ from tests.fuzz.seeds import Seed, seeds
 from xvatool.cli import main
 from xvatool.xva.problems import SEVERITY
 
-__all__ = ["MEMORY_BUDGET", "FuzzReport", "Harness", "run_fuzz"]
+__all__ = ["MEMORY_JUMP_LIMIT", "FuzzReport", "Harness", "run_fuzz"]
 
-MEMORY_BUDGET = 256 << 20
-"""Bytes of peak RSS growth allowed over the whole run (issue 8: any command on any input <= 256 MiB)."""
+MEMORY_JUMP_LIMIT = 64 << 20
+"""Bytes one mutant may add to the process's peak RSS. The fuzzer's inputs are at most a few MiB;
+a command whose memory follows a hostile input instead of a budget shows as a jump. (The 256 MiB
+bound of issue 8 is measured in a process of its own by the bomb tests; in one long process the
+allocator keeps freed memory, so only jumps mean something.)"""
 _EXPECTED_FILES = {"mutant.xva", "out", "repacked.xva", "out2"}
 
 
@@ -80,14 +83,13 @@ class FuzzReport:
 class Harness:
     """Checks mutants in a scratch folder; one `Harness` per run."""
 
-    def __init__(self, root: Path, *, hang_limit_s: float = 60.0, keep: Path | None = None) -> None:
+    def __init__(self, root: Path, *, hang_limit_s: float = 60.0) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.hang_limit_s = hang_limit_s
-        self.keep = keep
         self.runner = CliRunner()
         self.report = FuzzReport()
-        self.rss_start = peak_rss()
+        self.rss_start = self.rss_last = peak_rss()
 
     def _invoke(self, label: str, args: list[str], problems: list[str]) -> Result:
         start = time.perf_counter()
@@ -140,11 +142,11 @@ class Harness:
             problems.append(
                 f"files left behind: {sorted(leftovers)} / {sorted(p.name for p in self.root.iterdir())}"
             )
-        growth = peak_rss() - self.rss_start
-        self.report.peak_rss_growth = max(self.report.peak_rss_growth, growth)
-        if growth > MEMORY_BUDGET:
-            problems.append(f"peak RSS grew by {growth >> 20} MiB")
-            self.rss_start = peak_rss()  # report each excess once
+        peak = peak_rss()
+        self.report.peak_rss_growth = peak - self.rss_start
+        if peak - self.rss_last > MEMORY_JUMP_LIMIT:
+            problems.append(f"peak RSS jumped by {(peak - self.rss_last) >> 20} MiB")
+        self.rss_last = peak
         return problems
 
     def _verify_doc(self, verify: Result, problems: list[str]) -> dict[str, Any] | None:
@@ -231,7 +233,7 @@ def run_fuzz(
     """Check `count` mutants drawn with `random.Random(seed)`; failing ones are saved in `keep`."""
     rng = random.Random(seed)
     corpus = seeds()
-    harness = Harness(root, hang_limit_s=hang_limit_s, keep=keep)
+    harness = Harness(root, hang_limit_s=hang_limit_s)
     for seed_archive in corpus:  # the seeds themselves must pass, with their own disks
         for problem in harness.check(seed_archive, Mutant(_plain(seed_archive), ["seed"])):
             harness.report.violations.append(f"seed {seed_archive.name}: {problem}")
