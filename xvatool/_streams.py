@@ -137,6 +137,14 @@ class LocalStream:
         except OSError as exc:
             raise LocalIOError(exc.strerror or str(exc), path=self._name) from exc
 
+    def peek(self, size: int) -> bytes:
+        """The next bytes without consuming them (a buffered file's `peek`: maybe fewer)."""
+        try:
+            data: bytes = self._stream.peek(size)[:size]
+            return data
+        except OSError as exc:
+            raise LocalIOError(exc.strerror or str(exc), path=self._name) from exc
+
 
 def open_local(path: Path, mode: str) -> Any:
     """`path.open(mode)`, with an OSError turned into `LocalIOError` naming the path."""

@@ -247,3 +247,15 @@ def test_real_host_archive(shared_fixture):
         ("Ref:20/00000001.checksum", 40, 0, "v7"),
     ]
     assert reader.end_seen and reader.position == path.stat().st_size
+
+
+def test_header_byte_sum_equals_sum_for_any_block():
+    import random
+
+    from xvatool.xva.tarstream import _byte_sum
+
+    rng = random.Random(5)
+    blocks = [bytes(512), b"\xff" * 512, v7_header("Ref:2/00000000", 1 << 20)]
+    blocks += [rng.randbytes(512) for _ in range(200)]
+    for block in blocks:
+        assert _byte_sum(block) == sum(block)
