@@ -86,3 +86,25 @@ def test_every_code_in_the_source_is_in_the_table():
 def test_every_code_in_the_table_is_used():
     unused = set(SEVERITY) - set(raised_codes())
     assert unused == set()
+
+
+def test_readme_states_the_budgets_the_code_enforces():
+    from xvatool.xva import compression, ovaxml, reader, tarstream
+    from xvatool.xva.problems import MAX_PROBLEMS_PER_CODE
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Security defaults") :]
+    mib = 1 << 20
+    stated = {
+        f"| ova.xml | {ovaxml.MAX_OVA_XML_SIZE // mib} MiB, {ovaxml.MAX_OVA_XML_ELEMENTS:,} XML elements, "
+        f"nesting {ovaxml.MAX_OVA_XML_DEPTH} deep |",
+        f"| a data (chunk) member | {reader.MAX_CHUNK_MEMBER_SIZE // mib} MiB",
+        f"| a member to skip unread (unknown, stray, orphan) | {reader.MAX_CHUNK_MEMBER_SIZE // mib} MiB |",
+        f"| a checksum member | {reader.MAX_CHECKSUM_MEMBER_SIZE // 1024} KiB |",
+        f"| {reader.TRAILING_DATA_BUDGET // mib} MiB of the uncompressed stream |",
+        f"| {tarstream.MAX_EXTENSION_SIZE // mib} MiB each, {tarstream.MAX_EXTENSION_HEADERS} in front of one",
+        f"| a zstd window | {compression.MAX_ZSTD_WINDOW // mib} MiB |",
+        f"| problems listed per code | {MAX_PROBLEMS_PER_CODE} |",
+    }
+    missing = [line for line in stated if line not in section]
+    assert missing == []
