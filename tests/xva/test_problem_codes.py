@@ -102,7 +102,7 @@ def test_readme_states_the_budgets_the_code_enforces():
         f"| a member to skip unread (unknown, stray, orphan) | {reader.MAX_CHUNK_MEMBER_SIZE // mib} MiB |",
         f"| a checksum member | {reader.MAX_CHECKSUM_MEMBER_SIZE // 1024} KiB |",
         f"| {reader.TRAILING_DATA_BUDGET // mib} MiB of the uncompressed stream |",
-        f"| {tarstream.MAX_EXTENSION_SIZE // mib} MiB each, {tarstream.MAX_EXTENSION_HEADERS} in front of one",
+        f"| {tarstream.MAX_EXTENSION_SIZE // mib} MiB each, {tarstream.MAX_EXTENSION_HEADERS} in front of",
         f"| a zstd window | {compression.MAX_ZSTD_WINDOW // mib} MiB |",
         f"| problems listed per code | {MAX_PROBLEMS_PER_CODE} |",
     }
