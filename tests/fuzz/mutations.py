@@ -293,6 +293,14 @@ def edit_header_field(rng: random.Random, layout: Layout) -> str:
     return f"header {field} of {layout.name(index)!r} (fixed={fix})"
 
 
+def _set_chunk(layout: Layout, index: int, header: bytes, data: bytes, *, matching: bool) -> None:
+    """Give chunk `index` new data; with `matching`, its checksum member the digest of it."""
+    layout.members[index] = (header, data)
+    if matching:
+        check_header, _ = layout.members[index + 1]
+        layout.members[index + 1] = (check_header, _digest_for(layout.name(index + 1), data))
+
+
 def change_chunk_data(rng: random.Random, layout: Layout) -> str:
     """New data for a chunk, with a matching checksum member most of the time (a legal mutant)."""
     index = _pick_chunk(rng, layout)
@@ -309,11 +317,8 @@ def change_chunk_data(rng: random.Random, layout: Layout) -> str:
         flipped = bytearray(data or b"\0")
         flipped[rng.randrange(len(flipped))] ^= 1 << rng.randrange(8)
         new = bytes(flipped[: len(data)])
-    layout.members[index] = (header, new)
     matching = rng.random() < 0.7
-    if matching:
-        check_header, _ = layout.members[index + 1]
-        layout.members[index + 1] = (check_header, _digest_for(layout.name(index + 1), new))
+    _set_chunk(layout, index, header, new, matching=matching)
     return f"{kind} data in {layout.name(index)} (checksum {'matches' if matching else 'stale'})"
 
 
@@ -325,9 +330,7 @@ def resize_chunk(rng: random.Random, layout: Layout) -> str:
     assert header is not None
     size = rng.choice([0, 512, max(len(data) - 512, 0), len(data) + 512, len(data) * 2, 1000])
     new = (data * 3)[:size] if data else bytes(size)
-    layout.members[index] = (_with_size(header, size), new)
-    check_header, _ = layout.members[index + 1]
-    layout.members[index + 1] = (check_header, _digest_for(layout.name(index + 1), new))
+    _set_chunk(layout, index, _with_size(header, size), new, matching=True)
     return f"resize {layout.name(index)} to {size}"
 
 

@@ -67,6 +67,9 @@ def raised_codes() -> dict[str, str]:
                 text = _literal(node.elts[0])
                 if text is not None and _CODE.fullmatch(text) and _literal(node.elts[1]) != "surrogateescape":
                     candidates.append(node.elts[0])
+            elif isinstance(node, ast.FunctionDef):  # def f(..., code: str = "x")
+                args = node.args.args[len(node.args.args) - len(node.args.defaults) :]
+                candidates.extend(d for a, d in zip(args, node.args.defaults, strict=True) if a.arg == "code")
             elif isinstance(node, ast.Dict):  # _KIND_CODES
                 candidates.extend(v for v in node.values if _CODE.fullmatch(_literal(v) or ""))
             for candidate in candidates:

@@ -351,13 +351,7 @@ class XvaReader:
     def _take_unread(self) -> TarMember:
         """Take a member whose data will be skipped; a huge one ends the scan instead of being read."""
         member = self._take()
-        if member.size > MAX_CHUNK_MEMBER_SIZE:
-            raise format_error(
-                "member-too-large",
-                f"member of {member.size} bytes where a chunk or checksum belongs; not read further",
-                member=member.name,
-                offset=member.header_offset,
-            )
+        self._check_size(member, "member-too-large", "member where a chunk or checksum belongs")
         return member
 
     def _skip_chunk(self) -> None:
@@ -544,12 +538,12 @@ class XvaReader:
         return None
 
     @staticmethod
-    def _check_size(member: TarMember) -> None:
-        """An oversized data member ends the scan at once: reading or skipping it is unbounded work."""
+    def _check_size(member: TarMember, code: str = "chunk-too-large", what: str = "data member") -> None:
+        """An oversized member ends the scan at once: reading or skipping it is unbounded work."""
         if member.size > MAX_CHUNK_MEMBER_SIZE:
             raise format_error(
-                "chunk-too-large",
-                f"data member of {member.size} bytes is over the {MAX_CHUNK_MEMBER_SIZE}-byte limit",
+                code,
+                f"{what} of {member.size} bytes is over the {MAX_CHUNK_MEMBER_SIZE}-byte limit; not read",
                 member=member.name,
                 offset=member.header_offset,
             )

@@ -38,7 +38,6 @@ from xvatool.xva.disk import CHUNK_SIZE, ZERO_CHUNK, BlockSource
 from xvatool.xva.ovaxml import Metadata
 from xvatool.xva.tarstream import BLOCK_SIZE, END_OF_ARCHIVE, padding, v7_header
 
-
 __all__ = [
     "KEEPALIVE_S",
     "ChunkItem",
