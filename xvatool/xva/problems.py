@@ -144,6 +144,17 @@ class ProblemLog:
             raise exc
         self.add(Problem.from_error(exc))
 
+    def saturated(self, code: str) -> bool:
+        """True (and the problem counted) if `code` already has its share of listed problems.
+
+        Lets a reader skip building a problem that would only be counted: a hostile archive can
+        hold a million of one kind.
+        """
+        if self._listed.get(code, 0) < MAX_PROBLEMS_PER_CODE:
+            return False
+        self.omitted[code] = self.omitted.get(code, 0) + 1
+        return True
+
     def add(self, problem: Problem) -> None:
         """List a problem without judging it (a fatal error already ended the scan)."""
         if problem in self._seen:

@@ -312,6 +312,8 @@ class XvaReader:
 
         `at` gives the member and offset of a member problem in one go.
         """
+        if self._log.saturated(code):
+            return
         if at is not None:
             member, offset = at.name, at.header_offset
         self._log.report(format_error(code, message, member=member, offset=offset))
