@@ -1,14 +1,15 @@
 """Extracting an archive's disks to raw image files, verified, sparse and atomic.
 
-Every disk goes to ``OUT_DIR/<vdi-uuid>.raw.part`` through a `SparseFileSink` (holes for counter
-gaps and zero chunks). Digests are verified while the data streams through; the part files are
-renamed into place only after the whole archive was read and every digest matched, so a disk whose
-chunk failed is never committed, and on any error no ``<uuid>.raw`` of this run is left behind.
+Every disk goes to a temporary file in OUT_DIR through a `SparseFileSink` (holes for counter gaps
+and zero chunks). Digests are verified while the data streams through; the temporary files are
+renamed to ``<vdi-uuid>.raw`` only after the whole archive was read and found valid (the same
+verdict as `verify`), so a disk whose chunk failed is never committed, and on any error nothing of
+this run is left behind.
 
 The file name comes from the archive; the reader refuses any uuid that is not a plain uuid-like
 name (``unsafe-uuid``) or that two disks share (``duplicate-uuid``), for `verify` and `extract`
-alike, so an archive cannot make us write outside `out_dir` or overwrite its own output. Each part
-file is a fresh temporary name (`xvatool._files.AtomicFile`), so a link planted in `out_dir` is
+alike, so an archive cannot make us write outside `out_dir` or overwrite its own output. Each
+temporary file is a fresh name (`xvatool._files.AtomicFile`), so a link planted in `out_dir` is
 never followed.
 """
 
