@@ -48,7 +48,7 @@ def raised_codes() -> dict[str, str]:
                 candidates.append(node.value)
             elif isinstance(node, ast.Call):
                 name = getattr(node.func, "attr", getattr(node.func, "id", ""))
-                if name in ("format_error", "_problem") and node.args:
+                if name in ("format_error", "_problem", "problem") and node.args:
                     candidates.append(node.args[0])
                 elif name == "metadata_error" and len(node.args) > 1:
                     candidates.append(node.args[1])

@@ -144,6 +144,13 @@ class ProblemLog:
             raise exc
         self.add(Problem.from_error(exc))
 
+    def problem(
+        self, code: str, message: str, *, member: str | None = None, offset: int | None = None
+    ) -> None:
+        """Report a problem found by a reader: `report` it, or only count it once saturated."""
+        if not self.saturated(code):
+            self.report(format_error(code, message, member=member, offset=offset))
+
     def saturated(self, code: str) -> bool:
         """True (and the problem counted) if `code` already has its share of listed problems.
 

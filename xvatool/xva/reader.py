@@ -50,7 +50,8 @@ from xvatool.errors import ChecksumError, FormatError, MetadataError, StreamStat
 from xvatool.xva.checksum import kind_of_suffix, split_checksum_name
 from xvatool.xva.compression import is_stream_error, open_decompressed
 from xvatool.xva.digests import DigestPipeline
-from xvatool.xva.ovaxml import MAX_OVA_XML_SIZE, MAX_VIRTUAL_SIZE, DiskInfo, Metadata
+from xvatool.xva.ovaxml import MAX_VIRTUAL_SIZE, DiskInfo, Metadata
+from xvatool.xva.plan import read_plan
 from xvatool.xva.problems import Problem, ProblemLog, Severity, format_error
 from xvatool.xva.tarstream import BLOCK_SIZE, TarMember, TarReader
 
@@ -73,14 +74,7 @@ MAX_CHECKSUM_MEMBER_SIZE = 1024
 TRAILING_DATA_BUDGET = 16 << 20
 """Bytes of the (decompressed) tar stream read after the end of the last disk: trailing members,
 the end marker and anything after it. More is the ``trailing-data-too-large`` error."""
-OVA_XML_NAME = "ova.xml"
-OVA_XML_PIECE_SIZE = 1 << 20
-"""Bytes of ova.xml handed to the parser at a time; the document is never held whole."""
 _COUNTER = re.compile(r"[0-9]{8}")  # §3.1: "%08d"; not \d, which also matches non-ASCII digits
-_SAFE_UUID = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]{0,127}")
-"""A VDI uuid usable as a file name (extract writes ``<uuid>.raw``): never a dot, slash or dash first."""
-_UNPLANNABLE = frozenset({"bad-id", "virtual-size-range"})
-"""ova.xml problems that leave no disk plan: the scan checks members and digests only."""
 _EMPTY = memoryview(b"")
 
 
@@ -158,7 +152,9 @@ class XvaReader:
                 else:
                     self.compression, tar_stream = open_decompressed(stream)
                     self._tar = TarReader(tar_stream)
-                    self._read_ova_xml(self._tar)
+                    plan = read_plan(self._tar, self._log, self.compression)
+                    self.ova_xml_member, self._metadata = plan.member, plan.metadata
+                    self._metadata_error, self._disks = plan.error, plan.disks
         except FormatError as exc:
             self._end_scan(exc)
 
@@ -217,86 +213,6 @@ class XvaReader:
         """True once the end-of-archive marker (two zero blocks) was read."""
         return self._tar is not None and self._tar.end_seen
 
-    def _read_ova_xml(self, tar: TarReader) -> None:
-        try:
-            member = tar.next_member()
-        except FormatError as exc:
-            if exc.code == "tar-header" and exc.offset == 0 and self.compression == "none":
-                raise format_error(
-                    "not-an-archive",
-                    "not an XVA archive: no gzip or zstd magic and no tar header at the start",
-                    offset=0,
-                ) from exc
-            raise
-        if member is None:
-            raise format_error("empty-archive", "the archive is empty: it holds no tar member", offset=0)
-        if member.name != OVA_XML_NAME or member.kind != "file":
-            raise format_error(
-                "ova-xml-not-first",
-                f"the first member is {member.name!r}, not ova.xml; the host rejects this (§4.2)",
-                member=member.name,
-                offset=member.header_offset,
-            )
-        self.ova_xml_member = member
-        if member.extensions:
-            self._problem(
-                "ova-xml-extension-header",
-                f"{'/'.join(member.extensions)} extension header in front of ova.xml: "
-                "hosts before xapi v24.2 cannot import this (§1.3)",
-                at=member,
-            )
-        if member.size > MAX_OVA_XML_SIZE:  # fatal: skipping it would be unbounded work
-            raise format_error(
-                "ova-xml-too-large",
-                f"ova.xml is {member.size} bytes, over the {MAX_OVA_XML_SIZE}-byte limit",
-                member=OVA_XML_NAME,
-                offset=member.header_offset,
-            )
-        try:
-            metadata = Metadata.from_pieces(iter(lambda: tar.read(OVA_XML_PIECE_SIZE), b""))
-        except MetadataError as exc:
-            self._metadata_failed(exc, member)
-            return
-        self._metadata = metadata
-        found = set()
-        for code, message in metadata.check():
-            found.add(code)
-            self._problem(code, message, member=OVA_XML_NAME, offset=member.header_offset)
-        try:
-            disks = metadata.disks
-        except MetadataError as exc:
-            self._metadata_failed(exc, member)
-            return
-        self._check_uuids(disks, member)
-        self._disks = None if found & _UNPLANNABLE else disks
-
-    def _metadata_failed(self, exc: MetadataError, member: TarMember) -> None:
-        """ova.xml cannot be used: judge the error; in problems mode scan without a disk plan."""
-        exc.member = exc.member or OVA_XML_NAME
-        exc.offset = member.header_offset if exc.offset is None else exc.offset
-        self._metadata, self._disks, self._metadata_error = None, None, exc
-        self._log.report(exc)
-
-    def _check_uuids(self, disks: list[DiskInfo], member: TarMember) -> None:
-        """Disk images are written as ``<vdi uuid>.raw``: every uuid must be a safe, distinct name."""
-        seen: set[str] = set()
-        for disk in disks:
-            if not _SAFE_UUID.fullmatch(disk.vdi_uuid):
-                self._problem(
-                    "unsafe-uuid",
-                    f"VDI {disk.id} has uuid {disk.vdi_uuid[:80]!r}, which is not a uuid-like name",
-                    member=OVA_XML_NAME,
-                    offset=member.header_offset,
-                )
-            elif disk.vdi_uuid in seen:
-                self._problem(
-                    "duplicate-uuid",
-                    f"VDI {disk.id} shares uuid {disk.vdi_uuid} with another data disk",
-                    member=OVA_XML_NAME,
-                    offset=member.header_offset,
-                )
-            seen.add(disk.vdi_uuid)
-
     # -- problems ------------------------------------------------------------------------------
 
     def _problem(
@@ -312,11 +228,9 @@ class XvaReader:
 
         `at` gives the member and offset of a member problem in one go.
         """
-        if self._log.saturated(code):
-            return
         if at is not None:
             member, offset = at.name, at.header_offset
-        self._log.report(format_error(code, message, member=member, offset=offset))
+        self._log.problem(code, message, member=member, offset=offset)
 
     def _end_scan(self, exc: FormatError) -> None:
         """A fatal problem: raise it (strict) or list it; either way nothing more is read."""
