@@ -138,9 +138,15 @@ class LocalStream:
             raise LocalIOError(exc.strerror or str(exc), path=self._name) from exc
 
     def peek(self, size: int) -> bytes:
-        """The next bytes without consuming them (a buffered file's `peek`: maybe fewer)."""
+        """Up to `size` next bytes without consuming them; fewer, or none, if the file cannot peek.
+
+        A buffered file peeks; a `BytesIO` standing in for stdin does not (callers then wrap).
+        """
+        peek = getattr(self._stream, "peek", None)
+        if peek is None:
+            return b""
         try:
-            data: bytes = self._stream.peek(size)[:size]
+            data: bytes = peek(size)[:size]
             return data
         except OSError as exc:
             raise LocalIOError(exc.strerror or str(exc), path=self._name) from exc
