@@ -22,6 +22,7 @@ from xvatool.xva.checksum import hexdigest
 from xvatool.xva.digests import HASH_LAG
 from xvatool.xva.opening import open_archive
 from xvatool.xva.reader import Problem, XvaReader, read_disk_stream
+from xvatool.xva.validate import validate_archive
 
 
 def rebuild(reader: XvaReader) -> dict[str, bytes]:
@@ -415,3 +416,26 @@ def test_disk_stream_wrong_prefix_and_trailing_member():
     with pytest.raises(FormatError) as info:
         read_disk_stream(io.BytesIO(trailing), size=MIB, source="s")
     assert (info.value.code, info.value.member) == ("unknown-member", "extra")
+
+
+class ReadOnly:
+    """A stream with `read(n)` only (no `readinto`), returning short pieces like a generator adapter."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self._data, self._pos, self._step = data, 0, step
+
+    def read(self, size: int = -1) -> bytes:
+        size = self._step if size < 0 else min(size, self._step)
+        piece = self._data[self._pos : self._pos + size]
+        self._pos += len(piece)
+        return piece
+
+
+@pytest.mark.parametrize("wrap", [lambda d: d, gzip_bytes, zstd_bytes])
+def test_a_read_only_stream_is_adapted_once_at_the_entry(wrap):
+    # Issue 9: `Readable` requires readinto; an object with only `read` is adapted by the entry
+    # point (`as_readable`), not by a readinto-or-read fallback in every layer.
+    image = pattern(MIB, 3) + bytes(MIB) + pattern(4096, 4)
+    built = build_xva(XvaSpec([disk_from_image("Ref:2", image)]))
+    assert rebuild(XvaReader(ReadOnly(wrap(built.data), 3000))) == {"Ref:2": image}
+    assert validate_archive(ReadOnly(wrap(built.data), 777)).valid
