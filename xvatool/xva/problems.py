@@ -173,9 +173,3 @@ class ProblemLog:
         self._listed[problem.code] = listed + 1
         self._seen.add(problem)
         self.problems.append(problem)
-
-    @property
-    def valid(self) -> bool:
-        return not any(p.severity == "error" for p in self.problems) and not any(
-            SEVERITY[code] == "error" for code in self.omitted
-        )
