@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check lint typecheck bench clean
+.PHONY: demo test check lint typecheck bench fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,6 +22,11 @@ check: $(STAMP)
 	$(BIN)/ruff check xvatool tests bench
 	$(BIN)/ruff format --check xvatool tests bench
 	$(BIN)/mypy
+
+# The long fuzz run (issue 8): FUZZ_COUNT mutants, a fresh seed unless FUZZ_SEED is given.
+FUZZ_COUNT ?= 20000
+fuzz: $(STAMP)
+	$(BIN)/python -m tests.fuzz --count $(FUZZ_COUNT) $(if $(FUZZ_SEED),--seed $(FUZZ_SEED))
 
 bench: $(STAMP)
 	$(BIN)/python bench/verify.py

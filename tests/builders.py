@@ -45,6 +45,7 @@ __all__ = [
     "gzip_zero_bomb",
     "hostile_archives",
     "ova_xml",
+    "ova_xml_bomb",
     "pattern",
     "small_archive",
     "zstd_bytes",
@@ -401,6 +402,20 @@ def gzip_zero_bomb(total: int, piece: int = MIB) -> bytes:
     """`total` zero bytes as a multi-member gzip, built from one compressed piece (cheap, streaming)."""
     member = gzip.compress(bytes(piece), compresslevel=9, mtime=0)
     return member * (total // piece)
+
+
+def ova_xml_bomb(values: int = 8_000_000) -> bytes:
+    """ova.xml of 8 million ``<value/>`` (64 MB), as a multi-member gzip of about 100 KB."""
+    head, tail = b"<value><array><data>", b"</data></array></value>"
+    size = len(head) + 8 * values + len(tail)
+    piece = gzip.compress(b"<value/>" * (1 << 17), compresslevel=9, mtime=0)  # 1 MiB of them
+    return b"".join(
+        [
+            gzip.compress(v7_header("ova.xml", size) + head, mtime=0),
+            piece * (values >> 17),
+            gzip.compress(b"<value/>" * (values % (1 << 17)) + tail + bytes(-size % 512) + END_OF_ARCHIVE),
+        ]
+    )
 
 
 def hostile_archives() -> dict[str, tuple[bytes, str]]:

@@ -84,7 +84,8 @@ _PUBLIC: dict[str, tuple[str, ...]] = {
     ),
     "xvatool.xva.extract": ("extract_disks",),
     "xvatool.xva.ovaxml": ("DiskInfo", "Metadata", "NetworkInfo", "VmInfo"),
-    "xvatool.xva.reader": ("Chunk", "Problem", "XvaReader", "open_archive"),
+    "xvatool.xva.opening": ("open_archive",),
+    "xvatool.xva.reader": ("Chunk", "Problem", "XvaReader"),
     "xvatool.xva.template": ("DiskSpec", "build_vm_metadata"),
     "xvatool.xva.validate": ("ArchiveInfo", "Report", "inspect_archive", "validate_archive"),
     "xvatool.xva.writer": ("WriteStats", "XvaWriter", "write_xva"),
@@ -152,6 +153,7 @@ if _typing.TYPE_CHECKING:
     from xvatool.xva.convert import repack_archive as repack_archive
     from xvatool.xva.convert import repack_stream as repack_stream
     from xvatool.xva.extract import extract_disks as extract_disks
+    from xvatool.xva.opening import open_archive as open_archive
     from xvatool.xva.ovaxml import DiskInfo as DiskInfo
     from xvatool.xva.ovaxml import Metadata as Metadata
     from xvatool.xva.ovaxml import NetworkInfo as NetworkInfo
@@ -159,7 +161,6 @@ if _typing.TYPE_CHECKING:
     from xvatool.xva.reader import Chunk as Chunk
     from xvatool.xva.reader import Problem as Problem
     from xvatool.xva.reader import XvaReader as XvaReader
-    from xvatool.xva.reader import open_archive as open_archive
     from xvatool.xva.template import DiskSpec as DiskSpec
     from xvatool.xva.template import build_vm_metadata as build_vm_metadata
     from xvatool.xva.validate import ArchiveInfo as ArchiveInfo

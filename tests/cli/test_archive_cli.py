@@ -162,7 +162,7 @@ def test_hostile_archives_exit_1_with_one_line(name, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["hostile.xva", "out"]
 
 
-def test_dangling_reference_fails_verify_but_extracts(tmp_path):
+def test_dangling_reference_fails_verify_and_extract_alike(tmp_path):
     from tests.builders import ova_xml
 
     spec = XvaSpec([disk_from_image("Ref:2", pattern(MIB, 1), uuid=UUID)])
@@ -172,7 +172,8 @@ def test_dangling_reference_fails_verify_but_extracts(tmp_path):
     result = run("verify", str(path))
     assert result.exit_code == 1
     assert "error: dangling-sr: member ova.xml" in result.stdout
-    # The disk data is intact, so extraction (which needs no SR record) works.
+    # One verdict (issue 8): what verify calls an error fails extract too, leaving nothing.
     result = run("extract", str(path), "-o", str(tmp_path / "out"))
-    assert result.exit_code == 0, result.output
-    assert (tmp_path / "out" / f"{UUID}.raw").read_bytes() == pattern(MIB, 1)
+    assert result.exit_code == 1, result.output
+    assert "dangling-sr" not in result.output and "is not an SR in the file" in result.output
+    assert os.listdir(tmp_path / "out") == []

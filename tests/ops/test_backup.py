@@ -268,7 +268,7 @@ def test_backup_of_a_running_vm_describes_the_vm_not_its_snapshot(host, second_h
     # carried the temporary snapshot's VM and VDI uuids.
     from xvatool.ops.restore import restore
     from xvatool.xva.extract import extract_disks
-    from xvatool.xva.reader import open_archive
+    from xvatool.xva.opening import open_archive
 
     vm = host.add_vm("live", (2 * MIB, MIB), seed=3)
     with host.session() as session:

@@ -224,7 +224,7 @@ from xvatool.ops.export import export_stream, export_vm  # noqa: E402
 from xvatool.ops.manifest import digest_archive  # noqa: E402
 from xvatool.xapi.journal import export_journal_path  # noqa: E402
 from xvatool.xapi.session import connect  # noqa: E402
-from xvatool.xva.reader import open_archive  # noqa: E402
+from xvatool.xva.opening import open_archive  # noqa: E402
 
 ZERO = bytes(MiB)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tests.images.conftest import QemuImg
 from tests.images.helpers import patterned_disk
-from xvatool.xva.reader import open_archive
+from xvatool.xva.opening import open_archive
 
 
 def xva_disks(path: Path) -> dict[int, bytes]:

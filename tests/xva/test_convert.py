@@ -132,7 +132,23 @@ def test_create_failure_midway_removes_part_and_keeps_old_output(tmp_path, monke
     with pytest.raises(LocalIOError, match="Input/output error"):
         create_archive(out, name="x", disks=[img])
     assert out.read_bytes() == b"old archive"
-    assert not (tmp_path / "vm.xva.part").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.img", "vm.xva"]  # no temporary file left
+
+
+def test_outputs_never_follow_a_link_planted_at_the_old_part_name(tmp_path):
+    # Issue 8 finding 3: `ln -s victim out.xva.part; create -o out.xva` overwrote victim.
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    img = sparse_file(tmp_path / "a.img", MiB, {0: pattern(MiB)})
+    for name in ("created.xva", "repacked.xva"):
+        (tmp_path / f"{name}.part").symlink_to(victim)
+    create_archive(tmp_path / "created.xva", name="x", disks=[img])
+    repack_archive(tmp_path / "created.xva", tmp_path / "repacked.xva", checksum="sha1")
+    assert victim.read_bytes() == b"keep"
+    for name in ("created.xva", "repacked.xva"):
+        assert not (tmp_path / name).is_symlink()
+        assert list(read_disks(tmp_path / name)[1].values()) == [pattern(MiB)]
+        assert (tmp_path / f"{name}.part").is_symlink()  # left alone, not written through
 
 
 # -- repack ------------------------------------------------------------------------------------
@@ -265,7 +281,7 @@ def test_repack_archive_paths_and_atomic_rename(tmp_path):
     seen = []
     result = repack_archive(str(src), tmp_path / "out.xva", checksum="sha1", progress=seen.append)
     assert result.path == tmp_path / "out.xva" and (tmp_path / "out.xva").exists()
-    assert not (tmp_path / "out.xva.part").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.xva", "out.xva"]
     assert sum(seen) == len(blob)
     assert result.to_json()["checksum_kinds"] == ["sha1"]
     with pytest.raises(LocalIOError):

@@ -132,6 +132,29 @@ def test_a_stray_zero_block_is_skipped_like_ocaml_tar():
     assert reader.stray_zero_blocks == 1 and reader.end_seen
 
 
+def test_thousands_of_stray_zero_blocks_keep_one_pending_block():
+    # Issue 8 finding 5: each stray block used to wrap the stream once more (RecursionError).
+    members = [v7_header(f"m{i}", 1) + b"x" + padding(1) for i in range(3000)]
+    data = bytes(512).join(members) + END_OF_ARCHIVE
+    reader = TarReader(ShortReads(data, 700))
+    got = [(m.name, m.header_offset) for m in reader]
+    assert got == [(f"m{i}", i * 1536) for i in range(3000)]
+    assert reader.stray_zero_blocks == 2999 and reader.end_seen
+
+
+def test_read_raw_reads_what_follows_the_end_marker_within_a_limit():
+    data = v7_archive([("a", b"1")])
+    reader = TarReader(io.BytesIO(data + b"g" * 5000))
+    assert [m.name for m in reader] == ["a"]
+    assert reader.read_raw(10_000) == (5000, True)
+    reader = TarReader(io.BytesIO(data + b"g" * 5000))
+    list(reader)
+    assert reader.read_raw(100) == (101, True)  # more than the limit: stops after limit + 1 bytes
+    reader = TarReader(io.BytesIO(data + bytes(9216)))  # GNU tar's record padding: zeros
+    list(reader)
+    assert reader.read_raw(100_000) == (9216, False)
+
+
 def test_clean_end_without_marker_and_trailing_garbage_is_not_read():
     reader = TarReader(io.BytesIO(v7_archive([("a", b"1")], end=False)))
     assert [m.name for m in reader] == ["a"]
@@ -224,3 +247,15 @@ def test_real_host_archive(shared_fixture):
         ("Ref:20/00000001.checksum", 40, 0, "v7"),
     ]
     assert reader.end_seen and reader.position == path.stat().st_size
+
+
+def test_header_byte_sum_equals_sum_for_any_block():
+    import random
+
+    from xvatool.xva.tarstream import _byte_sum
+
+    rng = random.Random(5)
+    blocks = [bytes(512), b"\xff" * 512, v7_header("Ref:2/00000000", 1 << 20)]
+    blocks += [rng.randbytes(512) for _ in range(200)]
+    for block in blocks:
+        assert _byte_sum(block) == sum(block)

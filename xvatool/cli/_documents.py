@@ -107,6 +107,7 @@ def verify_doc(report: Report) -> dict[str, Any]:
         "problems": problems,
         "error_count": len(report.errors),
         "warning_count": len(report.problems) - len(report.errors),
+        "omitted": dict(sorted(report.omitted.items())),
     }
 
 

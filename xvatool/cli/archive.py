@@ -98,6 +98,8 @@ def verify_command(*, archive: str, as_json: bool) -> None:
     else:
         for problem in report.problems:
             result(str(problem))
+        for code, count in sorted(report.omitted.items()):
+            result(f"... and {count} more {code} problems, not listed")
         chunks = sum(d.chunks for d in report.disks)
         state = "valid" if report.valid else f"INVALID ({plural(len(report.errors), 'error')})"
         line = (f"{report.source}: {state}; {plural(len(report.disks), 'disk')}, {plural(chunks, 'chunk')}, "

@@ -68,7 +68,11 @@ _COMPRESS = click.Choice(["none", "gzip", "zstd"])
 
 
 @click.command("create")
-@file_output_option("output", "Archive to write (refused if it exists, unless --force).")
+@file_output_option(
+    "output",
+    "Archive to write (a temporary file in its folder, renamed when complete; refused if it "
+    "exists, unless --force).",
+)
 @click.option("--name", required=True, metavar="NAME", help="name_label of the VM.")
 @click.option(
     "--disk",

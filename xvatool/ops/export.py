@@ -44,7 +44,7 @@ from xvatool._human import NOTE
 from xvatool._progress import Progress, ProgressGroup
 from xvatool._retry import DEFAULT_RETRY, RetryPolicy
 from xvatool._streams import TeeReader
-from xvatool._types import Compression, Readable, Writable
+from xvatool._types import Compression, Hasher, Readable, Writable
 from xvatool.errors import (
     ChecksumError,
     FormatError,
@@ -75,7 +75,6 @@ from xvatool.xapi.transfer import open_download
 from xvatool.xapi.vmdata import open_export, open_metadata_export
 from xvatool.xapi.vms import SnapshotPolicy, VmRef, export_source, find_vm
 from xvatool.xva.assemble import assemble_xva, read_ova_xml_tar
-from xvatool.xva.checksum import Hasher
 from xvatool.xva.convert import repack_pieces
 from xvatool.xva.ovaxml import DiskInfo, Metadata
 from xvatool.xva.reader import XvaReader

@@ -37,7 +37,7 @@ from xvatool.ovf.xvamodel import metadata_from_system, system_from_metadata
 from xvatool.xva.compression import PeekableStream, open_decompressed
 from xvatool.xva.disk import CHUNK_SIZE
 from xvatool.xva.opening import STDIN_NAME, open_archive
-from xvatool.xva.problems import Chunk
+from xvatool.xva.reader import Chunk
 from xvatool.xva.writer import write_xva
 
 __all__ = ["ConvertResult", "Kind", "convert", "detect_input"]

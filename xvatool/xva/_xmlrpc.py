@@ -10,7 +10,8 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from typing import TypeAlias
+from collections.abc import Iterable
+from typing import Any, TypeAlias, cast
 
 from lxml import etree
 
@@ -18,18 +19,26 @@ from xvatool.errors import MetadataError
 
 __all__ = [
     "I4",
+    "MAX_OVA_XML_DEPTH",
+    "MAX_OVA_XML_ELEMENTS",
     "MAX_OVA_XML_SIZE",
     "DateTime",
     "Value",
     "dump_value",
     "int_or_none",
     "metadata_error",
+    "parse_pieces",
     "parse_value",
-    "parse_with_notes",
 ]
 
 MAX_OVA_XML_SIZE = 64 << 20
-"""Bytes. Real ova.xml members are tens of KiB; refuse anything over 64 MiB."""
+"""Bytes. Real ova.xml members are tens of KiB (a VM export) to a few MiB (a pool's metadata)."""
+MAX_OVA_XML_ELEMENTS = 1_000_000
+"""Elements in one document. Real files hold one per ~22 bytes (xs70-ova.xml: 1,245 in 28 KB;
+a VM export holds 1,000-3,000), so this admits real documents of 20 MB and more, and stops a dense
+one (``<value/>`` × 8 million) after an eighth of it, in about a second."""
+MAX_OVA_XML_DEPTH = 64
+"""Nesting levels. xapi's documents are 16 deep; a map inside a record inside an object is 20."""
 
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _INT_RE = re.compile(r"[+-]?[0-9]+\Z")
@@ -63,130 +72,216 @@ def metadata_error(message: str, code: str = "metadata") -> MetadataError:
 
 # --------------------------------------------------------------------------- reading
 
+_LEAVES = frozenset({"string", "int", "i4", "i8", "boolean", "double", "dateTime.iso8601", "base64", "nil"})
+_TYPES = _LEAVES | {"array", "struct"}
+_CHILDREN: dict[str, frozenset[str]] = {
+    "value": _TYPES, "array": frozenset({"data"}), "data": frozenset({"value"}),
+    "struct": frozenset({"member"}), "member": frozenset({"name", "value"}),
+    **dict.fromkeys(_LEAVES | {"name"}, frozenset()),
+}  # fmt: skip
+"""Which elements may appear inside which (§2.1); an unknown element is refused where it starts."""
+_MEMBER_PARTS = ("name", "value")
+_COUNTED = frozenset({"value", "array", "member"})
+"""Parents whose children are counted or ordered: one item, one <data>, <name> then <value>."""
+_ENTITY_DECLARATION = b"<!ENTITY"
 
-class _Decoder:
-    """Turns an lxml ``<value>`` tree into Python values, noting duplicate member names.
 
-    Duplicates are notes, not errors: the host keeps the last member, and `verify` wants the
-    whole picture. Empty member names are kept as ``""`` keys for `Metadata.check` to report.
+class _Builder:
+    """An lxml parser target that builds values as elements end, never a tree (style.md 9).
+
+    lxml calls `start`, `data` and `end` while it parses the pieces it is fed. Each open element
+    has an entry on three parallel stacks (tag, text pieces, finished children's values); an
+    element's value is made at its end, and only the value is kept. The element count, the depth
+    and which element may hold which are checked at every start, so a document over its budget
+    stops at once. Duplicate member names are notes, not errors: the host keeps the last member,
+    and `verify` wants the whole picture. Empty member names are kept as ``""`` keys for
+    `Metadata.check` to report.
     """
 
     def __init__(self) -> None:
         self.notes: list[tuple[str, str]] = []
+        self.elements = 0
+        self._stack: list[list[Any]] = []
+        """One ``[tag, text pieces or None, children's values or None]`` per open element."""
+        self._result: Value = None
+        self._done = False
 
-    def value(self, el: etree._Element) -> Value:
-        if el.tag != "value":
-            raise metadata_error(f"expected <value>, found <{el.tag}> (line {el.sourceline})")
-        children = self._children(el)
-        if not children:
-            return self._leaf_text(el)  # untyped: a string (§2.1)
-        if len(children) > 1:
-            raise metadata_error(f"<value> at line {el.sourceline} holds more than one item")
-        return self._typed(children[0])
+    # -- the target interface (lxml calls these; the hot path of a big document)
+
+    def start(self, tag: str, attrib: object) -> None:
+        self.elements += 1
+        if self.elements > MAX_OVA_XML_ELEMENTS:
+            raise metadata_error(f"more than {MAX_OVA_XML_ELEMENTS} elements; refused", "ova-xml-budget")
+        stack = self._stack
+        if stack:
+            parent = stack[-1]
+            if parent[0] in _COUNTED or tag not in _CHILDREN[parent[0]]:
+                self._check_child(parent, tag)
+            if len(stack) >= MAX_OVA_XML_DEPTH:
+                raise metadata_error(
+                    f"elements nested more than {MAX_OVA_XML_DEPTH} deep; refused", "ova-xml-budget"
+                )
+        elif tag != "value":
+            raise metadata_error(f"expected <value>, found <{tag}>")
+        stack.append([tag, None, None])
+
+    def data(self, text: str) -> None:
+        if self._stack:  # text interrupted by a comment or a PI continues after it
+            frame = self._stack[-1]
+            if frame[1] is None:
+                frame[1] = [text]
+            else:
+                frame[1].append(text)
+
+    def end(self, tag: str) -> None:
+        stack = self._stack
+        _, pieces, kids = stack.pop()
+        if tag == "value" and kids is None:
+            value: Any = "".join(pieces) if pieces is not None else ""  # untyped: a string (§2.1)
+        else:
+            value = self._finish(tag, pieces, kids)
+        if stack:
+            parent = stack[-1]
+            if parent[2] is None:
+                parent[2] = [value]
+            else:
+                parent[2].append(value)
+        else:
+            self._result, self._done = value, True
+
+    def close(self) -> bool:
+        return self._done
+
+    @property
+    def result(self) -> Value:
+        return self._result
+
+    # -- values
+
+    def _check_child(self, parent: list[Any], tag: str) -> None:
+        """The slow path of `start`: children that are counted or ordered, and every refusal."""
+        parent_tag, _, kids = parent
+        if tag in _CHILDREN[parent_tag]:
+            if parent_tag == "member":
+                position = len(kids) if kids is not None else 0
+                if position > 1 or tag != _MEMBER_PARTS[position]:
+                    raise metadata_error("<member> must hold <name> then <value>")
+            elif kids:
+                raise metadata_error(f"<{parent_tag}> holds more than one item")
+            return
+        if parent_tag == "value":
+            raise metadata_error(f"unknown XML-RPC type <{tag}> in <value>")
+        if not _CHILDREN[parent_tag]:
+            raise metadata_error(f"<{parent_tag}> must hold text only, found <{tag}>")
+        raise metadata_error(f"<{parent_tag}> holds a malformed <{tag}>")
 
     @staticmethod
-    def _children(el: etree._Element) -> list[etree._Element]:
-        """Element children; comments and PIs are skipped and entity references refused.
+    def _text(pieces: list[str] | None) -> str:
+        return "".join(pieces) if pieces is not None else ""
 
-        Text beside child elements must be whitespace: the host's parser ignores only that (§2.1).
-        """
-        out = []
-        stray = bool(el.text and el.text.strip())
-        for child in el:
-            if isinstance(child, etree._Entity):
-                raise metadata_error("entity references are not allowed", "metadata-entities")
-            if isinstance(child.tag, str):
-                out.append(child)
-            stray = stray or bool(child.tail and child.tail.strip())
-        if out and stray:
-            raise metadata_error(f"<{el.tag}> at line {el.sourceline} mixes text and elements")
-        return out
+    def _finish(self, tag: str, pieces: list[str] | None, kids: list[Any] | None) -> Any:
+        if kids is not None and pieces is not None and "".join(pieces).strip():
+            # the host's parser ignores only whitespace beside elements (§2.1)
+            raise metadata_error(f"<{tag}> mixes text and elements")
+        if tag == "value":
+            return kids[0] if kids is not None else self._text(pieces)  # untyped: a string (§2.1)
+        if tag == "data":
+            return kids if kids is not None else []
+        if tag == "struct":
+            return self._struct(kids or [])
+        if tag == "array":
+            if kids is None:
+                raise metadata_error("<array> must hold exactly one <data>")
+            return kids[0]
+        if tag == "member":
+            if kids is None or len(kids) != 2:
+                raise metadata_error("<member> must hold <name> then <value>")
+            return (kids[0], kids[1])
+        return self._leaf(tag, self._text(pieces))
 
-    def _leaf_text(self, el: etree._Element) -> str:
-        if self._children(el):
-            raise metadata_error(f"<{el.tag}> at line {el.sourceline} must hold text only")
-        # Text interrupted by a comment continues in the comment's tail.
-        return (el.text or "") + "".join(child.tail or "" for child in el)
-
-    def _typed(self, el: etree._Element) -> Value:
-        tag = el.tag
-        line = el.sourceline
-        if tag == "string":
-            return self._leaf_text(el)
+    @staticmethod
+    def _leaf(tag: str, text: str) -> Value:
+        if tag in ("string", "name"):
+            return text
         if tag in ("int", "i4", "i8"):
-            text = self._leaf_text(el).strip()
+            text = text.strip()
             if not _INT_RE.match(text) or not _INT64_MIN <= int(text) <= _INT64_MAX:
-                raise metadata_error(f"<{tag}> at line {line} is not a 64-bit integer: {text[:40]!r}")
+                raise metadata_error(f"<{tag}> is not a 64-bit integer: {text[:40]!r}")
             return int(text)
         if tag == "boolean":
-            return self._leaf_text(el) == "1"  # §2.1: only "1" is true, even "true" is false
+            return text == "1"  # §2.1: only "1" is true, even "true" is false
         if tag == "double":
-            text = self._leaf_text(el)
             try:
                 return float(text)
             except ValueError:
-                raise metadata_error(f"<double> at line {line} is not a number: {text[:40]!r}") from None
+                raise metadata_error(f"<double> is not a number: {text[:40]!r}") from None
         if tag == "dateTime.iso8601":
-            return DateTime(self._leaf_text(el))
+            return DateTime(text)
         if tag == "base64":
             try:
-                return base64.b64decode("".join(self._leaf_text(el).split()), validate=True)
+                return base64.b64decode("".join(text.split()), validate=True)
             except binascii.Error as exc:
-                raise metadata_error(f"<base64> at line {line} is not base64: {exc}") from None
-        if tag == "nil":
-            return None
-        if tag == "array":
-            parts = self._children(el)
-            if len(parts) != 1 or parts[0].tag != "data":
-                raise metadata_error(f"<array> at line {line} must hold exactly one <data>")
-            return [self.value(item) for item in self._children(parts[0])]
-        if tag == "struct":
-            return self._struct(el)
-        raise metadata_error(f"unknown XML-RPC type <{tag}> at line {line}")
+                raise metadata_error(f"<base64> is not base64: {exc}") from None
+        return None  # nil
 
-    def _struct(self, el: etree._Element) -> dict[str, Value]:
+    def _struct(self, members: list[tuple[str, Value]]) -> dict[str, Value]:
         out: dict[str, Value] = {}
-        for member in self._children(el):
-            parts = self._children(member)
-            if member.tag != "member" or [p.tag for p in parts] != ["name", "value"]:
-                raise metadata_error(f"<struct> at line {el.sourceline} holds a malformed <{member.tag}>")
-            name = self._leaf_text(parts[0])
+        for name, value in members:
             if name in out:
-                self.notes.append(
-                    ("duplicate-key", f"member {name!r} given twice (line {member.sourceline})")
-                )
+                self.notes.append(("duplicate-key", f"struct member {name!r} given twice"))
                 del out[name]  # the host keeps the last one; so does its position here
-            out[name] = self.value(parts[1])
+            out[name] = value
         return out
 
 
-def parse_with_notes(data: bytes) -> tuple[Value, list[tuple[str, str]]]:
-    """`parse_value`, plus the parser's notes as ``(code, message)`` pairs for `check`."""
-    if len(data) > MAX_OVA_XML_SIZE:
-        raise metadata_error(
-            f"ova.xml is {len(data)} bytes, over the {MAX_OVA_XML_SIZE} byte limit",
-            "metadata-too-large",
-        )
-    if b"<!DOCTYPE" in data and b"<!ENTITY" in data:
-        # Refused before lxml sees it: nothing legitimate declares entities (billion laughs).
-        raise metadata_error("the DOCTYPE declares entities; refused", "metadata-entities")
-    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
+def parse_pieces(pieces: Iterable[bytes]) -> tuple[Value, list[tuple[str, str]]]:
+    """Decode one bare XML-RPC ``<value>`` document fed in pieces, within the ova.xml budgets.
+
+    Returns the value and the parser's notes as ``(code, message)`` pairs for `Metadata.check`.
+    Nothing but the values is kept: `MAX_OVA_XML_SIZE` bytes, `MAX_OVA_XML_ELEMENTS` elements and
+    `MAX_OVA_XML_DEPTH` levels are checked as the pieces arrive, so a hostile document costs at
+    most its budget. Entity declarations are refused before lxml sees them (billion laughs), and
+    lxml never loads a DTD or touches the network.
+    """
+    builder = _Builder()
+    parser = etree.XMLParser(
+        target=cast("etree.ParserTarget", builder),  # lxml hands a target str tags and text
+        resolve_entities=False,
+        no_network=True,
+        load_dtd=False,
+        huge_tree=False,
+    )
+    size = 0
+    tail = b""
     try:
-        root = etree.fromstring(data, parser)
+        for piece in pieces:
+            size += len(piece)
+            if size > MAX_OVA_XML_SIZE:
+                raise metadata_error(
+                    f"ova.xml is over the {MAX_OVA_XML_SIZE}-byte limit", "ova-xml-too-large"
+                )
+            if (
+                _ENTITY_DECLARATION in tail + piece[: len(_ENTITY_DECLARATION)]
+                or _ENTITY_DECLARATION in piece
+            ):
+                # Refused before lxml sees it: nothing legitimate declares entities.
+                raise metadata_error("the DOCTYPE declares entities; refused", "metadata-entities")
+            tail = piece[-len(_ENTITY_DECLARATION) :]
+            parser.feed(piece)
+        done = parser.close()
     except etree.LxmlError as exc:
+        if isinstance(exc.__context__, MetadataError):  # raised inside a target method
+            raise exc.__context__ from None
         detail = " ".join(str(exc).split())  # libxml2 messages may hold newlines: keep one line
         raise metadata_error(f"not well-formed XML: {detail}", "metadata-xml") from exc
-    dtd = root.getroottree().docinfo.internalDTD
-    entities = list(dtd.iterentities()) if dtd is not None else []  # type: ignore[union-attr]
-    if entities:
-        raise metadata_error("the DOCTYPE declares entities; refused", "metadata-entities")
-    decoder = _Decoder()
-    return decoder.value(root), decoder.notes
+    if not done:
+        raise metadata_error("the document holds no element", "metadata-xml")
+    return builder.result, builder.notes
 
 
 def parse_value(data: bytes) -> Value:
     """Decode one bare XML-RPC ``<value>`` document (§2.1); `MetadataError` on anything wrong."""
-    return parse_with_notes(data)[0]
+    return parse_pieces([data])[0]
 
 
 # --------------------------------------------------------------------------- writing

@@ -8,17 +8,15 @@ No newline, no whitespace.
 from __future__ import annotations
 
 import hashlib
-from typing import Protocol
 
 import xxhash
 
-from xvatool._types import ChecksumKind
+from xvatool._types import ChecksumKind, Hasher
 
 __all__ = [
     "CHECKSUM_KINDS",
     "DIGEST_LENGTH",
     "SUFFIX_OF_KIND",
-    "Hasher",
     "format_digest",
     "hexdigest",
     "kind_of_suffix",
@@ -30,13 +28,6 @@ SUFFIX_OF_KIND: dict[ChecksumKind, str] = {"sha1": ".checksum", "xxhash": ".xxha
 _KIND_OF_SUFFIX: dict[str, ChecksumKind] = {v: k for k, v in SUFFIX_OF_KIND.items()}
 CHECKSUM_KINDS: tuple[ChecksumKind, ...] = ("sha1", "xxhash")
 DIGEST_LENGTH: dict[ChecksumKind, int] = {"sha1": 40, "xxhash": 16}
-
-
-class Hasher(Protocol):
-    """The part of hashlib's / xxhash's interface we use."""
-
-    def update(self, data: bytes | bytearray | memoryview, /) -> None: ...
-    def hexdigest(self) -> str: ...
 
 
 def new_hasher(kind: ChecksumKind) -> Hasher:

@@ -16,7 +16,8 @@ from typing import BinaryIO, Self, cast
 
 import zstandard
 
-from xvatool._types import Compression, Readable, Writable
+from xvatool._streams import as_readable, read_via_readinto
+from xvatool._types import Compression, Readable, SupportsRead, Writable
 from xvatool.errors import FormatError, TruncatedError
 from xvatool.xva._zstdframes import FrameTracker, TrackedSource
 
@@ -28,6 +29,7 @@ __all__ = [
     "ZSTD_MAGIC",
     "CompressingWriter",
     "PeekableStream",
+    "is_stream_error",
     "open_decompressed",
     "sniff",
 ]
@@ -59,7 +61,6 @@ class PeekableStream:
 
     def __init__(self, stream: Readable) -> None:
         self._stream = stream
-        self._readinto = getattr(stream, "readinto", None)
         self._head = b""
         self._head_pos = 0
 
@@ -73,65 +74,76 @@ class PeekableStream:
         return self._head[:size]
 
     def readinto(self, buf: bytearray | memoryview) -> int:
-        view = memoryview(buf)
         if self._head_pos < len(self._head):
+            view = memoryview(buf)
             n = min(len(view), len(self._head) - self._head_pos)
             view[:n] = self._head[self._head_pos : self._head_pos + n]
             self._head_pos += n
             return n
-        if self._readinto is not None:
-            return int(self._readinto(view) or 0)
-        data = self._stream.read(len(view))
-        view[: len(data)] = data
-        return len(data)
+        return self._stream.readinto(buf)
 
     def read(self, size: int = -1) -> bytes:
-        if size < 0:
-            chunks = []
-            while chunk := self.read(1 << 20):
-                chunks.append(chunk)
-            return b"".join(chunks)
-        buf = bytearray(size)
-        return bytes(buf[: self.readinto(buf)])
+        return read_via_readinto(self, size)
+
+
+_CODEC_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error, zstandard.ZstdError)
+
+
+def is_stream_error(exc: FormatError) -> bool:
+    """True if `exc` comes from the decompressor, not from the tar inside the compressed stream.
+
+    That is: the compressed data is corrupt, cut short or fails its own checksum.
+    """
+    return isinstance(exc.__cause__, _CODEC_ERRORS)
+
+
+def _is_checksum_failure(exc: Exception) -> bool:
+    """True if a gzip CRC32/ISIZE trailer or a zstd content checksum disagrees with the data."""
+    text = str(exc)
+    return text.startswith(("CRC check failed", "Incorrect length")) or "checksum" in text
 
 
 class _Decompressed:
-    """A decompressing stream that turns codec errors into `FormatError`s."""
+    """A decompressing stream that turns codec errors into `FormatError`s.
+
+    A trailer that disagrees with the data (gzip CRC32 or ISIZE, zstd content checksum) is
+    ``compression-checksum``: ova.xml has no checksum of its own, so this is what catches a
+    flipped bit in it. The trailer is only checked when the stream is read to its end.
+    """
 
     def __init__(self, inner: Readable, compression: Compression, frames: FrameTracker | None = None) -> None:
         self._inner = inner
-        self._readinto = getattr(inner, "readinto", None)
         self._compression = compression
         self._frames = frames
 
     def readinto(self, buf: bytearray | memoryview) -> int:
         try:
-            if self._readinto is not None:
-                n = int(self._readinto(buf) or 0)
-            else:
-                data = self._inner.read(len(buf))
-                memoryview(buf)[: len(data)] = data
-                n = len(data)
+            n = self._inner.readinto(buf)
             if n == 0 and len(buf) and self._frames is not None and not self._frames.at_boundary:
                 raise EOFError("the input ends inside a zstd frame")
             return n
         except EOFError as exc:
             raise TruncatedError(f"{self._compression} stream ends early: {exc}", code="truncated") from exc
-        except (gzip.BadGzipFile, zlib.error, zstandard.ZstdError) as exc:
+        except _CODEC_ERRORS[1:] as exc:
+            if _is_checksum_failure(exc):
+                raise FormatError(
+                    f"{self._compression} checksum does not match the data: {exc}",
+                    code="compression-checksum",
+                ) from exc
             raise FormatError(f"corrupt {self._compression} data: {exc}", code="compression") from exc
 
     def read(self, size: int = -1) -> bytes:
-        buf = bytearray(size if size >= 0 else 1 << 20)
-        return bytes(buf[: self.readinto(buf)])
+        return read_via_readinto(self, size)
 
 
-def open_decompressed(stream: Readable) -> tuple[Compression, Readable]:
+def open_decompressed(stream: Readable | SupportsRead) -> tuple[Compression, Readable]:
     """Sniff `stream` and return its compression with a stream of the decompressed tar.
 
     Example::
 
         kind, tar_stream = open_decompressed(open("vm.xva", "rb"))
     """
+    stream = as_readable(stream)
     peek = getattr(stream, "peek", None)
     head = peek(_SNIFF_SIZE) if peek is not None else b""
     if len(head) >= len(ZSTD_MAGIC) and sniff(head) == "none":

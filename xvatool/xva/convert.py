@@ -1,7 +1,8 @@
 """Whole-archive conversions: create an XVA from raw images, repack one XVA into another.
 
-Both write `OUT.part` and rename it to `OUT` only once the archive is complete and flushed
-(style.md 10), so an interrupted run never leaves something that looks like a finished archive.
+Both write through `xvatool._files.atomic_output`: a fresh temporary name in OUT's folder, renamed
+to OUT only once the archive is complete and flushed (style.md 10), so an interrupted run never
+leaves something that looks like a finished archive and a link planted there is never followed.
 
 Repack is a stream from IN to OUT: it reads with the verifying reader and re-emits every chunk
 member with its own name and counter and the very same bytes, so a repacked archive rebuilds to
@@ -19,15 +20,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import Any
 
-from xvatool._types import ChecksumKind, Compression, Readable, Writable
+from xvatool._files import atomic_output
+from xvatool._streams import as_readable, read_via_readinto
+from xvatool._types import ChecksumKind, Compression, Readable, SupportsRead, Writable
 from xvatool.errors import LocalIOError, UsageError, location_context
+from xvatool.xva.disk import BlockSource, RawFileSource
+from xvatool.xva.ovaxml import SECTOR_SIZE, Metadata
+from xvatool.xva.reader import XvaReader
+from xvatool.xva.template import DiskSpec, build_vm_metadata
 from xvatool.xva.writer import (
     ChunkItem,
     Piece,
@@ -38,52 +44,16 @@ from xvatool.xva.writer import (
     write_xva,
 )
 
-if TYPE_CHECKING:
-    from xvatool.xva.ovaxml import Metadata
-    from xvatool.xva.reader import XvaReader
-
 __all__ = [
     "CreateResult",
     "CreatedDisk",
     "RepackResult",
-    "atomic_output",
     "create_archive",
     "edit_metadata",
     "repack_archive",
     "repack_pieces",
     "repack_stream",
 ]
-
-PART_SUFFIX = ".part"
-SECTOR_SIZE = 512
-"""`virtual_size` must be a multiple of this many bytes (xva-format.md §3.4, §8.1)."""
-
-
-@contextlib.contextmanager
-def atomic_output(path: Path) -> Iterator[IO[bytes]]:
-    """A binary file at `PATH.part`, fsynced and renamed to `path` when the block ends cleanly.
-
-    On any exception (or Ctrl-C) the part file is removed and `path` is left untouched.
-    """
-    part = path.with_name(path.name + PART_SUFFIX)
-    try:
-        f = open(part, "wb")
-    except OSError as exc:
-        raise LocalIOError(exc.strerror or str(exc), path=str(part)) from exc
-    try:
-        yield f
-        f.flush()
-        os.fsync(f.fileno())
-        f.close()
-        os.replace(part, path)
-    except OSError as exc:
-        f.close()
-        part.unlink(missing_ok=True)
-        raise LocalIOError(exc.strerror or str(exc), path=str(path)) from exc
-    except BaseException:
-        f.close()
-        part.unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True)
@@ -147,9 +117,6 @@ def create_archive(
                                 memory=2 << 30, networks=["Pool-wide network"])
         print(result.stats.output_bytes)
     """
-    from xvatool.xva.disk import BlockSource, RawFileSource
-    from xvatool.xva.template import DiskSpec, build_vm_metadata
-
     if not disks:
         raise UsageError("an archive needs at least one disk")
     if any(out_path.resolve() == path.resolve() for path in disks):
@@ -277,7 +244,7 @@ def _repack_items(reader: XvaReader, checksum: ChecksumKind | None, stats: Write
 
 
 def repack_stream(
-    in_stream: Readable,
+    in_stream: Readable | SupportsRead,
     out: Writable,
     *,
     compression: Compression | None = None,
@@ -298,8 +265,6 @@ def repack_stream(
         with open("in.xva", "rb") as src, open("out.xva", "wb") as dst:
             repack_stream(src, dst, checksum="sha1", host_version=(1, 1))
     """
-    from xvatool.xva.reader import XvaReader
-
     with location_context(file=source):
         reader = XvaReader(_Input(in_stream, source, progress), source=source)
         metadata, changes = edit_metadata(
@@ -319,7 +284,7 @@ def repack_stream(
 
 
 def repack_archive(
-    in_stream_or_path: Readable | str | Path,
+    in_stream_or_path: Readable | SupportsRead | str | Path,
     out_path: str | Path,
     *,
     compression: Compression | None = None,
@@ -350,7 +315,7 @@ def repack_archive(
         if isinstance(in_stream_or_path, str | Path):
             name = str(in_stream_or_path)
             if name == "-":
-                in_stream: Readable = sys.stdin.buffer
+                in_stream: Readable | SupportsRead = sys.stdin.buffer
             else:
                 try:
                     in_stream = stack.enter_context(open(name, "rb"))
@@ -374,30 +339,21 @@ def repack_archive(
 class _Input:
     """The input stream, reporting progress and turning read errors into `LocalIOError`."""
 
-    def __init__(self, stream: Readable, name: str | None, progress: ProgressCallback | None) -> None:
-        self._stream = stream
-        self._readinto = getattr(stream, "readinto", None)
+    def __init__(
+        self, stream: Readable | SupportsRead, name: str | None, progress: ProgressCallback | None
+    ) -> None:
+        self._stream = as_readable(stream)
         self._name = name
         self._progress = progress
 
-    def read(self, size: int = -1) -> bytes:
-        try:
-            data = self._stream.read(size)
-        except OSError as exc:
-            raise LocalIOError(f"cannot read: {exc.strerror or exc}", path=self._name) from exc
-        if self._progress is not None:
-            self._progress(len(data))
-        return data
-
     def readinto(self, buf: bytearray | memoryview) -> int:
-        if self._readinto is None:
-            data = self.read(len(buf))
-            memoryview(buf)[: len(data)] = data
-            return len(data)
         try:
-            n = int(self._readinto(buf) or 0)
+            n = self._stream.readinto(buf)
         except OSError as exc:
             raise LocalIOError(f"cannot read: {exc.strerror or exc}", path=self._name) from exc
         if self._progress is not None:
             self._progress(n)
         return n
+
+    def read(self, size: int = -1) -> bytes:
+        return read_via_readinto(self, size)

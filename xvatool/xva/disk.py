@@ -14,6 +14,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol, Self
 
+from xvatool._files import AtomicFile
 from xvatool.errors import LocalIOError, StreamStateError
 
 __all__ = [
@@ -29,7 +30,6 @@ __all__ = [
 
 CHUNK_SIZE = 1 << 20
 ZERO_CHUNK = bytes(CHUNK_SIZE)
-PART_SUFFIX = ".part"
 
 
 def is_zero(buf: bytes | bytearray | memoryview) -> bool:
@@ -144,11 +144,12 @@ class BytesSource:
 
 
 class SparseFileSink:
-    """Writes a disk image as a sparse file, atomically.
+    """Writes a disk image as a sparse file, atomically (`xvatool._files.AtomicFile`).
 
-    Data goes to `PATH.part`; zero blocks become holes. `commit()` sets the final size, fsyncs and
-    renames to `PATH`; leaving the context without `commit()` (or on an exception) deletes the part
-    file, so a disk never looks finished unless it is.
+    Data goes to a fresh temporary file next to `path`; zero blocks become holes. `commit()` sets
+    the final size, fsyncs, renames to `path` and fsyncs the folder; leaving the context without
+    `commit()` (or on an exception) deletes the temporary file, so a disk never looks finished
+    unless it is, and nothing planted in the folder is ever written through.
 
     Example::
 
@@ -160,64 +161,45 @@ class SparseFileSink:
 
     def __init__(self, path: str | os.PathLike[str], size: int) -> None:
         self.path = Path(path)
-        self.part_path = self.path.with_name(self.path.name + PART_SUFFIX)
         self.size = size
         self.bytes_written = 0
-        try:
-            # A stale part file (or a link planted in its place) is removed, never written through:
-            # data goes only into a new regular file inside the chosen folder.
-            self._remove_part()
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-            self._fd: int | None = os.open(self.part_path, flags, 0o600)
-        except OSError as exc:
-            raise LocalIOError(exc.strerror or str(exc), path=str(self.part_path)) from exc
+        self._file: AtomicFile | None = AtomicFile(self.path)
+        self.part_path = self._file.temp_path
+        """The temporary file being written."""
+
+    def _open(self) -> AtomicFile:
+        if self._file is None:
+            raise StreamStateError("sink already closed")
+        return self._file
 
     def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write `data` at `offset`, leaving a hole if it is all zeros."""
-        if self._fd is None:
-            raise StreamStateError("sink already closed")
+        file = self._open()
         if not data or is_zero(data):
             return
         try:
-            written = os.pwrite(self._fd, data, offset)
+            written = os.pwrite(file.fileno(), data, offset)
         except OSError as exc:
-            raise LocalIOError(exc.strerror or str(exc), path=str(self.part_path)) from exc
+            raise LocalIOError(exc.strerror or str(exc), path=str(file.temp_path)) from exc
         if written != len(data):
-            raise LocalIOError(f"short write at offset {offset}", path=str(self.part_path))
+            raise LocalIOError(f"short write at offset {offset}", path=str(file.temp_path))
         self.bytes_written += written
 
     def commit(self) -> Path:
         """Give the file its final size, flush it to disk and move it into place."""
-        if self._fd is None:
-            raise StreamStateError("sink already closed")
-        fd, self._fd = self._fd, None
+        file, self._file = self._open(), None
         try:
-            os.ftruncate(fd, self.size)
-            os.fsync(fd)
+            os.ftruncate(file.fileno(), self.size)
         except OSError as exc:
-            os.close(fd)
-            self._remove_part()
-            raise LocalIOError(exc.strerror or str(exc), path=str(self.part_path)) from exc
-        os.close(fd)
-        try:
-            os.replace(self.part_path, self.path)
-        except OSError as exc:  # e.g. a directory already has the final name
-            self._remove_part()
-            raise LocalIOError(f"cannot move into place: {exc.strerror or exc}", path=str(self.path)) from exc
-        return self.path
+            file.abort()
+            raise LocalIOError(exc.strerror or str(exc), path=str(file.temp_path)) from exc
+        return file.commit()
 
     def abort(self) -> None:
         """Drop the partial file."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        self._remove_part()
-
-    def _remove_part(self) -> None:
-        try:
-            os.unlink(self.part_path)
-        except FileNotFoundError:
-            pass
+        if self._file is not None:
+            self._file.abort()
+            self._file = None
 
     def __enter__(self) -> Self:
         return self
@@ -225,5 +207,4 @@ class SparseFileSink:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._fd is not None:
-            self.abort()
+        self.abort()

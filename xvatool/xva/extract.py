@@ -1,44 +1,35 @@
 """Extracting an archive's disks to raw image files, verified, sparse and atomic.
 
-Every disk goes to ``OUT_DIR/<vdi-uuid>.raw.part`` through a `SparseFileSink` (holes for counter
-gaps and zero chunks). Digests are verified while the data streams through; the part files are
-renamed into place only after the whole archive was read and every digest matched, so a disk whose
-chunk failed is never committed, and on any error no ``<uuid>.raw`` of this run is left behind.
+Every disk goes to a temporary file in OUT_DIR through a `SparseFileSink` (holes for counter gaps
+and zero chunks). Digests are verified while the data streams through; the temporary files are
+renamed to ``<vdi-uuid>.raw`` only after the whole archive was read and found valid (the same
+verdict as `verify`), so a disk whose chunk failed is never committed, and on any error nothing of
+this run is left behind.
 
-The file name comes from the archive, so it is checked to be a plain uuid-like name: an archive
-cannot make us write outside `out_dir`.
+The file name comes from the archive; the reader refuses any uuid that is not a plain uuid-like
+name (``unsafe-uuid``) or that two disks share (``duplicate-uuid``), for `verify` and `extract`
+alike, so an archive cannot make us write outside `out_dir` or overwrite its own output. Each
+temporary file is a fresh name (`xvatool._files.AtomicFile`), so a link planted in `out_dir` is
+never followed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import re
 from collections.abc import Collection
 from pathlib import Path
 
-from xvatool._types import Readable
-from xvatool.errors import FormatError, LocalIOError, UsageError
+from xvatool._types import Readable, SupportsRead
+from xvatool.errors import LocalIOError, UsageError
 from xvatool.xva.disk import SparseFileSink
+from xvatool.xva.opening import open_archive
 from xvatool.xva.ovaxml import DiskInfo
-from xvatool.xva.reader import open_archive
 from xvatool.xva.validate import ProgressCallback, ProgressTracker
 
 __all__ = ["RAW_SUFFIX", "extract_disks"]
 
 RAW_SUFFIX = ".raw"
-_SAFE_UUID = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]{0,127}")
-"""A VDI uuid as a file name: hex uuids and similar, never a dot, slash or empty name."""
-
-
-def _output_path(out_dir: Path, disk: DiskInfo) -> Path:
-    if not _SAFE_UUID.fullmatch(disk.vdi_uuid):
-        raise FormatError(
-            f"VDI {disk.id} has uuid {disk.vdi_uuid!r}, which is not a safe file name",
-            code="unsafe-uuid",
-            member="ova.xml",
-        )
-    return out_dir / f"{disk.vdi_uuid}{RAW_SUFFIX}"
 
 
 def _select(disks: list[DiskInfo], disk_uuids: Collection[str] | None) -> list[DiskInfo]:
@@ -53,7 +44,7 @@ def _select(disks: list[DiskInfo], disk_uuids: Collection[str] | None) -> list[D
 
 
 def extract_disks(
-    archive: str | os.PathLike[str] | Readable,
+    archive: str | os.PathLike[str] | Readable | SupportsRead,
     out_dir: str | os.PathLike[str],
     *,
     disk_uuids: Collection[str] | None = None,
@@ -76,10 +67,8 @@ def extract_disks(
     except OSError as exc:
         raise LocalIOError(exc.strerror or str(exc), path=str(out)) from exc
     with open_archive(archive) as reader:
-        chosen = _select(reader.metadata.disks, disk_uuids)
-        paths = [_output_path(out, disk) for disk in chosen]
-        if len(set(paths)) != len(paths):
-            raise FormatError("two disks share a VDI uuid", code="duplicate-uuid", member="ova.xml")
+        chosen = _select(reader.disks, disk_uuids)
+        paths = [out / f"{disk.vdi_uuid}{RAW_SUFFIX}" for disk in chosen]
         with contextlib.ExitStack() as stack:
             # Each sink deletes its part file when left without commit (and on any exception).
             sinks = {

@@ -6,15 +6,12 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from xvatool._streams import LocalStream
-from xvatool._types import Readable
+from xvatool._types import Readable, SupportsRead
 from xvatool.errors import LocalIOError, location_context
-
-if TYPE_CHECKING:
-    from xvatool.xva.problems import Problem
-    from xvatool.xva.reader import XvaReader
+from xvatool.xva.problems import Problem
+from xvatool.xva.reader import XvaReader
 
 __all__ = ["STDIN_NAME", "open_archive"]
 
@@ -23,7 +20,7 @@ STDIN_NAME = "<stdin>"
 
 @contextlib.contextmanager
 def open_archive(
-    archive: str | os.PathLike[str] | Readable,
+    archive: str | os.PathLike[str] | Readable | SupportsRead,
     *,
     source: str | None = None,
     verify: bool = True,
@@ -40,10 +37,8 @@ def open_archive(
             for chunk in reader.chunks():
                 ...
     """
-    from xvatool.xva.reader import XvaReader  # reader re-exports this function
-
     with contextlib.ExitStack() as stack:
-        stream: Readable
+        stream: Readable | SupportsRead
         if not isinstance(archive, (str, os.PathLike)):
             stream = archive
         else:

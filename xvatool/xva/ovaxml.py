@@ -11,53 +11,34 @@ field when they do not parse. Code that builds or edits snapshots stores ints as
 too, so a document equals itself after a write and a read.
 
 `Metadata.check()` lists every rule the host's importer applies that the document breaks, as
-``(code, message)`` pairs. Codes (stable; ``verify --json`` reports them):
-
-================== ===========================================================================
-code               rule broken
-================== ===========================================================================
-missing-field      a key the importer needs has no default (§2.3 version, §2.6 per class)
-bad-bool           a bool field is not ``<boolean>`` (an untyped value is a type error, §2.1)
-bad-int            an int field does not parse as a 64-bit integer
-bad-type           a string, ref, map or set field holds the wrong kind of value
-empty-key          a struct member name is empty; the host cannot parse it (§2.1)
-duplicate-key      a struct names a member twice; the last one was kept
-duplicate-id       two objects share an id (§2.4)
-bad-id             an id is empty or contains ``/``; it names a tar directory (§2.4, §2.7)
-export-vsn         ``export_vsn`` is missing or not 2 (§2.3)
-no-vm              no VM object, or only snapshot VMs
-several-vms        more than one VM object that is not a snapshot
-vm-no-parent       (warning) a VM without ``parent`` has its memory reset on import (§2.6)
-dangling-sr        a VDI's ``SR`` is not an SR in the file (§2.6, cross-object)
-dangling-vm        a VBD's or VIF's ``VM`` is not a VM in the file
-dangling-vdi       a non-CD VBD's ``VDI`` is not a VDI in the file
-dangling-network   a VIF's ``network`` is not a network in the file (no ``maps_to`` override)
-virtual-size-range a VDI's ``virtual_size`` is negative or absurd (> 99,999,999 MiB)
-virtual-size-align a VDI's ``virtual_size`` is not a multiple of 512 (§8.1)
-================== ===========================================================================
-
-Codes in `WARNING_CODES` do not stop an import; the others do.
+``(code, message)`` pairs; the reader reports them like any other problem. The codes, their
+severities and their meanings are in docs/problems.md (`problems.SEVERITY`).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from xvatool.errors import MetadataError, UsageError
 from xvatool.xva._xmlrpc import (
+    MAX_OVA_XML_DEPTH,
+    MAX_OVA_XML_ELEMENTS,
     MAX_OVA_XML_SIZE,
     DateTime,
     Value,
     dump_value,
     int_or_none,
     metadata_error,
+    parse_pieces,
     parse_value,
-    parse_with_notes,
 )
+from xvatool.xva.problems import WARNING_CODES
 
 __all__ = [
+    "MAX_OVA_XML_DEPTH",
+    "MAX_OVA_XML_ELEMENTS",
     "MAX_OVA_XML_SIZE",
     "MAX_VIRTUAL_SIZE",
     "SECTOR_SIZE",
@@ -77,7 +58,9 @@ MAX_VIRTUAL_SIZE = 99_999_999 << 20
 """Bytes. Larger `virtual_size` values are treated as corrupt (no storage backend offers this)."""
 SECTOR_SIZE = 512
 """Bytes. `virtual_size` must be a multiple of it (xva-format.md §8.1)."""
-WARNING_CODES = frozenset({"vm-no-parent"})
+
+_VERSION_LABEL = "version record"
+"""How messages name the version record; `XapiObject("version", "record", …).label` says the same."""
 
 # A migration mapping in VIF other_config replaces the network check (xva-format.md §2.6;
 # the key name is xapi's Constants.storage_migrate_vif_map_key, an inference from the source).
@@ -95,9 +78,10 @@ class XapiObject:
     id: str
     snapshot: dict[str, Value]
 
-    def where(self, key: str) -> str:
-        """How messages name one field of this object, e.g. ``VDI Ref:2 field virtual_size``."""
-        return f"{self.cls} {self.id} field {key}"
+    @property
+    def label(self) -> str:
+        """How messages name this object, e.g. ``VDI Ref:2``."""
+        return f"{self.cls} {self.id}"
 
 
 @dataclass(frozen=True)
@@ -140,28 +124,31 @@ class NetworkInfo:
     mtu: int | None
 
 
+def _field(obj: XapiObject, key: str, kind: str, *, required: bool) -> None:
+    """Raise the problem `check` reports for this field, with the same code and message."""
+    if key in obj.snapshot or required:
+        problem = _field_problem(obj.label, key, kind, obj.snapshot)
+        if problem is not None:
+            raise metadata_error(problem[1], problem[0])
+
+
 def _as_int(obj: XapiObject, key: str) -> int:
-    if key not in obj.snapshot:
-        raise metadata_error(f"{obj.where(key)}: required field is missing", "missing-field")
-    value = obj.snapshot[key]
-    parsed = int_or_none(value)
-    if parsed is None:
-        raise metadata_error(f"{obj.where(key)}: expected an integer, found {value!r:.60}", "bad-int")
+    _field(obj, key, "int", required=True)
+    parsed = int_or_none(obj.snapshot[key])
+    assert parsed is not None
     return parsed
 
 
 def _as_str(obj: XapiObject, key: str, default: str = "") -> str:
+    _field(obj, key, "str", required=False)
     value = obj.snapshot.get(key, default)
-    if not isinstance(value, str):
-        raise metadata_error(f"{obj.where(key)}: expected a string, found {value!r:.60}", "bad-type")
+    assert isinstance(value, str)
     return value
 
 
 def _as_bool(obj: XapiObject, key: str) -> bool:
-    value = obj.snapshot.get(key, False)
-    if not isinstance(value, bool):
-        raise metadata_error(f"{obj.where(key)}: expected <boolean>, found {value!r:.60}", "bad-bool")
-    return value
+    _field(obj, key, "bool", required=False)
+    return obj.snapshot.get(key) is True
 
 
 def _id_order(obj_id: str) -> bytes:
@@ -204,7 +191,12 @@ class Metadata:
     @classmethod
     def from_bytes(cls, data: bytes) -> Metadata:
         """Parse ova.xml; `MetadataError` if it is not an XVA metadata document (§2.2, §2.4)."""
-        top, notes = parse_with_notes(data)
+        return cls.from_pieces([data])
+
+    @classmethod
+    def from_pieces(cls, pieces: Iterable[bytes]) -> Metadata:
+        """Parse ova.xml handed over in pieces (a tar member as it streams by), within its budgets."""
+        top, notes = parse_pieces(pieces)
         if not isinstance(top, dict):
             raise metadata_error("ova.xml is not a struct with 'version' and 'objects'")
         version, objects = _lookup(top, "version"), _lookup(top, "objects")
@@ -372,21 +364,24 @@ class Metadata:
     def check(self) -> list[tuple[str, str]]:
         """Every importer rule of §2.3–§2.7 this document breaks, as ``(code, message)`` pairs.
 
-        Unlike the views, this never raises: `verify` reports the whole list. Codes are listed
-        in the module docstring; those in `WARNING_CODES` do not stop an import.
+        Unlike the views, this never raises: `verify` reports the whole list. The codes and
+        their severities are in docs/problems.md; those in `WARNING_CODES` do not stop an import.
         """
         problems = list(self.notes)
-        problems += _check_fields("version", _VERSION_FIELDS, self.version)
+        problems += _check_fields(_VERSION_LABEL, _VERSION_FIELDS, self.version)
         vsn = self.version.get("export_vsn")
-        if int_or_none(vsn) != 2:
+        number = int_or_none(vsn)
+        if number is None or number < 2:
             found = "missing (read as 0)" if vsn is None else repr(vsn)
-            problems.append(("export-vsn", f"export_vsn is {found}; importers expect 2"))
+            problems.append(("export-vsn", f"export_vsn is {found}; importers need 2 (§2.3)"))
+        elif number > 2:
+            problems.append(("export-vsn-newer", f"export_vsn is {number}; hosts read it as 2 (§5.9)"))
         index = self._index()
         seen: set[str] = set()
         for obj in self.objects:
             problems += _check_envelope(obj, seen)
-            problems += _check_fields(f"{obj.cls} {obj.id}", _FIELDS.get(obj.cls, {}), obj.snapshot)
-            problems += [(code, f"{obj.cls} {obj.id}: {msg}") for code, msg in _check_refs(obj, index)]
+            problems += _check_fields(obj.label, _FIELDS.get(obj.cls, {}), obj.snapshot)
+            problems += [(code, f"{obj.label}: {msg}") for code, msg in _check_refs(obj, index)]
         vms, main = self._main_vms()
         if not main:
             problems.append(("no-vm", "no VM object that is not a snapshot"))
@@ -521,18 +516,18 @@ _KIND_NAMES = {"str": "a string", "int": "an integer", "bool": "<boolean>", "map
                "set": "an array"}  # fmt: skip
 
 
+def _field_problem(where: str, key: str, kind: str, record: Mapping[str, Value]) -> tuple[str, str] | None:
+    """What is wrong with one field of a record, if anything: its code and message."""
+    if key not in record:
+        return "missing-field", f"{where}: required field {key!r} is missing"
+    if not _kind_ok(kind, record[key]):
+        message = f"{where}: field {key!r} must be {_KIND_NAMES[kind]}, found {record[key]!r:.60}"
+        return _KIND_CODES.get(kind, "bad-type"), message
+    return None
+
+
 def _check_fields(where: str, fields: Mapping[str, str], record: dict[str, Value]) -> list[tuple[str, str]]:
-    problems = []
-    for key, kind in fields.items():
-        if key not in record:
-            problems.append(("missing-field", f"{where}: required field {key!r} is missing"))
-        elif not _kind_ok(kind, record[key]):
-            problems.append(
-                (
-                    _KIND_CODES.get(kind, "bad-type"),
-                    f"{where}: field {key!r} must be {_KIND_NAMES[kind]}, found {record[key]!r:.60}",
-                )
-            )
+    problems = [p for key, kind in fields.items() if (p := _field_problem(where, key, kind, record))]
     for path in _empty_keys(record):
         problems.append(("empty-key", f"{where}: empty member name in {path}; hosts cannot parse it"))
     return problems

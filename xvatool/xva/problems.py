@@ -1,61 +1,79 @@
-"""What the reader reports: `Problem`s with stable codes, and placed `Chunk`s.
+"""What is wrong with an archive: `Problem`s with stable codes, each code with one severity.
 
-`XvaReader` with ``problems=None`` raises the first real error as a `FormatError` (deviations it can work
-around, such as directory entries, are tolerated silently). With a list, every problem is appended
-as a `Problem` and the scan goes on as far as it can; a fatal one (truncation, garbage) ends it, and
-nothing is raised but local I/O errors. Problem codes (stable; ``verify --json`` reports them):
+`SEVERITY` is the one table that decides a verdict. Every reader of an archive (`verify`,
+`extract`, `repack`, `inspect`, the local check before a stream import, the simulated host) sends
+every problem through `ProblemLog.report`, which looks the code up here: an ``"error"`` fails the
+archive everywhere (strict readers raise it, `verify` lists it and exits 1), a ``"warning"`` fails
+it nowhere. What each code means, and why it has its severity, is in ``docs/problems.md``; a
+test holds that table and this one equal.
 
-========================== ======== ============================================================
-code                       severity meaning
-========================== ======== ============================================================
-empty-archive              error    no tar member at all
-not-an-archive             error    neither gzip, zstd nor a tar header at the start
-ova-xml-not-first          error    the first member is not ``ova.xml`` (§4.2)
-ova-xml-too-large          error    ova.xml over `MAX_OVA_XML_SIZE`
-ova-xml-extension-header   warning  a pax/GNU header in front of ova.xml: hosts before v24.2 fail
-directory-entry            error    a directory member (``Ref:4/``); the host fails on it (§1.3)
-unknown-member             error    a member that is no chunk of the disk being read (in a single-disk
-                                    ``vdi/`` stream, §3.5, also any member after the disk)
-orphan-checksum            error    a checksum member that does not follow its data member
-bad-chunk-name             error    ``<id>/`` followed by something other than 8 digits (§3.1)
-counter-not-increasing     error    a counter not greater than the previous one, as strings
-missing-first-chunk        error    a disk's first chunk is not counter 0 (§3.2)
-global-first-len           warning  a gap in a disk whose first chunk length differs from the
-                                    archive's first chunk length: xapi fills it with the latter
-chunk-not-aligned          error    a data member length not a multiple of 512: since 2019 the
-                                    host reads the checksum header before the padding (§3.4)
-chunk-too-large            error    a data member over `MAX_CHUNK_MEMBER_SIZE`
-data-past-virtual-size     error    a chunk (or its gap) reaches past the disk's `virtual_size`
-chunk-out-of-order         error    a chunk of a disk that was already complete
-missing-last-chunk         error    a disk's chunks stop before `virtual_size` is covered
-missing-checksum           error    a data member not followed by its checksum member
-unsupported-checksum       error    a checksum suffix other than ``.checksum``/``.xxhash``
-checksum-member-too-large  error    a checksum member over `MAX_CHECKSUM_MEMBER_SIZE`
-checksum-mismatch          error    the digest differs from the data's
-checksum-format            error    the digest matches only ignoring case/whitespace; the host
-                                    compares exactly, so this fails an import
-trailing-member            warning  members after the last disk (the host never reads them)
-trailing-data              warning  unreadable bytes after the last disk
-missing-end-of-archive     warning  no two zero blocks at the end (§1.4); a ``vdi/`` stream without
-                                    them raises ``truncated``
-========================== ======== ============================================================
-
-Plus the tar layer's codes (``truncated``, ``tar-header``, ``unsafe-name``, ``tar-link``,
-``tar-device``, ``tar-type``, ``compression``) and ova.xml's (`MetadataError` codes).
+`ProblemLog` also bounds what a hostile archive can make us keep: at most
+`MAX_PROBLEMS_PER_CODE` problems of one code are listed, the rest only counted (`omitted`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
-from xvatool._types import ChecksumKind
-from xvatool.errors import FormatError
-from xvatool.xva.ovaxml import DiskInfo
+from xvatool.errors import FormatError, MetadataError, TruncatedError
 
-__all__ = ["Chunk", "Problem", "Severity"]
+__all__ = [
+    "MAX_PROBLEMS_PER_CODE",
+    "METADATA_CODES",
+    "SEVERITY",
+    "WARNING_CODES",
+    "Problem",
+    "ProblemLog",
+    "Severity",
+    "format_error",
+]
 
 Severity = Literal["error", "warning"]
+
+_E: Severity = "error"
+_W: Severity = "warning"
+
+SEVERITY: dict[str, Severity] = {
+    # stream and tar structure
+    "empty-archive": _E, "not-an-archive": _E, "truncated": _E, "compression": _E,
+    "compression-checksum": _E, "tar-header": _E, "tar-pax": _E, "tar-link": _E, "tar-device": _E,
+    "tar-type": _E, "unsafe-name": _E, "member-too-large": _E, "directory-entry": _E,
+    "unknown-member": _E, "trailing-member": _W, "trailing-data": _W, "trailing-data-too-large": _E,
+    "missing-end-of-archive": _W,
+    # ova.xml as a member and as XML
+    "ova-xml-not-first": _E, "ova-xml-extension-header": _W, "ova-xml-too-large": _E,
+    "ova-xml-budget": _E, "metadata": _E, "metadata-xml": _E, "metadata-entities": _E,
+    # ova.xml content: the importer's rules
+    "missing-field": _E, "bad-bool": _E, "bad-int": _E, "bad-type": _E, "empty-key": _E,
+    "duplicate-key": _E, "duplicate-id": _E, "bad-id": _E, "export-vsn": _E, "export-vsn-newer": _W,
+    "no-vm": _W, "several-vms": _W, "vm-no-parent": _W, "dangling-sr": _E, "dangling-vm": _E,
+    "dangling-vdi": _E, "dangling-network": _E, "virtual-size-range": _E, "virtual-size-align": _E,
+    "unsafe-uuid": _E, "duplicate-uuid": _E,
+    # chunks
+    "bad-chunk-name": _E, "counter-not-increasing": _E, "missing-first-chunk": _E,
+    "global-first-len": _W, "chunk-not-aligned": _E, "chunk-too-large": _E,
+    "data-past-virtual-size": _E, "chunk-out-of-order": _E, "missing-last-chunk": _E,
+    "orphan-checksum": _E, "missing-checksum": _E, "unsupported-checksum": _E,
+    "checksum-member-too-large": _E, "checksum-mismatch": _E, "checksum-format": _E,
+    # outside `verify`: generic errors and other readers of archive bytes
+    "format": _E, "no-ova-xml": _E, "archive-changed": _E, "manifest-mismatch": _E,
+}  # fmt: skip
+"""Every problem code and its severity, the same everywhere (docs/problems.md)."""
+
+WARNING_CODES = frozenset(code for code, severity in SEVERITY.items() if severity == "warning")
+METADATA_CODES = frozenset(
+    {
+        "ova-xml-too-large", "ova-xml-budget", "metadata", "metadata-xml", "metadata-entities",
+        "missing-field", "bad-bool", "bad-int", "bad-type", "empty-key", "duplicate-key",
+        "duplicate-id", "bad-id", "export-vsn", "export-vsn-newer", "no-vm", "several-vms",
+        "vm-no-parent", "dangling-sr", "dangling-vm", "dangling-vdi", "dangling-network",
+        "virtual-size-range", "virtual-size-align", "unsafe-uuid", "duplicate-uuid",
+    }
+)  # fmt: skip
+"""Codes about ova.xml; raised as `MetadataError`."""
+MAX_PROBLEMS_PER_CODE = 100
+"""Problems of one code listed in a report; further ones are only counted."""
 
 
 @dataclass(frozen=True)
@@ -63,18 +81,22 @@ class Problem:
     """One thing wrong with an archive: a stable `code`, where it is and how bad it is.
 
     `offset` is a byte offset in the uncompressed tar stream (a member's header for member
-    problems). ``severity="warning"`` marks what does not stop a host's import.
+    problems). The severity is the code's, from `SEVERITY`: ``"warning"`` marks what does not
+    stop a host's import and does not make us doubt the data.
     """
 
     code: str
     message: str
     member: str | None = None
     offset: int | None = None
-    severity: Severity = "error"
+
+    @property
+    def severity(self) -> Severity:
+        return SEVERITY[self.code]
 
     @classmethod
-    def from_error(cls, exc: FormatError, severity: Severity = "error") -> Problem:
-        return cls(exc.code, exc.message, exc.member, exc.offset, severity)
+    def from_error(cls, exc: FormatError) -> Problem:
+        return cls(exc.code, exc.message, exc.member, exc.offset)
 
     def __str__(self) -> str:
         where = []
@@ -86,18 +108,68 @@ class Problem:
         return f"{self.severity}: {self.code}: {prefix}{self.message}"
 
 
-@dataclass(slots=True)
-class Chunk:
-    """One data member, placed: `data` belongs at byte `offset` of `disk`.
+def format_error(
+    code: str, message: str, *, member: str | None = None, offset: int | None = None
+) -> FormatError:
+    """The exception a strict reader raises for a problem.
 
-    `data` is a view into a reused buffer, valid until the next event is requested; copy it to
-    keep it. `archive_offset` is the offset of the member's header in the uncompressed tar.
+    `MetadataError` for ova.xml codes, `TruncatedError` for ``truncated``, else `FormatError`.
+    """
+    if code in METADATA_CODES:
+        return MetadataError(message, code=code, member=member, offset=offset)
+    if code == "truncated":
+        return TruncatedError(message, member=member, offset=offset)
+    return FormatError(message, code=code, member=member, offset=offset)
+
+
+@dataclass
+class ProblemLog:
+    """Where a reader sends every problem; the one place a verdict is made.
+
+    With ``strict=True`` an error-severity problem is raised (its `FormatError`) and warnings
+    are listed; otherwise everything is listed, up to `MAX_PROBLEMS_PER_CODE` per code, and the
+    rest counted in `omitted`. Identical problems are listed once.
     """
 
-    disk: DiskInfo
-    offset: int
-    data: memoryview
-    member: str
-    counter: int
-    archive_offset: int
-    checksum_kind: ChecksumKind
+    strict: bool
+    problems: list[Problem] = field(default_factory=list)
+    omitted: dict[str, int] = field(default_factory=dict)
+    _listed: dict[str, int] = field(default_factory=dict, repr=False)
+    _seen: set[Problem] = field(default_factory=set, repr=False)
+
+    def report(self, exc: FormatError) -> None:
+        """Judge one problem by its code: raise it (strict, error) or list it."""
+        severity = SEVERITY[exc.code]  # an unknown code is a bug: KeyError, loudly
+        if severity == "error" and self.strict:
+            raise exc
+        self.add(Problem.from_error(exc))
+
+    def problem(
+        self, code: str, message: str, *, member: str | None = None, offset: int | None = None
+    ) -> None:
+        """Report a problem found by a reader: `report` it, or only count it once saturated."""
+        if not self.saturated(code):
+            self.report(format_error(code, message, member=member, offset=offset))
+
+    def saturated(self, code: str) -> bool:
+        """True (and the problem counted) if `code` already has its share of listed problems.
+
+        Lets a reader skip building a problem that would only be counted: a hostile archive can
+        hold a million of one kind.
+        """
+        if self._listed.get(code, 0) < MAX_PROBLEMS_PER_CODE:
+            return False
+        self.omitted[code] = self.omitted.get(code, 0) + 1
+        return True
+
+    def add(self, problem: Problem) -> None:
+        """List a problem without judging it (a fatal error already ended the scan)."""
+        if problem in self._seen:
+            return
+        listed = self._listed.get(problem.code, 0)
+        if listed >= MAX_PROBLEMS_PER_CODE:
+            self.omitted[problem.code] = self.omitted.get(problem.code, 0) + 1
+            return
+        self._listed[problem.code] = listed + 1
+        self._seen.add(problem)
+        self.problems.append(problem)

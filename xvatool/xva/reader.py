@@ -1,9 +1,9 @@
 """The streaming XVA reader: ova.xml first, then every disk's chunks, placed by the host's rule.
 
 `XvaReader` reads any stream (file, pipe, HTTP body) strictly sequentially (style.md 6): it sniffs the
-compression (xva-format.md §4.2), requires `ova.xml` as the first member, parses it, and then
-`chunks()` yields the data members disk by disk in byte-wise id order, each placed where xapi's
-importer would write it (§3.4):
+compression (xva-format.md §4.2), requires `ova.xml` as the first member, parses it within its
+budgets and applies the importer's rules to it, and then `chunks()` yields the data members disk by
+disk in byte-wise id order, each placed where xapi's importer would write it (§3.4):
 
 - a chunk belongs to a disk when its name is ``<id>/<8 digits>``, matched on ``id + "/"``, so
   ``Ref:1`` never claims ``Ref:10/…``;
@@ -16,14 +16,19 @@ importer would write it (§3.4):
 - each data member is followed immediately by ``<data name>.checksum`` (SHA-1) or ``.xxhash``
   (XXH64), compared as exact strings (§3.3).
 
-Hashing runs off the main thread (hashlib and xxhash release the GIL): chunk N is handed to a worker
-while the main thread reads the next members into another of a few preallocated 1 MiB buffers, so
-memory stays flat. Results are checked in archive order, at most `HASH_LAG` chunks behind, and always
-before any later error is raised, so the first error reported is the earliest in the archive.
+After the last disk the host stops reading (§1.4). We read on, but only `TRAILING_DATA_BUDGET`
+bytes: trailing members and data are noted, and a compressed stream is read to its end so that its
+own checksum (gzip CRC32 and ISIZE, zstd content checksum) is checked: that is the only checksum
+ova.xml has.
 
-With ``problems=None`` the first real error raises a `FormatError`; with a list, every problem is
-appended as a `Problem` and the scan goes on as far as it can. The problem codes are listed in
-`xvatool.xva.problems`.
+Hashing runs off the main thread (`digests`), at most `HASH_LAG` chunks behind, and every digest is
+checked before any later error is raised, so the first error reported is the earliest in the
+archive.
+
+Every problem goes through one `ProblemLog` and is judged by its code alone (`problems.SEVERITY`,
+docs/problems.md): with ``problems=None`` the first error raises its `FormatError`; with a list,
+every problem is appended and the scan goes on as far as it can. A fatal problem (truncation,
+garbage, a budget exceeded) ends the scan in both modes. The verdict is the same either way.
 
 Example::
 
@@ -36,44 +41,58 @@ Example::
 from __future__ import annotations
 
 import re
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
 from typing import NoReturn
 
-from xvatool._types import ChecksumKind, Compression, Readable
-from xvatool.errors import (
-    ChecksumError,
-    FormatError,
-    MetadataError,
-    StreamStateError,
-    TruncatedError,
-    location_context,
-)
+from xvatool._types import ChecksumKind, Compression, Readable, SupportsRead
+from xvatool.errors import ChecksumError, FormatError, MetadataError, StreamStateError, location_context
 from xvatool.xva.checksum import kind_of_suffix, split_checksum_name
-from xvatool.xva.compression import open_decompressed
+from xvatool.xva.compression import is_stream_error, open_decompressed
 from xvatool.xva.digests import DigestPipeline
-from xvatool.xva.opening import open_archive
-from xvatool.xva.ovaxml import MAX_OVA_XML_SIZE, MAX_VIRTUAL_SIZE, DiskInfo, Metadata
-from xvatool.xva.problems import Chunk, Problem, Severity
+from xvatool.xva.ovaxml import MAX_VIRTUAL_SIZE, DiskInfo, Metadata
+from xvatool.xva.plan import read_plan
+from xvatool.xva.problems import Problem, ProblemLog, Severity, format_error
 from xvatool.xva.tarstream import BLOCK_SIZE, TarMember, TarReader
 
 __all__ = [
     "MAX_CHECKSUM_MEMBER_SIZE",
     "MAX_CHUNK_MEMBER_SIZE",
+    "TRAILING_DATA_BUDGET",
     "Chunk",
     "Problem",
     "Severity",
     "XvaReader",
-    "open_archive",
     "read_disk_stream",
 ]
 
 MAX_CHUNK_MEMBER_SIZE = 64 << 20
-"""Bytes. Data members are 1 MiB from every known writer; larger ones are refused to bound memory."""
+"""Bytes. Data members are 1 MiB from every known writer. A larger data member ends the scan at
+once, and so does any other member this large that would have to be skipped unread."""
 MAX_CHECKSUM_MEMBER_SIZE = 1024
 """Bytes. A digest is 40 or 16 characters; anything this large is not one."""
-OVA_XML_NAME = "ova.xml"
+TRAILING_DATA_BUDGET = 16 << 20
+"""Bytes of the (decompressed) tar stream read after the end of the last disk: trailing members,
+the end marker and anything after it. More is the ``trailing-data-too-large`` error."""
 _COUNTER = re.compile(r"[0-9]{8}")  # §3.1: "%08d"; not \d, which also matches non-ASCII digits
 _EMPTY = memoryview(b"")
+
+
+@dataclass(slots=True)
+class Chunk:
+    """One data member, placed: `data` belongs at byte `offset` of `disk`.
+
+    `data` is a view into a reused buffer, valid until the next event is requested; copy it to
+    keep it. `archive_offset` is the offset of the member's header in the uncompressed tar.
+    """
+
+    disk: DiskInfo
+    offset: int
+    data: memoryview
+    member: str
+    counter: int
+    archive_offset: int
+    checksum_kind: ChecksumKind
 
 
 def _split_data_name(name: str) -> tuple[str, str] | None:
@@ -82,24 +101,13 @@ def _split_data_name(name: str) -> tuple[str, str] | None:
     return (prefix, counter) if slash and prefix else None
 
 
-def _data_member_problem(member: TarMember, counter: str) -> tuple[str, str] | None:
-    """What is wrong with a data member's name or size by itself, if anything (§3.1)."""
-    if not _COUNTER.fullmatch(counter):
-        return "bad-chunk-name", f"chunk counter {counter!r} is not 8 decimal digits (§3.1)"
-    if member.size > MAX_CHUNK_MEMBER_SIZE:
-        return (
-            "chunk-too-large",
-            f"data member of {member.size} bytes is over the {MAX_CHUNK_MEMBER_SIZE}-byte limit",
-        )
-    return None
-
-
 class XvaReader:
     """Reads an XVA stream: `metadata` at once, then `chunks()`.
 
-    `stream` is anything with ``read(n)``; it is read sequentially and never closed here. `source`
-    names it in error messages. ``verify=False`` skips hashing (the checksum members are still
-    required and parsed). See the module docstring for `problems`.
+    `stream` is anything with ``readinto(buf)`` or ``read(n)``; it is read sequentially and never
+    closed here. `source` names it in error messages. ``verify=False`` skips hashing (the checksum
+    members are still required and parsed). See the module docstring for `problems`; `omitted`
+    counts, per code, the problems left out of that list (`problems.MAX_PROBLEMS_PER_CODE`).
 
     Example::
 
@@ -110,7 +118,7 @@ class XvaReader:
 
     def __init__(
         self,
-        stream: Readable,
+        stream: Readable | SupportsRead,
         *,
         source: str | None = None,
         verify: bool = True,
@@ -119,7 +127,7 @@ class XvaReader:
     ) -> None:
         self.source = source
         self.verify = verify
-        self.problems = problems
+        self._log = ProblemLog(strict=problems is None, problems=problems if problems is not None else [])
         self.compression: Compression = "none"
         self.checksum_kinds: set[ChecksumKind] = set()
         """Checksum kinds seen so far ("sha1" for `.checksum`, "xxhash" for `.xxhash`)."""
@@ -138,22 +146,22 @@ class XvaReader:
         try:
             with location_context(file=source):
                 if _disk is not None:
-                    _check_disk(_disk)
+                    if not 0 <= _disk.virtual_size <= MAX_VIRTUAL_SIZE:
+                        raise format_error("virtual-size-range", f"absurd disk size {_disk.virtual_size}")
                     self._disks, self._tar = [_disk], TarReader(stream)
                 else:
                     self.compression, tar_stream = open_decompressed(stream)
                     self._tar = TarReader(tar_stream)
-                    self._read_ova_xml(self._tar)
+                    plan = read_plan(self._tar, self._log, self.compression)
+                    self.ova_xml_member, self._metadata = plan.member, plan.metadata
+                    self._metadata_error, self._disks = plan.error, plan.disks
         except FormatError as exc:
-            if problems is None:
-                raise
-            self._fatal = True
-            problems.append(Problem.from_error(exc))
+            self._end_scan(exc)
 
     @classmethod
     def for_disk_stream(
         cls,
-        stream: Readable,
+        stream: Readable | SupportsRead,
         *,
         size: int,
         disk_id: str = "vdi",
@@ -191,60 +199,19 @@ class XvaReader:
         return list(self._disks or [])
 
     @property
+    def problems(self) -> list[Problem]:
+        """Every problem found so far (in strict mode: the warnings)."""
+        return self._log.problems
+
+    @property
+    def omitted(self) -> dict[str, int]:
+        """Per code, problems found beyond `problems.MAX_PROBLEMS_PER_CODE` and not listed."""
+        return self._log.omitted
+
+    @property
     def tar_end_seen(self) -> bool:
         """True once the end-of-archive marker (two zero blocks) was read."""
         return self._tar is not None and self._tar.end_seen
-
-    def _read_ova_xml(self, tar: TarReader) -> None:
-        try:
-            member = tar.next_member()
-        except FormatError as exc:
-            if exc.code == "tar-header" and exc.offset == 0 and self.compression == "none":
-                raise FormatError(
-                    "not an XVA archive: no gzip or zstd magic and no tar header at the start",
-                    code="not-an-archive",
-                    offset=0,
-                ) from exc
-            raise
-        if member is None:
-            raise FormatError("the archive is empty: it holds no tar member", code="empty-archive", offset=0)
-        if member.name != OVA_XML_NAME or member.kind != "file":
-            raise FormatError(
-                f"the first member is {member.name!r}, not ova.xml; the host rejects this (§4.2)",
-                code="ova-xml-not-first",
-                member=member.name,
-                offset=member.header_offset,
-            )
-        self.ova_xml_member = member
-        if member.extensions:
-            self._problem(
-                "ova-xml-extension-header",
-                f"{'/'.join(member.extensions)} extension header in front of ova.xml: "
-                "hosts before xapi v24.2 cannot import this (§1.3)",
-                at=member,
-                severity="warning",
-                raise_strict=False,
-            )
-        try:
-            if member.size > MAX_OVA_XML_SIZE:
-                raise MetadataError(
-                    f"ova.xml is {member.size} bytes, over the {MAX_OVA_XML_SIZE}-byte limit",
-                    code="ova-xml-too-large",
-                )
-            self._metadata = Metadata.from_bytes(tar.read_member(MAX_OVA_XML_SIZE))
-            self._disks = self._metadata.disks
-            for disk in self._disks:
-                _check_disk(disk)
-        except MetadataError as exc:
-            if exc.member is None:
-                exc.member = OVA_XML_NAME
-            if exc.offset is None:
-                exc.offset = member.header_offset
-            self._metadata, self._disks = None, None
-            if self.problems is None:
-                raise
-            self._metadata_error = exc
-            self.problems.append(Problem.from_error(exc))
 
     # -- problems ------------------------------------------------------------------------------
 
@@ -256,24 +223,26 @@ class XvaReader:
         at: TarMember | None = None,
         member: str | None = None,
         offset: int | None = None,
-        severity: Severity = "error",
-        raise_strict: bool = True,
     ) -> None:
-        """Record a problem, or in strict mode raise it (`raise_strict`) or let it pass.
+        """Judge a problem by its code (`ProblemLog.report`): an error raises in strict mode.
 
         `at` gives the member and offset of a member problem in one go.
         """
         if at is not None:
             member, offset = at.name, at.header_offset
-        if self.problems is not None:
-            self.problems.append(Problem(code, message, member, offset, severity))
-        elif raise_strict:
-            raise FormatError(message, code=code, member=member, offset=offset)
+        self._log.problem(code, message, member=member, offset=offset)
+
+    def _end_scan(self, exc: FormatError) -> None:
+        """A fatal problem: raise it (strict) or list it; either way nothing more is read."""
+        self._fatal = True
+        if self._log.strict:
+            raise exc
+        self._log.add(Problem.from_error(exc))
 
     # -- members -------------------------------------------------------------------------------
 
     def _peek(self) -> TarMember | None:
-        """The next file member, without taking it; directory entries are noted and passed over."""
+        """The next file member, without taking it; directory entries are reported and passed over."""
         if not self._have_lookahead:
             assert self._tar is not None
             while True:
@@ -285,7 +254,6 @@ class XvaReader:
                     f"directory entry {member.name + '/'!r}: the host's importer fails on it (§1.3)",
                     member=member.name + "/",
                     offset=member.header_offset,
-                    raise_strict=False,
                 )
             self._lookahead, self._have_lookahead = member, True
         return self._lookahead
@@ -296,19 +264,32 @@ class XvaReader:
         self._have_lookahead = False
         return member
 
+    def _take_unread(self) -> TarMember:
+        """Take a member whose data will be skipped; a huge one ends the scan instead of being read."""
+        member = self._take()
+        self._check_size(member, "member-too-large", "member where a chunk or checksum belongs")
+        return member
+
     def _skip_chunk(self) -> None:
         """Take the current data member and, if it follows, its checksum member, unread."""
-        name = self._take().name
+        name = self._take_unread().name
         following = self._peek()
         if following is not None and following.name.startswith(name + "."):
-            self._take()
+            self._take_unread()
+
+    def _stray(self, member: TarMember, where: str = "") -> None:
+        """Take and report a member that is no chunk of the disk being read."""
+        self._take_unread()
+        if split_checksum_name(member.name) is not None:
+            code, message = "orphan-checksum", "checksum member without its data member right before it"
+        else:
+            code, message = "unknown-member", "unexpected member" + where
+        self._problem(code, message, at=member)
 
     # -- chunk data ----------------------------------------------------------------------------
 
     def _on_mismatch(self, exc: ChecksumError) -> None:
-        if self.problems is None:
-            raise exc
-        self.problems.append(Problem.from_error(exc))
+        self._log.report(exc)
 
     def _read_chunk(self, member: TarMember) -> tuple[memoryview, ChecksumKind] | None:
         """Read a data member and its checksum member and schedule the verification.
@@ -327,7 +308,8 @@ class XvaReader:
             self._tar.readinto(view)
         following = self._peek()
         if following is None and not self._tar.end_seen:
-            raise TruncatedError(
+            raise format_error(
+                "truncated",
                 "the archive ends before this chunk's checksum member",
                 member=member.name,
                 offset=self._tar.position,
@@ -341,9 +323,9 @@ class XvaReader:
                 at=member,
             )
             return None
-        self._take()
         kind = kind_of_suffix(following.name[len(member.name) :])
         if kind is None or following.size > MAX_CHECKSUM_MEMBER_SIZE:
+            self._take_unread()
             digests.release(buffer)
             if kind is None:
                 code, message = (
@@ -354,6 +336,7 @@ class XvaReader:
                 code, message = "checksum-member-too-large", f"checksum member of {following.size} bytes"
             self._problem(code, message, at=following)
             return None
+        self._take()
         expected = self._tar.read(following.size)
         self.checksum_kinds.add(kind)
         digests.submit(member.name, member.header_offset, view, buffer, kind, expected)
@@ -365,8 +348,9 @@ class XvaReader:
         """Yield every data member of every disk, placed by the host's rule (module docstring).
 
         Can be iterated once. In strict mode the generator raises `FormatError` (`ChecksumError`
-        for a bad digest) at the first error; all digests of the chunks yielded so far are checked
-        before it finishes, so a consumer that ran to the end has verified data.
+        for a bad digest) at the first error; all digests of the chunks yielded so far, the rest
+        of the archive (within `TRAILING_DATA_BUDGET`) and the compressed stream's own checksum
+        are checked before it finishes, so a consumer that ran to the end has verified data.
         """
         if self._started:
             raise StreamStateError("XvaReader.chunks() can only be iterated once")
@@ -386,74 +370,76 @@ class XvaReader:
             except FormatError as exc:
                 if not isinstance(exc, ChecksumError):
                     digests.settle_all()  # earlier chunks first: their mismatch wins
-                if self.problems is None:
-                    raise
-                self._fatal = True
-                self.problems.append(Problem.from_error(exc))
+                self._end_scan(exc)
 
-    def _scan_disks(self, disks: list[DiskInfo]) -> Generator[Chunk, None, None]:
+    def _scan_disks(self, disks: list[DiskInfo]) -> Iterator[Chunk]:
+        # The common case (a chunk of the current disk, next counter, aligned, inside the disk) is
+        # tested inline: this loop runs once per MiB of disk. Anything else takes the slow path.
         index_of = {disk.id: i for i, disk in enumerate(disks)}
         first_len: int | None = None  # xapi's one variable for the whole import (§3.4)
         for i, disk in enumerate(disks):
-            offset, last = 0, "-1"
+            offset, last, last_number = 0, "-1", -1
+            size = disk.virtual_size
             own_first_len: int | None = None
             warned_first_len = False
-            while offset < disk.virtual_size:
+            while offset < size:
                 member = self._peek()
                 if member is None:
                     self._disk_incomplete(disk, offset)
-                split = _split_data_name(member.name)
-                if split_checksum_name(member.name) is not None or split is None or split[0] not in index_of:
+                name = member.name
+                prefix, slash, counter = name.rpartition("/")
+                owner = index_of.get(prefix) if slash else None
+                if owner is None or ("." in counter and split_checksum_name(name) is not None):
                     self._stray(member, f" while reading disk {disk.id} (the host fails on it)")
                     continue
-                prefix, counter = split
-                if index_of[prefix] > i:
+                if owner > i:
                     self._problem(
                         "missing-last-chunk",
-                        f"disk {disk.id} stops at byte {offset} of {disk.virtual_size}: "
+                        f"disk {disk.id} stops at byte {offset} of {size}: "
                         f"its last chunk is missing and disk {prefix} begins",
                         at=member,
                     )
                     break
-                problem = self._chunk_name_problem(disks, index_of[prefix], i, counter, last)
-                problem = problem or _data_member_problem(member, counter)
-                if problem is not None:
-                    self._problem(*problem, at=member)
-                    self._skip_chunk()
-                    continue
-                if first_len is None:
-                    first_len = member.size
+                if member.size > MAX_CHUNK_MEMBER_SIZE:
+                    self._check_size(member)
+                if owner != i or counter <= last or not _COUNTER.fullmatch(counter):
+                    problem = self._chunk_name_problem(disks, owner, i, counter, last)
+                    if problem is not None:
+                        self._problem(*problem, at=member)
+                        self._skip_chunk()
+                        continue
                 if own_first_len is None:
                     own_first_len = member.size
-                    if counter != "0" * 8:
+                    if first_len is None:
+                        first_len = member.size
+                    if counter != "00000000":
                         self._problem(
                             "missing-first-chunk",
                             f"the first chunk of disk {disk.id} has counter {counter}; writers must "
                             "always write counter 0 (§3.2)",
                             at=member,
-                            raise_strict=False,
                         )
-                gap = int(counter) - int(last) - 1
-                if gap > 0 and own_first_len != first_len and not warned_first_len:
+                assert first_len is not None
+                number = int(counter)
+                gap = number - last_number - 1
+                if gap and own_first_len != first_len and not warned_first_len:
                     warned_first_len = True
                     self._problem(
                         "global-first-len",
                         f"counter gap filled with {first_len}-byte blocks (the archive's first chunk), "
                         f"not this disk's {own_first_len} bytes, as xapi does (§3.4)",
                         at=member,
-                        severity="warning",
-                        raise_strict=False,
                     )
                 start = offset + gap * first_len
-                self._placement_problems(member, disk, start)
+                if member.size % BLOCK_SIZE or start + member.size > size:
+                    self._placement_problems(member, disk, start)
                 got = self._read_chunk(member)
-                offset, last = start + member.size, counter
+                offset, last, last_number = start + member.size, counter, number
                 if got is not None:
                     view, kind = got
-                    inside = max(0, min(len(view), disk.virtual_size - start))
-                    yield Chunk(
-                        disk, start, view[:inside], member.name, int(counter), member.header_offset, kind
-                    )
+                    if start + len(view) > size:
+                        view = view[: max(0, size - start)]
+                    yield Chunk(disk, start, view, name, number, member.header_offset, kind)
 
     @staticmethod
     def _chunk_name_problem(
@@ -462,19 +448,21 @@ class XvaReader:
         if owner < current:
             return "chunk-out-of-order", f"chunk of disk {disks[owner].id}, which was already complete"
         if not _COUNTER.fullmatch(counter):
-            return None  # `_data_member_problem` names it
+            return "bad-chunk-name", f"chunk counter {counter!r} is not 8 decimal digits (§3.1)"
         if counter <= last:
             return "counter-not-increasing", f"counter {counter} does not follow {last} (§3.4)"
         return None
 
-    def _stray(self, member: TarMember, where: str = "") -> None:
-        """Take and note a member that is no chunk of the disk being read."""
-        self._take()
-        if split_checksum_name(member.name) is not None:
-            code, message = "orphan-checksum", "checksum member without its data member right before it"
-        else:
-            code, message = "unknown-member", "unexpected member" + where
-        self._problem(code, message, at=member, raise_strict=self._disk_stream)
+    @staticmethod
+    def _check_size(member: TarMember, code: str = "chunk-too-large", what: str = "data member") -> None:
+        """An oversized member ends the scan at once: reading or skipping it is unbounded work."""
+        if member.size > MAX_CHUNK_MEMBER_SIZE:
+            raise format_error(
+                code,
+                f"{what} of {member.size} bytes is over the {MAX_CHUNK_MEMBER_SIZE}-byte limit; not read",
+                member=member.name,
+                offset=member.header_offset,
+            )
 
     def _check_aligned(self, member: TarMember) -> None:
         if member.size % BLOCK_SIZE:
@@ -483,7 +471,6 @@ class XvaReader:
                 f"data member of {member.size} bytes, not a multiple of 512: the host reads the "
                 "checksum header inside the padding and fails (§3.4)",
                 at=member,
-                raise_strict=False,
             )
 
     def _placement_problems(self, member: TarMember, disk: DiskInfo, start: int) -> None:
@@ -500,72 +487,105 @@ class XvaReader:
         assert self._tar is not None
         message = f"archive ends at byte {offset} of disk {disk.id} (virtual_size {disk.virtual_size})"
         if self._tar.end_seen:
-            raise FormatError(
-                message + ": its last chunk is missing", code="missing-last-chunk", offset=self._tar.position
+            raise format_error(
+                "missing-last-chunk", message + ": its last chunk is missing", offset=self._tar.position
             )
-        raise TruncatedError(message + " without an end-of-archive marker", offset=self._tar.position)
+        raise format_error(
+            "truncated", message + " without an end-of-archive marker", offset=self._tar.position
+        )
 
     def _scan_unplanned(self) -> None:
         """Without usable metadata: still check every member's structure and digest."""
         while (member := self._peek()) is not None:
             split = _split_data_name(member.name)
-            problem = _data_member_problem(member, split[1]) if split is not None else None
             if split_checksum_name(member.name) is not None or split is None:
                 self._stray(member)
-            elif problem is not None:
-                self._problem(*problem, at=member)
+                continue
+            self._check_size(member)
+            if not _COUNTER.fullmatch(split[1]):
+                self._problem("bad-chunk-name", f"chunk counter {split[1]!r} is not 8 decimal digits (§3.1)",
+                              at=member)  # fmt: skip
                 self._skip_chunk()
             else:
                 self._check_aligned(member)
                 self._read_chunk(member)
 
+    # -- after the last disk -------------------------------------------------------------------
+
     def _scan_trailer(self) -> None:
-        """After the last disk the host stops reading (§1.4): note what follows, never fail on it."""
-        if self._disks is None:
-            if self.problems is not None and self._tar is not None and not self._tar.end_seen:
-                self._note_no_end()
-            return
+        """After the last disk the host stops reading (§1.4); we read on within a budget.
+
+        Trailing members, unreadable trailing data and non-zero bytes after the end marker are
+        warnings (zeros are tar record padding). Then the stream is read to its end, so that a
+        decompressor checks its trailer; more than `TRAILING_DATA_BUDGET` bytes after the last
+        disk is an error.
+        """
+        assert self._tar is not None
+        tar = self._tar
         if self._disk_stream:
             self._end_of_disk_stream()
             return
-        try:
-            first = self._peek()
-            count = 0
-            while self._peek() is not None:
-                self._take()
-                count += 1
-        except FormatError as exc:
+        start = tar.position
+        readable = self._trailing_members(start) if self._disks is not None else True
+        if readable and not tar.end_seen:
+            self._problem(
+                "missing-end-of-archive", "the archive does not end with two zero blocks (§1.4)",
+                offset=tar.position,
+            )  # fmt: skip
+        used = tar.position - start
+        extra, nonzero = tar.read_raw(TRAILING_DATA_BUDGET - used)
+        if used + extra > TRAILING_DATA_BUDGET:
+            self._trailing_too_large(start)
+        if nonzero and readable:
             self._problem(
                 "trailing-data",
-                f"unreadable data after the last disk is ignored: {exc.message}",
-                member=None,
-                offset=exc.offset,
-                severity="warning",
-                raise_strict=False,
+                f"{extra} bytes after the end of the archive; the host never reads them (§1.4)",
+                offset=tar.position - extra,
             )
-            return
+
+    def _trailing_members(self, start: int) -> bool:
+        """Take the members after the last disk, unread; report them (and unreadable data) once.
+
+        Whatever they are (directory entries included), the host never reads them: together
+        they are one ``trailing-member`` warning. Returns False if the trailer could not be read
+        as tar members (``trailing-data``).
+        """
+        assert self._tar is not None
+        first: TarMember | None = self._lookahead if self._have_lookahead else None
+        self._have_lookahead = False
+        count = int(first is not None)
+        error: FormatError | None = None
+        try:
+            while (member := self._tar.next_member()) is not None:
+                if member.data_offset + member.size - start > TRAILING_DATA_BUDGET:
+                    self._trailing_too_large(start)
+                first = first or member
+                count += 1
+        except FormatError as exc:
+            if is_stream_error(exc) or exc.code == "trailing-data-too-large":
+                raise  # the compressed stream itself is bad, or the budget is spent
+            error = exc
         if first is not None:
             self._problem(
                 "trailing-member",
                 f"{count} member(s) after the last disk; the host never reads them (§1.4)",
                 member=first.name,
                 offset=first.header_offset,
-                severity="warning",
-                raise_strict=False,
             )
-        self._note_no_end()
+        if error is None:
+            return True
+        self._problem(
+            "trailing-data", f"unreadable data after the last disk is ignored: {error.message}",
+            offset=error.offset,
+        )  # fmt: skip
+        return False
 
-    def _note_no_end(self) -> None:
-        assert self._tar is not None
-        if not self._tar.end_seen:
-            self._problem(
-                "missing-end-of-archive",
-                "the archive does not end with two zero blocks (§1.4)",
-                member=None,
-                offset=self._tar.position,
-                severity="warning",
-                raise_strict=False,
-            )
+    def _trailing_too_large(self, start: int) -> NoReturn:
+        raise format_error(
+            "trailing-data-too-large",
+            f"more than {TRAILING_DATA_BUDGET} bytes after the last disk; not read further",
+            offset=start,
+        )
 
     def _end_of_disk_stream(self) -> None:
         """A `vdi/` stream is the disk and its end marker, nothing else (§3.5, §1.4)."""
@@ -574,13 +594,14 @@ class XvaReader:
         if member is not None:
             self._problem("unknown-member", "member after the end of the disk stream", at=member)
         elif not self._tar.end_seen:
-            raise TruncatedError(
-                "the disk stream ends without the end-of-archive marker (§1.4)", offset=self._tar.position
-            )
+            raise format_error(
+                "truncated", "the disk stream ends without the end-of-archive marker (§1.4)",
+                offset=self._tar.position,
+            )  # fmt: skip
 
 
 def read_disk_stream(
-    stream: Readable, *, size: int, source: str, disk_id: str = "vdi", verify: bool = True
+    stream: Readable | SupportsRead, *, size: int, source: str, disk_id: str = "vdi", verify: bool = True
 ) -> int:
     """Read and verify one disk's tar stream (§3.5, `XvaReader.for_disk_stream`); return its size.
 
@@ -591,13 +612,3 @@ def read_disk_stream(
     for _chunk in reader.chunks():
         pass
     return size
-
-
-def _check_disk(disk: DiskInfo) -> None:
-    """Refuse disk records the chunk logic cannot follow safely (§2.4, §3.1)."""
-    if not disk.id or "/" in disk.id:
-        raise MetadataError(f"VDI id {disk.id!r} cannot name a tar directory", code="bad-id")
-    if not 0 <= disk.virtual_size <= MAX_VIRTUAL_SIZE:
-        raise MetadataError(
-            f"VDI {disk.id} has an absurd virtual_size {disk.virtual_size}", code="virtual-size-range"
-        )

@@ -13,6 +13,7 @@ strings, as they are in files, so a built document equals itself after a write a
 from __future__ import annotations
 
 import datetime
+import importlib.metadata
 import uuid as uuid_module
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ SR_NAME = "Local storage"
 DEFAULT_MTU = 1500
 """Bytes."""
 _MIN_ID_WIDTH = 3
+_PRODUCT_VERSION = importlib.metadata.version("xvatool")
+"""The version record names the writer: xvatool's installed version (one source: pyproject.toml)."""
 
 
 @dataclass(frozen=True)
@@ -63,15 +66,13 @@ def _io_fields() -> dict[str, Value]:
 
 
 def _version(xapi_version: tuple[int, int]) -> dict[str, Value]:
-    from xvatool import __version__
-
     now = datetime.datetime.now(datetime.UTC)
     return {
         "hostname": "localhost",
         "date": now.strftime("%Y%m%dT%H:%M:%SZ"),  # xapi's own date format (§2.3)
-        "product_version": __version__,
+        "product_version": _PRODUCT_VERSION,
         "product_brand": "xvatool",
-        "build_number": __version__,
+        "build_number": _PRODUCT_VERSION,
         "xapi_major": str(xapi_version[0]),
         "xapi_minor": str(xapi_version[1]),
         "export_vsn": "2",

@@ -18,10 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from xvatool._types import Compression, Readable
+from xvatool._types import Compression, Readable, SupportsRead
 from xvatool.errors import FormatError
-from xvatool.xva.ovaxml import WARNING_CODES, DiskInfo, NetworkInfo, Value, VmInfo
-from xvatool.xva.reader import Chunk, Problem, Severity, XvaReader, open_archive
+from xvatool.xva.opening import open_archive
+from xvatool.xva.ovaxml import DiskInfo, NetworkInfo, Value, VmInfo
+from xvatool.xva.problems import SEVERITY, Problem
+from xvatool.xva.reader import Chunk, XvaReader
 
 __all__ = [
     "ArchiveInfo",
@@ -69,10 +71,12 @@ class Report:
     """"sha1", "xxhash", "mixed" or None (no checksum member seen)."""
     disks: list[DiskReport] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    omitted: dict[str, int] = field(default_factory=dict)
+    """Per code, problems found but not listed (`problems.MAX_PROBLEMS_PER_CODE` are listed)."""
 
     @property
     def valid(self) -> bool:
-        return not any(p.severity == "error" for p in self.problems)
+        return not self.errors and not any(SEVERITY[code] == "error" for code in self.omitted)
 
     @property
     def errors(self) -> list[Problem]:
@@ -96,6 +100,7 @@ class Report:
                 }
                 for p in self.problems
             ],
+            "omitted": dict(sorted(self.omitted.items())),
         }
 
 
@@ -106,13 +111,8 @@ def _checksum_summary(reader: XvaReader) -> str | None:
     return next(iter(kinds), None)
 
 
-def _scan(reader: XvaReader, problems: list[Problem], progress: ProgressCallback | None) -> list[DiskReport]:
+def _scan(reader: XvaReader, progress: ProgressCallback | None) -> list[DiskReport]:
     disks = {d.id: DiskReport(d.id, d.vdi_uuid, d.virtual_size) for d in reader.disks}
-    if reader.has_metadata and reader.ova_xml_member is not None:
-        offset = reader.ova_xml_member.header_offset
-        for code, message in reader.metadata.check():
-            severity: Severity = "warning" if code in WARNING_CODES else "error"
-            problems.append(Problem(code, message, "ova.xml", offset, severity))
     tracker = ProgressTracker(reader.disks, progress)
     for chunk in reader.chunks():
         entry = disks[chunk.disk.id]
@@ -144,7 +144,7 @@ class ProgressTracker:
 
 
 def validate_archive(
-    archive: Readable | str | os.PathLike[str],
+    archive: Readable | SupportsRead | str | os.PathLike[str],
     *,
     source: str | None = None,
     progress: ProgressCallback | None = None,
@@ -164,11 +164,12 @@ def validate_archive(
     """
     problems: list[Problem] = []
     with open_archive(archive, source=source, problems=problems) as reader:
-        disks = _scan(reader, problems, progress)
+        disks = _scan(reader, progress)
         # Later chunk problems may be found while earlier digests are still computing: sort by
         # place in the archive (stable, so ova.xml rules stay in check() order).
         problems.sort(key=lambda p: -1 if p.offset is None else p.offset)
-        return Report(reader.source, reader.compression, _checksum_summary(reader), disks, problems)
+        summary = _checksum_summary(reader)
+        return Report(reader.source, reader.compression, summary, disks, problems, dict(reader.omitted))
 
 
 @dataclass
@@ -201,7 +202,9 @@ def _plain(value: Value) -> Any:
     return value
 
 
-def inspect_archive(archive: Readable | str | os.PathLike[str], *, source: str | None = None) -> ArchiveInfo:
+def inspect_archive(
+    archive: Readable | SupportsRead | str | os.PathLike[str], *, source: str | None = None
+) -> ArchiveInfo:
     """Describe an archive from its ova.xml and first checksum member, without reading it all.
 
     Raises `FormatError` (`MetadataError` for a bad ova.xml) when that much cannot be read.

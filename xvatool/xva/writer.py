@@ -29,18 +29,14 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from xvatool._types import ChecksumKind, Compression, Writable
 from xvatool.errors import LocalIOError, UsageError
 from xvatool.xva.checksum import SUFFIX_OF_KIND, hexdigest
 from xvatool.xva.compression import CompressingWriter
-from xvatool.xva.disk import CHUNK_SIZE, ZERO_CHUNK
+from xvatool.xva.disk import CHUNK_SIZE, ZERO_CHUNK, BlockSource
+from xvatool.xva.ovaxml import Metadata
 from xvatool.xva.tarstream import BLOCK_SIZE, END_OF_ARCHIVE, padding, v7_header
-
-if TYPE_CHECKING:
-    from xvatool.xva.disk import BlockSource
-    from xvatool.xva.ovaxml import Metadata
 
 __all__ = [
     "KEEPALIVE_S",
