@@ -193,8 +193,9 @@ def test_extra_connections_over_the_host_limit_are_given_up(disk, caplog):
             NbdReader(target(server.port), allow_plain=True, connections=4, retry=QUICK) as reader,
         ):
             assert b"".join(bytes(p) for _, p in reader.read_ranges([(0, reader.size)])) == data
+            # the refused workers may still be retrying when a small read is done: wait for their verdict
+            wait_until(lambda: "giving up NBD connection" in caplog.text)
             assert reader.stats.connections == 2
-    assert "giving up NBD connection" in caplog.text
 
 
 def test_memory_stays_within_the_window(tmp_path):
