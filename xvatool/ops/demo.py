@@ -190,9 +190,12 @@ def _repository_nights(
         result = backup_to_repository(session_factory, Selection(vms=(vm_uuid,)), repo).results[0]
         if result.status != "ok":
             raise XvatoolError(f"repository backup failed: {result.error}")
-        snapshot = (result.snapshot or "")[:8]
-        say(f"   {night} backup: snapshot {snapshot}, {human_size(result.data_bytes)} of data, "
-            f"{human_size(result.new_bytes)} stored")  # fmt: skip
+        stored = repo.load_snapshot(result.snapshot or "")
+        chunks = sum(d.chunks for d in stored.disks)
+        new = sum(d.new_chunks for d in stored.disks)
+        say(f"   {night} backup: snapshot {stored.short_id}, {chunks} data chunks "
+            f"({human_size(result.data_bytes)}), {new} of them new; "
+            f"{human_size(result.new_bytes)} added to the repository (compressed)")  # fmt: skip
 
 
 def _device_key(userdevice: str | None) -> tuple[int, str]:
