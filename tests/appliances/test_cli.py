@@ -23,18 +23,22 @@ def _host(host: RunningHost, tmp_path: Path, name: str) -> list[str]:
 
 
 def _run(args: list[str], code: int = 0, **env: str) -> str:
+    """Standard output of a success; everything (the error line) of a failure."""
     result = CliRunner().invoke(main, args, env=env or None)
     assert result.exit_code == code, result.output
     assert "Traceback" not in result.output
-    return result.output
+    return result.stdout if code == 0 else result.output
 
 
 def test_appliance_list_text_and_json(source, tmp_path):
     host = _host(source, tmp_path, "src")
-    text = _run(["appliance", "list", *host])
-    assert "demo-app" in text and "order 0" in text and "demo-app private (private)" in text
+    text = _run(["appliance", "list", *host]).splitlines()
+    assert text[0].startswith("demo-app (") and text[0].endswith("2 VMs; Seeded by xvatool serve --demo")
+    assert text[1].split() == ["ORDER", "VM", "POWER", "START", "DELAY", "SHUTDOWN", "DELAY"]
+    assert text[2].split() == ["0", "demo-app-db", "Halted", "2", "s", "0", "s"]
+    assert text[4].strip() == "networks: Pool-wide network associated with eth0, demo-app private (private)"
     (app,) = json.loads(_run(["appliance", "list", *host, "--json"]))
-    assert [(m["name"], m["order"], m["start_delay"], m["shutdown_delay"]) for m in app["members"]] == [
+    assert [(m["name"], m["order"], m["start_delay_s"], m["shutdown_delay_s"]) for m in app["vms"]] == [
         ("demo-app-db", 0, 2, 0),
         ("demo-app-web", 1, 0, 1),
     ]
@@ -45,8 +49,8 @@ def test_backup_restore_and_migrate_an_appliance(source, target, tmp_path):
     report = json.loads(
         _run(["backup", *src, "--appliance", "demo-app", "--dest", str(tmp_path / "bk"), "--json"])
     )
-    folder = report["folder"]
-    assert [m["vm_name"] for m in report["members"]] == ["demo-app-db", "demo-app-web"]
+    folder = report["path"]
+    assert [m["vm"]["name"] for m in report["backups"]] == ["demo-app-db", "demo-app-web"]
     uuid = _run(["restore", *dst, folder]).strip()
     app = appliance_on(target)
     assert app["uuid"] == uuid and order_and_delays(app) == SOURCE_ORDER

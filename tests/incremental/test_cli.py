@@ -32,8 +32,8 @@ def test_backup_repo_cbt_then_incremental(env: Env, monkeypatch: pytest.MonkeyPa
     env.set_purpose("nbd")
     first = _backup(env, monkeypatch, vm, "--cbt")
     assert first.exit_code == 0, first.output
-    (report,) = json.loads(first.output)["results"]
-    assert report["disks"][0]["method"] == "full" and report["kept_on_host"] == "metadata"
+    (report,) = json.loads(first.stdout)["results"]
+    assert report["disks"][0]["method"] == "full" and report["vm_snapshot"]["kept_on_host"] == "metadata"
     env.write(vm, 0, (3 * MIB, b"z" * 4096))
     second = _backup(env, monkeypatch, vm, "--nbd-connections", "2", as_json=False)
     assert second.exit_code == 0, second.output
