@@ -333,3 +333,40 @@ def test_a_repository_backup_reports_a_missing_vm_as_a_failed_item(host, tmp_pat
     assert report.exit_code == 3
     assert [(r.vm_name, r.status) for r in report.results] == [("absent", "failed"), ("present", "ok")]
     assert report.to_json()["results"][0]["error"]["code"] == "usage"
+
+
+def test_a_repository_backup_of_a_running_vm_describes_the_vm_not_its_snapshot(host, second_host, tmp_path):
+    # Regression (issue 12 bug 3): the repository snapshot's ova.xml carried the host snapshot's VM
+    # uuid and VDI uuids, so `repo extract` names and --restore-identity gave back the snapshot.
+    from xvatool.ops.repo_backup import backup_to_repository
+    from xvatool.ops.repo_restore import restore_from_repository
+    from xvatool.repo.reading import extract_snapshot, snapshot_metadata
+    from xvatool.repo.repository import init_repository
+
+    vm = host.add_vm("live", (2 * MIB, MIB), seed=6)
+    with host.session() as session:
+        ref = session.call("VM.get_by_uuid", vm.uuid)
+        vdi_uuids = sorted(d.uuid for d in vm_disks(session, ref))
+        session.call("VM.start", ref, False, False)
+    repo = init_repository(tmp_path / "repo")
+    try:
+        report = backup_to_repository(host.session, Selection(vms=("live",)), repo)
+        (result,) = report.results
+        assert result.status == "ok", result.error
+        snapshot = repo.find_snapshot(result.snapshot or "")
+        metadata = snapshot_metadata(repo, snapshot)
+        assert (metadata.vm.uuid, metadata.vm.name_label) == (vm.uuid, "live")
+        assert sorted(d.vdi_uuid for d in metadata.disks) == vdi_uuids
+        assert sorted(d.vdi_uuid for d in snapshot.disks) == vdi_uuids
+        assert sorted(d["vdi_uuid"] for d in result.to_json()["disks"]) == vdi_uuids
+        host_snapshot = snapshot.source["host_snapshot"]
+        assert result.to_json()["vm_snapshot"] == {"uuid": host_snapshot, "kept_on_host": "nothing"}
+        read_from = {d.source["host_vdi"] for d in snapshot.disks}  # the host snapshot's disks
+        assert host_snapshot != vm.uuid and read_from.isdisjoint(vdi_uuids)
+        extracted = extract_snapshot(repo, snapshot, tmp_path / "disks")
+        assert sorted(p.name for p in extracted) == sorted(f"{u}.raw" for u in vdi_uuids)
+        with second_host.session() as target:
+            restored = restore_from_repository(target, repo, snapshot.id, restore_identity=True)
+            assert restored.vm_uuid == vm.uuid  # the VM's identity, on a pool that has not seen it
+    finally:
+        repo.close()
