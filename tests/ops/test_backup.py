@@ -370,3 +370,36 @@ def test_a_repository_backup_of_a_running_vm_describes_the_vm_not_its_snapshot(h
             assert restored.vm_uuid == vm.uuid  # the VM's identity, on a pool that has not seen it
     finally:
         repo.close()
+
+
+def test_ctrl_c_stops_every_job_of_a_parallel_repository_backup_promptly(host, tmp_path):
+    # Regression (issue 12 bug 2, for --repo): with --jobs 2 Ctrl-C waited for both VMs to be read
+    # and committed. Now both stop part way, nothing is committed and the host snapshots are gone.
+    from xvatool.ops.repo_backup import backup_to_repository
+    from xvatool.repo.repository import init_repository
+
+    for name, seed in (("first", 1), ("second", 2)):
+        host.add_vm(name, (24 * MIB,), seed=seed, full=True)
+    started: set[str] = set()
+    interrupted: list[bool] = []
+
+    def ctrl_c_once_both_run(label: str, done: int) -> None:
+        started.add(label.split()[0])
+        if started == {"first", "second"} and not interrupted:
+            interrupted.append(True)
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # as a terminal does
+
+    bars = RecordingProgress(on_update=ctrl_c_once_both_run)
+    repo = init_repository(tmp_path / "repo")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            selection = Selection(vms=("first", "second"))
+            backup_to_repository(host.session, selection, repo, jobs=2, progress=bars)
+        assert interrupted
+        assert all(bars.counts[label] < (bars.totals[label] or 0) for label in bars.counts), bars.counts
+        assert repo.snapshots() == []  # nothing committed for an interrupted VM
+    finally:
+        repo.close()
+    with host.session() as session:
+        assert not [r for r in session.call("VM.get_all_records").values() if r["is_a_snapshot"]]
+        assert not [r for r in session.call("VDI.get_all_records").values() if r["is_a_snapshot"]]
