@@ -81,6 +81,41 @@ def test_export_an_appliance_and_import_it_elsewhere(source, target, tmp_path):
     assert len(uuids.split()) == 1
 
 
+def test_quiet_prints_only_what_was_asked_and_notes_go_to_stderr(source, target, tmp_path):
+    src, dst = _host(source, tmp_path, "src"), _host(target, tmp_path, "dst")
+    long_name = "demo-app-web-with-a-name-longer-than-any-column-would-allow"
+    source.host.state.update("VM", source.host.vm("demo-app-web"), name_label=long_name)
+    source.host.set_power_state(source.host.vm(long_name), "Running")
+    assert long_name in _run(["appliance", "list", *src])  # never cut short
+
+    def run(*args: str, **env: str):
+        result = CliRunner().invoke(main, list(args), env=env or None)
+        assert result.exit_code == 0, result.output
+        return result
+
+    ova, bk = str(tmp_path / "app.ova"), str(tmp_path / "bk")
+    loud = run("export", *src, "--appliance", "demo-app", "-o", ova)
+    assert loud.stdout.startswith(f"wrote {ova}: appliance 'demo-app': ")
+    said = f"xvatool: note: {long_name} is running: reading it through a temporary snapshot"
+    assert loud.stderr == f"{said}, taken with the others\n"
+    quiet = [
+        run("export", *src, "--appliance", "demo-app", "-o", str(tmp_path / "q.ova"), "-q"),
+        run("backup", *src, "--appliance", "demo-app", "--dest", bk, "--keep", "1", "-q"),
+        run("backup", *src, "--appliance", "demo-app", "--dest", bk, "--keep", "1", "-q"),  # prunes one
+    ]
+    assert [(r.stdout, r.stderr) for r in quiet] == [("", "")] * 3
+    (run_folder,) = (tmp_path / "bk").glob("*/2*")
+    imported = run("import", *dst, ova, "-q")
+    assert len(imported.stdout.split()) == 2 and imported.stderr == ""  # the uuids: what was asked for
+    restored = run("restore", *dst, str(run_folder), "-q")
+    assert len(restored.stdout.split()) == 1 and restored.stderr == ""
+    for ref in target.host.state.refs("VM_appliance"):
+        target.host.state.update("VM_appliance", ref, name_label=f"copy {ref[-4:]}")
+    moved = run("migrate", *src, "--appliance", "demo-app", "--to", target.url, "-q",
+                XVATOOL_TO_PASSWORD=target.password)  # fmt: skip
+    assert len(moved.stdout.split()) == 1 and moved.stderr == ""
+
+
 @pytest.mark.parametrize(
     ("command", "rest", "message"),
     [

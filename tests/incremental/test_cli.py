@@ -52,6 +52,7 @@ def test_broken_chain_notice_and_option_errors(env: Env, monkeypatch: pytest.Mon
     result = _backup(env, monkeypatch, vm, as_json=False)
     assert result.exit_code == 0
     assert f"note: notice disk 0: the disk was resized ({4 * MIB} -> {5 * MIB} bytes)" in result.stderr
+    assert result.stderr.count("the disk was resized") == 1  # said once, not again under the table
     bad = _backup(env, monkeypatch, vm, "--snapshots", "sometimes")
     assert bad.exit_code == 2
     args = ["backup", "--host", env.sim.url, "--vm", vm, "--dest", str(env.work / "d"), "--cbt"]

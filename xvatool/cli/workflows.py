@@ -386,7 +386,7 @@ def migrate_command(
     if (vm is None) == (appliance is None):
         raise UsageError("name the VM to migrate, or --appliance NAME (not both)")
     if to_insecure:
-        warn(INSECURE_WARNING.replace("--insecure", "--to-insecure").removeprefix("xvatool: warning: "))
+        warn(INSECURE_WARNING.replace("--insecure", "--to-insecure"))
     target = _target(to_url, to_user, to_password_file, to_fingerprint, to_ca_bundle, to_insecure,
                      connect.timeout_s)  # fmt: skip
     target.password  # noqa: B018  # asked for (prompted) before the source is touched

@@ -264,8 +264,9 @@ def consistent_sources(
                 export_source(session, member.vm_ref(), snapshot=snapshot, retry=retry)
             )
             if source.uuid != member.uuid:
-                _log.log(NOTE, "%s is %s: reading it through a temporary snapshot, taken with the others",
-                         member.name_label, member.power_state.lower())  # fmt: skip
+                together = ", taken with the others" if len(members) > 1 else ""
+                _log.log(NOTE, "%s is %s: reading it through a temporary snapshot%s", member.name_label,
+                         member.power_state.lower(), together)  # fmt: skip
             sources.append(source)
         yield sources
 
