@@ -263,6 +263,16 @@ def test_unwritable_dest_fails_before_any_export(host, tmp_path):
         assert not [r for r in session.call("VM.get_all_records").values() if r["is_a_snapshot"]]
 
 
+def _running_vm(host, *, seed: int):
+    """A started VM "live" with two disks; (the VM, its disks' VDI uuids sorted)."""
+    vm = host.add_vm("live", (2 * MIB, MIB), seed=seed)
+    with host.session() as session:
+        ref = session.call("VM.get_by_uuid", vm.uuid)
+        vdi_uuids = sorted(d.uuid for d in vm_disks(session, ref))
+        session.call("VM.start", ref, False, False)
+    return vm, vdi_uuids
+
+
 def test_backup_of_a_running_vm_describes_the_vm_not_its_snapshot(host, second_host, tmp_path):
     # Regression: the archive, the manifest, extract's file names and --restore-identity all
     # carried the temporary snapshot's VM and VDI uuids.
@@ -270,11 +280,7 @@ def test_backup_of_a_running_vm_describes_the_vm_not_its_snapshot(host, second_h
     from xvatool.xva.extract import extract_disks
     from xvatool.xva.reader import open_archive
 
-    vm = host.add_vm("live", (2 * MIB, MIB), seed=3)
-    with host.session() as session:
-        ref = session.call("VM.get_by_uuid", vm.uuid)
-        vdi_uuids = sorted(d.uuid for d in vm_disks(session, ref))
-        session.call("VM.start", ref, False, False)
+    vm, vdi_uuids = _running_vm(host, seed=3)
     for mode, compression in (("stream", "zstd"), ("parallel", "none")):
         report = backup(host.session, Selection(vms=("live",)), tmp_path / mode, mode=mode,
                         compression=compression)  # fmt: skip
@@ -343,11 +349,7 @@ def test_a_repository_backup_of_a_running_vm_describes_the_vm_not_its_snapshot(h
     from xvatool.repo.reading import extract_snapshot, snapshot_metadata
     from xvatool.repo.repository import init_repository
 
-    vm = host.add_vm("live", (2 * MIB, MIB), seed=6)
-    with host.session() as session:
-        ref = session.call("VM.get_by_uuid", vm.uuid)
-        vdi_uuids = sorted(d.uuid for d in vm_disks(session, ref))
-        session.call("VM.start", ref, False, False)
+    vm, vdi_uuids = _running_vm(host, seed=6)
     repo = init_repository(tmp_path / "repo")
     try:
         report = backup_to_repository(host.session, Selection(vms=("live",)), repo)
