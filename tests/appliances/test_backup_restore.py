@@ -80,6 +80,35 @@ def test_a_member_restores_alone_from_its_own_manifest(source, target, tmp_path)
     assert member_digests(target, ("demo-app-web",)) == member_digests(source, ("demo-app-web",))
 
 
+@pytest.mark.parametrize("mode", ["stream", "parallel"])
+def test_running_members_are_described_as_themselves_not_their_snapshots(source, target, tmp_path, mode):
+    # Regression (issue 12 bug 3): members exported from the snapshots taken together carried the
+    # snapshots' VM and VDI uuids in the archive and the manifest; --restore-identity gave those back.
+    from xvatool.ops.manifest import load_manifest, manifest_path_for
+    from xvatool.xva.reader import open_archive
+
+    state = source.host.state
+    web = source.host.vm("demo-app-web")
+    web_uuid = state.field("VM", web, "uuid")
+    web_disks = sorted(state.field("VDI", v, "uuid") for v in source.host.vdis_of(web))
+    with session_of(source) as s:
+        s.call("VM.start", web, False, False)
+        result = backup_appliance(s, "demo-app", tmp_path / "bk", mode=mode)
+    member = next(m for m in result.members if m.vm_name == "demo-app-web")
+    archive = result.folder / member.archive
+    manifest = load_manifest(manifest_path_for(archive))
+    assert manifest.vm_uuid == web_uuid and manifest.snapshot
+    assert manifest.snapshot_uuid not in (None, web_uuid)
+    assert sorted(d.vdi_uuid for d in manifest.disks) == web_disks
+    with open_archive(archive) as reader:
+        assert (reader.metadata.vm.uuid, reader.metadata.vm.name_label) == (web_uuid, "demo-app-web")
+        assert sorted(d.vdi_uuid for d in reader.metadata.disks) == web_disks
+    with session_of(target) as t:
+        restored = restore_appliance(t, result.folder, restore_identity=True)
+    assert restored.vms["demo-app-web"] == web_uuid  # the VM's identity, on a pool that has not seen it
+    assert member_digests(target) == member_digests(source)
+
+
 def test_a_failing_member_leaves_no_backup(source, tmp_path):
     dest = tmp_path / "bk"
     progress = ArmFault(source, "export:drop-after=64KiB", after="demo-app-db")

@@ -23,18 +23,22 @@ def _host(host: RunningHost, tmp_path: Path, name: str) -> list[str]:
 
 
 def _run(args: list[str], code: int = 0, **env: str) -> str:
+    """Standard output of a success; everything (the error line) of a failure."""
     result = CliRunner().invoke(main, args, env=env or None)
     assert result.exit_code == code, result.output
     assert "Traceback" not in result.output
-    return result.output
+    return result.stdout if code == 0 else result.output
 
 
 def test_appliance_list_text_and_json(source, tmp_path):
     host = _host(source, tmp_path, "src")
-    text = _run(["appliance", "list", *host])
-    assert "demo-app" in text and "order 0" in text and "demo-app private (private)" in text
+    text = _run(["appliance", "list", *host]).splitlines()
+    assert text[0].startswith("demo-app (") and text[0].endswith("2 VMs; Seeded by xvatool serve --demo")
+    assert text[1].split() == ["ORDER", "VM", "POWER", "START", "DELAY", "SHUTDOWN", "DELAY"]
+    assert text[2].split() == ["0", "demo-app-db", "Halted", "2", "s", "0", "s"]
+    assert text[4].strip() == "networks: Pool-wide network associated with eth0, demo-app private (private)"
     (app,) = json.loads(_run(["appliance", "list", *host, "--json"]))
-    assert [(m["name"], m["order"], m["start_delay"], m["shutdown_delay"]) for m in app["members"]] == [
+    assert [(m["name"], m["order"], m["start_delay_s"], m["shutdown_delay_s"]) for m in app["vms"]] == [
         ("demo-app-db", 0, 2, 0),
         ("demo-app-web", 1, 0, 1),
     ]
@@ -45,8 +49,8 @@ def test_backup_restore_and_migrate_an_appliance(source, target, tmp_path):
     report = json.loads(
         _run(["backup", *src, "--appliance", "demo-app", "--dest", str(tmp_path / "bk"), "--json"])
     )
-    folder = report["folder"]
-    assert [m["vm_name"] for m in report["members"]] == ["demo-app-db", "demo-app-web"]
+    folder = report["path"]
+    assert [m["vm"]["name"] for m in report["backups"]] == ["demo-app-db", "demo-app-web"]
     uuid = _run(["restore", *dst, folder]).strip()
     app = appliance_on(target)
     assert app["uuid"] == uuid and order_and_delays(app) == SOURCE_ORDER
@@ -75,6 +79,41 @@ def test_export_an_appliance_and_import_it_elsewhere(source, target, tmp_path):
     _run(["export", *src, "demo-app-web", "-o", f"{folder}/"])
     uuids = _run(["import", *dst, str(folder), "--map-network", "demo-app private=demo-app private"])
     assert len(uuids.split()) == 1
+
+
+def test_quiet_prints_only_what_was_asked_and_notes_go_to_stderr(source, target, tmp_path):
+    src, dst = _host(source, tmp_path, "src"), _host(target, tmp_path, "dst")
+    long_name = "demo-app-web-with-a-name-longer-than-any-column-would-allow"
+    source.host.state.update("VM", source.host.vm("demo-app-web"), name_label=long_name)
+    source.host.set_power_state(source.host.vm(long_name), "Running")
+    assert long_name in _run(["appliance", "list", *src])  # never cut short
+
+    def run(*args: str, **env: str):
+        result = CliRunner().invoke(main, list(args), env=env or None)
+        assert result.exit_code == 0, result.output
+        return result
+
+    ova, bk = str(tmp_path / "app.ova"), str(tmp_path / "bk")
+    loud = run("export", *src, "--appliance", "demo-app", "-o", ova)
+    assert loud.stdout.startswith(f"wrote {ova}: appliance 'demo-app': ")
+    said = f"xvatool: note: {long_name} is running: reading it through a temporary snapshot"
+    assert loud.stderr == f"{said}, taken with the others\n"
+    quiet = [
+        run("export", *src, "--appliance", "demo-app", "-o", str(tmp_path / "q.ova"), "-q"),
+        run("backup", *src, "--appliance", "demo-app", "--dest", bk, "--keep", "1", "-q"),
+        run("backup", *src, "--appliance", "demo-app", "--dest", bk, "--keep", "1", "-q"),  # prunes one
+    ]
+    assert [(r.stdout, r.stderr) for r in quiet] == [("", "")] * 3
+    (run_folder,) = (tmp_path / "bk").glob("*/2*")
+    imported = run("import", *dst, ova, "-q")
+    assert len(imported.stdout.split()) == 2 and imported.stderr == ""  # the uuids: what was asked for
+    restored = run("restore", *dst, str(run_folder), "-q")
+    assert len(restored.stdout.split()) == 1 and restored.stderr == ""
+    for ref in target.host.state.refs("VM_appliance"):
+        target.host.state.update("VM_appliance", ref, name_label=f"copy {ref[-4:]}")
+    moved = run("migrate", *src, "--appliance", "demo-app", "--to", target.url, "-q",
+                XVATOOL_TO_PASSWORD=target.password)  # fmt: skip
+    assert len(moved.stdout.split()) == 1 and moved.stderr == ""
 
 
 @pytest.mark.parametrize(

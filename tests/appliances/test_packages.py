@@ -50,6 +50,10 @@ def test_vm_ova_is_valid_for_qemu_and_reimports_identical(source, target, tmp_pa
         assert tar.getnames() == ["web.ovf", "web-disk1.vmdk", "web.mf"]
         (tmp_path / "web-disk1.vmdk").write_bytes(tar.extractfile("web-disk1.vmdk").read())  # type: ignore[union-attr]
     (vdi,) = source.host.vdis_of(source.host.vm("demo-app-web"))
+    (member,) = result.members  # described as the VM, not as the snapshot it was read through
+    assert member.snapshot_uuid and [d.vdi_uuid for d in member.disks] == [
+        source.host.state.field("VDI", vdi, "uuid")
+    ]
     qemu_img.check(tmp_path / "web-disk1.vmdk", "vmdk")
     qemu_img.compare(tmp_path / "web-disk1.vmdk", "vmdk", source.host.vdi_path(vdi), "raw")
 

@@ -200,7 +200,7 @@ def test_backup_and_restore_end_to_end(tmp_path, monkeypatch):
 def test_demo_command_json():
     result = CliRunner().invoke(main, ["demo", "--json"])
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.output)
+    summary = json.loads(result.stdout)  # stdout is the document alone; notes may go to stderr
     assert summary["disks_equal"] is True
     assert [d["virtual_size"] for d in summary["disks"]] == [256 << 20, 64 << 20]
 

@@ -32,8 +32,8 @@ def test_backup_repo_cbt_then_incremental(env: Env, monkeypatch: pytest.MonkeyPa
     env.set_purpose("nbd")
     first = _backup(env, monkeypatch, vm, "--cbt")
     assert first.exit_code == 0, first.output
-    (report,) = json.loads(first.output)["results"]
-    assert report["disks"][0]["method"] == "full" and report["kept_on_host"] == "metadata"
+    (report,) = json.loads(first.stdout)["results"]
+    assert report["disks"][0]["method"] == "full" and report["vm_snapshot"]["kept_on_host"] == "metadata"
     env.write(vm, 0, (3 * MIB, b"z" * 4096))
     second = _backup(env, monkeypatch, vm, "--nbd-connections", "2", as_json=False)
     assert second.exit_code == 0, second.output
@@ -52,6 +52,7 @@ def test_broken_chain_notice_and_option_errors(env: Env, monkeypatch: pytest.Mon
     result = _backup(env, monkeypatch, vm, as_json=False)
     assert result.exit_code == 0
     assert f"note: notice disk 0: the disk was resized ({4 * MIB} -> {5 * MIB} bytes)" in result.stderr
+    assert result.stderr.count("the disk was resized") == 1  # said once, not again under the table
     bad = _backup(env, monkeypatch, vm, "--snapshots", "sometimes")
     assert bad.exit_code == 2
     args = ["backup", "--host", env.sim.url, "--vm", vm, "--dest", str(env.work / "d"), "--cbt"]

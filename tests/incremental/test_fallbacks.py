@@ -44,7 +44,7 @@ def test_snapshot_destroyed_on_the_host_falls_back_to_full(env: Env) -> None:
     env.set_purpose("nbd")
     first = env.backup(vm, cbt=True, snapshots="keep")
     with env.session() as session:
-        session.call("VDI.destroy", session.call("VDI.get_by_uuid", first.disks[0].vdi_uuid))
+        session.call("VDI.destroy", session.call("VDI.get_by_uuid", first.disks[0].snapshot_vdi_uuid))
     env.write(vm, 0, (0, b"e" * 512))
     result = env.backup(vm)
     assert result.methods == "full" and "is gone from the host" in result.disks[0].notices[0]
@@ -160,7 +160,7 @@ def test_data_that_changes_when_read_again_is_not_committed(env: Env) -> None:
     assert failed.status == "failed" and "other data when the chunk was read again" in (failed.error or "")
     assert [s.id for s in env.repo.snapshots()] == [first.snapshot]
     # The previous snapshot's metadata is still the base, and the failed one left nothing behind.
-    assert {r["uuid"] for r in env.host_snapshots()} == {first.disks[0].vdi_uuid}
+    assert {r["uuid"] for r in env.host_snapshots()} == {first.disks[0].snapshot_vdi_uuid}
     result = env.backup(vm)
     assert result.methods == "cbt"
     _check(env, vm, result.snapshot)
@@ -179,7 +179,7 @@ def test_data_destroy_is_retried_while_dom0_holds_the_vdi(env: Env) -> None:
 
     with env.session() as session:
         session.call("VM.destroy", session.call("VM.get_by_uuid", env.snapshot(kept).source["host_snapshot"]))
-        vdi = session.call("VDI.get_by_uuid", kept.disks[0].vdi_uuid)
+        vdi = session.call("VDI.get_by_uuid", kept.disks[0].snapshot_vdi_uuid)
         conn = NbdConnection.open(nbd_targets(session, vdi)[0])  # an NBD reader still attached
         timer = threading.Timer(0.5, conn.close)
         timer.start()

@@ -42,7 +42,7 @@ def test_cbt_over_nbd_night_after_night_and_every_night_restores(env: Env) -> No
     # Only the newest snapshot stays on the host, as change logs without data, and no snapshot VM.
     left = env.host_snapshots()
     assert {rec["type"] for rec in left} == {"cbt_metadata"} and len(left) == 2
-    assert {rec["uuid"] for rec in left} == {d.vdi_uuid for d in results[-1].disks}
+    assert {rec["uuid"] for rec in left} == {d.snapshot_vdi_uuid for d in results[-1].disks}
     state = env.sim.host.state
     assert not [r for r in state.records("VM").values() if r["is_a_snapshot"]]
     with env.session() as session:

@@ -263,6 +263,16 @@ def test_unwritable_dest_fails_before_any_export(host, tmp_path):
         assert not [r for r in session.call("VM.get_all_records").values() if r["is_a_snapshot"]]
 
 
+def _running_vm(host, *, seed: int):
+    """A started VM "live" with two disks; (the VM, its disks' VDI uuids sorted)."""
+    vm = host.add_vm("live", (2 * MIB, MIB), seed=seed)
+    with host.session() as session:
+        ref = session.call("VM.get_by_uuid", vm.uuid)
+        vdi_uuids = sorted(d.uuid for d in vm_disks(session, ref))
+        session.call("VM.start", ref, False, False)
+    return vm, vdi_uuids
+
+
 def test_backup_of_a_running_vm_describes_the_vm_not_its_snapshot(host, second_host, tmp_path):
     # Regression: the archive, the manifest, extract's file names and --restore-identity all
     # carried the temporary snapshot's VM and VDI uuids.
@@ -270,11 +280,7 @@ def test_backup_of_a_running_vm_describes_the_vm_not_its_snapshot(host, second_h
     from xvatool.xva.extract import extract_disks
     from xvatool.xva.opening import open_archive
 
-    vm = host.add_vm("live", (2 * MIB, MIB), seed=3)
-    with host.session() as session:
-        ref = session.call("VM.get_by_uuid", vm.uuid)
-        vdi_uuids = sorted(d.uuid for d in vm_disks(session, ref))
-        session.call("VM.start", ref, False, False)
+    vm, vdi_uuids = _running_vm(host, seed=3)
     for mode, compression in (("stream", "zstd"), ("parallel", "none")):
         report = backup(host.session, Selection(vms=("live",)), tmp_path / mode, mode=mode,
                         compression=compression)  # fmt: skip
@@ -333,3 +339,69 @@ def test_a_repository_backup_reports_a_missing_vm_as_a_failed_item(host, tmp_pat
     assert report.exit_code == 3
     assert [(r.vm_name, r.status) for r in report.results] == [("absent", "failed"), ("present", "ok")]
     assert report.to_json()["results"][0]["error"]["code"] == "usage"
+
+
+def test_a_repository_backup_of_a_running_vm_describes_the_vm_not_its_snapshot(host, second_host, tmp_path):
+    # Regression (issue 12 bug 3): the repository snapshot's ova.xml carried the host snapshot's VM
+    # uuid and VDI uuids, so `repo extract` names and --restore-identity gave back the snapshot.
+    from xvatool.ops.repo_backup import backup_to_repository
+    from xvatool.ops.repo_restore import restore_from_repository
+    from xvatool.repo.reading import extract_snapshot, snapshot_metadata
+    from xvatool.repo.repository import init_repository
+
+    vm, vdi_uuids = _running_vm(host, seed=6)
+    repo = init_repository(tmp_path / "repo")
+    try:
+        report = backup_to_repository(host.session, Selection(vms=("live",)), repo)
+        (result,) = report.results
+        assert result.status == "ok", result.error
+        snapshot = repo.find_snapshot(result.snapshot or "")
+        metadata = snapshot_metadata(repo, snapshot)
+        assert (metadata.vm.uuid, metadata.vm.name_label) == (vm.uuid, "live")
+        assert sorted(d.vdi_uuid for d in metadata.disks) == vdi_uuids
+        assert sorted(d.vdi_uuid for d in snapshot.disks) == vdi_uuids
+        assert sorted(d["vdi_uuid"] for d in result.to_json()["disks"]) == vdi_uuids
+        host_snapshot = snapshot.source["host_snapshot"]
+        assert result.to_json()["vm_snapshot"] == {"uuid": host_snapshot, "kept_on_host": "nothing"}
+        read_from = {d.source["host_vdi"] for d in snapshot.disks}  # the host snapshot's disks
+        assert host_snapshot != vm.uuid and read_from.isdisjoint(vdi_uuids)
+        extracted = extract_snapshot(repo, snapshot, tmp_path / "disks")
+        assert sorted(p.name for p in extracted) == sorted(f"{u}.raw" for u in vdi_uuids)
+        with second_host.session() as target:
+            restored = restore_from_repository(target, repo, snapshot.id, restore_identity=True)
+            assert restored.vm_uuid == vm.uuid  # the VM's identity, on a pool that has not seen it
+    finally:
+        repo.close()
+
+
+def test_ctrl_c_stops_every_job_of_a_parallel_repository_backup_promptly(host, tmp_path):
+    # Regression (issue 12 bug 2, for --repo): with --jobs 2 Ctrl-C waited for both VMs to be read
+    # and committed. Now both stop part way, nothing is committed and the host snapshots are gone.
+    from xvatool.ops.repo_backup import backup_to_repository
+    from xvatool.repo.repository import init_repository
+
+    for name, seed in (("first", 1), ("second", 2)):
+        host.add_vm(name, (24 * MIB,), seed=seed, full=True)
+    started: set[str] = set()
+    interrupted: list[bool] = []
+
+    def ctrl_c_once_both_run(label: str, done: int) -> None:
+        started.add(label.split()[0])
+        if started == {"first", "second"} and not interrupted:
+            interrupted.append(True)
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # as a terminal does
+
+    bars = RecordingProgress(on_update=ctrl_c_once_both_run)
+    repo = init_repository(tmp_path / "repo")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            selection = Selection(vms=("first", "second"))
+            backup_to_repository(host.session, selection, repo, jobs=2, progress=bars)
+        assert interrupted
+        assert all(bars.counts[label] < (bars.totals[label] or 0) for label in bars.counts), bars.counts
+        assert repo.snapshots() == []  # nothing committed for an interrupted VM
+    finally:
+        repo.close()
+    with host.session() as session:
+        assert not [r for r in session.call("VM.get_all_records").values() if r["is_a_snapshot"]]
+        assert not [r for r in session.call("VDI.get_all_records").values() if r["is_a_snapshot"]]

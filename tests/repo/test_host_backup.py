@@ -239,20 +239,22 @@ def test_backup_keep_forgets_older_snapshots_of_the_vms_it_backed_up(host, repo_
     password_file = tmp_path / "pw"
     password_file.write_text(host.running.password)
     base = ["backup", "--host", host.url, "--password-file", str(password_file), "--repo",
-            repo_place.location, *repo_place.cli_args(), "-q"]  # fmt: skip
+            repo_place.location, *repo_place.cli_args()]  # fmt: skip
     backup_to_repository(host.session, Selection(all_vms=True), repo)
     backup_to_repository(host.session, Selection(all_vms=True), repo)
     result = CliRunner().invoke(
-        main, [*base, "--vm", "kept", "--keep", "2", "--json"], catch_exceptions=False
+        main, [*base, "--vm", "kept", "--keep", "2", "--json", "-q"], catch_exceptions=False
     )
     assert result.exit_code == 0, result.output
-    out = json.loads(result.output)
+    out = json.loads(result.stdout)
     assert len(out["forgotten"]) == 1  # "kept" had three snapshots, keeps the two newest
     names = sorted(s.vm_name for s in repo.snapshots())
     assert names == ["kept", "kept", "other", "other"]  # "other" was not backed up: untouched
-    assert out["results"][0]["snapshot"] in {s.id for s in repo.snapshots()}
+    assert out["results"][0]["snapshot"]["id"] in {s.id for s in repo.snapshots()}
     text = CliRunner().invoke(main, [*base, "--all", "--keep", "1"], catch_exceptions=False)
-    assert text.exit_code == 0 and "forgot 4 older snapshots" in text.output
+    assert text.exit_code == 0 and "forgot 4 older snapshots" in text.stdout
+    quiet = CliRunner().invoke(main, [*base, "--all", "--keep", "1", "-q"], catch_exceptions=False)
+    assert quiet.exit_code == 0 and quiet.output == ""  # -q: cron mails nothing
     assert sorted(s.vm_name for s in repo.snapshots()) == ["kept", "other"]
     refused = CliRunner().invoke(main, [*base, "--all", "--mode", "parallel"])
     assert refused.exit_code == 2 and "--mode and --compress are for --dest" in refused.output

@@ -63,7 +63,9 @@ def test_repo_commands_end_to_end(repo_place, tmp_path):
     )
     check = _run(["repo", "check", "--read-data", "--json"], env=env)
     assert (
-        check.exit_code == 0 and json.loads(check.output)["ok"] and json.loads(check.output)["verified"] == 2
+        check.exit_code == 0
+        and json.loads(check.output)["ok"]
+        and json.loads(check.output)["verified_count"] == 2
     )
     table = _run(["repo", "snapshots"], env=env).output.splitlines()
     assert table[0].split()[-1] == "VERIFIED" and all(" ok 20" in line for line in table[1:3])

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from xvatool._retry import DEFAULT_RETRIES, RetryPolicy
+from xvatool.cli._output import warn
 from xvatool.errors import LocalIOError, UsageError
 
 if TYPE_CHECKING:
@@ -64,7 +65,7 @@ DEFAULT_TIMEOUT_S = 60.0
 MAX_PASSWORD_FILE_SIZE = 4096
 """Bytes. A password file larger than this is surely the wrong file."""
 INSECURE_WARNING = (
-    "xvatool: warning: --insecure: the host's TLS certificate is not verified; anyone on the network "
+    "--insecure: the host's TLS certificate is not verified; anyone on the network "
     "path can impersonate it and read the password. Prefer --fingerprint SHA256."
 )
 
@@ -228,7 +229,7 @@ def connection_options(func: Callable[..., Any]) -> Callable[..., Any]:
             raise click.UsageError(f"Missing option '--host' (or set {HOST_ENV}).")
         options = {name: kwargs.pop(name) for name in _OPTION_FIELDS}
         if options["insecure"]:
-            click.echo(INSECURE_WARNING, err=True)
+            warn(INSECURE_WARNING)
         kwargs[target] = Connection(url=host_url, **options)
         return func(**kwargs)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from xvatool.ops.appliance import ApplianceInfo
     from xvatool.ovf.conversion import ConvertResult
     from xvatool.repo.check import CheckReport
     from xvatool.repo.forget import ForgetReport
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from xvatool.xva.validate import ArchiveInfo, Report
 
 __all__ = [
+    "appliance_doc",
     "check_doc",
     "convert_doc",
     "create_doc",
@@ -36,6 +38,30 @@ __all__ = [
     "stats_doc",
     "verify_doc",
 ]
+
+
+def appliance_doc(app: ApplianceInfo) -> dict[str, Any]:
+    """One appliance of `appliance list --json` (its `to_json` is the backup manifest's record)."""
+    return {
+        "uuid": app.uuid,
+        "name": app.name_label,
+        "description": app.name_description,
+        "vms": [
+            {
+                "uuid": m.uuid,
+                "name": m.name_label,
+                "power_state": m.power_state,
+                "order": m.order,
+                "start_delay_s": m.start_delay,
+                "shutdown_delay_s": m.shutdown_delay,
+            }
+            for m in app.members
+        ],
+        "networks": [
+            {"name": n.name_label, "description": n.name_description, "mtu": n.mtu, "private": n.private}
+            for n in app.networks
+        ],
+    }
 
 
 def inspect_doc(info: ArchiveInfo) -> dict[str, Any]:
@@ -194,6 +220,7 @@ def check_doc(report: CheckReport) -> dict[str, Any]:
         "snapshot_count": report.snapshots,
         "chunk_count": report.chunks,
         "read_chunk_count": report.chunks_read,
+        "verified_count": report.verified,
         "damaged_snapshots": report.damaged_snapshots,
         "problems": [p.to_json() for p in report.problems],
         "notes": report.notes,

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import click
 
-from xvatool.cli._common import command_errors, debug_option, echo_json, json_option, quiet_option
+from xvatool.cli._common import command_errors, echo_json, json_option
 from xvatool.cli._connection import Connection, connection_options
+from xvatool.cli._output import note, output_options, plural, result, table
 
 __all__ = ["COMMANDS", "appliance_group", "appliance_list_command"]
 
@@ -25,10 +26,9 @@ def appliance_group() -> None:
 
 
 @appliance_group.command("list")
+@json_option("appliances")
 @connection_options
-@json_option()
-@quiet_option
-@debug_option
+@output_options
 @command_errors
 def appliance_list_command(*, connect: Connection, as_json: bool) -> None:
     """List appliances with their VMs in start order (order, start and shutdown delays) and networks.
@@ -40,27 +40,31 @@ def appliance_list_command(*, connect: Connection, as_json: bool) -> None:
     Example:
         XVATOOL_PASSWORD=... xvatool appliance list --host https://xen1.example --json
     """
+    from xvatool.cli._documents import appliance_doc
     from xvatool.ops.appliance import list_appliances
 
     with connect() as session:
         apps = list_appliances(session)
+        host = session.host
     if as_json:
-        echo_json([app.to_json() for app in apps])
+        echo_json([appliance_doc(app) for app in apps])
+        return
+    if not apps:
+        note(f"no appliances on {host}")
         return
     for app in apps:
-        count = f"{len(app.members)} VM{'s' if len(app.members) != 1 else ''}"
-        click.echo(
-            f"{app.name_label}  {app.uuid}  {count}"
-            + (f"  {app.name_description}" if app.name_description else "")
-        )
-        for m in app.members:
-            click.echo(
-                f"  order {m.order:<3} {m.name_label[:28]:<28} {m.power_state:<9} "
-                f"start delay {m.start_delay}s, shutdown delay {m.shutdown_delay}s"
-            )
+        description = f"; {app.name_description}" if app.name_description else ""
+        result(f"{app.name_label} ({app.uuid}): {plural(len(app.members), 'VM')}{description}")
+        rows = [("ORDER", "VM", "POWER", "START DELAY", "SHUTDOWN DELAY")]
+        rows += [
+            (str(m.order), m.name_label, m.power_state, f"{m.start_delay} s", f"{m.shutdown_delay} s")
+            for m in app.members
+        ]
+        for line in table(rows, right=(0, 3, 4)):
+            result(f"  {line}")
         if app.networks:
             nets = ", ".join(n.name_label + (" (private)" if n.private else "") for n in app.networks)
-            click.echo(f"  networks: {nets}")
+            result(f"  networks: {nets}")
 
 
 COMMANDS: list[click.Command] = [appliance_group]

@@ -638,11 +638,7 @@ def _render_repo_backup(report: RepoBackupReport) -> None:
             )
         )
     for line in table(rows, right=(2, 4, 5, 6)):
-        summary(line)
-    for r in report.results:
-        for disk in r.disks:
-            for notice in disk.notices:
-                note(f"{r.vm_name} disk {disk.userdevice}: {notice}")
+        summary(line)  # each disk's notices were logged (notes, warnings) as they happened
     ok = len(report.results) - len(report.failed)
     shard = f" (shard {report.shard})" if report.shard else ""
     summary(f"{ok} of {plural(len(report.results), 'VM')} backed up to {report.repository}{shard}")
@@ -703,7 +699,8 @@ def run_repo_backup(
     finally:
         repository.close()
     if as_json:
-        echo_json({**report.to_json(), **({"forgotten": forgotten} if forgotten is not None else {})})
+        gone = [{"id": snapshot_id} for snapshot_id in forgotten] if forgotten is not None else None
+        echo_json({**report.to_json(), "forgotten": gone})
     else:
         _render_repo_backup(report)
         if forgotten is not None:

@@ -121,8 +121,9 @@ def export_command(
             package = export_package(session, out, vm=vm, appliance=appliance, overwrite=force,
                                      snapshot=cast("SnapshotPolicy", snapshot), retry=retry,
                                      progress=terminal_progress())  # fmt: skip
+        group = f"appliance {package.appliance!r}: " if package.appliance else ""
         described = (
-            f"wrote {package.path}: {', '.join(package.vms)} ({plural(package.disks, 'disk')}, "
+            f"wrote {package.path}: {group}{', '.join(package.vms)} ({plural(package.disks, 'disk')}, "
             f"{human_size(package.bytes_written)})"
         )
         echo_json(package.to_json()) if as_json else summary(described)

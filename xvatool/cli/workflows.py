@@ -75,13 +75,25 @@ def _backup_appliance(
     if as_json:
         echo_json(run.to_json())
         return
-    rows = [("VM", "SIZE", "ARCHIVE")]
-    rows += [(m.vm_name, human_size(m.archive_size), str(run.folder / m.archive)) for m in run.members]
-    for line in table(rows, right=(1,)):
+    rows = [("VM", "STATUS", "SIZE", "ARCHIVE")]
+    rows += [(m.vm_name, "ok", human_size(m.archive_size), str(run.folder / m.archive)) for m in run.members]
+    rows += [("", "pruned", "", str(folder)) for folder in run.pruned]
+    for line in table(rows, right=(2,)):
         summary(line)
+    if run.cleaned:
+        note(f"removed {plural(len(run.cleaned), 'incomplete run')}: {', '.join(map(str, run.cleaned))}")
     summary(
         f"appliance {run.appliance.name_label!r}: {plural(len(run.members), 'VM')} backed up to {run.folder}"
     )
+
+
+def _placed_networks(networks: dict[str, str], created: list[str]) -> None:
+    """Notes on where an appliance's networks went: the ones created, the ones mapped."""
+    for old, new in sorted(networks.items()):
+        if new in created:
+            note(f"network {new!r} was not on the target: created it as a private network")
+        elif new != old:
+            note(f"network {old!r} is {new!r} on the target")
 
 
 # ---------------------------------------------------------------------------------------- migrate
@@ -289,6 +301,8 @@ def restore_command(
                 session, backup, sr=sr, restore_identity=restore_identity, mode=cast("ExportMode", mode),
                 progress=terminal_progress(),
             )  # fmt: skip
+        if not as_json:
+            _placed_networks(group.networks, group.networks_created)
         echo_json(group.to_json()) if as_json else result(group.appliance_uuid)
         return
     source = click.get_current_context().get_parameter_source("repo")
@@ -372,7 +386,7 @@ def migrate_command(
     if (vm is None) == (appliance is None):
         raise UsageError("name the VM to migrate, or --appliance NAME (not both)")
     if to_insecure:
-        warn(INSECURE_WARNING.replace("--insecure", "--to-insecure").removeprefix("xvatool: warning: "))
+        warn(INSECURE_WARNING.replace("--insecure", "--to-insecure"))
     target = _target(to_url, to_user, to_password_file, to_fingerprint, to_ca_bundle, to_insecure,
                      connect.timeout_s)  # fmt: skip
     target.password  # noqa: B018  # asked for (prompted) before the source is touched
@@ -381,6 +395,8 @@ def migrate_command(
             group = migrate_appliance(source, dest, appliance, sr=sr, network_map=map_network,
                                       shutdown_source=shutdown_source, mode=cast("TransferMode", mode),
                                       progress=terminal_progress())  # fmt: skip
+            if not as_json:
+                _placed_networks(group.networks, group.networks_created)
             echo_json(group.to_json()) if as_json else result(group.appliance_uuid)
             return
         migrated = migrate(source, dest, vm or "", sr=sr, network_map=map_network,

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from xvatool._human import NOTE
 from xvatool._retry import DEFAULT_RETRY, RetryPolicy
 from xvatool.errors import FormatError, UsageError, XapiError, XvatoolError
 from xvatool.xapi.session import Session
@@ -39,6 +40,7 @@ __all__ = [
     "consistent_sources",
     "find_appliance",
     "list_appliances",
+    "network_docs",
 ]
 
 _log = logging.getLogger(__name__)
@@ -109,7 +111,7 @@ class ApplianceInfo:
         return tuple(n for n in self.networks if n.private)
 
     def to_json(self) -> dict[str, Any]:
-        """The group as a backup manifest and `appliance list --json` show it."""
+        """The group as a backup manifest (`appliance.json`) records it."""
         return {
             "name": self.name_label,
             "description": self.name_description,
@@ -145,6 +147,19 @@ class ApplianceInfo:
                        str(value.get("uuid", "")))  # fmt: skip
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise FormatError(f"appliance record malformed: {exc!r}", code="manifest", file=path) from exc
+
+
+def network_docs(placed: Mapping[str, str], created: Iterable[str]) -> list[dict[str, Any]]:
+    """Where each source network went (docs/json.md): ``{"name", "source_network", "created"}``.
+
+    `placed` maps a source network's name to the target network's, `created` names the target
+    networks the operation created.
+    """
+    made = set(created)
+    return [
+        {"name": new, "source_network": {"name": old}, "created": new in made}
+        for old, new in sorted(placed.items())
+    ]
 
 
 def _count(value: Any) -> int:
@@ -243,8 +258,17 @@ def consistent_sources(
     snapshot is destroyed on exit, also on errors.
     """
     with contextlib.ExitStack() as stack:
-        yield [stack.enter_context(export_source(session, m.vm_ref(), snapshot=snapshot, retry=retry))
-               for m in members]  # fmt: skip
+        sources = []
+        for member in members:
+            source = stack.enter_context(
+                export_source(session, member.vm_ref(), snapshot=snapshot, retry=retry)
+            )
+            if source.uuid != member.uuid:
+                together = ", taken with the others" if len(members) > 1 else ""
+                _log.log(NOTE, "%s is %s: reading it through a temporary snapshot%s", member.name_label,
+                         member.power_state.lower(), together)  # fmt: skip
+            sources.append(source)
+        yield sources
 
 
 class TargetBuild:

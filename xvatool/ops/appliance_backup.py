@@ -43,12 +43,13 @@ from pathlib import Path
 from typing import Any
 
 from xvatool._files import remove_quietly, remove_tree, write_bytes_atomic
-from xvatool._progress import Progress, labelled
+from xvatool._progress import Progress
 from xvatool._retry import DEFAULT_RETRY, RetryPolicy
 from xvatool._types import Compression
 from xvatool.errors import ChecksumError, FormatError, LocalIOError, UsageError
-from xvatool.ops.appliance import ApplianceInfo, TargetBuild, consistent_sources, find_appliance
+from xvatool.ops.appliance import ApplianceInfo, TargetBuild, consistent_sources, find_appliance, network_docs
 from xvatool.ops.backup import ExportMode, backup_archive, folder_lock, sanitize_name, utc_stamp
+from xvatool.ops.documents import file_doc, vm_doc
 from xvatool.ops.export import TransferMode
 from xvatool.ops.import_ import import_vm
 from xvatool.ops.manifest import ARCHIVE_SUFFIX, Manifest, load_json, manifest_path_for, verify_backup
@@ -59,6 +60,7 @@ __all__ = [
     "ApplianceBackup",
     "ApplianceBackupResult",
     "ApplianceRestoreResult",
+    "RestoredMember",
     "backup_appliance",
     "is_appliance_backup",
     "load_appliance_backup",
@@ -134,47 +136,86 @@ class ApplianceBackupResult:
     folder: Path
     manifest: Path
     members: list[Manifest]
-    removed: list[Path] = field(default_factory=list)
-    """Older runs removed by retention, and incomplete runs cleaned."""
+    pruned: list[Path] = field(default_factory=list)
+    """Older complete runs retention removed (`keep`)."""
+    cleaned: list[Path] = field(default_factory=list)
+    """Incomplete runs (no `appliance.json`) removed."""
     duration_s: float = 0.0
+
+    @property
+    def removed(self) -> list[Path]:
+        """Every run folder removed: incomplete ones, then older complete ones."""
+        return [*self.cleaned, *self.pruned]
 
     def _member(self, m: Manifest) -> dict[str, Any]:
         return {
-            "vm_uuid": m.vm_uuid,
-            "vm_name": m.vm_name,
-            "archive": str(self.folder / m.archive),
-            "archive_size": m.archive_size,
-            "snapshot": m.snapshot,
+            "vm": vm_doc(m.vm_uuid, m.vm_name),
+            "archive": file_doc(self.folder / m.archive, m.archive_size, sha256=m.archive_sha256),
+            "manifest": file_doc(manifest_path_for(self.folder / m.archive)),
+            "virtual_size": sum(d.virtual_size for d in m.disks),
+            "vm_snapshot": {"uuid": m.snapshot_uuid} if m.snapshot_uuid else None,
         }
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-friendly summary."""
+        """The `backup --appliance --json` document (docs/json.md, ``backup_appliance``)."""
         return {
-            "appliance": self.appliance.to_json(),
-            "folder": str(self.folder),
-            "manifest": str(self.manifest),
-            "members": [self._member(m) for m in self.members],
-            "removed": [str(p) for p in self.removed],
+            "appliance": vm_doc(self.appliance.uuid, self.appliance.name_label),
+            "path": str(self.folder),
+            "manifest": file_doc(self.manifest),
+            "backups": [self._member(m) for m in self.members],
+            "pruned": [file_doc(p) for p in self.pruned],
+            "cleaned": [file_doc(p) for p in self.cleaned],
             "duration_s": round(self.duration_s, 3),
         }
 
 
 @dataclass(frozen=True)
+class RestoredMember:
+    """A VM a restore (or migration) of an appliance created, and the member it came from."""
+
+    uuid: str
+    name: str
+    source_uuid: str
+    archive: Path | None = None
+
+
+@dataclass(frozen=True)
 class ApplianceRestoreResult:
-    """The appliance a restore (or migration) created, and its VMs by member name."""
+    """The appliance a restore created, its VMs, and where the members' networks went."""
 
     appliance_uuid: str
     name: str
-    vms: dict[str, str]
-    """Member name → uuid of the VM created."""
+    members: list[RestoredMember]
+    networks: dict[str, str] = field(default_factory=dict)
+    """Source network name → the target network its VIFs are on."""
     networks_created: list[str] = field(default_factory=list)
+    source: Path | None = None
+    """The run folder restored."""
+    source_uuid: str = ""
+    """The uuid of the appliance that was backed up."""
+
+    @property
+    def vms(self) -> dict[str, str]:
+        """Member name → uuid of the VM created."""
+        return {m.name: m.uuid for m in self.members}
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-friendly summary."""
+        """The `restore --json` document of an appliance backup (docs/json.md, ``restore_appliance``)."""
         return {
-            "appliance": {"uuid": self.appliance_uuid, "name": self.name},
-            "vms": self.vms,
-            "networks_created": self.networks_created,
+            "appliance": vm_doc(self.appliance_uuid, self.name),
+            "source": {
+                "path": str(self.source) if self.source is not None else None,
+                "appliance": vm_doc(self.source_uuid, self.name),
+            },
+            "vms": [
+                {
+                    "vm": vm_doc(m.uuid, m.name),
+                    "source_vm": vm_doc(m.source_uuid, m.name),
+                    "archive": file_doc(m.archive) if m.archive is not None else None,
+                }
+                for m in self.members
+            ],
+            "networks": network_docs(self.networks, self.networks_created),
         }
 
 
@@ -217,7 +258,7 @@ def backup_appliance(
                         mode=mode,
                         compression=compression,
                         retry=retry,
-                        progress=labelled(progress, member.name_label),
+                        progress=progress,
                         extra={"appliance": {"uuid": app.uuid, "name": app.name_label}},
                     )
                     members.append(manifest)
@@ -235,9 +276,9 @@ def backup_appliance(
         finally:
             if not committed:
                 remove_tree(run)
-        removed = _retention(folder, keep)
+        pruned, cleaned = _retention(folder, keep)
     return ApplianceBackupResult(
-        app, run, run / APPLIANCE_MANIFEST, members, removed, time.monotonic() - started
+        app, run, run / APPLIANCE_MANIFEST, members, pruned, cleaned, time.monotonic() - started
     )
 
 
@@ -256,16 +297,19 @@ def _run_folder(folder: Path, moment: dt.datetime) -> Path:
     raise LocalIOError("too many appliance backups with the same time stamp", path=str(folder))
 
 
-def _retention(folder: Path, keep: int | None) -> list[Path]:
-    """Remove incomplete runs, and complete runs beyond the `keep` newest (manifest first)."""
+def _retention(folder: Path, keep: int | None) -> tuple[list[Path], list[Path]]:
+    """Remove incomplete runs, and complete runs beyond the `keep` newest (manifest first);
+    (pruned, cleaned): the complete runs removed, the incomplete ones.
+    """
     complete: list[tuple[str, Path]] = []
-    removed: list[Path] = []
+    pruned: list[Path] = []
+    cleaned: list[Path] = []
     for run in sorted(p for p in folder.iterdir() if p.is_dir() and _RUN.match(p.name)):
         try:
             complete.append((load_appliance_backup(run)[1].started_at, run))
         except (FormatError, LocalIOError, UsageError):
             remove_tree(run)
-            removed.append(run)
+            cleaned.append(run)
     if keep is not None:
         complete.sort()
         for _, run in complete[: max(0, len(complete) - keep)]:
@@ -273,8 +317,8 @@ def _retention(folder: Path, keep: int | None) -> list[Path]:
                 run / APPLIANCE_MANIFEST
             )  # a crash now leaves an incomplete run, cleaned next time
             remove_tree(run)
-            removed.append(run)
-    return removed
+            pruned.append(run)
+    return pruned, cleaned
 
 
 def is_appliance_backup(path: str | os.PathLike[str]) -> bool:
@@ -326,9 +370,9 @@ def restore_appliance(
     archives = _verified_members(folder, backup)
     app = backup.appliance
     with TargetBuild(session, retry=retry) as build:
-        build.networks_for(app.networks)
+        placed = build.networks_for(app.networks)
         refs: dict[str, str] = {}
-        vms: dict[str, str] = {}
+        restored: list[RestoredMember] = []
         for member in app.members:
             result = import_vm(
                 session,
@@ -338,11 +382,13 @@ def restore_appliance(
                 mode=mode,
                 retry=retry,
                 discard=True,
-                progress=labelled(progress, member.name_label),
+                progress=progress,
             )
             build.add_vm(result.vm_ref)
             refs[member.uuid] = result.vm_ref
-            vms[member.name_label] = result.vm_uuid
+            restored.append(
+                RestoredMember(result.vm_uuid, member.name_label, member.uuid, archives[member.uuid])
+            )
         _, uuid = build.create_appliance(app, refs)
         created = [name for _, name in build.networks]
-    return ApplianceRestoreResult(uuid, app.name_label, vms, created)
+    return ApplianceRestoreResult(uuid, app.name_label, restored, placed, created, folder, app.uuid)

@@ -26,10 +26,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from xvatool._progress import Progress, labelled
+from xvatool._progress import Progress
 from xvatool._retry import DEFAULT_RETRY, RetryPolicy
 from xvatool.errors import UsageError
-from xvatool.ops.appliance import TargetBuild, consistent_sources, find_appliance
+from xvatool.ops.appliance import TargetBuild, consistent_sources, find_appliance, network_docs
+from xvatool.ops.documents import vm_doc
 from xvatool.ops.export import TransferMode
 from xvatool.ops.migrate import MigrateResult, migrate
 from xvatool.xapi.session import Session
@@ -48,14 +49,16 @@ class ApplianceMigrateResult:
     vms: list[MigrateResult]
     networks_created: list[str] = field(default_factory=list)
     source_shut_down: bool = False
+    networks: dict[str, str] = field(default_factory=dict)
+    """Source network name → the target network the members' VIFs are on."""
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-friendly summary."""
+        """The `migrate --appliance --json` document (docs/json.md, ``migrate_appliance``)."""
         return {
-            "appliance": {"uuid": self.appliance_uuid, "name": self.name},
-            "source_appliance_uuid": self.source_appliance_uuid,
+            "appliance": vm_doc(self.appliance_uuid, self.name),
+            "source_appliance": vm_doc(self.source_appliance_uuid, self.name),
             "vms": [vm.to_json() for vm in self.vms],
-            "networks_created": self.networks_created,
+            "networks": network_docs(self.networks, self.networks_created),
             "source_shut_down": self.source_shut_down,
         }
 
@@ -95,16 +98,18 @@ def migrate_appliance(
         app = find_appliance(source, app.uuid)
     results: list[MigrateResult] = []
     with TargetBuild(target, retry=retry) as build:
-        build.networks_for(app.networks, network_map)
+        placed = build.networks_for(app.networks, network_map)
         with consistent_sources(source, app.members, retry=retry) as sources:
             for member, found in zip(app.members, sources, strict=True):
-                # a stream migration labels its bar with the VM's name, a parallel one its disks
-                bars = labelled(progress, member.name_label) if mode == "parallel" else progress
+                # every bar of a migration carries the VM's name (a snapshot is named after its VM)
                 result = migrate(source, target, found.uuid, sr=sr, network_map=network_map, mode=mode,
-                                 retry=retry, progress=bars)  # fmt: skip
+                                 retry=retry, progress=progress)  # fmt: skip
                 build.add_vm(result.vm_ref)
-                results.append(dataclasses.replace(result, source_vm_uuid=member.uuid))
+                snapshot = found.uuid if found.uuid != member.uuid else result.snapshot_uuid
+                results.append(
+                    dataclasses.replace(result, source_vm_uuid=member.uuid, snapshot_uuid=snapshot)
+                )
         refs = {m.uuid: r.vm_ref for m, r in zip(app.members, results, strict=True)}
         _, uuid = build.create_appliance(app, refs)
         created = [name for _, name in build.networks]
-    return ApplianceMigrateResult(app.name_label, uuid, app.uuid, results, created, shut_down)
+    return ApplianceMigrateResult(app.name_label, uuid, app.uuid, results, created, shut_down, placed)

@@ -388,12 +388,13 @@ def backup_archive(
     """Export `vm` into `archive`, verify the file, and write its manifest beside it (the commit).
 
     `export_from` is what is exported when it is not `vm` itself: a snapshot the caller took
-    (an appliance's members are snapshotted together). Partial files are the caller's to clean.
+    (an appliance's members are snapshotted together); the archive and the manifest still
+    describe `vm` (`export_vm(through=…)`). Partial files are the caller's to clean.
     """
     source = _source_info(session)
     exported = export_vm(
-        session, (export_from or vm).uuid, archive, mode=mode, compression=compression, snapshot="auto",
-        retry=retry, state_dir=state_dir, digest=True, progress=progress,
+        session, vm.uuid, archive, mode=mode, compression=compression, snapshot="auto", retry=retry,
+        state_dir=state_dir, digest=True, through=export_from, progress=progress,
     )  # fmt: skip
     digest = exported.digest
     assert digest is not None  # asked for: hashed in flight, the archive is never read again
@@ -410,8 +411,8 @@ def backup_archive(
         started_at=_iso(started_at),
         finished_at=_iso(dt.datetime.now(dt.UTC)),
         tool_version=importlib.metadata.version("xvatool"),
-        snapshot=exported.snapshot_used or (export_from is not None and export_from.uuid != vm.uuid),
-        snapshot_uuid=exported.snapshot_uuid or (export_from.uuid if export_from is not None else None),
+        snapshot=exported.snapshot_used,
+        snapshot_uuid=exported.snapshot_uuid,
         extra={"mode": mode, **(extra or {})},
     )
     write_manifest(manifest_path_for(archive), manifest)

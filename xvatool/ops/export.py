@@ -172,6 +172,7 @@ def export_vm(
     overwrite: bool = False,
     state_dir: StatePath = None,
     digest: bool = False,
+    through: VmRef | None = None,
     progress: Progress | None = None,
 ) -> ExportResult:
     """Export VM `vm` (uuid or unique name) to the XVA file `out_path`, verified.
@@ -183,7 +184,9 @@ def export_vm(
     ones completed. A failed parallel export keeps its spools and journal (in `state_dir`) for
     `resume` and says so; `discard` removes them (before starting, or after a failure). `digest`
     also computes the SHA-256 of the archive and of each disk while the bytes stream
-    (`ExportResult.digest`), so the file is never read again for them. Example::
+    (`ExportResult.digest`), so the file is never read again for them. `through` is a snapshot
+    of `vm` the caller took (an appliance's members are snapshotted together): it is exported
+    instead, and the archive still describes `vm`. Example::
 
         with connect(url, "root", password) as host:
             export_vm(host, "web-01", "web-01.xva", mode="parallel", compression="zstd")
@@ -212,10 +215,12 @@ def export_vm(
             "%s: nothing to resume (no journal of an earlier export); starting from the beginning", out
         )
     found = find_vm(session, vm)
-    with export_source(session, found, snapshot=snapshot, retry=retry) as source:
+    sources = export_source(session, found, snapshot=snapshot, retry=retry) if through is None else None
+    with sources or contextlib.nullcontext(through) as source:
+        assert source is not None
         identity = snapshot_identity(session, found, source) if source.ref != found.ref else None
         snapshot_uuid = source.uuid if identity is not None else None
-        if identity is not None:
+        if identity is not None and through is None:
             _log.log(NOTE, "%s is %s: exporting it through a temporary snapshot", found.name_label,
                      found.power_state.lower())  # fmt: skip
         if mode == "stream":

@@ -3,8 +3,9 @@ that is still exact, and what stays on the host afterwards (incremental.md §5.2
 
 1. With ``cbt=True``, `VDI.enable_cbt` on the VM's disks; a disk the host cannot track (licence,
    SR driver) is noted and read another way.
-2. `VM.snapshot`. Its `/export_metadata` becomes the repository snapshot's ova.xml, under the VM's
-   own name, as a plain halted VM.
+2. `VM.snapshot`. Its `/export_metadata` becomes the repository snapshot's ova.xml, describing the
+   VM itself (`ops.identity`: the VM's uuid, name and disks' uuids), as a plain halted VM; the
+   manifest's source keeps the host snapshot's uuid and each disk's host snapshot VDI.
 3. Each disk is matched, by userdevice, with the disk of the VM's previous repository snapshot,
    whose manifest recorded the host snapshot VDI it came from (`source.host_vdi`):
 
@@ -34,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from xvatool._human import NOTE
 from xvatool._progress import Progress
 from xvatool._retry import DEFAULT_RETRY, RetryPolicy
 from xvatool.errors import (
@@ -46,7 +48,10 @@ from xvatool.errors import (
     XvatoolError,
 )
 from xvatool.ops.disk_reads import ChunkSample, DiskFeed, read_changed_over_nbd, read_full, read_vhd_delta
+from xvatool.ops.documents import disk_doc
 from xvatool.ops.export import fetch_metadata
+from xvatool.ops.identity import snapshot_identity, with_identity
+from xvatool.ops.progress import disk_label
 from xvatool.repo.ingest import SnapshotWriter, WriterRun
 from xvatool.repo.snapshot import Snapshot, SnapshotDisk
 from xvatool.xapi.cbt import data_destroy, enable_cbt, list_changed_blocks, nbd_mode, nbd_targets
@@ -97,13 +102,24 @@ class IncrementalOptions:
 
 @dataclass
 class DiskReport:
-    """How one disk was read: the ways used, the bytes that came from the host, what broke."""
+    """How one disk was read: the ways used, the bytes that came from the host, what broke.
+
+    `vdi_uuid` and `name` are the VM's disk; `snapshot_vdi_uuid` the host snapshot's copy of
+    it, which was read (and may be kept on the host, `KeepOnHost`).
+    """
 
     userdevice: str
     vdi_uuid: str
     methods: list[Method] = field(default_factory=list)
     bytes_read: int = 0
     notices: list[str] = field(default_factory=list)
+    name: str = ""
+    virtual_size: int = 0
+    snapshot_vdi_uuid: str = ""
+
+    @property
+    def name_label(self) -> str:
+        return self.name
 
     @property
     def method(self) -> str:
@@ -111,13 +127,8 @@ class DiskReport:
         return "+".join(self.methods) or "full"
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "userdevice": self.userdevice,
-            "vdi_uuid": self.vdi_uuid,
-            "method": self.method,
-            "bytes_read": self.bytes_read,
-            "notices": list(self.notices),
-        }
+        """One disk of a `backup --repo --json` item (docs/json.md)."""
+        return disk_doc(self, method=self.method, read_bytes=self.bytes_read, notes=list(self.notices))
 
 
 @dataclass
@@ -127,6 +138,8 @@ class VmIncremental:
     snapshot: Snapshot
     disks: list[DiskReport]
     kept: KeepOnHost
+    host_snapshot: str = ""
+    """The uuid of the host snapshot the disks were read from (destroyed unless `kept`)."""
 
     @property
     def bytes_read(self) -> int:
@@ -186,7 +199,8 @@ def _enable_cbt(session: Session, vm: VmRef) -> list[str]:
     for vdi in _disk_vdis(session, vm.ref):
         reason = enable_cbt(session, vdi)
         if reason is not None:
-            notices.append(f"{vm.name_label}: CBT cannot be enabled on VDI {vdi}: {reason}")
+            uuid = session.call("VDI.get_uuid", vdi)
+            notices.append(f"{vm.name_label}: CBT cannot be enabled on VDI {uuid}: {reason}")
     return notices
 
 
@@ -265,28 +279,30 @@ class _DiskJob:
         options: IncrementalOptions,
         *,
         allow_plain: bool,
-        progress: Callable[[int], object] | None,
     ) -> None:
         self.session = session
         self.writer = writer
         self.options = options
         self.allow_plain = allow_plain
-        self.progress = progress
 
-    def run(self, disk: DiskInfo, vdi: HostVdi, vm_name: str) -> DiskReport:
+    def run(
+        self, disk: DiskInfo, vdi: HostVdi, vm_name: str, progress: Callable[[int], object] | None
+    ) -> DiskReport:
+        """Read `vdi` (the host snapshot's copy of `disk`) into the snapshot's disk `disk`."""
         parent = _parent_disk(self.writer.parent, disk)
         methods, base, broken = _plan(self.session, vdi, parent)
         if self.writer.parent is not None and self.writer.parent.source.get("snapshots") == "delete":
             broken = ""  # nothing was kept on the host last time: a full read is the plan, not a fallback
-        report = DiskReport(str(disk.userdevice or ""), vdi.uuid)
+        report = DiskReport(str(disk.userdevice or ""), disk.vdi_uuid, name=disk.name_label,
+                            virtual_size=disk.virtual_size, snapshot_vdi_uuid=vdi.uuid)  # fmt: skip
         writer = self.writer.disk(disk)
         repo = self.writer.repo
         feed = DiskFeed(
-            writer, repo.disk_chunk_ids(parent) if parent is not None else None, progress=self.progress
+            writer, repo.disk_chunk_ids(parent) if parent is not None else None, progress=progress
         )
         sample = ChunkSample()
-        if broken:
-            self._notice(report, vm_name, f"{broken}; reading it with {methods[0]}")
+        if broken:  # the plan: worth a note, not a warning
+            self._notice(report, vm_name, f"{broken}; reading it with {methods[0]}", level=NOTE)
         for n, method in enumerate(methods):
             started_at = feed.next
             try:
@@ -310,9 +326,8 @@ class _DiskJob:
         )
         return report
 
-    def _notice(self, report: DiskReport, vm_name: str, text: str) -> None:
-        line = f"{vm_name} disk {report.userdevice}: {text}"
-        log.warning("%s", line)
+    def _notice(self, report: DiskReport, vm_name: str, text: str, *, level: int = logging.WARNING) -> None:
+        log.log(level, "%s disk %s: %s", vm_name, report.userdevice, text)
         report.notices.append(text)
 
     def _read(
@@ -379,7 +394,9 @@ def backup_vm(
 ) -> VmIncremental:
     """Back up one VM into the run's repository, incrementally where the host allows (module doc).
 
-    `progress` gets one bar per VM, labelled with its name, counting disk bytes decided.
+    `progress` gets one bar per disk, ``web-01 disk 0``, counting the disk bytes decided out of
+    the disk's size. Whatever fails or interrupts (a bar may raise `Interrupted`), the host
+    snapshot is destroyed and nothing is committed.
     """
     notices = _enable_cbt(session, vm) if options.cbt else []
     for line in notices:
@@ -387,12 +404,13 @@ def backup_vm(
     snap_ref, snap_uuid = _take_snapshot(session, vm)
     vdis: list[HostVdi] = []
     try:
-        metadata = _metadata(session, snap_ref, snap_uuid, vm)
+        identity = snapshot_identity(session, vm, VmRef(snap_ref, snap_uuid, vm.name_label, "Halted"))
+        metadata = with_identity(_metadata(session, snap_ref, snap_uuid, vm), identity)
         _tag(session, vm, snap_ref)
         by_uuid = {}
         for ref in _disk_vdis(session, snap_ref):
             found = HostVdi.from_record(ref, session.call("VDI.get_record", ref))
-            by_uuid[found.uuid] = found
+            by_uuid[identity.vdis.get(found.uuid, found.uuid)] = found  # by the VM's disk uuid
         vdis = list(by_uuid.values())
         kept: KeepOnHost = options.snapshots or ("metadata" if any(v.cbt_enabled for v in vdis) else "delete")
         writer = run.snapshot(
@@ -402,19 +420,17 @@ def backup_vm(
             time=time,
             source={"host": host_url, "host_snapshot": snap_uuid, "snapshots": kept},
         )
-        bar = progress(vm.name_label, sum(d.virtual_size for d in metadata.disks)) if progress else None
-        try:
-            job = _DiskJob(
-                session,
-                writer,
-                options,
-                allow_plain=nbd_mode(session) == "plain",
-                progress=bar.update if bar else None,
-            )
-            reports = [job.run(disk, by_uuid[disk.vdi_uuid], vm.name_label) for disk in metadata.disks]
-        finally:
-            if bar is not None:
-                bar.close()
+        job = _DiskJob(session, writer, options, allow_plain=nbd_mode(session) == "plain")
+        reports = []
+        for disk in metadata.disks:
+            bar = progress(disk_label(vm.name_label, disk), disk.virtual_size) if progress else None
+            try:
+                reports.append(
+                    job.run(disk, by_uuid[disk.vdi_uuid], vm.name_label, bar.update if bar else None)
+                )
+            finally:
+                if bar is not None:
+                    bar.close()
         snapshot = writer.commit()
     except BaseException:
         destroy_vm_with_disks(session, snap_ref, retry=options.retry)
@@ -424,7 +440,7 @@ def backup_vm(
             report.notices[:0] = notices
     _keep_on_host(session, snap_ref, vdis, kept, options.retry)
     _forget_previous(session, vm, writer.parent, options.retry)
-    return VmIncremental(snapshot, reports, kept)
+    return VmIncremental(snapshot, reports, kept, snap_uuid)
 
 
 def _keep_on_host(

@@ -39,7 +39,9 @@ from xvatool.errors import UsageError, location_context
 from xvatool.images.extents import DiskImage
 from xvatool.images.vmdkwriter import DEFAULT_LEVEL
 from xvatool.ops.appliance import ApplianceMember, consistent_sources, find_appliance
-from xvatool.ops.export import fetch_metadata
+from xvatool.ops.documents import disk_doc, file_doc, vm_doc
+from xvatool.ops.export import ExportedDisk, fetch_metadata
+from xvatool.ops.identity import snapshot_identity, with_identity
 from xvatool.ops.vdi_stream import HostDisk
 from xvatool.ovf.manifest import DigestAlgorithm
 from xvatool.ovf.model import Envelope, StartupEntry, VirtualDisk, VirtualSystem
@@ -49,7 +51,26 @@ from xvatool.xapi.session import Session
 from xvatool.xapi.vms import SnapshotPolicy, VmRef, find_vm
 from xvatool.xva.ovaxml import Metadata
 
-__all__ = ["PackageExportResult", "export_package", "package_layout"]
+__all__ = ["PackageExportResult", "PackagedVm", "export_package", "package_layout"]
+
+
+@dataclass(frozen=True)
+class PackagedVm:
+    """One VM of a package: the VM (never its temporary snapshot) and its disks as the VM has them."""
+
+    uuid: str
+    name: str
+    snapshot_uuid: str | None
+    """The temporary snapshot a running VM was read through (destroyed since), else None."""
+    disks: list[ExportedDisk] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return vm_doc(
+            self.uuid,
+            self.name,
+            vm_snapshot={"uuid": self.snapshot_uuid} if self.snapshot_uuid else None,
+            disks=[disk_doc(d) for d in self.disks],
+        )
 
 
 @dataclass(frozen=True)
@@ -66,19 +87,20 @@ class PackageExportResult:
     snapshots: int = 0
     """Members exported through a temporary snapshot (they were running)."""
     files: list[tuple[str, int]] = field(default_factory=list)
+    members: list[PackagedVm] = field(default_factory=list)
+    appliance_uuid: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-friendly summary."""
+        """The `export --json` document of a package (docs/json.md, ``export_package``)."""
+        appliance = {"uuid": self.appliance_uuid, "name": self.appliance} if self.appliance else None
         return {
             "path": str(self.path),
+            "size_bytes": self.bytes_written,
             "layout": self.layout,
-            "vms": self.vms,
-            "appliance": self.appliance,
-            "disks": self.disks,
-            "bytes": self.bytes_written,
-            "bytes_read": self.bytes_read,
-            "snapshots": self.snapshots,
-            "files": [{"name": n, "bytes": s} for n, s in self.files],
+            "appliance": appliance,
+            "vms": [m.to_json() for m in self.members],
+            "read_bytes": self.bytes_read,
+            "files": [file_doc(name, size) for name, size in self.files],
         }
 
 
@@ -101,6 +123,7 @@ class _Plan:
     disks: list[VirtualDisk] = field(default_factory=list)
     sources: list[HostDisk] = field(default_factory=list)
     networks: dict[str, None] = field(default_factory=dict)
+    vms: list[PackagedVm] = field(default_factory=list)
 
 
 def export_package(
@@ -130,10 +153,12 @@ def export_package(
     layout = layout or package_layout(out_path)
     if layout is None:
         raise UsageError(f"{os.fspath(out_path)}: a package is named OUT.ova, OUT.ovf or DIR/")
+    app_uuid = None
     if appliance is not None:
         app = find_appliance(session, appliance)
         members: Sequence[ApplianceMember] = app.members
         collection: str | None = app.name_label
+        app_uuid = app.uuid
     else:
         found = find_vm(session, vm or "")
         members = [
@@ -146,6 +171,7 @@ def export_package(
             plan = _Plan()
             for member, source in zip(members, sources, strict=True):
                 metadata = _metadata(session, source, retry)
+                plan.vms.append(_described(session, member, source, metadata))
                 _add_system(plan, session, member, metadata, collection is not None, bars)
             envelope = Envelope(
                 "1.0",
@@ -169,6 +195,8 @@ def export_package(
         sum(d.bytes_read for d in plan.sources),
         sum(1 for m, s in zip(members, sources, strict=True) if s.uuid != m.uuid),
         written.files,
+        plan.vms,
+        app_uuid,
     )
 
 
@@ -176,6 +204,15 @@ def _metadata(session: Session, source: VmRef, retry: RetryPolicy) -> Metadata:
     ova_xml = retry.run(lambda: fetch_metadata(session, source), what=f"metadata of {source.uuid}")
     with location_context(file=f"{session.url}/export_metadata?uuid={source.uuid}"):
         return Metadata.from_bytes(ova_xml).without_snapshot_identity()
+
+
+def _described(session: Session, member: ApplianceMember, source: VmRef, metadata: Metadata) -> PackagedVm:
+    """The member as the package holds it: a snapshot's disks under the uuids of the VM's disks."""
+    if source.uuid == member.uuid:
+        return PackagedVm(member.uuid, member.name_label, None, [ExportedDisk.of(d) for d in metadata.disks])
+    identity = snapshot_identity(session, member.vm_ref(), source)
+    disks = [ExportedDisk.of(d) for d in with_identity(metadata, identity).disks]
+    return PackagedVm(member.uuid, member.name_label, source.uuid, disks)
 
 
 def _add_system(

@@ -37,7 +37,8 @@ from typing import Any
 from xvatool._progress import Progress, ProgressGroup
 from xvatool._retry import DEFAULT_RETRY, RetryPolicy
 from xvatool.errors import FormatError, LocalIOError, UsageError
-from xvatool.ops.appliance import ApplianceInfo, ApplianceMember, NetworkInfo, TargetBuild
+from xvatool.ops.appliance import ApplianceInfo, ApplianceMember, NetworkInfo, TargetBuild, network_docs
+from xvatool.ops.documents import file_doc, vm_doc
 from xvatool.ops.vdi_stream import nonzero_extents, upload_extents
 from xvatool.ovf.conversion import detect_input
 from xvatool.ovf.model import Envelope, Nic, VirtualDisk, VirtualSystem
@@ -79,17 +80,18 @@ class PackageImportResult:
     verified: bool = True
     """False when the package had no manifest to check its files against."""
     notes: list[str] = field(default_factory=list)
+    appliance_name: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-friendly summary."""
+        """The `import --json` document of a package (docs/json.md, ``import_package``)."""
+        appliance = {"uuid": self.appliance, "name": self.appliance_name} if self.appliance else None
         return {
-            "source": self.source,
-            "vms": [{"name": v.name, "uuid": v.uuid, "system_id": v.system_id} for v in self.vms],
-            "appliance": {"uuid": self.appliance} if self.appliance else None,
-            "networks": self.networks,
-            "networks_created": self.networks_created,
-            "disks": self.disks,
-            "bytes_sent": self.bytes_sent,
+            "source": file_doc(self.source),
+            "vms": [vm_doc(v.uuid, v.name, system_id=v.system_id) for v in self.vms],
+            "appliance": appliance,
+            "networks": network_docs(self.networks, self.networks_created),
+            "disk_count": self.disks,
+            "sent_bytes": self.bytes_sent,
             "verified": self.verified,
             "notes": self.notes,
         }
@@ -145,21 +147,28 @@ class _Import:
         self.notes: list[str] = list(reader.notes)
         self.vdi_of: dict[str, str] = {}
         """Package disk id → uuid of the VDI made for it."""
+        self.label_of: dict[str, str] = {}
+        """Package disk id → its progress bar's label, ``web-01 disk 0``."""
         self.sent = 0
+        self.reached = 0
+        """Disk bytes passed of the disk being uploaded."""
 
     def run(self, sr_ref: str, network_map: dict[str, str], restore: bool) -> PackageImportResult:
         systems = [self._with_named_nics(s) for s in self.envelope.systems]
         names = self._networks(systems, network_map)
         for system in systems:
-            for attachment in system.disks:
+            for position, attachment in enumerate(system.disks):
                 self._create_vdi(sr_ref, system, attachment.disk_id, attachment.name)
+                device = attachment.userdevice if attachment.userdevice is not None else position
+                self.label_of[attachment.disk_id] = f"{system.name} disk {device}"
         for item in self.reader.disks():  # verified against the manifest by its end
             uuid = self.vdi_of.get(item.disk.disk_id)
             if uuid is not None:
-                update = self.bars.new(item.file.href, None).update
-                upload_extents(
-                    self.session, uuid, self._counted(nonzero_extents(item.image.extents()), update)
-                )
+                size = item.image.virtual_size
+                bar = self.bars.new(self.label_of[item.disk.disk_id], size)
+                covered = self._counted(nonzero_extents(item.image.extents()), bar.update)
+                upload_extents(self.session, uuid, covered)
+                bar.update(max(0, size - self.reached))
         vms = []
         for system in systems:
             nics = tuple(replace(nic, network=names[nic.network]) for nic in system.nics)
@@ -174,6 +183,7 @@ class _Import:
             self.sent,
             self.reader.verified,
             self.notes,
+            self.envelope.collection,
         )
 
     def _networks(self, systems: list[VirtualSystem], network_map: dict[str, str]) -> dict[str, str]:
@@ -213,9 +223,14 @@ class _Import:
     def _counted(
         self, extents: Iterator[tuple[int, memoryview]], update: Callable[[int], None]
     ) -> Iterator[tuple[int, memoryview]]:
+        """The extents, counted into `sent`; `update` gets the disk bytes passed (gaps included)."""
+        self.reached = 0
         for offset, data in extents:
             self.sent += len(data)
-            update(len(data))
+            end = offset + len(data)
+            if end > self.reached:
+                update(end - self.reached)
+                self.reached = end
             yield offset, data
 
     def _import_system(self, system: VirtualSystem, restore: bool) -> ImportedVm:

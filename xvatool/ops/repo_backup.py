@@ -8,7 +8,8 @@ delta, else the whole disk as the host's checksummed tar stream. Chunks are stor
 previous snapshot's, so every snapshot is complete by itself. A VM's snapshot is committed only
 after every disk was read and verified. A failing VM does not stop the others. `--shard K/N`
 keeps a stable share of the selection (by a hash of the VM uuid), so N workers on N machines
-split a pool without talking to each other.
+split a pool without talking to each other. The VMs run in `parallel.run_batch`: Ctrl-C stops
+every job at its next progress update; each destroys its host snapshot and commits nothing.
 
 Example::
 
@@ -24,7 +25,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -40,6 +40,7 @@ from xvatool.ops.incremental import (
     KeepOnHost,
     backup_vm,
 )
+from xvatool.ops.parallel import run_batch, stopping
 from xvatool.ops.report import BatchReport, VmResult
 from xvatool.repo.ingest import WriterRun
 from xvatool.repo.repository import Repository
@@ -88,6 +89,8 @@ class VmRepoResult(VmResult):
     disks: list[DiskReport] = field(default_factory=list)
     kept: KeepOnHost | None = None
     """What stayed on the host of this backup's snapshot."""
+    host_snapshot: str | None = None
+    """The uuid of the host snapshot the disks were read from."""
 
     @property
     def methods(self) -> str:
@@ -96,16 +99,23 @@ class VmRepoResult(VmResult):
 
     def to_json(self) -> dict[str, Any]:
         """One item of the `backup --repo --json` document (docs/json.md)."""
+        host_snapshot = None
+        if self.host_snapshot:
+            host_snapshot = {"uuid": self.host_snapshot, "kept_on_host": _KEPT[self.kept or "delete"]}
         return {
             **super().to_json(),
             "snapshot": {"id": self.snapshot} if self.snapshot else None,
             "logical_bytes": self.logical_bytes,
             "data_bytes": self.data_bytes,
             "new_bytes": self.new_bytes,
-            "bytes_read": self.bytes_read,
-            "kept_on_host": self.kept,
+            "read_bytes": self.bytes_read,
+            "vm_snapshot": host_snapshot,
             "disks": [d.to_json() for d in self.disks],
         }
+
+
+_KEPT: dict[KeepOnHost, str] = {"keep": "snapshot", "metadata": "metadata", "delete": "nothing"}
+"""`--snapshots` choice → what the document says stayed on the host (``kept_on_host``)."""
 
 
 @dataclass
@@ -125,25 +135,24 @@ def _source_url(session: Session) -> str:
 
 
 class _RepoBackupJob:
+    """The per-VM steps; one instance shared by the worker threads (it holds no per-VM state)."""
+
     def __init__(
         self,
         session_factory: Callable[[], Session],
         run: WriterRun,
         options: IncrementalOptions,
-        progress: Progress | None,
+        progress: Progress,
     ) -> None:
         self.session_factory = session_factory
         self.run = run
         self.options = options
         self.progress = progress
-        self.cancelled = threading.Event()
 
     def one(self, vm: VmRef) -> VmRepoResult:
         result = VmRepoResult(vm.uuid, vm.name_label)
         started = time.monotonic()
         try:
-            if self.cancelled.is_set():
-                raise UsageError("cancelled")
             moment = dt.datetime.now(dt.UTC)
             with self.session_factory() as session:
                 done = backup_vm(
@@ -164,6 +173,7 @@ class _RepoBackupJob:
             result.bytes_read = done.bytes_read
             result.disks = done.disks
             result.kept = done.kept
+            result.host_snapshot = done.host_snapshot
         except XvatoolError as exc:
             result.fail(exc)
             log.info("backup of %s into the repository failed: %s", vm.name_label, exc)
@@ -191,7 +201,8 @@ def backup_to_repository(
     changed block tracking on for the VMs' disks first, `snapshots` says what stays on the host
     (keep, metadata, delete; default metadata with CBT, else delete), `nbd_connections` per disk.
     `shard` (K, N) keeps the VMs whose `shard_of` is K. Raises `UsageError` for a bad selection
-    or option before anything is read.
+    or option before anything is read. Ctrl-C stops every job within one buffer (`run_batch`):
+    each destroys its host snapshot and commits nothing, then `KeyboardInterrupt` is raised.
     """
     if jobs < 1:
         raise UsageError(f"--jobs must be at least 1, not {jobs}")
@@ -205,20 +216,10 @@ def backup_to_repository(
     )
     if shard is not None:
         vms = [vm for vm in vms if shard_of(vm.uuid, shard[1]) == shard[0]]
-        if not vms:
-            return report
+    if not vms:
+        return report
+    stop = threading.Event()
     with WriterRun(repo) as run:
-        job = _RepoBackupJob(session_factory, run, options, progress)
-        if jobs == 1 or len(vms) == 1:
-            report.results += [job.one(vm) for vm in vms]
-            return report
-        with ThreadPoolExecutor(max_workers=min(jobs, len(vms)), thread_name_prefix="repo-backup") as pool:
-            futures = [pool.submit(job.one, vm) for vm in vms]
-            try:
-                report.results += [future.result() for future in futures]
-            except BaseException:
-                job.cancelled.set()
-                for future in futures:
-                    future.cancel()
-                raise
+        job = _RepoBackupJob(session_factory, run, options, stopping(progress, stop))
+        report.results += run_batch(vms, job.one, jobs=jobs, stop=stop)
     return report

@@ -32,6 +32,7 @@ from xvatool._retry import DEFAULT_RETRY, RetryPolicy
 from xvatool.errors import Interrupted, UsageError, XapiError
 from xvatool.ops.import_ import create_disk_vdi, import_stream
 from xvatool.ops.parallel import run_parallel
+from xvatool.ops.progress import disk_label
 from xvatool.repo.objects import ZERO_ID
 from xvatool.repo.reading import SnapshotDiskSource, snapshot_metadata
 from xvatool.repo.repository import Repository
@@ -100,7 +101,7 @@ class _ParallelRestore:
         records = {disk.id: disk for disk in self.snapshot.disks}
         disks = list(metadata.disks)
         readers = max(1, self.repo.storage.parallelism // max(1, min(len(disks), DISKS_AT_ONCE)))
-        total = self.bars.new("total", sum(records[d.id].data_bytes for d in disks))
+        total = self.bars.new(f"{self.snapshot.vm_name} total", sum(records[d.id].data_bytes for d in disks))
         try:
             targets = []
             for disk in disks:
@@ -124,7 +125,7 @@ class _ParallelRestore:
     def _job(
         self, disk: DiskInfo, record: SnapshotDisk, target: str, readers: int, total: ProgressBar
     ) -> Callable[[], None]:
-        bar = self.bars.new(disk.name_label or disk.id, record.data_bytes, also=total)
+        bar = self.bars.new(disk_label(self.snapshot.vm_name, disk), record.data_bytes, also=total)
         source = SnapshotDiskSource(self.repo, record, workers=readers)
 
         def send() -> None:
