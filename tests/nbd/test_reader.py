@@ -45,8 +45,10 @@ def test_reads_a_disk_in_order_over_four_connections(disk):
             assert [offset for offset, _ in pieces] == [0, MiB, 2 * MiB, 3 * MiB, 4 * MiB, 5 * MiB]
             assert b"".join(p for _, p in pieces) == data
             assert reader.stats.requests == 6 and reader.stats.bytes == len(data)
-            assert reader.stats.connections == 4 and reader.stats.reissued == 0
-        assert server.active_connections == 0 or True
+            # every worker connects at start, but six small reads may be done before the last one is up
+            wait_until(lambda: reader.stats.connections == 4)
+            assert reader.stats.reissued == 0
+        wait_until(lambda: server.active_connections == 0)  # the reader disconnected them all
 
 
 def test_ranges_are_aligned_clamped_and_cut_at_multiples(disk):
