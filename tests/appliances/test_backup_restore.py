@@ -85,7 +85,7 @@ def test_running_members_are_described_as_themselves_not_their_snapshots(source,
     # Regression (issue 12 bug 3): members exported from the snapshots taken together carried the
     # snapshots' VM and VDI uuids in the archive and the manifest; --restore-identity gave those back.
     from xvatool.ops.manifest import load_manifest, manifest_path_for
-    from xvatool.xva.reader import open_archive
+    from xvatool.xva.opening import open_archive
 
     state = source.host.state
     web = source.host.vm("demo-app-web")

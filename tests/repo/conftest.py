@@ -88,18 +88,34 @@ def repo_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
-@pytest.fixture(params=["local", "s3", "external"])
-def repo_place(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RepoPlace:
-    """A fresh, empty repository location on each backend."""
-    if request.param == "local":
+REMOTE_KINDS = ["s3", *(["external"] if EXTERNAL_URL else [])]
+
+
+def _place(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> RepoPlace:
+    if kind == "local":
         return RepoPlace("local", str(tmp_path / "repo"), None, tmp_path / "repo")
-    if request.param == "s3":
+    if kind == "s3":
         _aws_env(monkeypatch)
         endpoint = request.getfixturevalue("moto_endpoint")
         return RepoPlace("s3", f"s3://{BUCKET}/{uuid.uuid4().hex}", endpoint)
-    if not EXTERNAL_URL:
-        pytest.skip(f"{EXTERNAL_URL_ENV} not set")
+    assert EXTERNAL_URL  # the kind exists only when the variable is set
     return RepoPlace("external", f"{EXTERNAL_URL.rstrip('/')}/{uuid.uuid4().hex}", EXTERNAL_ENDPOINT)
+
+
+@pytest.fixture(params=["local", *REMOTE_KINDS])
+def repo_place(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RepoPlace:
+    """A fresh, empty repository location on each backend."""
+    return _place(request.param, request, tmp_path, monkeypatch)
+
+
+@pytest.fixture(params=REMOTE_KINDS)
+def remote_place(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> RepoPlace:
+    """A fresh, empty repository location on object storage only (for what a local folder skips)."""
+    return _place(request.param, request, tmp_path, monkeypatch)
 
 
 @pytest.fixture

@@ -214,13 +214,11 @@ def test_check_read_data_records_each_snapshot_verdict_and_prune_drops_stale_one
     assert [k.split("/")[1][:64] for k in repo_place.keys("verify/")] == [sa.id]
 
 
-def test_listing_snapshots_on_s3_reads_each_manifest_once(repo_place, tmp_path, fast_kdf, repo_cache):
-    if repo_place.kind == "local":
-        pytest.skip("a local folder is read in place: nothing to cache")
-    repo = _repo(repo_place, passphrase="pw", kdf=fast_kdf)
+def test_listing_snapshots_on_s3_reads_each_manifest_once(remote_place, tmp_path, fast_kdf, repo_cache):
+    repo = _repo(remote_place, passphrase="pw", kdf=fast_kdf)
     archives = [_vm(tmp_path, name, n)[0] for n, name in enumerate(("secret-a", "secret-b", "secret-c"), 1)]
     added = add_archives(repo, archives)
-    reopened = open_repository(repo_place.location, passphrase="pw", s3_endpoint=repo_place.endpoint)
+    reopened = open_repository(remote_place.location, passphrase="pw", s3_endpoint=remote_place.endpoint)
     gets: list[str] = []
     real_get = reopened.storage.get
 
