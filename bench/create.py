@@ -8,7 +8,7 @@ Each measurement then runs in its own subprocess, so peak RSS (`resource.getrusa
 - writer → /dev/null: `write_xva` (sparse-aware source, hashing in a worker thread);
 - writer → file: the same into a real file (then deleted).
 
-Speeds are GB/s (10^9 bytes/s) of *disk* (virtual size), as performance.md counts them; ratios
+Speeds are GB/s (10^9 bytes/s) of *disk* (virtual size), not of archive; ratios
 are against the reference with the same checksum kind. Numbers drift between runs on shared
 machines; only the ratios are meaningful.
 

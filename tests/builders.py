@@ -1,7 +1,7 @@
-"""Spec-driven XVA builders for tests (style.md 24).
+"""Spec-driven XVA builders for tests.
 
 `build_xva(spec)` lays out raw tar bytes with `tarstream.v7_header`, the way xapi does (xva-format.md
-§1.1), and returns every member's offsets and digest, so that hostile cases are byte mutations of a
+§3.1), and returns every member's offsets and digest, so that hostile cases are byte mutations of a
 built archive (`flip`, `truncated`, `replace_member_data`). It deliberately does not use
 `xvatool.xva.writer`: the reader's tests must not trust the writer they are meant to check.
 
@@ -179,7 +179,7 @@ def disk_from_image(
     keepalive_before: Sequence[int] = (),
     uuid: str | None = None,
 ) -> DiskSpec:
-    """Chunks of `image` as the host's plain-read strategy writes them (xva-format.md §3.2).
+    """Chunks of `image` as the host's plain-read strategy writes them (xva-format.md §5.2).
 
     All-zero chunks are left out except the first and the last; the counter jumps over them. For
     each block index in `keepalive_before`, a zero-length keep-alive chunk is written just before
@@ -265,7 +265,7 @@ def _vm_record(spec: XvaSpec, vbds: list[Value], vifs: list[Value]) -> dict[str,
 
 
 def ova_xml(spec: XvaSpec) -> bytes:
-    """A complete ova.xml (§2.8 shape) for one VM with `spec.disks` as VDIs on one SR.
+    """A complete ova.xml (the shape of xva-format.md §4.8) for one VM with `spec.disks` as VDIs on one SR.
 
     Other objects get ids (`Ref:vm`, `Ref:sr`, `Ref:vbd0`, …) that cannot be confused with disk ids.
     """

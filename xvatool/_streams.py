@@ -2,7 +2,7 @@
 
 Every stream inside xvatool is a `Readable` (`_types`): data moves with `readinto` into reused
 buffers. `as_readable` adapts, once, at the public entry points, an object that only has `read`.
-`TeeReader` is verify-while-copying (style.md 7): a parser reads through it while the bytes go to
+`TeeReader` is verify-while-copying: a parser reads through it while the bytes go to
 a file and a whole-stream hash, so the copy holds exactly what was verified. Exports tee the
 host's body into the output; imports tee the archive into its SHA-256. `LocalStream` wraps a
 local file so its read errors become `LocalIOError` naming the file.
@@ -71,8 +71,8 @@ def as_readable(stream: Readable | SupportsRead) -> Readable:
 class TeeReader:
     """A Readable that copies what is read into `sink` and `hasher`: verify-while-copying.
 
-    The parser reads through the tee, so the copy contains exactly the bytes that were verified
-    (style.md 7). `progress` gets the byte count of every read.
+    The parser reads through the tee, so the copy contains exactly the bytes that were verified.
+    `progress` gets the byte count of every read.
     """
 
     def __init__(

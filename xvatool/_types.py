@@ -22,7 +22,7 @@ class SupportsRead(Protocol):
 class Readable(Protocol):
     """A byte stream read into caller-owned buffers: a file, a pipe, a decompressor, an HTTP body.
 
-    `readinto` is the one way data moves (style.md 11): 1 MiB chunks land in reused buffers with no
+    `readinto` is the one way data moves: 1 MiB chunks land in reused buffers with no
     copy per read. It returns 0 only at the end of the stream. Public entry points accept a
     `SupportsRead` too and adapt it once with `xvatool._streams.as_readable`.
     """

@@ -4,7 +4,7 @@ The fuzzer's oracle for mutants that `extract` accepts but whose disks differ fr
 a mutant must be a legal archive, and its disks must be exactly what the host would write. This
 model shares no code with `xvatool.xva`: it decompresses with the standard library, walks the tar
 block by block with `tarfile.TarInfo.frombuf`, reads ova.xml with `xml.etree`, and applies
-xva-format.md §3.4 in the most direct way. Where the host is lenient and we are not (a first chunk
+docs/xva-format.md §5.4 in the most direct way. Where the host is lenient and we are not (a first chunk
 that is not counter 0), the model is lenient too: it is only asked about archives we accepted.
 """
 
@@ -34,7 +34,10 @@ class Refused(Exception):
 
 
 def _decompress(data: bytes) -> bytes:
-    """§4.2: sniff, then decompress the whole stream, trailers checked (gzip CRC/ISIZE, zstd)."""
+    """Sniff, then decompress the whole stream, trailers checked (gzip CRC/ISIZE, zstd).
+
+    As xva-format.md §2.3 says xvatool reads compressed archives.
+    """
     try:
         if data[:4] == b"\x28\xb5\x2f\xfd":
             reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True)
@@ -135,7 +138,7 @@ def _members(tar: bytes) -> Iterator[tuple[str, str, bytes]]:
         yield name, kind, data
 
 
-# -- ova.xml (§2.1, §2.2, §2.7) ---------------------------------------------------------------------
+# -- ova.xml (xva-format.md §4.1, §4.2, §4.7) ----------------------------------------------------
 
 
 def _value(el: ElementTree.Element) -> Any:
@@ -199,7 +202,7 @@ def _data_disks(ova: bytes) -> list[tuple[str, str, int]]:
         raise Refused(f"VDI record: {exc}") from exc
 
 
-# -- disks (§3.3, §3.4) --------------------------------------------------------------------------------
+# -- disks (xva-format.md §5.3, §5.4) ---------------------------------------------------------------
 
 
 def _digest(suffix: str, data: bytes) -> str:

@@ -46,7 +46,7 @@ def _spec_seed(name: str, compression: str, disks: list[tuple[DiskSpec, bytes]],
 
 
 def _small(kind: str, uuid: str) -> tuple[DiskSpec, bytes]:
-    """Chunks 0 and 2 of a 3-chunk disk: a counter gap in the middle (§3.2)."""
+    """Chunks 0 and 2 of a 3-chunk disk: a counter gap in the middle (xva-format.md §5.2)."""
     image = pattern(SMALL_CHUNK, 1) + bytes(SMALL_CHUNK) + pattern(SMALL_CHUNK, 2)
     chunks = [ChunkSpec(0, image[:SMALL_CHUNK], kind), ChunkSpec(2, image[2 * SMALL_CHUNK :], kind)]  # type: ignore[arg-type]
     return DiskSpec("Ref:2", len(image), chunks, uuid=uuid), image
@@ -63,7 +63,7 @@ def _keepalive_pair() -> list[tuple[DiskSpec, bytes]]:
     image_a = pattern(SMALL_CHUNK, 6) + bytes(2 * SMALL_CHUNK) + pattern(SMALL_CHUNK, 7)
     chunks = [
         ChunkSpec(0, image_a[:SMALL_CHUNK], "sha1"),
-        ChunkSpec(1, b"", "sha1"),  # zero-length keep-alive: uses a counter, not a byte (§3.2)
+        ChunkSpec(1, b"", "sha1"),  # zero-length keep-alive: uses a counter, not a byte (xva-format.md §5.2)
         ChunkSpec(4, image_a[3 * SMALL_CHUNK :], "xxhash"),
     ]
     image_b = pattern(2 * SMALL_CHUNK, 8)

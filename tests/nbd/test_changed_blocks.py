@@ -15,7 +15,7 @@ BLOCK = CBT_BLOCK_SIZE
 
 
 def sm_style_bitmap(size: int, blocks: set[int]) -> str:
-    """The host's encoding, derived the way SM derives it (incremental.md §1.5), independently of
+    """The host's encoding, derived the way SM derives it (docs/incremental.md §1.4), independently of
     the module: tapdisk sets bit n%64 of little-endian u64 word n//64; SM byte-reverses the bit
     order of every byte (bitarray.bytereverse) and base64-encodes the bytes, cut to the length rule."""
     count = -(-size // BLOCK)

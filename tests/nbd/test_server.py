@@ -1,4 +1,4 @@
-"""The server, byte by byte, against incremental.md §2.3 (xapi-nbd on xapi-project/nbd)."""
+"""The server, byte by byte, against docs/incremental.md §2.3 (xapi-nbd on xapi-project/nbd)."""
 
 from __future__ import annotations
 

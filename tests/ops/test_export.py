@@ -35,7 +35,7 @@ def disk_bytes(size: int, seed: int) -> bytes:
 
 
 def vdi_tar(data: bytes, *, kind="xxhash", keep_alive_at: int | None = None) -> bytes:
-    """A /export_raw_vdi?format=tar stream the way the host writes one (§3.5)."""
+    """A /export_raw_vdi?format=tar stream the way the host writes one (xva-format.md §6)."""
     size = len(data)
     count = -(-size // CHUNK_SIZE)
     out = []

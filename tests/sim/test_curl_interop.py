@@ -1,7 +1,7 @@
 """A plain HTTP client (curl) moves VMs and disks in and out of the simulated host.
 
 curl knows nothing of xapi, so this proves the handlers speak ordinary HTTP: a close-delimited
-export, an upload with Content-Length, session ids in a cookie (xapi-protocol.md §3.0).
+export, an upload with Content-Length, session ids in a cookie (docs/host-protocol.md §4.1, §4.3).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""RPC envelopes and encodings, exactly as xapi sends them (xapi-protocol.md §1)."""
+"""RPC envelopes and encodings, exactly as xapi sends them (docs/host-protocol.md §2)."""
 
 from __future__ import annotations
 

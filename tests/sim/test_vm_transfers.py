@@ -73,7 +73,7 @@ def test_export_is_the_host_dialect_and_verifies(sim: RunningHost, tmp_path) -> 
     verified = CliRunner().invoke(main, ["verify", str(archive)])
     assert verified.exit_code == 0, verified.output
     reader = XvaReader(io.BytesIO(data))
-    assert reader.metadata.check() == []  # every importer rule of xva-format.md §2.3–§2.7
+    assert reader.metadata.check() == []  # every importer rule of xva-format.md §4.3–§4.7
     assert reader.metadata.vm.name_label == "demo-vm"
     placed = {(c.disk.virtual_size, c.offset): bytes(c.data[:64]) for c in reader.chunks()}
     assert placed[(4 << 20, 0)] == demo_block(0, 0)[:64]

@@ -1,4 +1,4 @@
-"""XML-RPC envelopes as xapi writes them (xapi-protocol.md §1.3), for hosts behind httpx.MockTransport."""
+"""XML-RPC envelopes as xapi writes them (docs/host-protocol.md §2.2), for httpx.MockTransport."""
 
 from __future__ import annotations
 

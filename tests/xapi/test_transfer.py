@@ -69,7 +69,7 @@ def test_download_follows_302_and_resends_cookies():
     with ScriptedServer(lambda r: (r.start(200), r.write(b"from-b"))) as b:
 
         def redirect(req: Request) -> None:
-            # like xapi: only the query is copied, cookies are not (§3.0)
+            # like xapi: only the query is copied, cookies are not (host-protocol.md §4.5)
             req.send(302, b"", {"Location": f"{b.url}{req.raw_path}"})
 
         with ScriptedServer(redirect) as a:
@@ -225,7 +225,7 @@ def test_upload_probes_then_sends_exact_length_body():
     assert seen[2][2] == b"a" * 1000 + b"b" * 24
     assert seen[2][1] == {"session_id": SESSION, "task_id": "OpaqueRef:t"}
     assert real.headers["Content-Length"] == "1024"
-    assert all(s[3] is None for s in seen)  # never Transfer-Encoding (§3.0)
+    assert all(s[3] is None for s in seen)  # never Transfer-Encoding (host-protocol.md §4.3)
 
 
 def test_upload_without_probe_sends_once():

@@ -9,7 +9,7 @@ MIB = 1 << 20
 
 @pytest.mark.parametrize(
     ("kind", "data", "expected"),
-    [  # vectors from xva-format.md §3.3
+    [  # vectors from xva-format.md §5.3
         ("xxhash", b"", "EF46DB3751D8E999"),
         ("xxhash", bytes(MIB), "87D2A1B6E1163EF1"),
         ("xxhash", bytes(MIB // 2), "091AB0B4B605C552"),

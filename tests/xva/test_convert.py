@@ -234,7 +234,7 @@ def test_repack_unknown_network_is_a_usage_error():
 
 
 def keepalive_archive() -> bytes:
-    """A disk of 3 MiB written as xapi's raw strategy does after a stall (§3.2): a zero-length
+    """A disk of 3 MiB written as xapi's raw strategy does after a stall (xva-format.md §5.2): a zero-length
     chunk uses up counter 1, so counters 2 and 3 carry offsets 1 MiB and 2 MiB; mixed kinds."""
     metadata = build_vm_metadata(name="k", disks=[DiskSpec(3 * MiB, "a")])
     disk_id = metadata.disks[0].id

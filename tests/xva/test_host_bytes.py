@@ -1,4 +1,4 @@
-"""Our tar writer against a file a real XenServer host wrote, byte for byte (xva-format.md §1.2)."""
+"""Our tar writer against a file a real XenServer host wrote, byte for byte (docs/xva-format.md §3.2)."""
 
 from __future__ import annotations
 

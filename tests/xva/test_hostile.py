@@ -57,7 +57,7 @@ def test_truncation_at_every_block_and_inside_headers():
         if cut < end:
             with pytest.raises(FormatError):
                 list(XvaReader(io.BytesIO(data)).chunks())
-        else:  # only the end-of-archive marker is missing: the host never reads it (§1.4)
+        else:  # only the end-of-archive marker is missing: the host never reads it (xva-format.md §3.4)
             assert len(list(XvaReader(io.BytesIO(data)).chunks())) == 2
         problems: list[Problem] = []
         list(XvaReader(io.BytesIO(data), problems=problems).chunks())

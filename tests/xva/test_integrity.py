@@ -139,7 +139,8 @@ def _warning_cases() -> dict[str, bytes]:
     """Archives with warnings only: valid for verify, so extract must succeed."""
     built = small_archive()
     half = disk_from_image("Ref:1", pattern(MIB // 2, 3), uuid=UUID)
-    # A counter gap of 2 in the second disk stands for 2 x 512 KiB, the archive's first chunk (§3.4).
+    # A counter gap of 2 in the second disk stands for 2 x 512 KiB, the archive's first chunk
+    # (xva-format.md §5.4).
     gap = DiskSpec("Ref:2", 3 * MIB, [ChunkSpec(0, pattern(MIB, 4)), ChunkSpec(3, pattern(MIB, 5))])
     pax = tarfile.TarInfo("ova.xml")
     pax.size, pax.pax_headers = built.members[0].size, {"comment": "made elsewhere"}

@@ -1,4 +1,4 @@
-"""ova.xml codec and model: xva-format.md §2, checked against real host output."""
+"""ova.xml codec and model: docs/xva-format.md §4, checked against real host output."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def _built(**kwargs: Any) -> Metadata:
     return build_vm_metadata(name="vm", disks=[DiskSpec(1 << 20, "disk")], networks=["net0"], **kwargs)
 
 
-# ------------------------------------------------------------------ decoding (§2.1)
+# ------------------------------------------------------------------ decoding (xva-format.md §4.1)
 
 
 @pytest.mark.parametrize(
@@ -226,7 +226,7 @@ def test_real_xs70_round_trip(shared_fixture: Any) -> None:
     assert second == first
     assert _same(second.version, first.version)
     assert all(_same(a.snapshot, b.snapshot) for a, b in zip(first.objects, second.objects, strict=True))
-    assert [o.cls for o in first.objects] == [  # §2.5: XS 7.0 emission order
+    assert [o.cls for o in first.objects] == [  # xva-format.md §4.5: XS 7.0 emission order
         "VM", "VM_guest_metrics", "VBD", "VIF", "VIF", "network", "network", "VDI", "SR",
     ]  # fmt: skip
     assert first.xapi_version == (1, 9)
@@ -246,7 +246,7 @@ def test_real_xs70_round_trip(shared_fixture: Any) -> None:
         "Local storage",
     )
     assert [(n.vif_device, n.bridge) for n in first.networks] == [("0", "xenapi"), ("1", "xapi1")]
-    assert first.resolve("Ref:1739") is None  # the dangling null id of §2.4
+    assert first.resolve("Ref:1739") is None  # the dangling null id of xva-format.md §4.4
     assert first.check() == []
 
 
@@ -312,7 +312,7 @@ def test_resolve_only_ids_in_the_file() -> None:
 
 
 def test_disks_order_and_selection() -> None:
-    """Byte-wise id order (§2.7); CDs, ISO SRs and unreferenced VDIs are skipped; suspend kept."""
+    """Byte-wise id order (xva-format.md §4.7); CDs, ISO SRs, unreferenced VDIs skipped; suspend kept."""
 
     def obj(cls: str, obj_id: str, **snap: Value) -> XapiObject:
         return XapiObject(cls, obj_id, dict(snap))

@@ -62,7 +62,8 @@ def test_gaps_and_partial_last_chunk_are_placed(kind):
 
 
 def test_keepalive_chunks_shift_counters_not_offsets():
-    # Zero-length keep-alives before blocks 1 and 3: counters run ahead of offset // 1 MiB (§3.2).
+    # Zero-length keep-alives before blocks 1 and 3: counters run ahead of offset // 1 MiB
+    # (xva-format.md §5.2).
     disk = disk_from_image("Ref:2", IMAGE, "xxhash", keepalive_before=[1, 3])
     counters = [c.counter for c in disk.chunks]
     assert counters == [0, 1, 4, 5, 6]  # 0 data, 1 keep-alive, gap 2-3, 4 keep-alive, 5 and 6 data
@@ -113,7 +114,7 @@ def test_disks_in_id_order_not_file_order():
 
 def test_global_first_len_follows_the_host():
     # The first disk is 512 KiB, so xapi's global first_len is 512 KiB; a gap in the second disk
-    # is filled with 512 KiB blocks, not 1 MiB ones (§3.4), and the reader notes it.
+    # is filled with 512 KiB blocks, not 1 MiB ones (xva-format.md §5.4), and the reader notes it.
     small = DiskSpec("Ref:1", 512 * 1024, [ChunkSpec(0, pattern(512 * 1024, 1))])
     big = DiskSpec("Ref:2", 3 * MIB, [ChunkSpec(0, pattern(MIB, 2)), ChunkSpec(2, pattern(MIB, 3))])
     built = build_xva(XvaSpec([small, big]))
@@ -299,7 +300,7 @@ def test_digest_helper_matches_builder():
 
 
 def test_directory_entries_are_errors_in_every_mode():
-    # One verdict (issue 8 finding 1): the host fails on a directory entry (§1.3), so a strict
+    # One verdict (issue 8 finding 1): the host fails on a directory entry (xva-format.md §3.3), so a strict
     # reader refuses it as `verify` does, instead of tolerating it silently.
     import tarfile
 
@@ -344,7 +345,7 @@ def test_bad_counters_are_refused(name):
     assert info.value.member == name
 
 
-# -- single-disk vdi/ streams (xva-format.md §3.5) ---------------------------------------------------
+# -- single-disk vdi/ streams (xva-format.md §6) ------------------------------------------------------
 
 
 def disk_stream(chunks: list[tuple[str, bytes]], *, kind="xxhash", end=True) -> bytes:

@@ -1,4 +1,4 @@
-"""Writer → reader round trips on random disks (style.md 24). Profile by HYPOTHESIS_PROFILE (conftest)."""
+"""Writer → reader round trips on random disks. Profile by HYPOTHESIS_PROFILE (conftest)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Metadata built from scratch must be complete and importable (xva-format.md §2.8, §8.1)."""
+"""Metadata built from scratch must be complete and importable (docs/xva-format.md §4.8, §8.1)."""
 
 from __future__ import annotations
 

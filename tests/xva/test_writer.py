@@ -95,7 +95,7 @@ def pattern(n: int, seed: int = 1) -> bytes:
     return bytes((i * 7 + seed) % 251 for i in range(256)) * (n // 256) + bytes(n % 256)
 
 
-# -- header bytes (xva-format.md §1.2 test vectors) -------------------------------------------
+# -- header bytes (xva-format.md §3.2 test vectors) -------------------------------------------
 
 
 def test_chunk_header_matches_the_spec_test_vectors():
@@ -242,7 +242,7 @@ def test_data_is_copied_before_the_source_reuses_its_buffer():
 
 
 def test_first_disk_under_one_mib_turns_off_skipping():
-    # §3.4: the importer sizes every gap by the archive's first data member.
+    # xva-format.md §5.4: the importer sizes every gap by the archive's first data member.
     metadata = FakeMetadata(("Ref:1", 4096), ("Ref:2", 3 * MiB))
     data = build(metadata, {"Ref:1": BytesSource(pattern(4096)), "Ref:2": BytesSource(b"")})
     assert [n for n in names(data) if n.startswith("Ref:2/") and "." not in n] == [
@@ -349,7 +349,7 @@ def test_keepalive_writes_zero_chunks_in_full_after_silence():
     disk = pattern(MiB) + bytes(4 * MiB)
     metadata = FakeMetadata(("Ref:1", len(disk)))
     # keepalive_s=0: every stretch without output is "too long", so no zero chunk is skipped and
-    # counters stay equal to offset / 1 MiB (§3.2, NBD strategy).
+    # counters stay equal to offset / 1 MiB (xva-format.md §5.2, NBD strategy).
     writer = XvaWriter(metadata, {"Ref:1": BytesSource(disk)}, keepalive_s=0)
     data = b"".join(bytes(p) for p in writer)
     assert [n for n in names(data) if "." not in n] == [f"Ref:1/{i:08d}" for i in range(5)]

@@ -135,7 +135,7 @@ def terminate_as_interrupt() -> None:
     """Make SIGTERM (``kill``, a service manager stopping us) behave like Ctrl-C.
 
     Then every ``with session:`` block still logs out and `command_errors` exits 130 with the
-    resume state kept, instead of the process dying with a session left on the host (§1.5).
+    resume state kept, instead of the process dying with a session left on the host (host-protocol.md §2.5).
     Only the main thread may set handlers, and a handler someone else installed is kept.
     """
     if threading.current_thread() is not threading.main_thread():

@@ -1,7 +1,7 @@
 """The exit codes of the command line: one table from error class to code, at the CLI boundary.
 
-The library's errors say what went wrong; what a shell script sees is decided here (design.md
-§6, README "Exit codes"). The first row whose class matches wins, so more specific classes come
+The library's errors say what went wrong; what a shell script sees is decided here (README,
+"Exit codes"). The first row whose class matches wins, so more specific classes come
 first; an `XvatoolError` not listed exits 1.
 """
 

@@ -1,6 +1,6 @@
 """Changed-block bitmaps as `VDI.list_changed_blocks` returns them, and what a backup reads from one.
 
-The host's format (incremental.md §1.5): standard base64, with padding, of
+The host's format (docs/incremental.md §1.4): standard base64, with padding, of
 ``ceil(ceil(virtual_size / 64 KiB) / 8)`` bytes. Bit *i* covers the 64 KiB block at byte
 ``i * 65536``; bits are numbered MSB first (block *i* is byte ``i >> 3``, mask ``0x80 >> (i & 7)``),
 which SM produces by byte-reversing tapdisk's little-endian words. Bits past the end of the disk
@@ -35,7 +35,7 @@ __all__ = [
 CBT_BLOCK_SIZE = 64 << 10
 """Bytes covered by one bit (tapdisk's tracking granularity)."""
 DEFAULT_MAX_RANGE = 2 << 20
-"""Longest range `ranges` yields by default: the 2 MiB clients read per request (§5.2)."""
+"""Longest range `ranges` yields by default: the 2 MiB clients read per request (incremental.md §2.3)."""
 
 _RUN = re.compile(rb"\xff+|[^\x00]")
 """A run of full bytes, or one partial byte: zero bytes are skipped at C speed."""

@@ -1,6 +1,6 @@
 """One NBD client connection to a host's export: handshake, STARTTLS, EXPORT_NAME, pipelined READs.
 
-The client speaks the subset xapi-nbd serves (incremental.md §2.6): fixed newstyle, STARTTLS
+The client speaks the subset xapi-nbd serves (docs/incremental.md §2.6): fixed newstyle, STARTTLS
 verified against the certificate `VDI.get_nbd_info` returned, `EXPORT_NAME` (never `GO`: xapi
 answers it with ERR_UNSUP, so trying it first would cost a round trip and buy nothing), simple
 replies only, READ and DISC. A connection belongs to one thread; `abort` is the one call another

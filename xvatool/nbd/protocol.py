@@ -1,7 +1,7 @@
 """The NBD wire format, as much of it as xapi speaks: fixed-newstyle handshake, options, simple replies.
 
 Layouts and values follow the NBD protocol document (NetworkBlockDevice/nbd ``doc/proto.md``);
-which of them a XenServer host uses is in incremental.md §2.3 and §2.5. Every integer on the wire
+which of them a XenServer host uses is in docs/incremental.md §2.3 and §2.5. Every integer on the wire
 is big-endian. The client (`connection.py`) and the server (`server.py`) share this module and
 its one way of filling a buffer from a socket, `recv_exactly`.
 

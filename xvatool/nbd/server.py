@@ -1,6 +1,6 @@
 """An NBD server that behaves like a XenServer host's (xapi-nbd on the OCaml nbd library).
 
-What it does, byte for byte, is incremental.md §2.3, read against xapi-project/nbd
+What it does, byte for byte, is docs/incremental.md §2.3, read against xapi-project/nbd
 ``lib/server.ml``/``protocol.ml`` and xen-api ``ocaml/nbd/src/main.ml``:
 
 - At most `max_connections` (16) at once; one more is accepted and closed before the greeting,

@@ -2,7 +2,7 @@
 
 For each selected VM, in its own thread with its own session (sessions are not thread-safe):
 export it (the export layer snapshots a running VM and destroys the snapshot afterwards,
-xapi-protocol.md §5 item 12; the archive still describes the VM, `ops.identity`) into
+host-protocol.md §7.1; the archive still describes the VM, `ops.identity`) into
 ``DEST/<name>-<uuid8>/<stamp>.xva``, verifying every chunk and computing the archive's sha256 and
 each disk's while the bytes stream (`export_vm(digest=True)`: the archive is never read again),
 write the manifest last and atomically, then apply retention in that VM's folder (only

@@ -112,7 +112,7 @@ def _checked_format(path: Path, asked: ImportFormat | None) -> ImportFormat:
 def _tar_disk_size(path: Path) -> int:
     """A ``vdi/`` tar stream's disk size, and every chunk of it verified.
 
-    The host always sends a disk's last chunk (xva-format.md §3.4), so the last member's counter
+    The host always sends a disk's last chunk (xva-format.md §5.2), so the last member's counter
     and length give the size; the member headers are listed first (seeking over the data), then
     the stream is read through the format layer, which checks every chunk against that size.
     """

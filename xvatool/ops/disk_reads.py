@@ -5,7 +5,7 @@ Each reader fills a `DiskFeed` (the repository's `DiskWriter`, chunk indexes asc
 
 - `read_changed_over_nbd`: the 1 MiB chunks holding a block `VDI.list_changed_blocks` flags,
   read over NBD (several connections, resumed after drops); every other chunk is the parent
-  snapshot's, taken by id without reading it (incremental.md §5.2 mode A);
+  snapshot's, taken by id without reading it (docs/incremental.md §4, cbt);
 - `read_vhd_delta`: ``/export_raw_vdi?format=vhd&base=…``, a differencing VHD of the blocks that
   differ from the previous snapshot; chunks it covers only in part are completed from the
   parent's chunk in the repository, the rest are the parent's (mode B);

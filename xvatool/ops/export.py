@@ -1,18 +1,18 @@
 """Exporting a whole VM to an XVA file: one verified stream, or one stream per disk in parallel.
 
-`stream` mode is one `GET /export` (xapi-protocol.md §3.1). The body is teed into the output's
+`stream` mode is one `GET /export` (docs/host-protocol.md §4.6). The body is teed into the output's
 temporary file while the format reader parses it, so every chunk checksum is verified in the same
 pass; a corrupt chunk fails the export and no OUT appears. With compression the host compresses
 the whole stream (`use_compression`); the reader verifies the decompressed stream while the
 compressed bytes are written.
 
-`parallel` mode asks `GET /export_metadata` (export_snapshots=false, §3.2) for the host's ova.xml
-and fetches every disk at once with `GET /export_raw_vdi?format=tar` (§3.5). Each `vdi/` tar
-stream (xva-format.md §3.5) is verified chunk by chunk as it arrives and spooled to
+`parallel` mode asks `GET /export_metadata` (host-protocol.md §4.7) for the host's ova.xml and
+fetches every disk at once with `GET /export_raw_vdi?format=tar` (host-protocol.md §4.10). Each
+`vdi/` tar stream (docs/xva-format.md §6) is verified chunk by chunk as it arrives and spooled to
 `OUT.part.d/<disk>.tar`; when all disks are there they are assembled into a standard XVA
-(`ops.spools.assemble_by_copy`: new member headers, the data copied by the kernel). The host
-offers no ranges (§4), so resuming is per disk: the journal (in the state folder) marks a disk
-(by VDI uuid) done with the XXH3-128 of its spool, and `--resume` re-hashes the spools and
+(`ops.spools.assemble_by_copy`: new member headers, the data copied by the kernel). The host offers
+no ranges (host-protocol.md §5), so resuming is per disk: the journal (in the state folder) marks a
+disk (by VDI uuid) done with the XXH3-128 of its spool, and `--resume` re-hashes the spools and
 fetches only the rest.
 
 `export_vm(digest=True)` also computes, while the bytes stream, the SHA-256 of the archive and
@@ -588,7 +588,7 @@ class _ParallelExport:
 
 
 def fetch_metadata(session: Session, source: VmRef) -> bytes:
-    """The ova.xml of `source` from `GET /export_metadata` (§3.2), without its snapshots.
+    """The ova.xml of `source` from `GET /export_metadata` (host-protocol.md §4.7), without its snapshots.
 
     Public because a parallel export and a parallel migrate both start from it: the disks are
     fetched one by one, and the document says which. Not retried here: callers run it under
@@ -603,7 +603,7 @@ def fetch_metadata(session: Session, source: VmRef) -> bytes:
 
 
 INLINE_ERROR_MARK = b"HTTP/1."
-"""A failure after the 200 is written into the body as a whole HTTP response (§3.0, §5 item 1)."""
+"""A failure after the 200 is written into the body as a whole HTTP response (host-protocol.md §4.4)."""
 
 
 @contextmanager

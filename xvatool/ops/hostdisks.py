@@ -1,8 +1,8 @@
 """The sha256 of a VM's disks as the host holds them, read through `GET /export_raw_vdi`.
 
 This is how a workflow proves that a restore or a migration reproduced the disks: hash every disk
-of the source and of the result through the host (the same handler any client uses, xapi-protocol.md
-§3.5, raw format), and compare them with each other or with a backup manifest. Memory stays
+of the source and of the result through the host (the same handler any client uses, host-protocol.md
+§4.10, raw format), and compare them with each other or with a backup manifest. Memory stays
 bounded: the body is hashed in 1 MiB reads as it arrives. The digests have the same meaning as a
 manifest's per-disk digests (the disk's bytes up to `virtual_size`).
 

@@ -1,6 +1,6 @@
 """The identity of a VM exported through a temporary snapshot: the VM's own, not the snapshot's.
 
-A running VM is exported through a snapshot (xapi-protocol.md §5 item 12); ``/export`` of that
+A running VM is exported through a snapshot (docs/host-protocol.md §7.1); ``/export`` of that
 snapshot describes the snapshot: its VM uuid and the uuids of the snapshot's VDIs. A backup
 must describe the VM that was backed up, so archive names, ``extract`` file names, the manifest
 and ``restore --restore-identity`` all carry the VM's uuid and its disks' uuids. `snapshot_identity`

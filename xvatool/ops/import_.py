@@ -1,10 +1,10 @@
 """Importing an XVA file as a new VM: one verified stream, or one resumable upload per disk.
 
 `stream` mode verifies the archive locally (every chunk checksum), then sends it with one
-`PUT /import` carrying its exact Content-Length (xapi-protocol.md §3.3) and reads the result, or
+`PUT /import` carrying its exact Content-Length (docs/host-protocol.md §4.8) and reads the result, or
 the error, from the task.
 
-`parallel` mode (§3.4, §3.6, §4):
+`parallel` mode (host-protocol.md §4.9, §4.11, §4.12, §5):
 
 1. one pass over the archive computes its SHA-256, verifies every chunk and builds an index of
    the non-zero 1 MiB extents of each disk, grouped into segments of `IMPORT_SEGMENT_SIZE` bytes of disk
@@ -13,7 +13,8 @@ the error, from the task.
 2. `VDI.create` per disk in the target SR;
 3. per disk at once (threads), one `PUT /import_raw_vdi?chunked=true` per segment, sending only
    the non-zero extents; a segment is journalled once its task succeeded. Re-sending a segment is
-   idempotent (§3.6), so a retry or `--resume` sends at most the segments not yet journalled;
+   idempotent (host-protocol.md §4.12), so a retry or `--resume` sends at most the segments not
+   yet journalled;
 4. `PUT /import_metadata` with `vdi:<source uuid>=<target uuid>` for every disk.
 
 The journal sits in the state folder (`xapi.journal.state_dir`, never beside the archive, which
@@ -238,8 +239,8 @@ def _file_body(path: Path, update: Callable[[int], None] | None = None) -> BodyF
 def _verify_archive(path: Path, update: Callable[[int], None], *, force: bool) -> Metadata:
     """Read the whole archive, verifying every chunk; the first problem raises. Its metadata.
 
-    With `force` the host is told to ignore checksum mismatches (§3.3), so they only warn here;
-    any other problem still stops the import before a byte is sent.
+    With `force` the host is told to ignore checksum mismatches (host-protocol.md §4.8), so they
+    only warn here; any other problem still stops the import before a byte is sent.
     """
     problems: list[Problem] | None = [] if force else None
     with open_local(path, "rb") as fh:

@@ -1,5 +1,5 @@
 """Incremental backups of one VM into a repository: a host snapshot, each disk read the cheapest way
-that is still exact, and what stays on the host afterwards (incremental.md §5.2).
+that is still exact, and what stays on the host afterwards (docs/incremental.md §4).
 
 1. With ``cbt=True``, `VDI.enable_cbt` on the VM's disks; a disk the host cannot track (licence,
    SR driver) is noted and read another way.

@@ -168,7 +168,7 @@ class DiskDigester:
     """sha256 of each disk's reconstructed image, fed from the reader's chunk events.
 
     The reader yields chunks at increasing offsets per disk (the host's reconstruction rule,
-    xva-format.md §3.4); the gaps between them are zeros, and so is everything after the last
+    xva-format.md §5.4); the gaps between them are zeros, and so is everything after the last
     chunk up to `virtual_size`. Disks may not interleave in practice, but each keeps its own
     position, so it would not matter.
     """

@@ -1,22 +1,24 @@
 """`migrate`: export a VM from one pool straight into an import on another, with no temporary file.
 
-The pipe (design.md §5)::
+The pipe::
 
     GET /export (source) ─▶ XvaReader (verifies every chunk) ─▶ repack_pieces (new ova.xml) ─▶
-        PUT /import (target, no Content-Length, half-close at the end; xapi-protocol.md §3.3)
+        PUT /import (target, no Content-Length, half-close at the end; host-protocol.md §4.8)
 
-Only ova.xml changes on the way: its version header is lowered to the target's xapi version when
-the source is newer (a host refuses an XVA newer than itself, `IMPORT_INCOMPATIBLE_VERSION`, §3.3),
-and networks are renamed by `network_map` so that VIFs land on the chosen target networks (the
-importer matches networks by name first, xva-format.md §5.7). Chunk members pass unchanged.
+Only ova.xml changes on the way: its version header is lowered to the target's xapi version when the
+source is newer (a host refuses an XVA newer than itself, `IMPORT_INCOMPATIBLE_VERSION`,
+xva-format.md §4.3), and networks are renamed by `network_map` so that VIFs land on the chosen
+target networks (the importer matches networks by name first, xva-format.md §7.6). Chunk members
+pass unchanged.
 
 The reader checks all digests before the tar's end-of-archive blocks are produced, so a corrupt
 chunk always stops the body before the tar is complete; the target then sees a truncated import,
-fails it and destroys what it created (§3.3, no `force`). As a second line, any VM that appeared on
-the target during the migration with the migrated VM's name is destroyed with its disks.
+fails it and destroys what it created (host-protocol.md §4.8, no `force`). As a second line, any VM
+that appeared on the target during the migration with the migrated VM's name is destroyed with its
+disks.
 
 The source VM is left as it was: a running VM is exported through a temporary snapshot destroyed
-afterwards (§5 item 12; a note says so), unless `shutdown_source` asks to shut it down cleanly
+afterwards (host-protocol.md §7.1; a note says so), unless `shutdown_source` asks to shut it down cleanly
 first.
 
 Before a byte moves, every ``--map-network OLD=NEW`` is checked: OLD must be a network of one of
@@ -29,11 +31,11 @@ copy.
 
 `mode="parallel"` moves every disk at once, still with no temporary file::
 
-    GET /export_metadata (ova.xml, §3.2) ─▶ edited as above
-    per disk, in threads: GET /export_raw_vdi?format=tar (§3.5) ─▶ XvaReader (verifies) ─▶
-        non-zero chunks as chunked frames ─▶ PUT /import_raw_vdi?chunked=true (§3.6) into a
+    GET /export_metadata (ova.xml, host-protocol.md §4.7) ─▶ edited as above
+    per disk, in threads: GET /export_raw_vdi?format=tar (host-protocol.md §4.10) ─▶ XvaReader (verifies) ─▶
+        non-zero chunks as chunked frames ─▶ PUT /import_raw_vdi?chunked=true (host-protocol.md §4.12) into a
         VDI.create'd VDI, with no Content-Length: the host reads to the 12-byte terminator
-    PUT /import_metadata with vdi:<source uuid>=<target uuid> (§3.4)
+    PUT /import_metadata with vdi:<source uuid>=<target uuid> (host-protocol.md §4.9)
 
 A source error stops a disk's body before its terminator, so the host fails that upload; the
 VDIs created are destroyed on any failure, with any VM the metadata import left.

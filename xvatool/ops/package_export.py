@@ -2,11 +2,11 @@
 
 The pipe, per disk and one disk after the other::
 
-    GET /export_raw_vdi?format=tar (xva-format.md §3.5) ─▶ XvaReader (verifies every chunk) ─▶
+    GET /export_raw_vdi?format=tar (xva-format.md §6) ─▶ XvaReader (verifies every chunk) ─▶
         VmdkWriter (streamOptimized grains) ─▶ the package (`ovf.write_package`)
 
 The descriptor comes first in an OVA, so every VM's hardware is read before any disk moves:
-`GET /export_metadata` (xapi-protocol.md §3.2) gives each VM's ova.xml, which becomes a
+`GET /export_metadata` (host-protocol.md §4.7) gives each VM's ova.xml, which becomes a
 `VirtualSystem` the way `xvatool convert` maps an XVA (`ovf.xvamodel`). Running VMs are exported
 through snapshots, all taken before the first byte moves (`appliance.consistent_sources`) and
 destroyed afterwards. An appliance becomes a VirtualSystemCollection named after it, whose

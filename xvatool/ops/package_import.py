@@ -4,10 +4,10 @@ The package is read once, front to back (`ovf.open_package`), and nothing is spo
 
     descriptor ─▶ networks resolved (created when missing), one VDI.create per disk
     each disk file as it streams (VMDK, VHD or raw, by content) ─▶ its non-zero extents, in the
-        order the file holds them ─▶ PUT /import_raw_vdi?chunked=true (xapi-protocol.md §3.6)
+        order the file holds them ─▶ PUT /import_raw_vdi?chunked=true (host-protocol.md §4.12)
     end of the package: the manifest is checked (it may come last, as VirtualBox writes it)
     per VM: ova.xml built from its VirtualSystem (`ovf.xvamodel`) ─▶ PUT /import_metadata with
-        vdi:<uuid>=<uuid> mapping its disks onto the VDIs just filled (§3.4)
+        vdi:<uuid>=<uuid> mapping its disks onto the VDIs just filled (host-protocol.md §4.9)
     a VirtualSystemCollection ─▶ VM_appliance with each VM's StartupSection order and delays
 
 The VMs are created only once every byte of the package was read and verified, so a package

@@ -2,14 +2,15 @@
 
 Mode "stream": the snapshot is written as a standard XVA straight into one ``PUT /import``.
 
-Mode "parallel" (the host's per-disk path, xapi-protocol.md §3.4): one empty VDI per disk, then
+Mode "parallel" (the host's per-disk path, docs/host-protocol.md §4.9): one empty VDI per disk, then
 every disk at once, each in its own thread, as one chunked ``PUT /import_raw_vdi`` of its non-zero
 chunks, then ``PUT /import_metadata`` mapping the snapshot's VDIs to the new ones. Memory stays
 bounded whatever the number of disks: at most `DISKS_AT_ONCE` disks upload at a time, and the
 repository's readers (`Storage.parallelism`) are shared out between them, so the buffers of the
 chunks in flight add up to about ``2 × parallelism × READ_AHEAD`` MiB. Re-sending a disk is
-idempotent (§3.6): a failed upload is retried whole under the caller's `RetryPolicy`. On failure
-the VDIs created so far are destroyed (nothing is lost: the repository is the source).
+idempotent (host-protocol.md §4.12): a failed upload is retried whole under the caller's
+`RetryPolicy`. On failure the VDIs created so far are destroyed (nothing is lost: the repository is
+the source).
 
 Every chunk is authenticated and checked against its id as it is read, in both modes.
 

@@ -7,7 +7,7 @@ The archive is checked against its manifest first (size and whole-file sha256,
 `manifest.verify_backup`), so a truncated, tampered or swapped archive is refused before the host
 sees a byte of it. The import itself verifies every chunk checksum again in flight (stream mode)
 or per disk (parallel mode); the host's importer destroys what it created if the import fails
-(xapi-protocol.md §3.3, unless force).
+(docs/xva-format.md §7.1, unless force).
 
 Example::
 
@@ -102,7 +102,7 @@ def restore(
 
     `backup_path` is an `.xva`, its manifest, or a VM's backup folder (its newest complete
     backup). `sr` is an SR uuid or unique name (the pool's default SR when None);
-    `restore_identity` keeps the VM's identity (uuid, MACs) as backed up (§3.3 `restore`). A
+    `restore_identity` keeps the VM's identity (uuid, MACs) as backed up (xva-format.md §7.3). A
     parallel restore resumes (`resume`) or starts over (`discard`) like `import_vm`, with its
     journal in `state_dir`. Raises `ManifestMismatchError` if the archive differs from what the
     manifest records, unless `force`, which also lets the host ignore checksum errors (rescuing

@@ -1,6 +1,6 @@
 """A parallel export's spools: what it keeps between runs, and how they become one archive.
 
-A parallel export fetches every disk as its own verified `vdi/` tar stream (xva-format.md §3.5)
+A parallel export fetches every disk as its own verified `vdi/` tar stream (docs/xva-format.md §6)
 into ``OUT.part.d/<vdi uuid>.tar`` (beside OUT: the same file system, so the assembly never
 copies across devices) and journals each finished disk in the state folder
 (`xapi.journal.export_journal_path`), so that ``--resume`` fetches only the rest. `PartialExport`
@@ -8,7 +8,7 @@ names both once, so that the refusal of a second run, the "kept" message after a
 ``--discard`` and the cleanup of a failed backup agree on what the state is.
 
 The archive is the host's ova.xml followed by each spool with its members renamed `vdi/N` →
-`<disk id>/N` (byte-wise id order, §3.4) and the end marker. Assembly by copy writes the new
+`<disk id>/N` (byte-wise id order, xva-format.md §4.7) and the end marker. Assembly by copy writes the new
 headers and has the kernel copy the data (`os.copy_file_range`), so the disks' bytes are never
 read back into Python or hashed again; the output is byte for byte what
 `xva.assemble.assemble_xva` writes. A compressed archive, or one whose digest is wanted, goes
@@ -129,7 +129,8 @@ class PartialExport:
 def spool_name(disk: DiskInfo) -> str:
     """A file name for a disk's spool: its VDI uuid, with anything but letters, digits, - replaced.
 
-    Not the disk id: `Ref:n` ids are made up afresh by every metadata export (§3.7).
+    Not the disk id: `Ref:n` ids are made up afresh by every metadata export
+    (xva-format.md §4.4).
     """
     return re.sub(r"[^A-Za-z0-9-]", "_", disk.vdi_uuid) + ".tar"
 

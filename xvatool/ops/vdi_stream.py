@@ -1,11 +1,11 @@
 """Live disk data out of and into a host, as extents: no temporary copy, no zeros on the wire.
 
 Out: `HostDisk` is a VDI as the host streams it with `GET /export_raw_vdi?format=tar` (the XVA
-disk encoding, xva-format.md §3.5, zero chunks left out by the host), verified chunk by chunk,
+disk encoding, docs/xva-format.md §6, zero chunks left out by the host), verified chunk by chunk,
 as a `DiskImage` any writer takes (the VMDK writer of a package export, an upload).
 
 In:
-The chunked form of `/import_raw_vdi` (xapi-protocol.md §3.6) takes `(offset, length, data)`
+The chunked form of `/import_raw_vdi` (docs/host-protocol.md §4.12) takes `(offset, length, data)`
 frames in any order and ends at a 12-byte terminator, so a disk whose size on the wire is not
 known in advance (a verified XVA disk stream, a VMDK read from a package) goes to the host as it
 is read, with no temporary copy and only its non-zero regions. The parallel migration and the
@@ -40,7 +40,8 @@ from xvatool.xva.reader import XvaReader
 __all__ = ["SECTOR_SIZE", "HostDisk", "LiveBody", "nonzero_extents", "upload_extents"]
 
 SECTOR_SIZE = 512
-"""The host writes with O_DIRECT: frame offsets and lengths are whole sectors (§3.6)."""
+"""The host writes with O_DIRECT: frame offsets and lengths are whole sectors
+(host-protocol.md §4.12)."""
 
 Extent = tuple[int, bytes | memoryview]
 

@@ -1,6 +1,6 @@
 """The XVA side of a conversion: an XVA's metadata as a `VirtualSystem`, and one built from it.
 
-The XVA streams its disks in byte-wise id order (xva-format.md §2.7) while a VM lists them by
+The XVA streams its disks in byte-wise id order (docs/xva-format.md §4.7) while a VM lists them by
 device; the package streams them in References order. A converted XVA therefore gets its disk
 ids in package order (so both streams run in step, with no temporary copy) and each VBD gets the
 userdevice of the disk's place in the VM (XenCenter's ``device=N`` when the descriptor has it).

@@ -79,7 +79,7 @@ MAX_PLAIN_SIZE: dict[bytes, int] = {
     METADATA: MAX_OVA_XML_SIZE,
     SNAPSHOT: 16 << 20,
 }
-"""Bytes. The largest plaintext of each kind: nothing bigger is decompressed (style.md 9)."""
+"""Bytes. The largest plaintext of each kind: nothing bigger is decompressed."""
 MAX_STORED_CHUNK = HEADER_SIZE + NONCE_SIZE + CHUNK_SIZE + TAG_SIZE
 """Bytes. The largest stored chunk (stored raw when zstd saves too little): `Codec.open_into`'s
 buffers of this size take any chunk."""

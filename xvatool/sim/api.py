@@ -47,7 +47,7 @@ from xvatool.sim.vm_messages import vm_messages
 __all__ = ["MAX_SESSIONS_ANONYMOUS", "MAX_SESSIONS_PER_GROUP", "XapiApi"]
 
 MAX_SESSIONS_PER_GROUP = 500
-"""Idle sessions kept per originator (root) or per user name (xapi-protocol.md §1.5)."""
+"""Idle sessions kept per originator (root) or per user name (docs/host-protocol.md §2.5)."""
 MAX_SESSIONS_ANONYMOUS = 400
 """Idle root sessions with an empty originator share this cap."""
 LAST_ACTIVE_THRESHOLD_S = 600.0
@@ -113,7 +113,8 @@ class XapiApi:
         """Run one API call; returns its value or raises `ApiFailure`.
 
         `coordinator` set means the call reached a pool member: a login there fails
-        `HOST_IS_SLAVE [coordinator]`; calls with an existing pool session work (§1.3, §1.5).
+        `HOST_IS_SLAVE [coordinator]`; calls with an existing pool session work
+        (host-protocol.md §2.2, §2.5).
         """
         is_async = method.startswith(_ASYNC)
         name = method[len(_ASYNC) :] if is_async else method

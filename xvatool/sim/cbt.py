@@ -1,6 +1,6 @@
 """Changed block tracking on the simulated SR: one change log per tracked VDI, linked in chains.
 
-This is SM's model (incremental.md §1.4, sm `VDI.py`, blktap `cbt-util.h`), kept literally:
+This is SM's model (docs/incremental.md §1.3, sm `VDI.py`, blktap `cbt-util.h`), kept literally:
 
 - every tracked VDI has a log {parent uuid, child uuid, size, bitmap of 64 KiB blocks}; a write
   sets the bits of the blocks it touches (`TrackedWrites`), as tapdisk does;

@@ -1,4 +1,4 @@
-"""`event.from`, `event.inject` and `event.get_current_id` (xapi-protocol.md §2.5; xapi_event.ml).
+"""`event.from`, `event.inject` and `event.get_current_id` (docs/host-protocol.md §3.5; xapi_event.ml).
 
 What goes out is what a host sends: each event names its class in lower case (`"vm"`,
 `"task"`), clients map it back to the API's spelling through the classes of

@@ -1,14 +1,14 @@
 """Building ova.xml from the simulated database, the way xapi's exporter does (export.ml).
 
-Reproduced host dialect (xva-format.md §2.3–§2.5):
+Reproduced host dialect (docs/xva-format.md §4.3–§4.5):
 - ids are `Ref:<n>` from one counter global to the process, never reset;
 - the walk registers the VM, each VIF and its network, each VBD and (unless empty) its VDI and the
   VDI's SR, then the VM's metrics, guest metrics, `resident_on` and `affinity`. The null reference
   gets an id of its own that way, so null references come out as one dangling `Ref:N`;
 - in rewritten fields a reference to an object not exported becomes `OpaqueRef:NULL`; ref lists
   are filtered to exported ids; fields the exporter does not rewrite keep their raw values;
-- a full export flattens snapshot identity and blanks operations (§2.5), so a snapshot exports as
-  a template; a metadata export keeps snapshots (§5.8);
+- a full export flattens snapshot identity and blanks operations (xva-format.md §4.5), so a snapshot
+  exports as a template; a metadata export keeps snapshots (xva-format.md §7.7);
 - objects are emitted in `make_all` order: VM, VBD, VIF, network, VDI, SR.
 """
 

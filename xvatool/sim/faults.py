@@ -1,13 +1,13 @@
 """Fault injection for the data handlers: `HANDLER:KIND[=ARG][:times=N]`.
 
-Kinds (xapi-protocol.md §5 and §7.8 list the real-world failures they imitate):
+Kinds (docs/host-protocol.md §7 lists the real-world failures they imitate):
 
 - `drop-after=BYTES` – close the connection after that many body bytes (sent on downloads,
   received on uploads); the task fails.
 - `stall=SECONDS` – go silent for that long: mid-stream on downloads (after the first body piece),
   before reading the body on uploads.
 - `inline-500-after=BYTES` – after that many body bytes, write an `HTTP/1.1 500` page into the
-  body and close (the host's error path after a 200, §3.0); the task fails.
+  body and close (the host's error path after a 200, host-protocol.md §4.4); the task fails.
 - `redirect` – answer 302 to the redirect peer (same storage, another port).
 - `corrupt-chunk=N` – flip one byte in the data of the Nth chunk sent (0 = the first data
   member of an XVA or `vdi/` tar; the Nth MiB of a raw download); checksums stay the originals.

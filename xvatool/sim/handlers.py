@@ -1,6 +1,6 @@
 """What the six data handlers share: parameters, authentication, tasks, framing and faults.
 
-Behaviour follows xapi-protocol.md §3.0:
+Behaviour follows docs/host-protocol.md §4.1–§4.5:
 - parameters come from the query or cookies; for `session_id` and `task_id` a cookie wins;
 - authentication: `session_id` (must be a live session), else HTTP Basic (a temporary session,
   logged out afterwards), else `401` with `WWW-Authenticate: Basic realm="xapi"`;
@@ -90,7 +90,9 @@ def parse_content_length(value: str | None) -> int | None:
 
 
 def inline_500(detail: str) -> bytes:
-    """The complete error response xapi writes into a body after a 200 (§3.0, CA-…/#4603)."""
+    """The complete error response xapi writes into a body after a 200 (host-protocol.md §4.4;
+    xapi-project/xen-api#4603).
+    """
     body = html_error(500, "Internal Error", detail)
     head = (
         "HTTP/1.1 500 Internal Error\r\nconnection: close\r\ncontent-type: text/html\r\n"
@@ -188,7 +190,7 @@ class DataRequest:
     def start(self, label: str) -> bool:
         """Begin a data handler: redirect under the `redirect` fault, else take the task.
 
-        False means the `302` has been sent (xapi-protocol.md §3.0 "Redirects") and the handler
+        False means the `302` has been sent (host-protocol.md §4.5) and the handler
         is done; the request then has no task of its own.
         """
         if self.fire("redirect") is not None:
@@ -233,7 +235,7 @@ class DataRequest:
         return None
 
     def send_upload_head(self) -> None:
-        """The `200` an upload handler sends before it reads the body (§3.0)."""
+        """The `200` an upload handler sends before it reads the body (host-protocol.md §4.4)."""
         self.send_head(
             200,
             [
@@ -265,7 +267,7 @@ class DataRequest:
         self.wfile.write(body)
 
     def task_header(self, *, spaced: bool) -> Header:
-        """`task-id: X` on the export handlers, `task-id:X` on the others (§3.0)."""
+        """`task-id: X` on the export handlers, `task-id:X` on the others (host-protocol.md §4.2)."""
         return ("task-id", self.task) if spaced else f"task-id:{self.task}"
 
     def redirect(self) -> None:
@@ -403,7 +405,7 @@ def describe(exc: Any) -> str:
 
 
 def run_handler(request: DataRequest, body: Callable[[DataRequest], None]) -> None:
-    """Run one data handler with the host's error paths around it (§3.0).
+    """Run one data handler with the host's error paths around it (host-protocol.md §4.4).
 
     Before the status line: an HTML page (`HttpReject.status`, else 500). After it: the error
     written inline as `HTTP/1.1 500`. Either way the task (if any) fails with the API error, and

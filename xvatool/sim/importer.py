@@ -1,6 +1,6 @@
 """Creating objects from ova.xml the way xapi's importer does (import.ml), and undoing them.
 
-Rules reproduced (xva-format.md §2.3, §2.6, §5; xapi-protocol.md §3.3–3.4):
+Rules reproduced (docs/xva-format.md §4.3, §4.6, §7; docs/host-protocol.md §4.8, §4.9):
 - `(xapi_major, xapi_minor)` newer than the host → `IMPORT_INCOMPATIBLE_VERSION`;
 - a required field missing or of the wrong type → `IMPORT_ERROR [message]`; a VDI's SR, a VBD's
   VM / non-CD VDI or a VIF's network that is not in the file → `IMPORT_ERROR_FAILED_TO_FIND_OBJECT
@@ -77,7 +77,7 @@ def check_metadata(metadata: Metadata) -> None:
         if code in WARNING_CODES or code in ("no-vm", "several-vms"):
             continue  # the host imports every VM object, or none
         if code == "export-vsn" and metadata.export_vsn >= 2:
-            continue  # a newer export_vsn is read as 2 (§5.9)
+            continue  # a newer export_vsn is read as 2 (xva-format.md §7.8)
         if code in _FIND_CODES:
             raise ApiFailure("IMPORT_ERROR_FAILED_TO_FIND_OBJECT", [_dangling_id(metadata) or message])
         raise ApiFailure("IMPORT_ERROR", [message])
@@ -162,7 +162,7 @@ class Importer:
         self._undo.clear()
 
     def finish(self) -> list[str]:
-        """Clear the `import` operations; the VM refs for the task result (§5.8 snapshot rule)."""
+        """Clear the `import` operations; the VM refs for the task result (xva-format.md §7.7)."""
         for vm in self.vms:
             if self.state.exists("VM", vm):
                 self.state.mutate("VM", vm, lambda r: r["current_operations"].pop(self.task, None))
@@ -218,7 +218,7 @@ class Importer:
             other["mac_seed"] = new_uuid()
         other["import_task"] = self.task
         record["other_config"] = other
-        if "parent" not in snap:  # exported pre-DMC: memory reset to static_max (§2.6)
+        if "parent" not in snap:  # exported pre-DMC: memory reset to static_max (xva-format.md §4.6)
             for key in ("memory_dynamic_min", "memory_dynamic_max", "memory_target"):
                 record[key] = record["memory_static_max"]
         if self.options.restore:
@@ -287,7 +287,7 @@ class Importer:
         is_cd = str(snap.get("type", "")).lower() == "cd"
         vdi = self.table.get(str(snap.get("VDI")), NULL_REF)
         if vdi == NULL_REF and not is_cd:
-            return  # a disk whose VDI was not created is dropped (§5.7)
+            return  # a disk whose VDI was not created is dropped (xva-format.md §7.6)
         fields = merge_record(vbd_record(), snap, f"VBD {obj.id}")
         keep = {k: fields[k] for k in _VBD_FIELDS}
         keep["empty"] = vdi == NULL_REF

@@ -38,7 +38,10 @@ ANY_ARITY = 1 << 16
 
 
 def value_fragment(value: Any) -> str:
-    """A task result as xapi stores it: the value's XML-RPC fragment, `""` for void (§2.1)."""
+    """A task result as xapi stores it: the value's XML-RPC fragment, `""` for void.
+
+    See host-protocol.md §3.1.
+    """
     return "" if value is None or value == "" else dump_value(value).decode("utf-8")
 
 

@@ -1,4 +1,4 @@
-"""The simulated host's NBD server: xapi-nbd in front of the SR's disks (incremental.md §2).
+"""The simulated host's NBD server: xapi-nbd in front of the SR's disks (docs/incremental.md §2).
 
 `NbdService` runs one `xvatool.nbd.NbdServer` next to the HTTP server and plays xapi-nbd's part:
 

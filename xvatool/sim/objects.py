@@ -81,7 +81,9 @@ class ObjectOps:
             self.cbt.drop(record["uuid"])  # its changes pass to the next snapshot in the chain
 
     def vdi_operation(self, vdi: str, task: str, operation: str) -> contextlib.AbstractContextManager[None]:
-        """Mark a VDI busy for a transfer (xapi attaches it to dom0 meanwhile, §3.5)."""
+        """Mark a VDI busy for a transfer (xapi attaches it to dom0 meanwhile,
+        host-protocol.md §4.10).
+        """
         return self._operation("VDI", vdi, task, operation)
 
     def vm_operation(self, vm: str, task: str, operation: str) -> contextlib.AbstractContextManager[None]:

@@ -1,7 +1,7 @@
 """Default records per class, with the field set a current host returns.
 
-Field names, types and defaults follow `doc/data/xenapi.json` as summarised in xapi-protocol.md §6
-(what clients read) and xva-format.md §2.6 (what an export must carry so a host can import it).
+Field names, types and defaults follow `doc/data/xenapi.json` as summarised in docs/host-protocol.md §6
+(what clients read) and docs/xva-format.md §4.6 (what an export must carry so a host can import it).
 Each builder returns a complete record; callers pass only the fields that differ.
 """
 
@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 XAPI_VERSION = (24, 19)
-"""The xapi package version the simulator claims (`xapi_major`/`xapi_minor`, xva-format.md §2.3)."""
+"""The xapi package version the simulator claims (`xapi_major`/`xapi_minor`, xva-format.md §4.3)."""
 API_VERSION = (2, 21)
 """`host.API_version_major/minor` of XCP-ng 8.3 / XenServer 8 era hosts."""
 PRODUCT: dict[str, str] = {
@@ -274,7 +274,7 @@ def vdi_record(**fields: Any) -> Record:
 
 
 def vm_record(**fields: Any) -> Record:
-    """A VM with every field an importer requires (xva-format.md §2.6) plus those clients read."""
+    """A VM with every field an importer requires (xva-format.md §4.6) plus those clients read."""
     memory = 1 << 30
     return _build(
         {
@@ -402,7 +402,7 @@ def vif_record(**fields: Any) -> Record:
 
 
 def task_record(**fields: Any) -> Record:
-    """A task as `task.create` makes it (xapi-protocol.md §2.1; taskHelper.ml `make`)."""
+    """A task as `task.create` makes it (host-protocol.md §3.1; taskHelper.ml `make`)."""
     return _build(
         {
             "uuid": new_uuid(),
@@ -428,7 +428,7 @@ def task_record(**fields: Any) -> Record:
 
 
 def session_record(**fields: Any) -> Record:
-    """A session (xapi-protocol.md §6)."""
+    """A session (host-protocol.md §6)."""
     return _build(
         {
             "uuid": new_uuid(),

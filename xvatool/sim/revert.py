@@ -2,7 +2,7 @@
 
 SMAPIv1 storage does not implement `VDI.revert`, so xapi clones every disk of the snapshot and
 destroys the VM's current disks; the VM's VBDs then point at the clones, which have new uuids and
-no change log (incremental.md §1.4: a reverted disk starts untracked and is unrelated to every
+no change log (docs/incremental.md §1.3: a reverted disk starts untracked and is unrelated to every
 earlier snapshot). A running VM is hard-shut-down first, the VM's `parent` becomes the snapshot
 and its power state the snapshot's (Halted: the simulator keeps no memory image). Only the disks
 are reverted; the VM's other fields and VIFs stay as they are.

@@ -1,9 +1,9 @@
-"""XML-RPC and JSON-RPC envelopes and encodings exactly as xapi emits them (xapi-protocol.md §1).
+"""XML-RPC and JSON-RPC envelopes and encodings exactly as xapi emits them (docs/host-protocol.md §2).
 
 Pure functions, bytes in and bytes out, so they are testable without a socket:
 `handle_xmlrpc(api, body)` and `handle_jsonrpc(api, body)` return `(status, content_type, body)`.
 
-Emission rules (ocaml-rpc non-strict mode, §1.4), shared with ova.xml and so written by the
+Emission rules (ocaml-rpc non-strict mode, host-protocol.md §2.3), shared with ova.xml and so written by the
 format layer's codec: strings and ints as bare `<value>` text (ints therefore reach Python
 clients as strings), `<boolean>1</boolean>`, `<double>` with 16 significant digits (17 where 16
 would round), `<dateTime.iso8601>` in `YYYYMMDDTHH:MM:SSZ`, arrays and structs as usual.
@@ -50,7 +50,7 @@ def _escape(text: str) -> str:
 def dump_xml_value(value: Any) -> str:
     """One `<value>` in xapi's style: `dump_xml_value(10)` is `'<value>10</value>'`.
 
-    ova.xml and the RPC wire share one encoding (xva-format.md §2.1, xapi-protocol.md §1.4), so
+    ova.xml and the RPC wire share one encoding (xva-format.md §4.1, host-protocol.md §2.3), so
     this is the format layer's codec; `I4` and `DateTime` mark the two typed cases.
     """
     return dump_value(value).decode("utf-8")
@@ -128,7 +128,7 @@ def _json_default(value: Any) -> Any:
 
 
 def handle_jsonrpc(api: Api, body: bytes) -> RpcReply:
-    """Answer one JSON-RPC 1.0 or 2.0 request body (xapi-protocol.md §1.7)."""
+    """Answer one JSON-RPC 1.0 or 2.0 request body (host-protocol.md §2.4)."""
     if len(body) > MAX_RPC_BODY:
         return 500, "text/html", html_error(500, "Internal Error", "request body too large")
     try:

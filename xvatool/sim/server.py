@@ -3,7 +3,7 @@
 One `ThreadingHTTPServer` (daemon threads) per listening port; a request handler with
 socket-level control, because the data handlers need it (headers before the body is read,
 close-delimited bodies, inline `HTTP/1.1 500`, dropped connections). RPC requests keep the
-connection alive; data requests close it (xapi-protocol.md §1.1, §3.0).
+connection alive; data requests close it (docs/host-protocol.md §1.2, §4.3).
 
 With `redirect_peer=True` a second server on another port serves the same host and storage; the
 `redirect` fault sends clients there with a 302 (the peer itself never injects faults).
@@ -225,7 +225,7 @@ class SimHost:
         self.state.forget_history()
 
     def expire_task(self, task: str) -> None:
-        """Remove a task at once, even a pending one, as xapi's GC does after 24 h (§2.4)."""
+        """Remove a task at once, even a pending one, as xapi's GC does after 24 h (host-protocol.md §3.4)."""
         self.state.remove("task", task)
 
     def vm(self, name_label: str) -> str:
@@ -421,7 +421,7 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length)
         if longest_prefix(_JSON_RPC_PATHS, path) is not None:
             status, ctype, data = handle_jsonrpc(self._api_call, body)
-        else:  # "/", "/RPC2" and any other POST path fall through to XML-RPC (§1.1)
+        else:  # "/", "/RPC2" and any other POST path fall through to XML-RPC (host-protocol.md §1.1)
             status, ctype, data = handle_xmlrpc(self._api_call, body)
         self.send_response(status)
         self.send_header("content-type", ctype)

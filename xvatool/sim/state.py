@@ -7,7 +7,7 @@ One `SimState` per data directory. Layout of the directory::
     DIR/.lock            flock'ed while a server owns the directory
 
 Sessions and tasks live in memory only: a restarted xapi forgets sessions too (clients see
-`SESSION_INVALID`, xapi-protocol.md §1.6).
+`SESSION_INVALID`, docs/host-protocol.md §2.6).
 
 A transaction that ends with an exception is rolled back: every record it added, changed or
 removed is restored and nothing is written, so a failed call leaves no half-made object behind
@@ -18,7 +18,7 @@ read or write of a record goes through it. Disk files are not guarded by it: eac
 its own file descriptor and uses positioned I/O. `changed` (a Condition on `lock`) wakes
 `event.from` waiters after each commit.
 
-Events (xapi-protocol.md §2.5): every change bumps `generation`; each object remembers the
+Events (host-protocol.md §3.5): every change bumps `generation`; each object remembers the
 generation that created it and the one that last modified it, deletions are kept in a bounded
 log. `event.from` compares those with the client's token instead of keeping every event.
 """

@@ -1,4 +1,4 @@
-"""The explicit messages of tasks (xapi-protocol.md §2.2; xapi_task.ml).
+"""The explicit messages of tasks (docs/host-protocol.md §3.2; xapi_task.ml).
 
 `task.create` makes a pending task owned by the caller's session; `task.cancel` only records the
 request (operations notice it at their poll points); `task.destroy` of a pending task is deferred

@@ -1,4 +1,4 @@
-"""Tasks: creation, progress, completion, cancellation and destruction (xapi-protocol.md §2.1–2.4).
+"""Tasks: creation, progress, completion, cancellation and destruction (docs/host-protocol.md §3.1–§3.4).
 
 Rules reproduced from xapi (`taskHelper.ml`, `xapi_task.ml`):
 - a task starts `pending` with progress 0.0 and `finished` at the epoch;
@@ -41,7 +41,7 @@ def ref_fragment(ref: str) -> str:
 
 
 def refs_fragment(refs: list[str]) -> str:
-    """A task result holding a set of refs (the `/import` result, xapi-protocol.md §3.3)."""
+    """A task result holding a set of refs (the `/import` result, host-protocol.md §4.8)."""
     inner = "".join(f"<value>{ref}</value>" for ref in refs)
     return f"<value><array><data>{inner}</data></array></value>"
 

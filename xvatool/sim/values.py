@@ -1,6 +1,6 @@
 """Value types of the simulated host's data model and its one API failure type.
 
-xapi's wire encoding depends on the data-model type of a value (xapi-protocol.md §1.4): ints go out
+xapi's wire encoding depends on the data-model type of a value (docs/host-protocol.md §2.3): ints go out
 as bare strings in XML-RPC, datetimes as `<dateTime.iso8601>` without dashes, `valid_ref_counts`
 as `<i4>`. Python types alone cannot say "datetime" or "i4", so the two marker types carry that
 information from the records to the encoders. Both are the format layer's codec types, so records

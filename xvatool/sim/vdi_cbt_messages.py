@@ -2,7 +2,7 @@
 
 `VDI.enable_cbt` / `disable_cbt` / `list_changed_blocks` / `data_destroy` / `get_nbd_info`,
 plus `VDI.resize` and `VDI.set_on_boot`, each checked in xapi's order (`vdi_checks.py`) before
-doing what xapi and SM do (incremental.md §1.2-§1.4, §2.2):
+doing what xapi and SM do (docs/incremental.md §1.1–§1.3, §2.2):
 
 - `enable_cbt` needs the pool feature (`LICENCE_RESTRICTION ["CBT"]` when the pool's
   `restrictions` say ``restrict_cbt: true``); both it and `disable_cbt` are idempotent;

@@ -1,7 +1,7 @@
-"""`GET /export_raw_vdi` and `PUT /import_raw_vdi` (xapi-protocol.md §3.5, §3.6).
+"""`GET /export_raw_vdi` and `PUT /import_raw_vdi` (docs/host-protocol.md §4.10–§4.12).
 
 Formats: `raw` (the whole disk, zeros included), `vhd` (a dynamic VHD, see `vhd_streams.py`) and `tar`
-(the XVA chunk encoding under the fixed prefix `vdi`, xva-format.md §3.5). Uploads also accept the
+(the XVA chunk encoding under the fixed prefix `vdi`, docs/xva-format.md §6). Uploads also accept the
 `chunked` framing: frames of u64 LE offset, u32 LE length and payload, ended by 12 zero bytes;
 only the frames sent are written. Quirks: `task-id:X` without a space; no Content-Length on
 downloads; 404 for an unknown format, `chunked` with a non-raw format, or `Transfer-Encoding`;
@@ -90,7 +90,9 @@ def _raw_pieces(path: os.PathLike[str], size: int) -> Iterator[bytes | memoryvie
 
 
 def _tar_pieces(path: os.PathLike[str], size: int) -> Iterator[bytes | memoryview]:
-    """`vdi/NNNNNNNN` chunks with `.xxhash` members; zero chunks skipped but first and last (§3.2)."""
+    """`vdi/NNNNNNNN` chunks with `.xxhash` members; zero chunks skipped but first and last
+    (xva-format.md §5.2).
+    """
     last = (size - 1) // CHUNK_SIZE if size else -1
     source = RawFileSource(path, size=size)
     emitted: set[int] = set()
@@ -290,7 +292,9 @@ def _fill(body: BodyReader, view: memoryview) -> int:
 
 
 def _receive_chunked(body: BodyReader, write: Write, size: int) -> None:
-    """Frames until the (0, 0) terminator; regions not covered are left untouched (§3.6)."""
+    """Frames until the (0, 0) terminator; regions not covered are left untouched
+    (host-protocol.md §4.12).
+    """
     buf = bytearray(MAX_FRAME_PIECE)
     while True:
         head = body.read_exact(_FRAME.size)
@@ -312,7 +316,7 @@ def _receive_chunked(body: BodyReader, write: Write, size: int) -> None:
 
 
 def _receive_tar(body: BodyReader, write: Write, size: int) -> None:
-    """The `vdi/` chunk stream, placed by the host's rule (xva-format.md §3.4) and verified."""
+    """The `vdi/` chunk stream, placed by the host's rule (xva-format.md §5.4) and verified."""
     tar = TarReader(body)
     offset, last, first_len = 0, "-1", -1
     buf = bytearray(CHUNK_SIZE)

@@ -1,6 +1,6 @@
 """VHD streams of the raw VDI handlers: a disk out, a delta against a base out, an upload in.
 
-The VHD code itself is `xvatool.images` (the host's vhd-tool layout, incremental.md §3.2-§3.4);
+The VHD code itself is `xvatool.images` (the host's vhd-tool layout, docs/incremental.md §3.2–§3.4);
 this module decides what goes in:
 
 - `vhd_pieces`: a dynamic VHD with the 2 MiB blocks that hold data (SEEK_DATA), as vhd-tool

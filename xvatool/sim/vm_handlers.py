@@ -1,4 +1,6 @@
-"""`GET /export`, `GET /export_metadata`, `PUT /import`, `PUT /import_metadata` (xapi-protocol.md §3.1–3.4).
+"""`GET /export`, `GET /export_metadata`, `PUT /import`, `PUT /import_metadata`.
+
+The handlers of docs/host-protocol.md §4.6–§4.9.
 
 Quirks reproduced: `/export` answers `HTTP/1.0 200` with no Content-Length and closes to end the
 body; `task-id: X` (with a space) on the export handlers, `task-id:X` on the import handlers;
@@ -146,7 +148,7 @@ def _import_sr(request: DataRequest) -> str:
 
 
 def _problem_failure(problem: Problem) -> ApiFailure:
-    """The host's error for an archive problem (xva-format.md §3.3, §3.4, §4.2)."""
+    """The host's error for an archive problem (xva-format.md §5.3, §5.4, §2.2)."""
     if problem.code in _CHECKSUM_CODES:
         return ApiFailure("IMPORT_ERROR", [f"Block {problem.member} checksum failed: {problem.message}"])
     if problem.code in _EOF_CODES:
@@ -180,7 +182,7 @@ def _open_reader(body: BodyReader, problems: list[Problem]) -> XvaReader:
     if not reader.has_metadata:
         first = problems[0] if problems else Problem("truncated", "no metadata")
         if first.code == "ova-xml-not-first" and reader.compression == "none":
-            # The host pipes a plain tar that does not start with ova.xml into gzip (§4.2).
+            # The host pipes a plain tar that does not start with ova.xml into gzip (xva-format.md §2.2).
             raise ApiFailure("IMPORT_ERROR_PREMATURE_EOF")
         raise _problem_failure(first)
     check_metadata(reader.metadata)

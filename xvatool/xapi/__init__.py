@@ -1,6 +1,6 @@
 """The host client: sessions, tasks, HTTP transfers, and the VM, VDI and SR objects they move.
 
-The layer knows HTTP and xapi, never tar (design.md §3): whole-VM exports and imports, which read
+The layer knows HTTP and xapi, never tar (docs/architecture.md): whole-VM exports and imports, which read
 and write archives, are workflows (`xvatool.ops.export`, `xvatool.ops.import_`). Typical use::
 
     import xvatool

@@ -1,6 +1,6 @@
 """Changed block tracking and NBD on a host: the calls an incremental backup makes.
 
-Spec: incremental.md §1 (CBT), §2 (NBD). Each call is a thin wrapper that turns the host's
+Spec: docs/incremental.md §1, §2 (CBT, NBD). Each call is a thin wrapper that turns the host's
 answer into what the backup needs and names the host errors that mean "not available here"
 (a pool without the CBT licence, an SR driver without CBT, a host too old to know the call), so a
 backup can fall back instead of failing.
@@ -52,7 +52,7 @@ CBT_UNAVAILABLE_CODES = frozenset(
         "VDI_ON_BOOT_MODE_INCOMPATIBLE_WITH_OPERATION",
     }
 )
-"""Errors of `VDI.enable_cbt` that mean "this disk cannot be tracked" (incremental.md §5.2 step 1)."""
+"""Errors of `VDI.enable_cbt` that mean "this disk cannot be tracked" (incremental.md §1.2, §4 step 1)."""
 DATA_DESTROY_RETRIES = 5
 """`VDI.data_destroy` answers `VDI_IN_USE` while dom0 still holds the VBDs of NBD connections
 just closed (xapi waits only 4 s, XO #7826); it is tried this often, with the caller's backoff."""

@@ -1,6 +1,6 @@
 """Host error codes in words: what ``SESSION_AUTHENTICATION_FAILED`` means to the person reading it.
 
-xapi reports failures as a code and a list of parameters (xapi-protocol.md §1.6). The codes are
+xapi reports failures as a code and a list of parameters (docs/host-protocol.md §2.6). The codes are
 stable and worth keeping (scripts match on them), but a user needs the sentence: which password
 was wrong, which object is busy, what to do next. `explain` gives that sentence, or None for a
 code the table does not know; the command line prints ``<words> (<CODE>)``. The table holds the
@@ -94,7 +94,7 @@ WORDS: dict[str, Callable[[Sequence[str]], str]] = {
     "INTERNAL_ERROR": lambda p: f"the host hit an internal error: {_param(p, 0)}",
     "SR_BACKEND_FAILURE": lambda p: f"the storage backend failed: {' '.join(x for x in p[1:] if x) or '?'}",
 }
-"""Code → a function of the parameters giving the sentence (xapi-protocol.md §1.6)."""
+"""Code → a function of the parameters giving the sentence (host-protocol.md §2.6)."""
 
 
 def explain(error: XapiError) -> str | None:

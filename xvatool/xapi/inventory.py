@@ -1,7 +1,7 @@
 """What is on a host: VMs with their power state and disks, for ``xvatool vm list``.
 
 Three ``get_all_records`` calls (VM, VBD, VDI) instead of one call per object: a pool with
-hundreds of VMs answers in one round trip per class (xapi-protocol.md §6).
+hundreds of VMs answers in one round trip per class (docs/host-protocol.md §6).
 
 Example::
 
@@ -19,7 +19,7 @@ from xvatool.xapi.session import Session
 
 __all__ = ["DiskSummary", "VmSummary", "list_vms", "vm_disks"]
 
-_NULL_REFS = frozenset({"", "OpaqueRef:NULL"})  # both mean "none" on the wire (§1.4)
+_NULL_REFS = frozenset({"", "OpaqueRef:NULL"})  # both mean "none" (host-protocol.md §2.3)
 
 
 @dataclass(frozen=True)

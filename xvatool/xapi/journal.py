@@ -1,17 +1,17 @@
 """Resume journals: what part of a transfer is known to be done, and how to prove it again.
 
-The host offers no ranges (xapi-protocol.md §4): an export can only be resumed per disk, and an
+The host offers no ranges (docs/host-protocol.md §5): an export can only be resumed per disk, and an
 import per segment, because `PUT /import_raw_vdi?chunked=true` writes only the frames it receives
-and re-sending a range is idempotent (§3.6, §4). A journal is a small JSON file that records, per
-disk, what was completed and a digest of it. Journals live in the state folder (`state_dir`:
-``--state-dir``, ``XVATOOL_STATE_DIR``, else ``$XDG_STATE_HOME/xvatool``, else
-``~/.local/state/xvatool``), never beside the input: an archive may sit in a read-only folder,
-and a journal beside a backup would block the next restore of it. The name says which transfer
-it belongs to (the file's absolute path, hashed, and for imports the host). It is rewritten
-atomically (`xvatool._files.write_bytes_atomic`) after every step, so a crash or Ctrl-C leaves
-either the old or the new state, never a torn file; it is not fsynced (a journal behind reality
-only means a re-send, and what it claims is re-checked anyway). A retry
-(`xvatool._retry.RetryPolicy`) resumes from the journal rather than restarting.
+and re-sending a range is idempotent (host-protocol.md §4.12, §5). A journal is a small JSON file
+that records, per disk, what was completed and a digest of it. Journals live in the state folder
+(`state_dir`: ``--state-dir``, ``XVATOOL_STATE_DIR``, else ``$XDG_STATE_HOME/xvatool``, else
+``~/.local/state/xvatool``), never beside the input: an archive may sit in a read-only folder, and a
+journal beside a backup would block the next restore of it. The name says which transfer it belongs
+to (the file's absolute path, hashed, and for imports the host). It is rewritten atomically
+(`xvatool._files.write_bytes_atomic`) after every step, so a crash or Ctrl-C leaves either the old
+or the new state, never a torn file; it is not fsynced (a journal behind reality only means a
+re-send, and what it claims is re-checked anyway). A retry (`xvatool._retry.RetryPolicy`) resumes
+from the journal rather than restarting.
 
 A journal is bound to what it describes by its `key` (host URL, VM or archive digest, mode,
 segment size…). `Journal.open_for_resume` refuses a journal whose key differs, which is the "never

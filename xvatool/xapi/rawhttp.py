@@ -1,7 +1,7 @@
 """HTTP/1.1 on a socket, for the transfers where httpx is too slow or cannot frame the body.
 
 xapi's data handlers answer a transfer with a status line and headers, then the body until they
-close the connection: no Content-Length on downloads, never chunked (xapi-protocol.md §3.0). So a
+close the connection: no Content-Length on downloads, never chunked (docs/host-protocol.md §4.3). So a
 download needs no HTTP machinery past the head, and reading the body straight from the socket into
 the caller's buffer (`recv_into`) moves a disk at memory speed, where an HTTP library's per-piece
 parsing and copying cost several times the transfer itself. Uploads of unknown length (a live body
@@ -83,13 +83,16 @@ def read_head(sock: socket.socket, *, host: str | None = None) -> ResponseHead:
     headers = {}
     for line in lines:
         name, colon, value = line.partition(":")
-        if colon:  # lenient: `task-id:X` and `task-id: X` are the same header (§3.0)
+        if colon:  # lenient: `task-id:X` and `task-id: X` are the same header (host-protocol.md §4.2)
             headers[name.strip().lower()] = value.strip()
     return ResponseHead(int(parts[1]), parts[2] if len(parts) > 2 else "", headers, rest)
 
 
 def read_until_close(sock: socket.socket, limit: int) -> bytes:
-    """What the host sends until it closes (it does once a transfer is handled, §3.0); at most `limit`."""
+    """What the host sends until it closes, at most `limit` bytes.
+
+    A host closes once a transfer is handled (host-protocol.md §4.3).
+    """
     parts: list[bytes] = []
     kept = 0
     while data := sock.recv(_READ_SIZE):

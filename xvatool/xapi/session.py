@@ -1,16 +1,16 @@
 """One authenticated xapi session over httpx: TLS policy, XML-RPC calls, login and logout.
 
-The host speaks XML-RPC at ``POST /`` (xapi-protocol.md §1.1). Every API outcome is an HTTP 200
-whose value is an envelope ``{Status, Value}`` or ``{Status, ErrorDescription}`` (§1.3); this
-module unwraps it and raises `XapiError(code, params)` for failures. httpx exceptions are translated
-here, at one boundary, into `HostError` / `TransferError` (`translate_httpx_errors`), and the
-transfer module reuses the same translation.
+The host speaks XML-RPC at ``POST /`` (docs/host-protocol.md §1.1). Every API outcome is an HTTP 200
+whose value is an envelope ``{Status, Value}`` or ``{Status, ErrorDescription}``
+(host-protocol.md §2.2); this module unwraps it and raises `XapiError(code, params)` for failures.
+httpx exceptions are translated here, at one boundary, into `HostError` / `TransferError`
+(`translate_httpx_errors`), and the transfer module reuses the same translation.
 
 Security defaults: TLS verification is on; ``fingerprint=`` pins a self-signed certificate by the
-SHA-256 of its DER form (§3.9); ``insecure=True`` switches verification off and logs a warning;
-plain ``http://`` is refused unless the host is loopback (the simulated host) or insecure mode was
-asked for. The password is only ever sent in the login call's body: never logged, never in a URL.
-The session reference travels as a cookie on transfers.
+SHA-256 of its DER form (host-protocol.md §1.3); ``insecure=True`` switches verification off and
+logs a warning; plain ``http://`` is refused unless the host is loopback (the simulated host) or
+insecure mode was asked for. The password is only ever sent in the login call's body: never logged,
+never in a URL. The session reference travels as a cookie on transfers.
 
 Example::
 
@@ -63,11 +63,12 @@ DEFAULT_TIMEOUT_S = 60.0
 MAX_RPC_RESPONSE_SIZE = 256 << 20
 """Bytes. Larger XML-RPC replies are refused rather than buffered."""
 RPC_PATH = "/"
-"""xapi serves XML-RPC at ``POST /`` and ``POST /RPC2`` (§1.1)."""
+"""xapi serves XML-RPC at ``POST /`` and ``POST /RPC2`` (host-protocol.md §1.1)."""
 API_VERSION = "1.1"
-"""The ``version`` argument of login_with_password (§1.5)."""
+"""The ``version`` argument of login_with_password (host-protocol.md §2.5)."""
 ORIGINATOR = f"xvatool/{importlib.metadata.version('xvatool')}"
-"""Who we are to the host: the `originator` of login (§1.5) and the User-Agent of every request."""
+"""Who we are to the host: the `originator` of login (host-protocol.md §2.5) and the User-Agent of
+every request."""
 THUMBPRINT_REQUEST_HEADER = "x-xenapi-request-host-certificate-thumbprint"
 THUMBPRINT_RESPONSE_HEADER = "x-xenapi-response-host-certificate-thumbprint"
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
@@ -85,7 +86,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def base_url(url: str, *, insecure: bool) -> str:
-    """``scheme://host[:port]`` of a host URL, after the scheme policy (§3.9).
+    """``scheme://host[:port]`` of a host URL, after the scheme policy (host-protocol.md §1.3).
 
     A bare name means https. Plain http is for loopback only (the simulated host) unless insecure.
     """
@@ -200,7 +201,10 @@ def translate_httpx_errors(host: str | None = None) -> Iterator[None]:
 
 
 def _wire(value: object) -> Any:
-    """Send xapi's 64-bit ints as decimal strings, which every int parameter accepts (§1.4)."""
+    """Send xapi's 64-bit ints as decimal strings, which every int parameter accepts.
+
+    See host-protocol.md §2.3.
+    """
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, int):
@@ -420,7 +424,8 @@ class Session:
 
     def _unwrap(self, method: str, data: bytes) -> Any:
         try:
-            # not use_builtin_types: it parses dateTime with strptime and fails on xapi's "Z" (§1.4)
+            # not use_builtin_types: it parses dateTime with strptime and fails on xapi's "Z"
+            # (host-protocol.md §2.3)
             (envelope,), _ = xmlrpc.client.loads(data)
         except (xmlrpc.client.Fault, xmlrpc.client.ResponseError, xml.parsers.expat.ExpatError) as exc:
             raise HostError(f"{method}: malformed XML-RPC reply: {exc}", host=self.host) from exc
@@ -438,11 +443,12 @@ class Session:
     # ------------------------------------------------------------------------ lifecycle
 
     def login(self, user: str, password: str) -> None:
-        """Log in; on ``HOST_IS_SLAVE [address]`` reconnect to the pool master once (§1.5).
+        """Log in; on ``HOST_IS_SLAVE [address]`` reconnect to the pool master once (host-protocol.md §2.5).
 
         The master is reached with the same scheme (and the same port, when the member used a
         non-default one, as the simulated pool does). With a pinned certificate the member is asked
-        for the master's fingerprint (§1.3 thumbprint header); without an answer the pin stays.
+        for the master's fingerprint (the thumbprint header, host-protocol.md §1.3); without an answer
+        the pin stays.
         """
         self.user = user
         try:
@@ -467,7 +473,7 @@ class Session:
                 # A TLS port drops a plain request without an HTTP answer (or answers TLS bytes).
                 exc.message += "; if this port speaks TLS, use https:// instead of http://"
             raise
-        # sent alongside a HOST_IS_SLAVE failure when asked for (§1.3)
+        # sent alongside a HOST_IS_SLAVE failure when asked for (host-protocol.md §1.3)
         self._master_thumbprint = reply_headers.get(THUMBPRINT_RESPONSE_HEADER)
         value = self._unwrap("session.login_with_password", data)
         if not isinstance(value, str) or not value:
@@ -493,7 +499,10 @@ class Session:
         self._rpc = self._client(self.timeout_s)
 
     def logout(self) -> None:
-        """End the session on the host; never raises (a failed logout only leaks until GC, §1.5)."""
+        """End the session on the host; never raises.
+
+        A failed logout only leaks the session until the host collects it (host-protocol.md §2.5).
+        """
         ref, self.ref = self.ref, ""
         if ref:
             try:

@@ -1,8 +1,8 @@
 """xapi tasks: create, wait (``event.from`` with a polling fallback), destroy, parse results.
 
-Every HTTP transfer is driven through a task we create (xapi-protocol.md §3.0): the HTTP status
+Every HTTP transfer is driven through a task we create (docs/host-protocol.md §4.2): the HTTP status
 says nothing about success, the task does. Tasks we create are never garbage-collected while
-pending (§2.2, §5.6), so `managed_task` always destroys them.
+pending (host-protocol.md §3.2, §7.8), so `managed_task` always destroys them.
 
 Example::
 
@@ -42,7 +42,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 EVENT_TIMEOUT_S = 30.0
-"""Seconds one ``event.from`` call may block (§2.5); capped below the session's socket timeout."""
+"""Seconds one ``event.from`` call may block (host-protocol.md §3.5); capped below the session's
+socket timeout."""
 POLL_INTERVAL_S = 1.0
 """Seconds between ``task.get_record`` polls on hosts without ``event.from`` (what ``xe`` does)."""
 _RESTART_CODES = frozenset({"EVENTS_LOST", "EVENT_FROM_TOKEN_PARSE_FAILURE"})
@@ -50,7 +51,7 @@ _PENDING = "pending"
 
 
 def create_task(session: Session, label: str) -> str:
-    """Create a pending task for an HTTP handler to drive (``task.create``, §2.2)."""
+    """Create a pending task for an HTTP handler to drive (``task.create``, host-protocol.md §3.2)."""
     ref = session.call("task.create", label, "xvatool")
     if not isinstance(ref, str) or not ref:
         raise HostError("task.create returned no reference", host=session.host)
@@ -76,7 +77,7 @@ def managed_task(session: Session, label: str) -> Iterator[str]:
 
 
 def task_error(task: str, record: dict[str, Any]) -> XapiError:
-    """The `XapiError` a failed or cancelled task record describes (``error_info``, §2.1)."""
+    """The `XapiError` a failed or cancelled task record describes (``error_info``, host-protocol.md §3.1)."""
     info = [str(x) for x in record.get("error_info") or []]
     if info:
         return XapiError(info[0], info[1:])
@@ -89,7 +90,8 @@ def task_failure(session: Session, task: str) -> XapiError | None:
     """The error of `task` if it has already failed, without waiting; None otherwise.
 
     A transfer that broke (inline 500, reset) often has the real reason on its task, e.g.
-    ``VDI_TOO_LARGE`` (§3.5); callers use it to tell a permanent failure from a transient one.
+    ``VDI_TOO_LARGE`` (host-protocol.md §4.10); callers use it to tell a permanent failure from a
+    transient one.
     """
     try:
         record = _get_record(session, task)
@@ -109,8 +111,8 @@ handler as ``INTERNAL_ERROR``): they say nothing lasting, so the transfer stays 
 def task_reason(session: Session, task: str) -> Iterator[None]:
     """Around a transfer driven by `task`: a broken transfer raises the task's lasting error.
 
-    A handler that fails after its 200 writes an inline 500 or just closes (§3.0 "Errors after
-    the 200"); either way the reason, e.g. ``VM_TO_IMPORT_IS_NOT_NEWER_VERSION`` or ``SR_FULL``,
+    A handler that fails after its 200 writes an inline 500 or just closes (host-protocol.md
+    §4.4); either way the reason, e.g. ``VM_TO_IMPORT_IS_NOT_NEWER_VERSION`` or ``SR_FULL``,
     is on the task. Such a failure comes back on every retry, so it is raised at once as that
     `XapiError` (code and parameters), which the retry loops do not retry. A task failed by the
     broken connection itself (`BROKEN_TRANSFER_CODES`) or still pending leaves the
@@ -148,7 +150,7 @@ def _report(progress: ProgressBar | None, total: int, record: dict[str, Any], sh
         value = float(record.get("progress", 0.0))
     except (TypeError, ValueError):
         return shown
-    # -1 is the xe CLI's "not started yet" sentinel (§3.0); the host's value may also go back
+    # -1 is the xe CLI's "not started yet" sentinel (host-protocol.md §4.2); the host's value may also go back
     position = int(min(max(value, 0.0), 1.0) * total)
     if position > shown:
         progress.update(position - shown)
@@ -158,7 +160,7 @@ def _report(progress: ProgressBar | None, total: int, record: dict[str, Any], sh
 
 def _get_record(session: Session, task: str) -> dict[str, Any]:
     # HANDLE_INVALID here means the task vanished (GC'd or destroyed) before we saw it finish:
-    # that is a failure (§2.4), and the XapiError says so.
+    # that is a failure (host-protocol.md §3.4), and the XapiError says so.
     record = session.call("task.get_record", task)
     if not isinstance(record, dict):
         raise HostError(f"task.get_record {task}: not a record", host=session.host)
@@ -175,7 +177,7 @@ def wait_task(
 ) -> str:
     """Block until `task` settles; return its result string, raise `XapiError` from ``error_info``.
 
-    Waits with ``event.from(["task/<ref>"], token, t)`` (§2.5); hosts that do not know it
+    Waits with ``event.from(["task/<ref>"], token, t)`` (host-protocol.md §3.5); hosts that do not know it
     (``MESSAGE_METHOD_UNKNOWN``) are polled every second. `progress` is advanced as the host's
     0..1 progress grows, scaled to `progress_total` (e.g. the bytes the task processes). A task
     that vanishes raises ``XapiError(HANDLE_INVALID)``; `timeout_s` (None = forever) raises
@@ -237,7 +239,7 @@ def _snapshot_of(task: str, batch: object) -> object:
 
 
 def parse_task_result_refs(result: str) -> list[str]:
-    """The refs in a task result: an XML-RPC value fragment (§2.1); ``""`` gives ``[]``.
+    """The refs in a task result: an XML-RPC value fragment (host-protocol.md §3.1); ``""`` gives ``[]``.
 
     Example: ``<value><array><data><value>OpaqueRef:a</value></data></array></value>`` →
     ``["OpaqueRef:a"]``.

@@ -1,7 +1,7 @@
 """TLS for the host client: the trust policy of a session, and certificate pinning that no path skips.
 
 A host with a self-signed certificate is trusted by pinning the SHA-256 of that certificate
-(``--fingerprint``, xapi-protocol.md §3.9). Chain and hostname checks cannot apply to such a
+(``--fingerprint``, docs/host-protocol.md §1.3). Chain and hostname checks cannot apply to such a
 certificate, so the pin is the whole trust decision and must be checked on *every* connection,
 before a byte of a request (and so of the session id) is sent.
 

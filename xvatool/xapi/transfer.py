@@ -1,6 +1,6 @@
-"""HTTP data transfers to and from xapi's six handlers, with the host's quirks (§3.0).
+"""HTTP data transfers to and from xapi's six handlers, with the host's quirks.
 
-Knows HTTP, never tar. The quirks, all from xapi-protocol.md §3.0:
+Knows HTTP, never tar. The quirks, all from docs/host-protocol.md §4.1–§4.5:
 
 * the session id (and task id) travel in a ``Cookie`` header, never in the URL, and must be
   re-sent by hand after a redirect because ``Location`` copies only the query;
@@ -61,19 +61,20 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 BodyFactory = Callable[[], Iterable[bytes | memoryview]]
-"""Makes a fresh iterator over an upload body; called again for every (re)send (style.md 15)."""
+"""Makes a fresh iterator over an upload body; called again for every (re)send, because a one-shot
+generator cannot be replayed after a redirect."""
 
 MAX_REDIRECTS = 10
-"""Redirect hops followed before giving up (XenCenter's MAX_REDIRECTS, §3.0)."""
+"""Redirect hops followed before giving up (XenCenter's MAX_REDIRECTS, host-protocol.md §4.5)."""
 ERROR_BODY_LIMIT = 4096
 """Bytes of an error page (or inline error) read to build a message, or of the host's reply
 (headers and any error page) kept after an upload of unknown length."""
 INLINE_ERROR_PREFIX = b"HTTP/"
-"""A body starting with this is an error response written after the 200 (§3.0, §5.1)."""
+"""A body starting with this is an error response written after the 200 (host-protocol.md §4.4, §7.3)."""
 CHUNKED_HEADER_SIZE = 12
-"""Bytes: u64 LE offset + u32 LE length of one /import_raw_vdi?chunked frame (§3.6)."""
+"""Bytes: u64 LE offset + u32 LE length of one /import_raw_vdi?chunked frame (host-protocol.md §4.12)."""
 CHUNKED_END = bytes(CHUNKED_HEADER_SIZE)
-"""The terminator frame: offset 0, length 0 (§3.6)."""
+"""The terminator frame: offset 0, length 0 (host-protocol.md §4.12)."""
 MAX_FRAME_PAYLOAD = (1 << 32) - 1
 _FRAME = struct.Struct("<QI")
 _REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
@@ -85,7 +86,9 @@ _TAG_RE = re.compile(r"<[^>]*>")
 
 
 def chunked_frames(extents: Iterable[tuple[int, bytes | memoryview]]) -> Iterator[bytes | memoryview]:
-    """The ``/import_raw_vdi?chunked`` body: per extent a 12-byte header then the payload (§3.6).
+    """The ``/import_raw_vdi?chunked`` body: per extent a 12-byte header then the payload.
+
+    The framing is host-protocol.md §4.12.
 
     Header: u64 LE byte offset, u32 LE length. Empty extents are dropped (a non-terminal frame must
     not look like the terminator); extents of 4 GiB or more are split. Ends with `CHUNKED_END`.
@@ -217,7 +220,7 @@ def _send(
 
 
 def _task_of(response: httpx.Response) -> str | None:
-    """The task a handler created for a request without ``task_id`` (§3.0 "Tasks").
+    """The task a handler created for a request without ``task_id`` (host-protocol.md §4.2).
 
     Lenient: ``task-id: X`` and ``task-id:X`` both reach httpx as the header ``task-id``.
     """
@@ -225,7 +228,7 @@ def _task_of(response: httpx.Response) -> str | None:
 
 
 def _probe(session: Session, client: httpx.Client, url: str) -> str:
-    """Send the empty redirect probe (§3.0 "Redirects"); the URL the real upload should go to.
+    """Send the empty redirect probe (host-protocol.md §4.5); the URL the real upload should go to.
 
     The probe carries no task id (it must not fail the caller's task), so the handler creates a
     task of its own, which the empty body fails and which would stay listed on the host. Its id
@@ -251,8 +254,8 @@ class DownloadStream:
 
     `readinto` receives straight into the caller's buffer. Raises `TransferError` (retryable) on a
     reset or on a stall longer than the timeout. The body of the raw handlers has no
-    Content-Length and ends when the host closes (§3.0), so a short body is only detectable by the
-    caller (expected size) and the task; a Content-Length, when sent, bounds the body.
+    Content-Length and ends when the host closes (host-protocol.md §4.3), so a short body is only
+    detectable by the caller (expected size) and the task; a Content-Length, when sent, bounds the body.
     """
 
     def __init__(self, sock: socket.socket, head: ResponseHead, url: str, what: str) -> None:
@@ -408,14 +411,15 @@ def upload(
 ) -> None:
     """PUT a body to a transfer handler with an exact Content-Length (never Transfer-Encoding).
 
-    With `probe` (default) an empty PUT without the task id first discovers redirects (§3.0,
-    XO's ``putResource``); the body then goes straight to the final host. A 302 on the real send
-    is followed too, calling `body()` again. Returns once the host has taken the body and closed;
-    the 200 says nothing about success, so wait on `task`. Raises `TransferError` (retryable) when
-    the connection broke before the whole body was sent, or an inline error follows the 200.
-    `length=None` is refused: the host cannot take a body of unknown size over HTTP/1.1 framing
-    that httpx supports (§3.0); compute it (`chunked_length`), or send a live body whose end the
-    host finds by itself with `upload_unsized`.
+    With `probe` (default) an empty PUT without the task id first discovers redirects
+    (host-protocol.md §4.5, XO's ``putResource``); the body then goes straight to the final host. A
+    302 on the real send is followed too, calling `body()` again. Returns once the host has taken
+    the body and closed; the 200 says nothing about success, so wait on `task`. Raises
+    `TransferError` (retryable) when the connection broke before the whole body was sent, or an
+    inline error follows the 200. `length=None` is refused: the host cannot take a body of unknown
+    size over HTTP/1.1 framing that httpx supports (host-protocol.md §4.3); compute it
+    (`chunked_length`), or send a live body whose end the host finds by itself with
+    `upload_unsized`.
     """
     if length is None:
         raise StreamStateError("upload needs the exact body length (xapi refuses Transfer-Encoding)")
@@ -460,11 +464,11 @@ def upload_unsized(
     """PUT a live body of unknown length: no Content-Length, no Transfer-Encoding, then half-close.
 
     For bodies whose end the host finds by itself: a plain XVA on `/import` (the end of the tar,
-    or the peer's half-close for a compressed one, §3.3) and a `chunked=true` frame stream on
-    `/import_raw_vdi` (the 12-byte terminator, §3.6). httpx cannot send that framing, so this
-    speaks HTTP/1.1 on a socket with the session's TLS settings. `body()` is called once; a
-    redirect cannot be followed (the live body cannot be replayed) and is an error. Returns once
-    the host closed; the outcome is the task's.
+    or the peer's half-close for a compressed one, host-protocol.md §4.8) and a `chunked=true` frame
+    stream on `/import_raw_vdi` (the 12-byte terminator, host-protocol.md §4.12). httpx cannot send
+    that framing, so this speaks HTTP/1.1 on a socket with the session's TLS settings. `body()` is
+    called once; a redirect cannot be followed (the live body cannot be replayed) and is an error.
+    Returns once the host closed; the outcome is the task's.
     """
     url = urlsplit(_url(session, path, params))
     target = url.path + ("?" + url.query if url.query else "")
@@ -490,5 +494,6 @@ def upload_unsized(
         raise TransferError(
             f"PUT {path}: host answered {status.decode('latin-1')!r}", host=session.host, retryable=False
         )
-    if reply.partition(b"\r\n\r\n")[2].startswith(INLINE_ERROR_PREFIX):  # an inline error (§3.0)
+    # an inline error (host-protocol.md §4.4)
+    if reply.partition(b"\r\n\r\n")[2].startswith(INLINE_ERROR_PREFIX):
         raise TransferError(f"PUT {path}: the host failed after accepting the body", host=session.host)

@@ -1,17 +1,20 @@
-"""One disk in or out of a host: ``GET /export_raw_vdi`` and ``PUT /import_raw_vdi`` (§3.5, §3.6).
+"""One disk in or out of a host: ``GET /export_raw_vdi`` and ``PUT /import_raw_vdi``.
+
+See docs/host-protocol.md §4.10–§4.12.
 
 Export writes a temporary file (`xvatool._files.AtomicFile`; raw: sparse, holes for zero blocks)
 and renames it into place only after the body had the expected size and the task succeeded. There
-is no ``Range`` (§3.0), so a transient failure restarts the download.
+is no ``Range`` (host-protocol.md §4.3), so a transient failure restarts the download.
 
-A raw import uses the chunked framing (§3.6): the disk is cut into `IMPORT_SEGMENT_SIZE` segments and
-each is one ``PUT /import_raw_vdi?chunked=true`` with its own task. Frames only cover what they
-cover and re-sending a range is idempotent (§4), so a failed segment is simply sent again and
-``--resume`` re-sends only the segments the journal does not list as done, after checking that
-the file and the VDI are still the ones it describes. Zero blocks are skipped only when the VDI
-was created blank by us (``sr=``); an existing VDI (``vdi_uuid=``) may hold old data, so every
-block is written. A VHD import is one plain PUT with Content-Length (§3.6); the host writes only
-the blocks present in the VHD, so into an existing VDI it applies the VHD as a delta.
+A raw import uses the chunked framing (host-protocol.md §4.12): the disk is cut into
+`IMPORT_SEGMENT_SIZE` segments and each is one ``PUT /import_raw_vdi?chunked=true`` with its own
+task. Frames only cover what they cover and re-sending a range is idempotent (host-protocol.md §5),
+so a failed segment is simply sent again and ``--resume`` re-sends only the segments the journal
+does not list as done, after checking that the file and the VDI are still the ones it describes.
+Zero blocks are skipped only when the VDI was created blank by us (``sr=``); an existing VDI
+(``vdi_uuid=``) may hold old data, so every block is written. A VHD import is one plain PUT with
+Content-Length (host-protocol.md §4.11); the host writes only the blocks present in the VHD, so into
+an existing VDI it applies the VHD as a delta.
 
 Example::
 
@@ -71,10 +74,11 @@ ImportFormat = Literal["raw", "vhd", "tar"]
 
 IMPORT_SEGMENT_SIZE = 256 << 20
 """Bytes of disk per chunked ``PUT /import_raw_vdi`` (here and in parallel imports): the unit of
-resume. Each PUT attaches the VDI to dom0 (seconds on a real host, §3.5), so segments are large;
-a failure re-sends at most one."""
+resume. Each PUT attaches the VDI to dom0 (seconds on a real host, host-protocol.md §4.10), so
+segments are large; a failure re-sends at most one."""
 SECTOR_SIZE = 512
-"""The host writes chunked frames with O_DIRECT: offsets and lengths are multiples of it (§3.6)."""
+"""The host writes chunked frames with O_DIRECT: offsets and lengths are multiples of it
+(host-protocol.md §4.12)."""
 VHD_FOOTER_SIZE = 512
 VHD_COOKIE = b"conectix"
 _VHD_SIZE = struct.Struct(">Q")
@@ -121,7 +125,8 @@ def create_vdi(
 ) -> tuple[str, str]:
     """`VDI.create` an empty VDI in SR `sr_ref`; its (ref, uuid).
 
-    A new VDI reads as zeros, so a chunked upload (§3.6) needs to send only the non-zero data.
+    A new VDI reads as zeros, so a chunked upload (host-protocol.md §4.12) needs to send only the
+    non-zero data.
     """
     ref = str(
         session.call(
@@ -130,7 +135,7 @@ def create_vdi(
                 "name_label": name_label,
                 "name_description": description,
                 "SR": sr_ref,
-                "virtual_size": str(virtual_size),  # 64-bit ints go as strings (§1.4)
+                "virtual_size": str(virtual_size),  # 64-bit ints go as strings (host-protocol.md §2.3)
                 "type": vdi_type or "user",
                 "sharable": False,
                 "read_only": False,
@@ -172,7 +177,7 @@ def export_vdi(
     """Download one disk to `out_path` (via a temporary file); returns the final path.
 
     `format` ``raw`` gives exactly ``virtual_size`` bytes (sparse on disk), ``vhd`` a dynamic VHD,
-    ``tar`` the XVA disk encoding (§3.5). An existing `out_path` is refused unless `overwrite`.
+    ``tar`` the XVA disk encoding (xva-format.md §6). An existing `out_path` is refused unless `overwrite`.
     Transient failures restart the download as `retry` allows (no Range on the host). Example::
 
         export_vdi(host, vdi_uuid, "disk.raw", progress=TqdmProgress())
@@ -480,8 +485,8 @@ def _wait_segment(session: Session, task: str) -> None:
     try:
         wait_task(session, task)
     except XapiError as exc:
-        # vhd-tool fails with VDI_IO_ERROR when the body was cut short (§3.6): sending the same
-        # bytes again is safe, so this (like every transient code) is a failure of the transfer
+        # vhd-tool fails with VDI_IO_ERROR when the body was cut short (host-protocol.md §4.11): sending the
+        # same bytes again is safe, so this (like every transient code) is a failure of the transfer
         if is_transient(exc):
             raise TransferError(f"the host could not write the data: {exc}", host=session.host) from exc
         raise

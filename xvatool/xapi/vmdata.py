@@ -1,6 +1,6 @@
 """The whole-VM data handlers: `/export`, `/export_metadata`, `/import` and `/import_metadata`.
 
-Each request is driven by a task of its own (xapi-protocol.md §3.0): the HTTP status says nothing,
+Each request is driven by a task of its own (docs/host-protocol.md §4.2): the HTTP status says nothing,
 the task does. Downloads are context managers that yield the body as a `Readable` and, when the
 block ends cleanly, wait for the task, so a handler that failed after its 200 raises its
 `XapiError`. The bodies are opaque bytes here: what is inside (an XVA tar, a metadata-only tar)
@@ -39,9 +39,10 @@ def _download(session: Session, path: str, params: Mapping[str, str], label: str
 def open_export(
     session: Session, vm_uuid: str, *, compression: Compression = "none"
 ) -> contextlib.AbstractContextManager[DownloadStream]:
-    """``GET /export`` of a halted or suspended VM (§3.1): its XVA, compressed by the host if asked.
+    """``GET /export`` of a halted or suspended VM: its XVA, compressed by the host if asked.
 
-    `gzip` and `zstd` ask for `use_compression`; older hosts silently send a plain tar (§3.1).
+    `gzip` and `zstd` ask for `use_compression`; older hosts silently send a plain tar
+    (host-protocol.md §4.6).
     """
     params = {"uuid": vm_uuid}
     if compression != "none":
@@ -50,13 +51,17 @@ def open_export(
 
 
 def open_metadata_export(session: Session, vm_uuid: str) -> contextlib.AbstractContextManager[DownloadStream]:
-    """``GET /export_metadata`` without snapshots (§3.2): a tar holding only ova.xml."""
-    params = {"uuid": vm_uuid, "export_snapshots": "false"}  # §3.2: snapshots otherwise included
+    """``GET /export_metadata`` without snapshots (host-protocol.md §4.7): a tar holding only ova.xml."""
+    # host-protocol.md §4.7: the default includes snapshots
+    params = {"uuid": vm_uuid, "export_snapshots": "false"}
     return _download(session, "/export_metadata", params, f"xvatool export_metadata {vm_uuid}")
 
 
 def import_flags(*, restore: bool = False, force: bool = False) -> dict[str, str]:
-    """The `restore` / `force` query flags of the import handlers; only the literal `true` counts (§3.3)."""
+    """The `restore` / `force` query flags of the import handlers.
+
+    Only the literal `true` counts (host-protocol.md §4.8).
+    """
     flags = {}
     if restore:
         flags["restore"] = "true"
@@ -86,10 +91,10 @@ def import_xva(
     """One ``PUT /import`` of an XVA body into SR `sr_uuid` (the default SR if None); the VM's (ref, uuid).
 
     With a known `length` the body carries that exact Content-Length and may be replayed on a
-    redirect. With `length=None` (a live export piped in) the body is sent on a raw connection
-    with neither Content-Length nor Transfer-Encoding, and the sending side is shut down at its
-    end: the host's plain-tar path stops at the end of the tar and its compressed path reads
-    until the peer stops sending (§3.3). `progress` follows the host's task progress, scaled to
+    redirect. With `length=None` (a live export piped in) the body is sent on a raw connection with
+    neither Content-Length nor Transfer-Encoding, and the sending side is shut down at its end: the
+    host's plain-tar path stops at the end of the tar and its compressed path reads until the peer
+    stops sending (host-protocol.md §4.8). `progress` follows the host's task progress, scaled to
     `progress_total`. Not retried here: the caller owns the body.
     """
     params = {**({"sr_uuid": sr_uuid} if sr_uuid else {}), **import_flags(restore=restore, force=force)}
@@ -114,7 +119,7 @@ def import_metadata(
     """``PUT /import_metadata`` of a metadata-only archive whose disks are VDIs already on the host.
 
     `vdi_map` maps each source VDI uuid of the document to the uuid of the VDI holding its data
-    (``vdi:<source uuid>=<target uuid>``, §3.4). Returns the new VM's (ref, uuid).
+    (``vdi:<source uuid>=<target uuid>``, host-protocol.md §4.9). Returns the new VM's (ref, uuid).
     """
     params = import_flags(restore=restore, force=force)
     params.update({f"vdi:{source}": target for source, target in vdi_map.items()})

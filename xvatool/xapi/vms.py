@@ -1,9 +1,10 @@
 """Finding VMs and SRs by uuid or unique name, and the temporary snapshot of a running VM.
 
-xapi exports only halted or suspended VMs (`VM_BAD_POWER_STATE` otherwise, xapi-protocol.md §3.1),
-so a running VM is exported through a snapshot which is destroyed afterwards, also on failure
-(§5 item 12). A snapshot exported as such imports as a template, hence `is_a_template` is cleared on
-it first, as Xen Orchestra does (§5 item 11).
+xapi exports only halted or suspended VMs (`VM_BAD_POWER_STATE` otherwise,
+docs/host-protocol.md §4.6), so a running VM is exported through a snapshot which is destroyed
+afterwards, also on failure (host-protocol.md §7.1). A snapshot exported as such imports as a
+template, hence `is_a_template` is cleared on it first, as Xen Orchestra does
+(host-protocol.md §7.2).
 
 Example::
 
@@ -40,7 +41,7 @@ _log = logging.getLogger(__name__)
 
 SnapshotPolicy = Literal["auto", "never"]
 EXPORTABLE_POWER_STATES = frozenset({"Halted", "Suspended"})
-"""Power states `/export` accepts (xapi-protocol.md §3.1)."""
+"""Power states `/export` accepts (host-protocol.md §4.6)."""
 CLEANUP_RETRIES = 4
 """Retries of a destroy the host refuses because the object is still busy; a cleanup tries this
 often whatever `--retries` says (the clock and backoff are the caller's `RetryPolicy`)."""
@@ -57,7 +58,7 @@ class VmRef:
 
 
 def is_null_ref(ref: object) -> bool:
-    """`OpaqueRef:NULL`, and also `''`, which some fields carry instead (xapi-protocol.md §1.4)."""
+    """`OpaqueRef:NULL`, and also `''`, which some fields carry instead (host-protocol.md §2.3)."""
     return not isinstance(ref, str) or ref in ("", "OpaqueRef:NULL")
 
 
@@ -139,7 +140,7 @@ def export_source(
     snap_ref = str(session.call("VM.snapshot", vm.ref, vm.name_label))
     try:
         try:
-            # Without this the snapshot imports as a template (xapi-protocol.md §5 item 11).
+            # Without this the snapshot imports as a template (host-protocol.md §7.2).
             session.call("VM.set_is_a_template", snap_ref, False)
         except XapiError as exc:
             _log.debug("cannot clear is_a_template on the snapshot: %s", exc)
@@ -155,7 +156,7 @@ def destroy_vm_with_disks(session: Session, vm_ref: str, *, retry: RetryPolicy =
     `VM.destroy` leaves the VDIs behind, so they are collected first and destroyed afterwards.
     Both destroys are retried a few times while the object is still busy: a VM whose export was
     just cut off is `OTHER_OPERATION_IN_PROGRESS` until the host notices, and a VDI stays
-    `VDI_IN_USE` while dom0 detaches it (xapi-protocol.md §3.5, §5 item 8).
+    `VDI_IN_USE` while dom0 detaches it (host-protocol.md §4.10, §7.12).
     """
     vdis: list[str] = []
     try:

@@ -1,4 +1,4 @@
-"""The XVA format layer: bytes in, events or bytes out; it knows nothing about HTTP (design.md §2).
+"""The XVA format layer: bytes in, events or bytes out; it knows nothing about HTTP (docs/architecture.md).
 
 Modules: `tarstream` (tar members), `ovaxml` (the metadata document; `_xmlrpc` its value codec),
 `template` (metadata for new archives), `checksum`, `compression`, `disk` (block sources and sparse

@@ -1,4 +1,4 @@
-"""The XML-RPC value codec of ova.xml (xva-format.md §2.1), on lxml and nothing else.
+"""The XML-RPC value codec of ova.xml (docs/xva-format.md §4.1), on lxml and nothing else.
 
 Private to `xvatool.xva.ovaxml`, which re-exports the public names. Reading never expands
 entities, never touches the network and never loads a DTD, and the size is capped, because the
@@ -42,7 +42,8 @@ MAX_OVA_XML_DEPTH = 64
 
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _INT_RE = re.compile(r"[+-]?[0-9]+\Z")
-# XML 1.0 cannot carry these; xapi drops control characters below 0x20 except TAB, LF, CR (§2.1).
+# XML 1.0 cannot carry these; xapi drops control characters below 0x20 except TAB, LF, CR
+# (xva-format.md §4.1).
 _UNWRITABLE_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 _ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "\r": "&#13;"})
 
@@ -54,7 +55,7 @@ class DateTime(str):
 
 
 class I4(int):
-    """An int written as ``<i4>`` rather than untyped (xapi-protocol.md §1.4).
+    """An int written as ``<i4>`` rather than untyped (host-protocol.md §2.3).
 
     xapi types one field so: event.from's `valid_ref_counts`. ova.xml never needs it, but the
     simulated host writes its RPC responses with this codec; `parse_value` reads it as a plain int.
@@ -79,7 +80,8 @@ _CHILDREN: dict[str, frozenset[str]] = {
     "struct": frozenset({"member"}), "member": frozenset({"name", "value"}),
     **dict.fromkeys(_LEAVES | {"name"}, frozenset()),
 }  # fmt: skip
-"""Which elements may appear inside which (§2.1); an unknown element is refused where it starts."""
+"""Which elements may appear inside which (xva-format.md §4.1); an unknown element is refused
+where it starts."""
 _MEMBER_PARTS = ("name", "value")
 _COUNTED = frozenset({"value", "array", "member"})
 """Parents whose children are counted or ordered: one item, one <data>, <name> then <value>."""
@@ -87,7 +89,7 @@ _ENTITY_DECLARATION = b"<!ENTITY"
 
 
 class _Builder:
-    """An lxml parser target that builds values as elements end, never a tree (style.md 9).
+    """An lxml parser target that builds values as elements end, never a tree.
 
     lxml calls `start`, `data` and `end` while it parses the pieces it is fed. Each open element
     has an entry on three parallel stacks (tag, text pieces, finished children's values); an
@@ -137,7 +139,8 @@ class _Builder:
         stack = self._stack
         _, pieces, kids = stack.pop()
         if tag == "value" and kids is None:
-            value: Any = "".join(pieces) if pieces is not None else ""  # untyped: a string (§2.1)
+            # untyped: a string (xva-format.md §4.1)
+            value: Any = "".join(pieces) if pieces is not None else ""
         else:
             value = self._finish(tag, pieces, kids)
         if stack:
@@ -181,10 +184,11 @@ class _Builder:
 
     def _finish(self, tag: str, pieces: list[str] | None, kids: list[Any] | None) -> Any:
         if kids is not None and pieces is not None and "".join(pieces).strip():
-            # the host's parser ignores only whitespace beside elements (§2.1)
+            # the host's parser ignores only whitespace beside elements (xva-format.md §4.1)
             raise metadata_error(f"<{tag}> mixes text and elements")
         if tag == "value":
-            return kids[0] if kids is not None else self._text(pieces)  # untyped: a string (§2.1)
+            # untyped: a string (xva-format.md §4.1)
+            return kids[0] if kids is not None else self._text(pieces)
         if tag == "data":
             return kids if kids is not None else []
         if tag == "struct":
@@ -209,7 +213,7 @@ class _Builder:
                 raise metadata_error(f"<{tag}> is not a 64-bit integer: {text[:40]!r}")
             return int(text)
         if tag == "boolean":
-            return text == "1"  # §2.1: only "1" is true, even "true" is false
+            return text == "1"  # xva-format.md §4.1: only "1" is true, even "true" is false
         if tag == "double":
             try:
                 return float(text)
@@ -280,7 +284,10 @@ def parse_pieces(pieces: Iterable[bytes]) -> tuple[Value, list[tuple[str, str]]]
 
 
 def parse_value(data: bytes) -> Value:
-    """Decode one bare XML-RPC ``<value>`` document (§2.1); `MetadataError` on anything wrong."""
+    """Decode one bare XML-RPC ``<value>`` document (xva-format.md §4.1).
+
+    `MetadataError` on anything wrong.
+    """
     return parse_pieces([data])[0]
 
 
@@ -292,7 +299,7 @@ def _text(value: str) -> str:
 
 
 def _format_double(value: float) -> str:
-    text = f"{value:.16g}"  # xapi's %.16g (§2.1); widened only where it would lose bits
+    text = f"{value:.16g}"  # xapi's %.16g (xva-format.md §4.1); widened only where it would lose bits
     return text if float(text) == value or value != value else f"{value:.17g}"
 
 
@@ -331,7 +338,7 @@ def _dump(value: Value, out: list[str]) -> None:
 
 
 def dump_value(value: Value) -> bytes:
-    """Encode compactly as xapi does (§2.1): untyped strings and ints, no whitespace.
+    """Encode compactly as xapi does (xva-format.md §4.1): untyped strings and ints, no whitespace.
 
     Differences from xapi, all in the direction of a document that parses back the same: member
     names are escaped, CR is written as ``&#13;``, and a double that ``%.16g`` would round is

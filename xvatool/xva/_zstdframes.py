@@ -15,8 +15,8 @@ __all__ = ["FrameTracker", "TrackedSource"]
 
 _ZSTD_FRAME_MAGIC = 0xFD2FB528  # RFC 8878 §3.1.1, little-endian
 _SKIPPABLE_MIN, _SKIPPABLE_MAX = 0x184D2A50, 0x184D2A5F  # RFC 8878 §3.1.2
-_DICT_ID_BYTES = (0, 1, 2, 4)  # by Dictionary_ID_Flag (§3.1.1.1.1)
-_RLE_BLOCK = 1  # Block_Type 1 stores one byte whatever its Block_Size (§3.1.1.2)
+_DICT_ID_BYTES = (0, 1, 2, 4)  # by Dictionary_ID_Flag (RFC 8878 §3.1.1.1.1)
+_RLE_BLOCK = 1  # Block_Type 1 stores one byte whatever its Block_Size (RFC 8878 §3.1.1.2)
 
 
 class FrameTracker:
@@ -68,7 +68,7 @@ class FrameTracker:
         elif self._state == "skippable-size":
             self._skip = value
             self._expect("magic", 4)
-        elif self._state == "descriptor":  # Frame_Header_Descriptor (§3.1.1.1.1)
+        elif self._state == "descriptor":  # Frame_Header_Descriptor (RFC 8878 §3.1.1.1.1)
             fcs_flag, single_segment = value >> 6, (value >> 5) & 1
             self._checksum = bool((value >> 2) & 1)
             fcs_bytes = (single_segment, 2, 4, 8)[fcs_flag]

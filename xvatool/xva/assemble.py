@@ -1,10 +1,11 @@
 """Building a standard XVA from the host's ova.xml and verified per-disk `vdi/` tar spools.
 
-A parallel export fetches each disk as its own `vdi/` tar stream (xva-format.md §3.5) and the
-metadata as a metadata-only tar (§3.2). Both use the host's chunk encoding, so assembly is a
-rename: ova.xml first, then every disk's members `vdi/N` → `<id>/N` (checksum members too), in
-the order the importer reads disks (byte-wise id order, §3.4), then the end marker (§1.4). The
-output is byte for byte what the host's own `/export` writes for the same chunks.
+A parallel export fetches each disk as its own `vdi/` tar stream (docs/xva-format.md §6) and the
+metadata as a metadata-only tar (docs/host-protocol.md §4.7). Both use the host's chunk encoding,
+so assembly is a rename: ova.xml first, then every disk's members `vdi/N` → `<id>/N` (checksum
+members too), in the order the importer reads disks (byte-wise id order, xva-format.md §4.7),
+then the end marker (xva-format.md §3.4). The output is byte for byte what the host's own
+`/export` writes for the same chunks.
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ from xvatool.xva.writer import Piece, WriteStats, write_pieces
 __all__ = ["VDI_TAR_PREFIX", "assemble_xva", "ova_xml_members", "ova_xml_tar", "read_ova_xml_tar"]
 
 VDI_TAR_PREFIX = "vdi/"
-"""Member names of a `/export_raw_vdi?format=tar` stream: `vdi/%08d` (xva-format.md §3.5)."""
+"""Member names of a `/export_raw_vdi?format=tar` stream: `vdi/%08d` (xva-format.md §6)."""
 OVA_XML_NAME = "ova.xml"
 SPOOL_BUFFER_SIZE = CHUNK_SIZE
 
 
 def read_ova_xml_tar(stream: Readable, *, source: str) -> bytes:
-    """The ova.xml bytes of a metadata-only tar (`/export_metadata`, §3.2)."""
+    """The ova.xml bytes of a metadata-only tar (`/export_metadata`, host-protocol.md §4.7)."""
     reader = TarReader(stream)
     with location_context(file=source):
         member = reader.next_member()
@@ -39,12 +40,12 @@ def read_ova_xml_tar(stream: Readable, *, source: str) -> bytes:
 
 
 def ova_xml_members(ova_xml: bytes) -> list[Piece]:
-    """The ova.xml member in the host's V7 dialect: header, document, padding (§1.2)."""
+    """The ova.xml member in the host's V7 dialect: header, document, padding (xva-format.md §3.2)."""
     return [v7_header(OVA_XML_NAME, len(ova_xml)), ova_xml, padding(len(ova_xml))]
 
 
 def ova_xml_tar(ova_xml: bytes) -> bytes:
-    """A metadata-only tar, as `/import_metadata` takes it (xapi-protocol.md §3.4)."""
+    """A metadata-only tar, as `/import_metadata` takes it (host-protocol.md §4.9)."""
     return b"".join(bytes(piece) for piece in ova_xml_members(ova_xml)) + END_OF_ARCHIVE
 
 
@@ -68,7 +69,7 @@ def assemble_xva(
     """Write a standard XVA from the host's ova.xml and verified per-disk `vdi/` spools.
 
     `spools` pairs each disk id with its spool and must already be in the order the importer
-    reads disks (byte-wise id order, xva-format.md §3.4). Returns the bytes written to `out`.
+    reads disks (byte-wise id order, xva-format.md §4.7). Returns the bytes written to `out`.
     """
 
     def pieces() -> Iterator[Piece]:

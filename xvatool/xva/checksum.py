@@ -1,4 +1,4 @@
-"""Chunk digests in the exact form the host compares them (xva-format.md §3.3).
+"""Chunk digests in the exact form the host compares them (docs/xva-format.md §5.3).
 
 xapi compares the checksum member's text with its own digest as plain strings, so case matters:
 SHA-1 is lower-case hex, XXH64 (seed 0, classic, not XXH3) upper-case hex of the big-endian value.

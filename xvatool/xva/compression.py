@@ -1,6 +1,6 @@
 """Whole-stream compression: sniffing by content, streaming decompression and compression.
 
-Hosts compress the entire tar stream with gzip or zstd (xva-format.md §4); file names say nothing
+Hosts compress the entire tar stream with gzip or zstd (docs/xva-format.md §2); file names say nothing
 (Citrix ships gzip files named `.xva`), so the kind is decided from the first bytes only:
 `28 B5 2F FD` is zstd, `1F 8B` is gzip, anything else is read as a plain tar whose first member must
 be `ova.xml`.

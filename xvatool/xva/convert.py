@@ -1,12 +1,12 @@
 """Whole-archive conversions: create an XVA from raw images, repack one XVA into another.
 
 Both write through `xvatool._files.atomic_output`: a fresh temporary name in OUT's folder, renamed
-to OUT only once the archive is complete and flushed (style.md 10), so an interrupted run never
+to OUT only once the archive is complete and flushed, so an interrupted run never
 leaves something that looks like a finished archive and a link planted there is never followed.
 
 Repack is a stream from IN to OUT: it reads with the verifying reader and re-emits every chunk
 member with its own name and counter and the very same bytes, so a repacked archive rebuilds to
-exactly the same disks on the host (xva-format.md §3.4), keep-alive chunks and all. Only what was
+exactly the same disks on the host (docs/xva-format.md §5.4), keep-alive chunks and all. Only what was
 asked changes: the compression, the checksum kind, the declared host version, the VM name or the
 network names.
 
@@ -108,8 +108,8 @@ def create_archive(
     """Build an importable XVA for a halted VM from raw disk images (userdevice 0, 1, … in order).
 
     An image whose size is not a multiple of 512 bytes is padded up with zeros, because the
-    host's importer needs whole sectors (§3.4); `CreateResult.notes` says so. Holes in sparse
-    images are never read; all-zero chunks are left out of the archive (§3.2).
+    host's importer needs whole sectors (xva-format.md §5.4); `CreateResult.notes` says so. Holes in sparse
+    images are never read; all-zero chunks are left out of the archive (xva-format.md §5.2).
 
     Example::
 
@@ -223,7 +223,8 @@ def repack_pieces(
     """
     stats = stats if stats is not None else WriteStats()
     items = _repack_items(reader, checksum, stats)
-    # ova.xml keeps its timestamp (§1.2: the export time since v24.13); chunk members get mtime 0.
+    # ova.xml keeps its timestamp (xva-format.md §3.2: the export time since v24.13); chunk
+    # members get mtime 0.
     mtime = reader.ova_xml_member.mtime if reader.ova_xml_member is not None else 0
     yield from archive_pieces(metadata.to_bytes(), items, ova_mtime=mtime, stats=stats)
 
@@ -231,8 +232,8 @@ def repack_pieces(
 def _repack_items(reader: XvaReader, checksum: ChecksumKind | None, stats: WriteStats) -> Iterator[ChunkItem]:
     """One ChunkItem per data member of IN, in order, with its own name and bytes.
 
-    The reader yields every data member, zero-length keep-alives included (§3.2), so the host
-    rebuilds OUT exactly as IN: same members, same counters, same `first_len` (§3.4).
+    The reader yields every data member, zero-length keep-alives included (xva-format.md §5.2), so the host
+    rebuilds OUT exactly as IN: same members, same counters, same `first_len` (xva-format.md §5.4).
     """
     disk_id: str | None = None
     for chunk in reader.chunks():

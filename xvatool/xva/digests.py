@@ -2,13 +2,13 @@
 
 The reader reads a data member into a buffer from `DigestPipeline.acquire`, then hands it over with
 `submit` together with the text of its checksum member. The digest is computed by a worker thread
-(hashlib and xxhash release the GIL, performance.md) while the reader goes on reading. Each worker
+(hashlib and xxhash release the GIL) while the reader goes on reading. Each worker
 owns a pair of `SimpleQueue`s and works first in, first out, so the oldest pending chunk's digest is
 simply the next item in its worker's outbox: no futures, no locks per chunk. (A `ThreadPoolExecutor`
 costs more per 1 MiB chunk than XXH64 itself.) Results are
 settled oldest first, at most `HASH_LAG` chunks behind, so the first mismatch reported is always the
 earliest in the archive and memory stays at `HASH_LAG + 1` buffers of 1 MiB. Comparison is an exact
-string compare, as the host does (xva-format.md §3.3).
+string compare, as the host does (docs/xva-format.md §5.3).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ __all__ = ["HASH_INLINE_BELOW", "HASH_LAG", "HASH_WORKERS", "DigestPipeline"]
 HASH_LAG = 4
 """Chunks whose digest may still be computing while later chunks are read and yielded."""
 HASH_WORKERS = 2
-"""Hashing threads; the machines this targets have two cores (performance.md)."""
+"""Hashing threads; the machines this targets have two cores."""
 HASH_INLINE_BELOW = 64 * 1024
 """Bytes. Smaller chunks are hashed on the calling thread: a thread hop costs more than the hash."""
 
@@ -161,7 +161,9 @@ class DigestPipeline:
         exc = ChecksumError(entry.member, expected, digest, offset=entry.offset, file=self._source)
         if expected.strip().lower() == digest.lower():
             exc.code = "checksum-format"
-            exc.message += " (equal but for case or whitespace; the host compares exactly, §3.3)"
+            exc.message += (
+                " (equal but for case or whitespace; the host compares exactly, xva-format.md §5.3)"
+            )
         self._on_mismatch(exc)
 
     def settle_all(self) -> None:

@@ -1,9 +1,9 @@
 """Disk images as block sources (to write into archives) and sparse sinks (to extract into).
 
-Disks are handled in 1 MiB blocks, the XVA chunk size (xva-format.md §3.2). All-zero blocks are the
+Disks are handled in 1 MiB blocks, the XVA chunk size (docs/xva-format.md §5.2). All-zero blocks are the
 common case on real disks, so both sides make them cheap: sources skip holes with SEEK_DATA /
 SEEK_HOLE instead of reading them, and sinks leave holes instead of writing zeros. Zero detection
-compares against one preallocated zero block, which runs at memcmp speed (performance.md).
+compares against one preallocated zero block, which runs at memcmp speed.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """One pass over an archive that finds each disk's non-zero extents and digests them by segment.
 
-A parallel import (xapi-protocol.md §3.6, §4) sends every disk as `PUT /import_raw_vdi` requests
+A parallel import (docs/host-protocol.md §4.12, §5) sends every disk as `PUT /import_raw_vdi` requests
 of one segment each, carrying only the non-zero extents. `index_archive` reads the archive once
 through `XvaReader.chunks()`, so every chunk is verified on the way, and records for every
 non-zero chunk where its bytes can be read again: in the archive itself for a plain tar (the data
@@ -34,7 +34,8 @@ from xvatool.xva.tarstream import BLOCK_SIZE
 __all__ = ["SEGMENT_SIZE", "ArchiveIndex", "DiskPlan", "index_archive", "segment_extents"]
 
 SEGMENT_SIZE = 32 << 20
-"""Bytes of disk range per `PUT /import_raw_vdi` in parallel mode: the unit of resume (§4)."""
+"""Bytes of disk range per `PUT /import_raw_vdi` in parallel mode: the unit of resume
+(host-protocol.md §5)."""
 _OFFSET = struct.Struct("<Q")
 
 

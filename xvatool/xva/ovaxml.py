@@ -1,9 +1,9 @@
 """ova.xml: the XML-RPC value codec and a typed model of the XVA metadata document.
 
-ova.xml is one bare XML-RPC ``<value>`` (xva-format.md §2.1) holding ``{version, objects}`` (§2.2).
-Reading is done with lxml and nothing else: no entity expansion, no network, no DTD loading, and a
-size cap, because the document comes from an untrusted archive. Writing is compact, the way xapi
-writes it (untyped strings and ints), so that every host's parser accepts it.
+ova.xml is one bare XML-RPC ``<value>`` (docs/xva-format.md §4.1) holding ``{version, objects}``
+(xva-format.md §4.2). Reading is done with lxml and nothing else: no entity expansion, no network,
+no DTD loading, and a size cap, because the document comes from an untrusted archive. Writing is
+compact, the way xapi writes it (untyped strings and ints), so that every host's parser accepts it.
 
 Snapshot values are kept as parsed. Ints in snapshots are untyped strings in files, so the views
 (`Metadata.vm`, `disks`, `networks`) convert them and raise `MetadataError` naming the object id and
@@ -57,12 +57,12 @@ __all__ = [
 MAX_VIRTUAL_SIZE = 99_999_999 << 20
 """Bytes. Larger `virtual_size` values are treated as corrupt (no storage backend offers this)."""
 SECTOR_SIZE = 512
-"""Bytes. `virtual_size` must be a multiple of it (xva-format.md §8.1)."""
+"""Bytes. `virtual_size` must be a multiple of it (xva-format.md §5.4)."""
 
 _VERSION_LABEL = "version record"
 """How messages name the version record; `XapiObject("version", "record", …).label` says the same."""
 
-# A migration mapping in VIF other_config replaces the network check (xva-format.md §2.6;
+# A migration mapping in VIF other_config replaces the network check (xva-format.md §4.6;
 # the key name is xapi's Constants.storage_migrate_vif_map_key, an inference from the source).
 _VIF_MAP_KEY = "maps_to"
 
@@ -72,7 +72,7 @@ _VIF_MAP_KEY = "maps_to"
 
 @dataclass
 class XapiObject:
-    """One element of ``objects`` (§2.4): class name, id inside the file, full record."""
+    """One element of ``objects`` (xva-format.md §4.4): class name, id inside the file, full record."""
 
     cls: str
     id: str
@@ -86,7 +86,7 @@ class XapiObject:
 
 @dataclass(frozen=True)
 class DiskInfo:
-    """A data-carrying VDI (§2.7) joined with its VBD and SR; `id` is its tar directory."""
+    """A data-carrying VDI (xva-format.md §4.7) joined with its VBD and SR; `id` is its tar directory."""
 
     id: str
     vdi_uuid: str
@@ -152,7 +152,7 @@ def _as_bool(obj: XapiObject, key: str) -> bool:
 
 
 def _id_order(obj_id: str) -> bytes:
-    """Sort key of §2.7: byte-wise on the id string, so ``Ref:10`` sorts before ``Ref:9``."""
+    """Sort key of xva-format.md §4.7: byte-wise on the id string, so ``Ref:10`` sorts before ``Ref:9``."""
     return obj_id.encode("utf-8", "surrogatepass")
 
 
@@ -162,13 +162,13 @@ def _device_order(device: str) -> tuple[int, str]:
 
 
 def _typed_ref(index: Mapping[str, XapiObject], ref: Value, cls: str) -> XapiObject | None:
-    """The object `ref` names if it is in the file and of class `cls` (§2.4), else None."""
+    """The object `ref` names if it is in the file and of class `cls` (xva-format.md §4.4), else None."""
     obj = index.get(ref) if isinstance(ref, str) else None
     return obj if obj is not None and obj.cls == cls else None
 
 
 def _lookup(mapping: Mapping[str, Value], key: str) -> Value:
-    """ppx-derived records match keys case-insensitively (§2.2); the last match wins."""
+    """ppx-derived records match keys case-insensitively (xva-format.md §4.2); the last match wins."""
     found: Value = None
     seen = False
     for name, value in mapping.items():
@@ -190,7 +190,7 @@ class Metadata:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Metadata:
-        """Parse ova.xml; `MetadataError` if it is not an XVA metadata document (§2.2, §2.4)."""
+        """Parse ova.xml; `MetadataError` if it is not an XVA metadata document (xva-format.md §4.2, §4.4)."""
         return cls.from_pieces([data])
 
     @classmethod
@@ -240,26 +240,28 @@ class Metadata:
         return self._index().get(obj_id)
 
     def resolve(self, ref: Value) -> XapiObject | None:
-        """Follow a reference by the reader rule of §2.4: only ids present in the file resolve.
+        """Follow a reference by the reader rule of xva-format.md §4.4: only ids present in the file resolve.
 
         `OpaqueRef:NULL`, ``""``, raw OpaqueRefs and dangling ``Ref:N`` all give None.
         """
         return self.get(ref) if isinstance(ref, str) else None
 
     def of_class(self, cls: str) -> list[XapiObject]:
-        """Objects of a class (case-sensitive, §2.5), in file order."""
+        """Objects of a class (case-sensitive, xva-format.md §4.5), in file order."""
         return [obj for obj in self.objects if obj.cls == cls]
 
     # ----------------------------------------------------------------- views
 
     @property
     def xapi_version(self) -> tuple[int, int]:
-        """``(xapi_major, xapi_minor)``, the pair the host's compatibility check compares (§2.3)."""
+        """``(xapi_major, xapi_minor)``, the pair the host's compatibility check compares
+        (xva-format.md §4.3).
+        """
         return self._version_int("xapi_major"), self._version_int("xapi_minor")
 
     @property
     def export_vsn(self) -> int:
-        """The export format version; 0 when the key is missing, as the host reads it (§2.3)."""
+        """The export format version; 0 when the key is missing, as the host reads it (xva-format.md §4.3)."""
         return self._version_int("export_vsn") if "export_vsn" in self.version else 0
 
     def _version_int(self, key: str) -> int:
@@ -292,7 +294,7 @@ class Metadata:
         )
 
     def _data_vdis(self) -> Iterator[tuple[XapiObject, XapiObject | None]]:
-        """VDIs the importer streams data into (§2.7), each with the VBD that named it first."""
+        """VDIs the importer streams data into (xva-format.md §4.7), each with the VBD that named it first."""
         index = self._index()
         for vbd in self.of_class("VBD"):
             kind = vbd.snapshot.get("type")
@@ -312,7 +314,7 @@ class Metadata:
 
     @property
     def disks(self) -> list[DiskInfo]:
-        """Data-carrying VDIs in archive order: byte-wise by id (§2.7)."""
+        """Data-carrying VDIs in archive order: byte-wise by id (xva-format.md §4.7)."""
         index = self._index()
         chosen: dict[str, tuple[XapiObject, XapiObject | None]] = {}
         for vdi, vbd in self._data_vdis():
@@ -362,7 +364,7 @@ class Metadata:
     # ----------------------------------------------------------------- checks
 
     def check(self) -> list[tuple[str, str]]:
-        """Every importer rule of §2.3–§2.7 this document breaks, as ``(code, message)`` pairs.
+        """Every importer rule of xva-format.md §4.3–§4.7 this document breaks, as ``(code, message)`` pairs.
 
         Unlike the views, this never raises: `verify` reports the whole list. The codes and
         their severities are in docs/problems.md; those in `WARNING_CODES` do not stop an import.
@@ -373,9 +375,11 @@ class Metadata:
         number = int_or_none(vsn)
         if number is None or number < 2:
             found = "missing (read as 0)" if vsn is None else repr(vsn)
-            problems.append(("export-vsn", f"export_vsn is {found}; importers need 2 (§2.3)"))
+            problems.append(("export-vsn", f"export_vsn is {found}; importers need 2 (xva-format.md §4.3)"))
         elif number > 2:
-            problems.append(("export-vsn-newer", f"export_vsn is {number}; hosts read it as 2 (§5.9)"))
+            problems.append(
+                ("export-vsn-newer", f"export_vsn is {number}; hosts read it as 2 (xva-format.md §4.3)")
+            )
         index = self._index()
         seen: set[str] = set()
         for obj in self.objects:
@@ -391,7 +395,10 @@ class Metadata:
         for vm in vms:
             if "parent" not in vm.snapshot:
                 problems.append(
-                    ("vm-no-parent", f"VM {vm.id} has no 'parent': import resets its memory (§2.6)")
+                    (
+                        "vm-no-parent",
+                        f"VM {vm.id} has no 'parent': import resets its memory (xva-format.md §4.6)",
+                    )
                 )
         return problems
 
@@ -402,7 +409,9 @@ class Metadata:
         return Metadata(copy.deepcopy(self.version), copy.deepcopy(self.objects))
 
     def with_version(self, major: int, minor: int) -> Metadata:
-        """A copy declaring ``xapi_major.xapi_minor``; lower it so older hosts accept it (§2.3)."""
+        """A copy declaring ``xapi_major.xapi_minor``; lower it so older hosts accept it
+        (xva-format.md §4.3).
+        """
         new = self._copy()
         new.version["xapi_major"] = str(major)
         new.version["xapi_minor"] = str(minor)
@@ -417,7 +426,7 @@ class Metadata:
     def with_networks_mapped(self, mapping: Mapping[str, str]) -> Metadata:
         """A copy whose networks named by `mapping`'s keys carry its values as `name_label`.
 
-        The host matches networks by `name_label` first, then by `bridge` (§5.7), so this
+        The host matches networks by `name_label` first, then by `bridge` (xva-format.md §7.6), so this
         chooses which target network each VIF lands on. `bridge` is left as it was. An old
         name that no network in the document has raises `UsageError`.
         """
@@ -438,7 +447,7 @@ class Metadata:
 
         `/export_metadata` of a snapshot keeps `is_a_snapshot`, and an archive whose only VM is
         a snapshot has no VM to import. `/export` blanks the snapshot fields and forces the power
-        state to Halted (xapi-protocol.md §3.1); this does the same. A document that is not one
+        state to Halted (xva-format.md §4.5); this does the same. A document that is not one
         snapshot VM is returned as it is (`self`), so its bytes need not be written again.
         """
         vms = self.of_class("VM")
@@ -455,7 +464,7 @@ class Metadata:
 
 # --------------------------------------------------------------------------- check tables
 
-# Required keys and their types, from xva-format.md §2.6 (importer) and §2.3 (version record).
+# Required keys and their types, from xva-format.md §4.6 (importer) and xva-format.md §4.3 (version record).
 # Kinds: "str" (string, ref and enum alike), "int", "bool", "map", "set".
 _MAPS = ("other_config", "runtime_properties", "qos_algorithm_params")
 _IO_COMMON = {
@@ -555,7 +564,7 @@ def _check_envelope(obj: XapiObject, seen: set[str]) -> list[tuple[str, str]]:
 
 
 def _check_refs(obj: XapiObject, index: Mapping[str, XapiObject]) -> Iterator[tuple[str, str]]:
-    """Cross-object rules of §2.6 and the size sanity rules of §8.1."""
+    """Cross-object rules and the size rules of xva-format.md §4.6, §8.1."""
     snap = obj.snapshot
 
     def missing(key: str, cls: str) -> bool:

@@ -1,10 +1,11 @@
 """The disk plan of an archive: its ova.xml member read, parsed, checked, and turned into disks.
 
-ova.xml must be the first member (xva-format.md §4.2). It is handed to the parser as it streams by
+ova.xml must be the first member (docs/xva-format.md §2.2). It is handed to the parser as it streams by
 (never held whole), within the budgets of `ovaxml`; the importer's rules (`Metadata.check`) are
-reported like any other problem; the data-carrying disks (§2.7) are the plan `XvaReader.chunks()`
-follows, and their VDI uuids must be safe, distinct file names because `extract` writes
-``<vdi uuid>.raw``. What no reader can work around is raised; the rest goes to the `ProblemLog`.
+reported like any other problem; the data-carrying disks (xva-format.md §4.7) are the plan
+`XvaReader.chunks()` follows, and their VDI uuids must be safe, distinct file names because
+`extract` writes ``<vdi uuid>.raw``. What no reader can work around is raised; the rest goes to
+the `ProblemLog`.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def read_plan(tar: TarReader, log: ProblemLog, compression: Compression) -> Plan
         log.problem(
             "ova-xml-extension-header",
             f"{'/'.join(member.extensions)} extension header in front of ova.xml: "
-            "hosts before xapi v24.2 cannot import this (§1.3)",
+            "hosts before xapi v24.2 cannot import this (xva-format.md §3.3)",
             member=member.name,
             offset=member.header_offset,
         )
@@ -93,7 +94,7 @@ def _first_member(tar: TarReader, compression: Compression) -> TarMember:
     if member.name != OVA_XML_NAME or member.kind != "file":
         raise format_error(
             "ova-xml-not-first",
-            f"the first member is {member.name!r}, not ova.xml; the host rejects this (§4.2)",
+            f"the first member is {member.name!r}, not ova.xml; the host rejects this (xva-format.md §2.2)",
             member=member.name,
             offset=member.header_offset,
         )

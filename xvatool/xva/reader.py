@@ -1,9 +1,9 @@
 """The streaming XVA reader: ova.xml first, then every disk's chunks, placed by the host's rule.
 
-`XvaReader` reads any stream (file, pipe, HTTP body) strictly sequentially (style.md 6): it sniffs the
-compression (xva-format.md §4.2), requires `ova.xml` as the first member, parses it within its
+`XvaReader` reads any stream (file, pipe, HTTP body) strictly sequentially, never seeking: it sniffs the
+compression (docs/xva-format.md §2.3), requires `ova.xml` as the first member, parses it within its
 budgets and applies the importer's rules to it, and then `chunks()` yields the data members disk by
-disk in byte-wise id order, each placed where xapi's importer would write it (§3.4):
+disk in byte-wise id order, each placed where xapi's importer would write it (xva-format.md §5.4):
 
 - a chunk belongs to a disk when its name is ``<id>/<8 digits>``, matched on ``id + "/"``, so
   ``Ref:1`` never claims ``Ref:10/…``;
@@ -14,9 +14,9 @@ disk in byte-wise id order, each placed where xapi's importer would write it (§
   ``global-first-len``); a zero-length keep-alive chunk uses up a counter but no bytes;
 - a disk is done once its `virtual_size` is covered (the last chunk may be partial);
 - each data member is followed immediately by ``<data name>.checksum`` (SHA-1) or ``.xxhash``
-  (XXH64), compared as exact strings (§3.3).
+  (XXH64), compared as exact strings (xva-format.md §5.3).
 
-After the last disk the host stops reading (§1.4). We read on, but only `TRAILING_DATA_BUDGET`
+After the last disk the host stops reading (xva-format.md §3.4). We read on, but only `TRAILING_DATA_BUDGET`
 bytes: trailing members and data are noted, and a compressed stream is read to its end so that its
 own checksum (gzip CRC32 and ISIZE, zstd content checksum) is checked: that is the only checksum
 ova.xml has.
@@ -74,7 +74,7 @@ MAX_CHECKSUM_MEMBER_SIZE = 1024
 TRAILING_DATA_BUDGET = 16 << 20
 """Bytes of the (decompressed) tar stream read after the end of the last disk: trailing members,
 the end marker and anything after it. More is the ``trailing-data-too-large`` error."""
-_COUNTER = re.compile(r"[0-9]{8}")  # §3.1: "%08d"; not \d, which also matches non-ASCII digits
+_COUNTER = re.compile(r"[0-9]{8}")  # xva-format.md §5.1: "%08d"; not \d, which also matches non-ASCII digits
 _EMPTY = memoryview(b"")
 
 
@@ -142,7 +142,7 @@ class XvaReader:
         self._have_lookahead = False
         self._digests: DigestPipeline | None = None
         self._disk_stream = _disk is not None
-        """A single-disk `vdi/` stream (§3.5): no ova.xml, nothing may follow the disk."""
+        """A single-disk `vdi/` stream (xva-format.md §6): no ova.xml, nothing may follow the disk."""
         try:
             with location_context(file=source):
                 if _disk is not None:
@@ -169,7 +169,7 @@ class XvaReader:
         verify: bool = True,
         problems: list[Problem] | None = None,
     ) -> XvaReader:
-        """A reader of one disk's tar stream as `/export_raw_vdi?format=tar` sends it (§3.5).
+        """A reader of one disk's tar stream as `/export_raw_vdi?format=tar` sends it (xva-format.md §6).
 
         Only ``<disk_id>/%08d`` chunks, their checksum members and the end marker; `size` comes from
         the caller. `chunks()` applies the archive rules, and any other member or a missing end
@@ -195,7 +195,7 @@ class XvaReader:
 
     @property
     def disks(self) -> list[DiskInfo]:
-        """The data-carrying disks in archive order (§2.7); empty if ova.xml was unreadable."""
+        """The data-carrying disks in archive order (xva-format.md §4.7); empty if ova.xml was unreadable."""
         return list(self._disks or [])
 
     @property
@@ -251,7 +251,8 @@ class XvaReader:
                     break
                 self._problem(
                     "directory-entry",
-                    f"directory entry {member.name + '/'!r}: the host's importer fails on it (§1.3)",
+                    f"directory entry {member.name + '/'!r}: "
+                    "the host's importer fails on it (xva-format.md §3.3)",
                     member=member.name + "/",
                     offset=member.header_offset,
                 )
@@ -376,7 +377,7 @@ class XvaReader:
         # The common case (a chunk of the current disk, next counter, aligned, inside the disk) is
         # tested inline: this loop runs once per MiB of disk. Anything else takes the slow path.
         index_of = {disk.id: i for i, disk in enumerate(disks)}
-        first_len: int | None = None  # xapi's one variable for the whole import (§3.4)
+        first_len: int | None = None  # xapi's one variable for the whole import (xva-format.md §5.4)
         for i, disk in enumerate(disks):
             offset, last, last_number = 0, "-1", -1
             size = disk.virtual_size
@@ -416,7 +417,7 @@ class XvaReader:
                         self._problem(
                             "missing-first-chunk",
                             f"the first chunk of disk {disk.id} has counter {counter}; writers must "
-                            "always write counter 0 (§3.2)",
+                            "always write counter 0 (xva-format.md §5.2)",
                             at=member,
                         )
                 assert first_len is not None
@@ -427,7 +428,7 @@ class XvaReader:
                     self._problem(
                         "global-first-len",
                         f"counter gap filled with {first_len}-byte blocks (the archive's first chunk), "
-                        f"not this disk's {own_first_len} bytes, as xapi does (§3.4)",
+                        f"not this disk's {own_first_len} bytes, as xapi does (xva-format.md §5.4)",
                         at=member,
                     )
                 start = offset + gap * first_len
@@ -448,9 +449,9 @@ class XvaReader:
         if owner < current:
             return "chunk-out-of-order", f"chunk of disk {disks[owner].id}, which was already complete"
         if not _COUNTER.fullmatch(counter):
-            return "bad-chunk-name", f"chunk counter {counter!r} is not 8 decimal digits (§3.1)"
+            return "bad-chunk-name", f"chunk counter {counter!r} is not 8 decimal digits (xva-format.md §5.1)"
         if counter <= last:
-            return "counter-not-increasing", f"counter {counter} does not follow {last} (§3.4)"
+            return "counter-not-increasing", f"counter {counter} does not follow {last} (xva-format.md §5.4)"
         return None
 
     @staticmethod
@@ -469,7 +470,7 @@ class XvaReader:
             self._problem(
                 "chunk-not-aligned",
                 f"data member of {member.size} bytes, not a multiple of 512: the host reads the "
-                "checksum header inside the padding and fails (§3.4)",
+                "checksum header inside the padding and fails (xva-format.md §5.4)",
                 at=member,
             )
 
@@ -503,7 +504,8 @@ class XvaReader:
                 continue
             self._check_size(member)
             if not _COUNTER.fullmatch(split[1]):
-                self._problem("bad-chunk-name", f"chunk counter {split[1]!r} is not 8 decimal digits (§3.1)",
+                self._problem("bad-chunk-name",
+                              f"chunk counter {split[1]!r} is not 8 decimal digits (xva-format.md §5.1)",
                               at=member)  # fmt: skip
                 self._skip_chunk()
             else:
@@ -513,7 +515,7 @@ class XvaReader:
     # -- after the last disk -------------------------------------------------------------------
 
     def _scan_trailer(self) -> None:
-        """After the last disk the host stops reading (§1.4); we read on within a budget.
+        """After the last disk the host stops reading (xva-format.md §3.4); we read on within a budget.
 
         Trailing members, unreadable trailing data and non-zero bytes after the end marker are
         warnings (zeros are tar record padding). Then the stream is read to its end, so that a
@@ -529,7 +531,8 @@ class XvaReader:
         readable = self._trailing_members(start) if self._disks is not None else True
         if readable and not tar.end_seen:
             self._problem(
-                "missing-end-of-archive", "the archive does not end with two zero blocks (§1.4)",
+                "missing-end-of-archive",
+                "the archive does not end with two zero blocks (xva-format.md §3.4)",
                 offset=tar.position,
             )  # fmt: skip
         used = tar.position - start
@@ -539,7 +542,7 @@ class XvaReader:
         if nonzero and readable:
             self._problem(
                 "trailing-data",
-                f"{extra} bytes after the end of the archive; the host never reads them (§1.4)",
+                f"{extra} bytes after the end of the archive; the host never reads them (xva-format.md §3.4)",
                 offset=tar.position - extra,
             )
 
@@ -568,7 +571,7 @@ class XvaReader:
         if first is not None:
             self._problem(
                 "trailing-member",
-                f"{count} member(s) after the last disk; the host never reads them (§1.4)",
+                f"{count} member(s) after the last disk; the host never reads them (xva-format.md §3.4)",
                 member=first.name,
                 offset=first.header_offset,
             )
@@ -588,14 +591,14 @@ class XvaReader:
         )
 
     def _end_of_disk_stream(self) -> None:
-        """A `vdi/` stream is the disk and its end marker, nothing else (§3.5, §1.4)."""
+        """A `vdi/` stream is the disk and its end marker, nothing else (xva-format.md §6, §3.4)."""
         assert self._tar is not None
         member = self._peek()
         if member is not None:
             self._problem("unknown-member", "member after the end of the disk stream", at=member)
         elif not self._tar.end_seen:
             raise format_error(
-                "truncated", "the disk stream ends without the end-of-archive marker (§1.4)",
+                "truncated", "the disk stream ends without the end-of-archive marker (xva-format.md §6)",
                 offset=self._tar.position,
             )  # fmt: skip
 
@@ -603,7 +606,7 @@ class XvaReader:
 def read_disk_stream(
     stream: Readable | SupportsRead, *, size: int, source: str, disk_id: str = "vdi", verify: bool = True
 ) -> int:
-    """Read and verify one disk's tar stream (§3.5, `XvaReader.for_disk_stream`); return its size.
+    """Read and verify one disk's tar stream (xva-format.md §6, `XvaReader.for_disk_stream`); return its size.
 
     Every chunk is placed and its digest checked before this returns; the first error raises
     `FormatError` (`ChecksumError`, `TruncatedError`) naming `source` and the member.

@@ -5,7 +5,7 @@ parsed by the standard library (`tarfile.TarInfo.frombuf`, which checks the head
 understands V7, ustar and GNU numbers); GNU long names and pax headers are applied here because
 `tarfile` only does that on a seekable `TarFile`.
 
-Writing uses the layout xapi's ocaml-tar emits (xva-format.md §1.2): pre-POSIX V7 headers, typeflag
+Writing uses the layout xapi's ocaml-tar emits (docs/xva-format.md §3.2): pre-POSIX V7 headers, typeflag
 NUL, no ustar magic, a 7-digit checksum, no directory entries, data padded to 512 bytes and 1024 zero
 bytes at the end with no record padding. `tarfile` cannot write V7 headers, hence `v7_header`.
 """
@@ -493,7 +493,7 @@ class TarReader:
 
 
 def v7_header(name: str, size: int, *, mode: int = 0o400, mtime: int = 0) -> bytes:
-    """One 512-byte V7 header exactly as xapi's ocaml-tar writes it (xva-format.md §1.2).
+    """One 512-byte V7 header exactly as xapi's ocaml-tar writes it (xva-format.md §3.2).
 
     >>> v7_header("Ref:2/00000000", 1 << 20)[148:156]
     b'0006120\\x00'

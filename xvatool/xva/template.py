@@ -1,12 +1,12 @@
 """Metadata for archives we create from scratch (`create`, `convert`).
 
-The document follows the maximum-compatibility profile of xva-format.md §8.1: every required field
-of §2.6, plus VM `parent` (without it the importer resets the memory settings) and
-`has_vendor_device`; a low declared xapi version so old hosts accept it (§2.3); `export_vsn` 2;
-null references written as ``OpaqueRef:NULL``. It is modelled on the example of §2.8.
+The document follows the maximum-compatibility profile of docs/xva-format.md §8.1: every required field
+of xva-format.md §4.6, plus VM `parent` (without it the importer resets the memory settings) and
+`has_vendor_device`; a low declared xapi version so old hosts accept it (xva-format.md §4.3); `export_vsn` 2;
+null references written as ``OpaqueRef:NULL``. It is modelled on the example of xva-format.md §4.8.
 
 Ids are ``Ref:`` plus a zero-padded counter of one width, so byte-wise id order (the order the
-host streams disks in, §2.7) equals the order of the disks given. Ints are stored as decimal
+host streams disks in, xva-format.md §4.7) equals the order of the disks given. Ints are stored as decimal
 strings, as they are in files, so a built document equals itself after a write and a read.
 """
 
@@ -24,7 +24,7 @@ from xvatool.xva.ovaxml import SECTOR_SIZE, Metadata, Value, XapiObject
 __all__ = ["DiskSpec", "build_vm_metadata", "round_virtual_size"]
 
 NULL_REF = "OpaqueRef:NULL"
-"""How this writer spells a null reference; the importer accepts it (§2.8)."""
+"""How this writer spells a null reference; the importer accepts it (xva-format.md §4.8)."""
 SR_NAME = "Local storage"
 DEFAULT_MTU = 1500
 """Bytes."""
@@ -43,7 +43,7 @@ class DiskSpec:
 
 
 def round_virtual_size(size: int) -> int:
-    """`size` rounded up to a multiple of 512, as `virtual_size` must be (§8.1)."""
+    """`size` rounded up to a multiple of 512, as `virtual_size` must be (xva-format.md §8.1)."""
     return -(-size // SECTOR_SIZE) * SECTOR_SIZE
 
 
@@ -52,7 +52,7 @@ def _new_uuid() -> str:
 
 
 def _io_fields() -> dict[str, Value]:
-    """Fields VBD and VIF records share (§2.6), in their detached state."""
+    """Fields VBD and VIF records share (xva-format.md §4.6), in their detached state."""
     return {
         "other_config": {},
         "currently_attached": False,
@@ -69,7 +69,7 @@ def _version(xapi_version: tuple[int, int]) -> dict[str, Value]:
     now = datetime.datetime.now(datetime.UTC)
     return {
         "hostname": "localhost",
-        "date": now.strftime("%Y%m%dT%H:%M:%SZ"),  # xapi's own date format (§2.3)
+        "date": now.strftime("%Y%m%dT%H:%M:%SZ"),  # xapi's own date format (xva-format.md §4.3)
         "product_version": _PRODUCT_VERSION,
         "product_brand": "xvatool",
         "build_number": _PRODUCT_VERSION,
@@ -119,7 +119,7 @@ def _vm(
         "metrics": NULL_REF,
         "guest_metrics": NULL_REF,
         "recommendations": "",
-        "parent": NULL_REF,  # present, so the importer keeps the memory settings (§2.6)
+        "parent": NULL_REF,  # present, so the importer keeps the memory settings (xva-format.md §4.6)
         "has_vendor_device": False,
         "domain_type": "hvm",
     }
@@ -139,8 +139,8 @@ def build_vm_metadata(
 
     Disks get userdevice "0", "1", … in the given order, and the first is bootable. Each network
     name becomes one VIF (device "0", "1", …) and one network record the host matches by name
-    (§5.7). A `virtual_size` that is not a multiple of 512 is rounded up to one, because the
-    host's importer needs whole sectors (§8.1); the disk data must then be padded with zeros.
+    (xva-format.md §7.6). A `virtual_size` that is not a multiple of 512 is rounded up to one, because the
+    host's importer needs whole sectors (xva-format.md §5.4); the disk data must then be padded with zeros.
     `memory` is in bytes. Uuids are random unless given; the host ignores them unless restoring.
     """
     if vcpus < 1 or memory < 1:
@@ -198,5 +198,5 @@ def build_vm_metadata(
         for net_name, net_id, vif_id in zip(networks, net_ids, vif_ids, strict=True)
     ]  # fmt: skip
     vm = XapiObject("VM", vm_id, _vm(uuid or _new_uuid(), name, vcpus, memory, vbd_ids, vif_ids))
-    # Objects in xapi's own emission order (§2.5); the importer does not care.
+    # Objects in xapi's own emission order (xva-format.md §4.5); the importer does not care.
     return Metadata(_version(xapi_version), [vm, *vbds, *vifs, *nets, *vdis, sr])

@@ -1,8 +1,8 @@
 """Whole-archive checks (`verify`) and a quick look at what an archive holds (`inspect`).
 
 `validate_archive` reads an archive once, end to end, and reports *every* problem instead of
-stopping at the first (style.md 12): tar structure, ova.xml parsing, the importer rules of
-`Metadata.check()` (xva-format.md §2.3–§2.7), chunk naming, order and counters, missing first or
+stopping at the first: tar structure, ova.xml parsing, the importer rules of
+`Metadata.check()` (docs/xva-format.md §4.3–§4.7), chunk naming, order and counters, missing first or
 last chunks, truncation and checksum mismatches, each with its member and tar offset. A fatal problem
 (truncation, garbage) ends the scan and is recorded; only local I/O errors raise.
 

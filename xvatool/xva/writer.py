@@ -1,11 +1,11 @@
 """The streaming XVA writer: ova.xml, then every disk as 1 MiB chunks with checksum members.
 
-The writer is an `Iterator[bytes | memoryview]` producer of the *uncompressed* tar (style.md 8):
+The writer is an `Iterator[bytes | memoryview]` producer of the *uncompressed* tar:
 the same producer feeds a file, stdout, a compressor or an HTTP request body. Every piece it yields
-is valid only until the next one is requested, because chunk data lives in reused buffers
-(style.md 11); consumers that keep data must copy it.
+is valid only until the next one is requested, because chunk data lives in reused buffers;
+consumers that keep data must copy it.
 
-What goes on the wire is the host's own dialect (xva-format.md §1, §3, §8.1/§8.2): V7 headers,
+What goes on the wire is the host's own dialect (docs/xva-format.md §3, §5, §8): V7 headers,
 mode 0400, mtime 0 on chunk members, no directory entries, data padded to 512 bytes and 1024 zero
 bytes at the end; ova.xml first; disks in byte-wise id order; chunk members `<id>/%08d` each
 followed by its `.xxhash` or `.checksum` member; all-zero chunks omitted except the first and the
@@ -57,17 +57,18 @@ ProgressCallback = Callable[[int], None]
 """Called with a number of bytes just covered (disk bytes for the writer); feeds `tqdm.update`."""
 
 COUNTER_LIMIT = 10**8
-"""Counters are `%08d` and compared as strings by the importer (xva-format.md §3.1): ~95 TiB."""
+"""Counters are `%08d` and compared as strings by the importer (xva-format.md §5.1): ~95 TiB."""
 KEEPALIVE_S = 10.0
 """Seconds without a written chunk after which the next all-zero chunk is written in full anyway.
 
 A long run of skipped zeros sends nothing; an importing host or a proxy may take the silence for a
-dead peer. Full all-zero chunks are always legal (xva-format.md §3.2 NBD strategy, §8.1) and keep
-counters equal to offset / 1 MiB, unlike the host's zero-length keep-alive chunks."""
+dead peer. Full all-zero chunks are always legal (the host's NBD strategy writes them,
+xva-format.md §5.2, §8.1) and keep counters equal to offset / 1 MiB, unlike the host's zero-length
+keep-alive chunks."""
 HASH_AHEAD = 2
 """Chunks fetched and hashing beyond the one being written; with HASH_WORKERS both cores hash."""
 HASH_WORKERS = 2
-"""Hashing threads; the machines this targets have two cores (performance.md)."""
+"""Hashing threads; the machines this targets have two cores."""
 HASH_INLINE_BELOW = 64 * 1024
 """Chunks smaller than this (bytes) are hashed in the calling thread; a thread hop costs more."""
 OVA_XML_NAME = "ova.xml"
@@ -108,7 +109,8 @@ class ChunkItem:
     length: int
     digest: str | None = None
     skip_if_zero: bool = False
-    """Drop the chunk if it is all zeros (§3.2: allowed for every chunk but a disk's first and last)."""
+    """Drop the chunk if it is all zeros (xva-format.md §5.2: allowed for every chunk but a disk's
+    first and last)."""
 
 
 def _checksum_tail(name: str, data_length: int, kind: ChecksumKind, digest: str, mode: int) -> bytes:
@@ -127,11 +129,11 @@ def _checksum_tail(name: str, data_length: int, kind: ChecksumKind, digest: str,
 def chunk_members(
     name: str, data: bytes | bytearray | memoryview, kind: ChecksumKind, *, mode: int = 0o400
 ) -> list[Piece]:
-    """The tar pieces of one chunk: `[header, data, tail]` (xva-format.md §1.1 CHUNK).
+    """The tar pieces of one chunk: `[header, data, tail]` (xva-format.md §3.1 `chunk`).
 
     `tail` holds the data's padding and the checksum member `<name>.xxhash` / `<name>.checksum`
     with its padding. Written one after the other they form the chunk exactly as the host writes
-    it; `vdi/00000000` streams (§3.5) use the same encoding.
+    it; `vdi/00000000` streams (xva-format.md §6) use the same encoding.
 
     >>> b"".join(chunk_members("vdi/00000000", b"", "xxhash"))[512 + 512 :][:16]
     b'EF46DB3751D8E999'
@@ -266,7 +268,7 @@ def archive_pieces(
 class XvaWriter:
     """Produces the uncompressed tar of an XVA from metadata and one block source per disk.
 
-    `sources` maps each data-carrying disk id of `metadata.disks` (xva-format.md §2.7) to the
+    `sources` maps each data-carrying disk id of `metadata.disks` (xva-format.md §4.7) to the
     source of its bytes. A source shorter than the disk's `virtual_size` is read as zero-padded;
     a longer one is an error. Iterate once; `stats` is filled in as the pieces go out.
 
@@ -299,7 +301,7 @@ class XvaWriter:
             raise UsageError(f"data source given for {extra[0]}, which is not a data-carrying disk")
         for disk in disks:
             size = disk.virtual_size
-            # §3.4: every chunk length must be a multiple of 512, so virtual_size must be too.
+            # xva-format.md §5.4: every chunk length must be a multiple of 512, so virtual_size must be too.
             if size < 0 or size % BLOCK_SIZE:
                 raise UsageError(f"disk {disk.id}: virtual_size {size} is not a multiple of {BLOCK_SIZE}")
             if -(-size // CHUNK_SIZE) > COUNTER_LIMIT:
@@ -317,10 +319,10 @@ class XvaWriter:
         self.stats = WriteStats()
         self._progress = progress
         self._keepalive_s = keepalive_s
-        self._disks = sorted(disks, key=lambda d: d.id.encode("utf-8"))  # §2.7 byte-wise order
+        self._disks = sorted(disks, key=lambda d: d.id.encode("utf-8"))  # xva-format.md §4.7 byte-wise order
         self._zero_digests: dict[int, str] = {}
-        # §3.4: the importer takes the length of the archive's *first* data member as the size of
-        # every skipped chunk, in every disk. If that member is short (a first disk under 1 MiB),
+        # xva-format.md §5.4: the importer takes the length of the archive's *first* data member as
+        # the size of every skipped chunk, in every disk. If that member is short (a first disk under 1 MiB),
         # skipped chunks would be rebuilt too short, so then nothing is skipped.
         first = next((d.virtual_size for d in self._disks if d.virtual_size), CHUNK_SIZE)
         self._skip_zero = first >= CHUNK_SIZE
@@ -346,9 +348,11 @@ class XvaWriter:
             self.stats.disk_bytes += disk.virtual_size
 
     def _disk_items(self, disk_id: str, size: int, source: BlockSource) -> Iterator[ChunkItem]:
-        """Chunk items of one disk: source blocks, zero chunks where the source has none (§3.2)."""
+        """Chunk items of one disk: source blocks, zero chunks where the source has none
+        (xva-format.md §5.2).
+        """
         if size == 0:
-            return  # the importer reads nothing while offset < 0 (§3.4)
+            return  # the importer reads nothing while offset < 0 (xva-format.md §5.4)
         last = (size - 1) // CHUNK_SIZE
         covered = 0  # chunks before this index are written or skipped
         for offset, block in source.blocks():
@@ -366,7 +370,7 @@ class XvaWriter:
 
     def _zero_run(self, disk_id: str, size: int, start: int, stop: int) -> Iterator[ChunkItem]:
         """Items for the all-zero chunks `start .. stop-1`: only the disk's first and last chunks,
-        unless skipping is off (§3.2: any other all-zero chunk may be omitted).
+        unless skipping is off (xva-format.md §5.2: any other all-zero chunk may be omitted).
         """
         if start >= stop:
             return
@@ -386,7 +390,7 @@ class XvaWriter:
 
     @staticmethod
     def _length(size: int, index: int) -> int:
-        """§3.2: every chunk is 1 MiB except a last one of `virtual_size mod 1 MiB` bytes."""
+        """xva-format.md §5.2: every chunk is 1 MiB except a last one of `virtual_size mod 1 MiB` bytes."""
         return min(CHUNK_SIZE, size - index * CHUNK_SIZE)
 
     def _item(
@@ -415,7 +419,7 @@ def write_xva(
     ova_mtime: int = 0,
     progress: ProgressCallback | None = None,
 ) -> WriteStats:
-    """Write a whole XVA to `out` (left open), compressing the tar stream if asked (§4.1).
+    """Write a whole XVA to `out` (left open), compressing the tar stream if asked (xva-format.md §2.1).
 
     Example::
 
