@@ -174,6 +174,22 @@ def test_earliest_mismatch_wins_over_later_errors():
     assert info.value.member == "Ref:2/00000000"
 
 
+@pytest.mark.parametrize("lag", [1, HASH_LAG])
+def test_hash_lag_bounds_the_chunk_buffers_and_keeps_the_earliest_mismatch(lag):
+    # Readers running side by side (one per disk in a parallel export) pass hash_lag=1: at most two
+    # 1 MiB buffers each instead of HASH_LAG + 1, and the first error is still the earliest chunk.
+    image = b"".join(pattern(MIB, i + 1) for i in range(HASH_LAG + 4))
+    built = build_xva(XvaSpec([disk_from_image("Ref:2", image, "sha1")]))
+    buffers = {id(chunk.data.obj) for chunk in XvaReader(io.BytesIO(built.data), hash_lag=lag).chunks()}
+    assert len(buffers) == lag + 1
+    data = bytearray(built.data)
+    data[built.member("Ref:2/00000001").data_offset] ^= 1
+    data[built.member("Ref:2/00000005").data_offset] ^= 1
+    with pytest.raises(ChecksumError) as info:
+        list(XvaReader(io.BytesIO(bytes(data)), hash_lag=lag).chunks())
+    assert info.value.member == "Ref:2/00000001"
+
+
 def test_mismatch_is_raised_before_the_generator_finishes():
     built = build_xva(XvaSpec([disk_from_image("Ref:2", pattern(2 * MIB, 3), "xxhash")]))
     last = built.member("Ref:2/00000001")

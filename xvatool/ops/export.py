@@ -571,7 +571,9 @@ class _ParallelExport:
                 ):
                     tee = TeeReader(body, _FileSink(output.file, self.out), hasher=hasher)  # the user's file
                     with transport_errors(tee):
-                        reader = XvaReader.for_disk_stream(tee, size=disk.virtual_size, source=where)
+                        reader = XvaReader.for_disk_stream(
+                            tee, size=disk.virtual_size, source=where, hash_lag=1
+                        )
                         for chunk in tracked(reader, advance).chunks():
                             if digester is not None:  # on this disk's thread: disks hash in parallel
                                 digester.feed(disk.id, chunk.offset, chunk.data)

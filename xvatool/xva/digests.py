@@ -6,8 +6,9 @@ The reader reads a data member into a buffer from `DigestPipeline.acquire`, then
 owns a pair of `SimpleQueue`s and works first in, first out, so the oldest pending chunk's digest is
 simply the next item in its worker's outbox: no futures, no locks per chunk. (A `ThreadPoolExecutor`
 costs more per 1 MiB chunk than XXH64 itself.) Results are
-settled oldest first, at most `HASH_LAG` chunks behind, so the first mismatch reported is always the
-earliest in the archive and memory stays at `HASH_LAG + 1` buffers of 1 MiB. Comparison is an exact
+settled oldest first, at most `lag` (default `HASH_LAG`) chunks behind, so the first mismatch reported
+is always the earliest in the archive and memory stays at `lag + 1` buffers of 1 MiB; readers that
+run side by side, one per disk, pass a small `lag` (their parallelism is the disks'). Comparison is an exact
 string compare, as the host does (docs/xva-format.md §5.3).
 """
 
@@ -76,9 +77,15 @@ class DigestPipeline:
     """
 
     def __init__(
-        self, *, verify: bool, on_mismatch: Callable[[ChecksumError], None], source: str | None = None
+        self,
+        *,
+        verify: bool,
+        on_mismatch: Callable[[ChecksumError], None],
+        source: str | None = None,
+        lag: int = HASH_LAG,
     ) -> None:
         self.verify = verify
+        self._lag = max(1, lag)
         self._on_mismatch = on_mismatch
         self._source = source
         self._pending: collections.deque[_Pending] = collections.deque()
@@ -89,7 +96,7 @@ class DigestPipeline:
         self._outboxes: list[queue.SimpleQueue[str | BaseException]] = []
         self._threads: list[threading.Thread] = []
         self._next_worker = 0
-        for _ in range(HASH_WORKERS if verify else 0):
+        for _ in range(min(HASH_WORKERS, self._lag) if verify else 0):
             inbox: queue.SimpleQueue[_Job] = queue.SimpleQueue()
             outbox: queue.SimpleQueue[str | BaseException] = queue.SimpleQueue()
             thread = threading.Thread(target=_hash_worker, args=(inbox, outbox), name="xva-hash", daemon=True)
@@ -107,7 +114,7 @@ class DigestPipeline:
             # A foreign writer's big chunk: settle everything in flight, then use a one-off buffer.
             self.settle_all()
             return bytearray(size)
-        if not self._free and self._pool_size <= HASH_LAG:
+        if not self._free and self._pool_size <= self._lag:
             self._pool_size += 1
             return bytearray(CHUNK_SIZE)
         while not self._free:
@@ -141,7 +148,7 @@ class DigestPipeline:
             self._inboxes[entry.worker].put((kind, view))
         self._pending.append(entry)
         # A one-off big buffer is settled at once, so at most one is alive besides the consumer's.
-        while len(self._pending) > (HASH_LAG if len(view) <= CHUNK_SIZE else 0):
+        while len(self._pending) > (self._lag if len(view) <= CHUNK_SIZE else 0):
             self.settle_oldest()
 
     def settle_oldest(self) -> None:

@@ -49,7 +49,7 @@ from xvatool._types import ChecksumKind, Compression, Readable, SupportsRead
 from xvatool.errors import ChecksumError, FormatError, MetadataError, StreamStateError, location_context
 from xvatool.xva.checksum import kind_of_suffix, split_checksum_name
 from xvatool.xva.compression import is_stream_error, open_decompressed
-from xvatool.xva.digests import DigestPipeline
+from xvatool.xva.digests import HASH_LAG, DigestPipeline
 from xvatool.xva.ovaxml import MAX_VIRTUAL_SIZE, DiskInfo, Metadata
 from xvatool.xva.plan import read_plan
 from xvatool.xva.problems import Problem, ProblemLog, Severity, format_error
@@ -108,6 +108,8 @@ class XvaReader:
     closed here. `source` names it in error messages. ``verify=False`` skips hashing (the checksum
     members are still required and parsed). See the module docstring for `problems`; `omitted`
     counts, per code, the problems left out of that list (`problems.MAX_PROBLEMS_PER_CODE`).
+    `hash_lag` bounds the chunks hashed behind the one yielded (1 MiB each): readers running side
+    by side, one per disk, pass 1 so that their buffers do not multiply.
 
     Example::
 
@@ -123,10 +125,12 @@ class XvaReader:
         source: str | None = None,
         verify: bool = True,
         problems: list[Problem] | None = None,
+        hash_lag: int = HASH_LAG,
         _disk: DiskInfo | None = None,
     ) -> None:
         self.source = source
         self.verify = verify
+        self._hash_lag = hash_lag
         self._log = ProblemLog(strict=problems is None, problems=problems if problems is not None else [])
         self.compression: Compression = "none"
         self.checksum_kinds: set[ChecksumKind] = set()
@@ -168,6 +172,7 @@ class XvaReader:
         source: str | None = None,
         verify: bool = True,
         problems: list[Problem] | None = None,
+        hash_lag: int = HASH_LAG,
     ) -> XvaReader:
         """A reader of one disk's tar stream as `/export_raw_vdi?format=tar` sends it (xva-format.md §6).
 
@@ -176,7 +181,7 @@ class XvaReader:
         marker is an error.
         """
         disk = DiskInfo(disk_id, "", disk_id, size, None, False, None, None, "")
-        return cls(stream, source=source, verify=verify, problems=problems, _disk=disk)
+        return cls(stream, source=source, verify=verify, problems=problems, hash_lag=hash_lag, _disk=disk)
 
     # -- metadata ------------------------------------------------------------------------------
 
@@ -358,7 +363,9 @@ class XvaReader:
         self._started = True
         if self._fatal or self._tar is None:
             return
-        digests = DigestPipeline(verify=self.verify, on_mismatch=self._on_mismatch, source=self.source)
+        digests = DigestPipeline(
+            verify=self.verify, on_mismatch=self._on_mismatch, source=self.source, lag=self._hash_lag
+        )
         self._digests = digests
         with digests, location_context(file=self.source):
             try:
