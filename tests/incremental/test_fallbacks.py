@@ -189,3 +189,56 @@ def test_data_destroy_is_retried_while_dom0_holds_the_vdi(env: Env) -> None:
             timer.cancel()
             conn.close()
         assert waits and session.call("VDI.get_type", vdi) == "cbt_metadata"
+
+
+def test_host_snapshots_left_by_interrupted_runs_are_destroyed_once_old(env: Env) -> None:
+    # A run killed before its clean-up (kill -9, a lost connection) leaves its host snapshot, marked
+    # as ours. The next backup into the same repository destroys such leftovers once they are older
+    # than ORPHAN_AGE; a young one (a run still going), another repository's and the user's stay.
+    from xvatool.ops.incremental import MARKER_KEY, REPO_KEY
+    from xvatool.xva.ovaxml import DateTime
+
+    vm = env.add_vm("k", sizes=(4 * MIB,))
+    env.set_purpose("nbd")
+    first = env.backup(vm, cbt=True)
+    state = env.sim.host.state
+    old = DateTime("20200101T00:00:00Z")
+
+    def left(cls: str, ref: str, *, repo: str | None, taken: DateTime | None) -> str:
+        refs = [ref] if cls == "VDI" else [ref, *(r for r, _ in _snapshot_disks(env, ref))]
+        with env.session() as session:
+            for each in refs:
+                kind = "VM" if each == ref and cls == "VM" else "VDI"
+                session.call(f"{kind}.add_to_other_config", each, MARKER_KEY, vm)
+                if repo is not None:
+                    session.call(f"{kind}.add_to_other_config", each, REPO_KEY, repo)
+                if taken is not None:
+                    state.update(kind, each, snapshot_time=taken)
+        return str(state.field(cls, ref, "uuid"))
+
+    with env.session() as session:
+        vm_ref = session.call("VM.get_by_uuid", vm)
+        snap = lambda name: session.call("VM.snapshot", vm_ref, name)  # noqa: E731
+        killed = left("VM", snap("killed"), repo=env.repo.config.id, taken=old)
+        running = left("VM", snap("running"), repo=env.repo.config.id, taken=None)
+        other_repo = left("VM", snap("other"), repo="another-repository", taken=old)
+        users = str(state.field("VM", snap("the user's"), "uuid"))
+        vdi_only = left(
+            "VDI", session.call("VDI.snapshot", _vdi(env, vm)), repo=env.repo.config.id, taken=old
+        )
+    killed_disks = {u for _, u in _snapshot_disks(env, state.find("VM", uuid=killed)[0])}
+
+    result = env.backup(vm)
+    assert result.methods == "cbt"  # the chain of the first backup is intact
+    _check(env, vm, result.snapshot)
+    vms = {rec["uuid"] for rec in state.records("VM").values() if rec["is_a_snapshot"]}
+    assert killed not in vms and {running, other_repo, users} <= vms
+    vdis = {rec["uuid"] for rec in env.host_snapshots()}
+    assert vdi_only not in vdis and not killed_disks & vdis
+    assert {d.snapshot_vdi_uuid for d in result.disks} <= vdis  # this run's metadata base stays
+    assert first.disks[0].snapshot_vdi_uuid not in vdis  # the previous base went as before
+
+
+def _snapshot_disks(env: Env, vm_ref: str) -> list[tuple[str, str]]:
+    state = env.sim.host.state
+    return [(ref, str(state.field("VDI", ref, "uuid"))) for ref in env.sim.host.vdis_of(vm_ref)]

@@ -23,8 +23,12 @@ that is still exact, and what stays on the host afterwards (docs/incremental.md 
    destroyed (``delete``), and the previous one the repository recorded is destroyed. A backup
    that fails destroys its own host snapshot and leaves the previous one for the next night.
 
-Only snapshots this tool made are ever destroyed: they carry ``other_config`` key
-``xvatool-backup-of`` (the VM's uuid) and must be named by the VM's latest repository snapshot.
+Only snapshots this tool made are ever destroyed: they carry ``other_config`` keys
+``xvatool-backup-of`` (the VM's uuid) and ``xvatool-backup-repo`` (the repository's id), and must be
+named by the VM's latest repository snapshot, or be left over: a run killed before it could clean
+up (``kill -9``, a lost host connection) leaves its host snapshot behind, and the next successful
+backup of the VM into the same repository destroys those older than `ORPHAN_AGE` (younger ones
+may belong to a run still going).
 """
 
 from __future__ import annotations
@@ -62,6 +66,8 @@ from xvatool.xva.ovaxml import DiskInfo, Metadata
 __all__ = [
     "DEFAULT_NBD_CONNECTIONS",
     "MARKER_KEY",
+    "ORPHAN_AGE",
+    "REPO_KEY",
     "DiskReport",
     "HostVdi",
     "IncrementalOptions",
@@ -78,6 +84,12 @@ Method = Literal["cbt", "vhd-diff", "full"]
 DEFAULT_NBD_CONNECTIONS = 4
 MARKER_KEY = "xvatool-backup-of"
 """`other_config` key on the host snapshots (VM and VDIs) a backup made: the source VM's uuid."""
+REPO_KEY = "xvatool-backup-repo"
+"""`other_config` key beside `MARKER_KEY`: the id of the repository the backup went to."""
+ORPHAN_AGE = dt.timedelta(hours=12)
+"""How old a left-over host snapshot must be before a later backup destroys it: older than any
+backup run, younger than the next night's."""
+_XAPI_TIME = "%Y%m%dT%H:%M:%SZ"
 _FALLBACK_ERRORS = (NbdError, CbtBitmapError, XapiError, TransferError, FormatError)
 """What makes a way of reading give up and hand over; anything else fails the VM's backup."""
 
@@ -214,15 +226,16 @@ def _take_snapshot(session: Session, vm: VmRef) -> tuple[str, str]:
     return ref, str(session.call("VM.get_uuid", ref))
 
 
-def _tag(session: Session, vm: VmRef, snap_ref: str) -> None:
+def _tag(session: Session, vm: VmRef, snap_ref: str, repo_id: str) -> None:
     """Mark the snapshot and its disks as ours, after the metadata was taken (it stays clean).
 
     A snapshot inherits `other_config` from its source, which may carry an old mark (a VM
-    restored from a kept snapshot), so the key is removed before it is set.
+    restored from a kept snapshot), so the keys are removed before they are set.
     """
     for cls, ref in [("VM", snap_ref), *(("VDI", vdi) for vdi in _disk_vdis(session, snap_ref))]:
-        session.call(f"{cls}.remove_from_other_config", ref, MARKER_KEY)
-        session.call(f"{cls}.add_to_other_config", ref, MARKER_KEY, vm.uuid)
+        for key, value in ((MARKER_KEY, vm.uuid), (REPO_KEY, repo_id)):
+            session.call(f"{cls}.remove_from_other_config", ref, key)
+            session.call(f"{cls}.add_to_other_config", ref, key, value)
 
 
 def _metadata(session: Session, snap_ref: str, snap_uuid: str, vm: VmRef) -> Metadata:
@@ -406,7 +419,7 @@ def backup_vm(
     try:
         identity = snapshot_identity(session, vm, VmRef(snap_ref, snap_uuid, vm.name_label, "Halted"))
         metadata = with_identity(_metadata(session, snap_ref, snap_uuid, vm), identity)
-        _tag(session, vm, snap_ref)
+        _tag(session, vm, snap_ref, run.repo.config.id)
         by_uuid = {}
         for ref in _disk_vdis(session, snap_ref):
             found = HostVdi.from_record(ref, session.call("VDI.get_record", ref))
@@ -440,6 +453,8 @@ def backup_vm(
             report.notices[:0] = notices
     _keep_on_host(session, snap_ref, vdis, kept, options.retry)
     _forget_previous(session, vm, writer.parent, options.retry)
+    keep = {snap_uuid, *(v.uuid for v in vdis)} if kept != "delete" else set()
+    _sweep_left_over(session, vm, run.repo.config.id, keep, time - ORPHAN_AGE, options.retry)
     return VmIncremental(snapshot, reports, kept, snap_uuid)
 
 
@@ -464,6 +479,45 @@ def _keep_on_host(
                 destroy_vdi(session, vdi.ref, retry=retry)  # untracked: its metadata would serve nothing
         except XvatoolError as exc:
             log.warning("could not reduce snapshot VDI %s to CBT metadata: %s", vdi.uuid, exc)
+
+
+def _sweep_left_over(
+    session: Session, vm: VmRef, repo_id: str, keep: set[str], before: dt.datetime, retry: RetryPolicy
+) -> None:
+    """Destroy the host snapshots of `vm` that earlier, interrupted runs into this repository left
+    (marked by both keys, taken before `before`, not in `keep`); log, never raise.
+    """
+
+    def left_over(record: dict[str, Any]) -> bool:
+        config = record.get("other_config") or {}
+        if not record.get("is_a_snapshot") or str(record.get("uuid")) in keep:
+            return False
+        if config.get(MARKER_KEY) != vm.uuid or config.get(REPO_KEY) != repo_id:
+            return False
+        try:
+            taken = dt.datetime.strptime(str(record.get("snapshot_time")), _XAPI_TIME).replace(tzinfo=dt.UTC)
+        except ValueError:
+            return False  # what cannot be dated is never destroyed
+        return taken < before
+
+    try:
+        for ref in session.call("VM.get_snapshots", vm.ref):
+            record = session.call("VM.get_record", ref)
+            if left_over(record):
+                log.log(NOTE, "%s: destroying host snapshot %s, left by a backup interrupted at %s",
+                        vm.name_label, record["uuid"], record["snapshot_time"])  # fmt: skip
+                destroy_vm_with_disks(session, str(ref), retry=retry)
+        for disk in _disk_vdis(session, vm.ref):
+            for ref in session.call("VDI.get_snapshots", disk):
+                record = session.call("VDI.get_record", ref)
+                if left_over(record):
+                    log.log(NOTE, "%s: destroying host snapshot VDI %s, left by a backup interrupted at %s",
+                            vm.name_label, record["uuid"], record["snapshot_time"])  # fmt: skip
+                    destroy_vdi(session, str(ref), retry=retry)
+    except XvatoolError as exc:
+        log.warning(
+            "%s: could not look for host snapshots left by interrupted backups: %s", vm.name_label, exc
+        )
 
 
 def _forget_previous(session: Session, vm: VmRef, parent: Snapshot | None, retry: RetryPolicy) -> None:
