@@ -234,3 +234,23 @@ def test_cli_serve_runs_until_interrupted(tmp_path: Path) -> None:
             out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
     assert "s3cret" not in out + err
+
+
+def test_cli_serve_takes_a_free_nbd_port_when_the_usual_one_is_taken(tmp_path: Path, monkeypatch) -> None:
+    # A second simulator on one machine (rehearsing a migration between two pools) used to fail
+    # with "cannot listen on 127.0.0.1:10809"; it now takes any free NBD port and says which.
+    import socket
+
+    import xvatool.sim.server as server
+
+    seen: list[int | None] = []
+    monkeypatch.setattr(server, "serve_forever", lambda *a, **kw: seen.append(kw["nbd_port"]))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        monkeypatch.setattr(server, "DEFAULT_NBD_PORT", taken.getsockname()[1])
+        args = ["serve", "--data", str(tmp_path / "d"), "--demo", "--listen", "127.0.0.1:18080"]
+        assert CliRunner().invoke(main, args).exit_code == 0
+        assert CliRunner().invoke(main, [*args, "--nbd-port", "7"]).exit_code == 0  # asked for: kept
+    assert CliRunner().invoke(main, args).exit_code == 0  # free again: the host's usual port
+    assert seen == [0, 7, server.DEFAULT_NBD_PORT]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -59,9 +60,10 @@ def _parse_listen(listen: str) -> tuple[str, int]:
     "--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="PEM private key."
 )
 @click.option("--nbd-port", type=click.IntRange(min=0, max=65535),
-              help="Port of the NBD server on the --listen address (default 10809, or any free port "
-                   "when --listen asks for one with :0). It serves only while a network has the "
-                   "purpose nbd (TLS) or insecure_nbd.")  # fmt: skip
+              help="Port of the NBD server on the --listen address (default 10809, as on a host; "
+                   "any free port when --listen asks for one with :0, or when 10809 is taken, e.g. "
+                   "by a second simulator). It serves only while a network has the purpose nbd "
+                   "(TLS) or insecure_nbd.")  # fmt: skip
 @click.option("--nbd-purpose", type=click.Choice(["nbd", "insecure_nbd"]),
               help="Give the management network this purpose at start, as "
                    "`xe network-param-add param-name=purpose param-key=nbd` does on a host.")  # fmt: skip
@@ -99,13 +101,27 @@ def serve_command(
         raise UsageError("--tls-cert and --tls-key go together")
     host, port = _parse_listen(listen)
     if nbd_port is None:
-        nbd_port = 0 if port == 0 else DEFAULT_NBD_PORT
+        nbd_port = 0 if port == 0 or not _port_free(host, DEFAULT_NBD_PORT) else DEFAULT_NBD_PORT
     password = _read_password(password_file, demo)
     tls = tls_context(tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
     certificate = tls_cert.read_text("ascii", "replace") if tls_cert is not None else None
     serve_forever(data_dir, host=host, port=port, user=user, password=password, faults=faults, demo=demo,
                   tls=tls, certificate=certificate, nbd_port=nbd_port, nbd_purpose=nbd_purpose,
                   say=_announce)  # fmt: skip
+
+
+def _port_free(host: str, port: int) -> bool:
+    """Whether `port` can be listened on at `host` now: a second simulator on one machine takes
+    any free NBD port instead of failing on the host's usual one (its start line names it).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def _announce(line: str) -> None:
