@@ -1,4 +1,4 @@
-"""The `repo` command group, and the repository side of `backup --repo` / `restore --repo`.
+"""The `repo` command group (`backup --repo` / `restore --repo` are in `repo_runs`).
 
 The repository is named by the first argument (``xvatool repo check /backups/repo``), else by
 ``--repo`` or ``XVATOOL_REPO``. A first argument counts as the repository when it is
@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import click
 
 from xvatool.cli._common import (
-    batch_outcome,
     command_errors,
     echo_json,
     human_size,
@@ -29,7 +28,6 @@ from xvatool.cli._common import (
     refuse_existing,
     terminal_progress,
 )
-from xvatool.cli._connection import read_password_file
 from xvatool.cli._documents import (
     check_doc,
     extract_doc,
@@ -40,89 +38,22 @@ from xvatool.cli._documents import (
 )
 from xvatool.cli._output import note, output_options, plural, summary, table
 from xvatool.cli._output import result as output_result
+from xvatool.cli._repo_access import (
+    REPO_ENV,
+    REPO_PASSWORD_ENV,
+    open_repo,
+    read_passphrase,
+    repo_access_options,
+    repo_option,
+)
 from xvatool.errors import RepositoryError, RepositoryPasswordError, UsageError
 
 if TYPE_CHECKING:
-    from xvatool.ops.repo_backup import RepoBackupReport
     from xvatool.repo.repository import Repository
 
-__all__ = [
-    "COMMANDS",
-    "REPO_ENV",
-    "REPO_PASSWORD_ENV",
-    "S3_ENDPOINT_ENV",
-    "open_repo",
-    "repo_access_options",
-    "run_repo_backup",
-    "run_repo_restore",
-]
+__all__ = ["COMMANDS"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-REPO_ENV = "XVATOOL_REPO"
-REPO_PASSWORD_ENV = "XVATOOL_REPO_PASSWORD"
-S3_ENDPOINT_ENV = "XVATOOL_S3_ENDPOINT"
-
-
-def repo_access_options(func: F) -> F:
-    """``--repo-password-file`` and ``--s3-endpoint`` (with their environment variables)."""
-    func = click.option(
-        "--s3-endpoint",
-        envvar=S3_ENDPOINT_ENV,
-        metavar="URL",
-        help=f"S3-compatible endpoint (MinIO, Ceph…); or {S3_ENDPOINT_ENV}.",
-    )(func)
-    func = click.option(
-        "--repo-password-file",
-        type=click.Path(dir_okay=False),
-        metavar="FILE",
-        help=f"File holding the repository passphrase (or {REPO_PASSWORD_ENV}).",
-    )(func)
-    return func
-
-
-def _repo_option(func: F) -> F:
-    return click.option(
-        "-r",
-        "--repo",
-        "repo_option",
-        envvar=REPO_ENV,
-        metavar="REPO",
-        help=f"The repository: a folder or s3://BUCKET/PREFIX (or {REPO_ENV}).",
-    )(func)
-
-
-def _passphrase(password_file: str | None, *, confirm: bool = False) -> str | None:
-    if password_file is not None:
-        return read_password_file(password_file)
-    if REPO_PASSWORD_ENV in os.environ:
-        return os.environ[REPO_PASSWORD_ENV]
-    if sys.stdin.isatty():
-        return str(
-            click.prompt("Repository passphrase", hide_input=True, confirmation_prompt=confirm, err=True)
-        )
-    return None
-
-
-def open_repo(location: str, password_file: str | None, s3_endpoint: str | None) -> Repository:
-    """Open a repository, asking for the passphrase only if it is encrypted."""
-    from xvatool.repo.repository import Repository
-    from xvatool.repo.storage import open_storage
-
-    storage = open_storage(location, s3_endpoint=s3_endpoint)
-    passphrase = None
-    if password_file is not None or REPO_PASSWORD_ENV in os.environ:
-        passphrase = _passphrase(password_file)
-    try:
-        try:
-            return Repository.open(storage, passphrase=passphrase)
-        except RepositoryPasswordError:
-            if passphrase is not None or not sys.stdin.isatty():
-                raise
-            return Repository.open(storage, passphrase=_passphrase(None))
-    except BaseException:
-        storage.close()
-        raise
 
 
 def _looks_like_repo(arg: str) -> bool:
@@ -152,7 +83,7 @@ def _opened(
 
 def _common(func: F) -> F:
     """The options every repo subcommand takes, in the house order."""
-    for decorator in (command_errors, output_options, repo_access_options, _repo_option):
+    for decorator in (command_errors, output_options, repo_access_options, repo_option):
         func = cast(F, decorator(func))
     return func
 
@@ -199,7 +130,7 @@ def init_command(
         raise UsageError(f"name one repository location (REPO argument, --repo or {REPO_ENV})")
     passphrase = None
     if encrypt:
-        passphrase = _passphrase(repo_password_file, confirm=True)
+        passphrase = read_passphrase(repo_password_file, confirm=True)
         if passphrase is None:
             raise RepositoryPasswordError(
                 f"--encrypt needs a passphrase: --repo-password-file or {REPO_PASSWORD_ENV}"
@@ -616,141 +547,6 @@ def stats_command(
     output_result(f"logical       {human_size(stats.logical_bytes)}")
     output_result(f"data          {human_size(stats.data_bytes)}")
     output_result(f"stored        {human_size(stats.stored_bytes)}")
-
-
-# ----------------------------------------------------------------------- backup --repo, restore --repo
-
-
-def _render_repo_backup(report: RepoBackupReport) -> None:
-    rows = [("VM", "STATUS", "READ", "METHOD", "LOGICAL", "NEW", "TIME", "SNAPSHOT / ERROR")]
-    for r in report.results:
-        detail = (r.snapshot or "")[:8] if r.status == "ok" else (r.error or "")
-        rows.append(
-            (
-                r.vm_name,
-                r.status,
-                human_size(r.bytes_read),
-                r.methods or "-",
-                human_size(r.logical_bytes),
-                human_size(r.new_bytes),
-                f"{r.duration_s:.1f}s",
-                detail,
-            )
-        )
-    for line in table(rows, right=(2, 4, 5, 6)):
-        summary(line)  # each disk's notices were logged (notes, warnings) as they happened
-    ok = len(report.results) - len(report.failed)
-    shard = f" (shard {report.shard})" if report.shard else ""
-    summary(f"{ok} of {plural(len(report.results), 'VM')} backed up to {report.repository}{shard}")
-
-
-def _keep_newest(repository: Repository, report: RepoBackupReport, keep: int) -> list[str]:
-    """`backup --repo --keep N`: forget the older snapshots of the VMs backed up successfully
-    (a VM whose backup failed keeps all it had); returns the ids forgotten.
-    """
-    from xvatool.repo.forget import forget
-    from xvatool.repo.policy import KeepPolicy
-
-    done = [r.vm_uuid for r in report.results if r.status == "ok"]
-    if not done:
-        return []
-    return [d.snapshot.id for d in forget(repository, KeepPolicy(last=keep), vms=done).removed]
-
-
-def run_repo_backup(
-    connect: Callable[[], Any],
-    vms: tuple[str, ...],
-    all_vms: bool,
-    tags: tuple[str, ...],
-    *,
-    repo: str,
-    jobs: int,
-    shard: str | None,
-    cbt: bool,
-    snapshots: str | None,
-    nbd_connections: int,
-    as_json: bool,
-    repo_password_file: str | None,
-    s3_endpoint: str | None,
-    keep: int | None = None,
-) -> None:
-    """`backup --repo`: one snapshot per VM, read incrementally; exit 0, 3 (some failed) or 1 (all).
-
-    `keep` N forgets all but the N newest snapshots of each VM backed up successfully now.
-    """
-    from xvatool.ops.backup import Selection
-    from xvatool.ops.repo_backup import backup_to_repository, parse_shard
-
-    share = parse_shard(shard) if shard else None
-    repository = open_repo(repo, repo_password_file, s3_endpoint)
-    try:
-        report = backup_to_repository(
-            connect,
-            Selection(vms, all_vms, tags),
-            repository,
-            jobs=jobs,
-            shard=share,
-            cbt=cbt,
-            snapshots=cast("Any", snapshots),
-            nbd_connections=nbd_connections,
-            progress=terminal_progress(),
-        )
-        forgotten = _keep_newest(repository, report, keep) if keep else None
-    finally:
-        repository.close()
-    if as_json:
-        gone = [{"id": snapshot_id} for snapshot_id in forgotten] if forgotten is not None else None
-        echo_json({**report.to_json(), "forgotten": gone})
-    else:
-        _render_repo_backup(report)
-        if forgotten is not None:
-            forgot = plural(len(forgotten), "older snapshot")
-            summary(f"forgot {forgot} (--keep {keep}); `repo prune` frees the space")
-    batch_outcome(report, as_json=as_json)
-
-
-def run_repo_restore(
-    connect: Callable[[], Any],
-    snapshot: str,
-    *,
-    repo: str,
-    sr: str | None,
-    restore_identity: bool,
-    mode: str,
-    as_json: bool,
-    repo_password_file: str | None,
-    s3_endpoint: str | None,
-) -> None:
-    """`restore --repo REPO SNAPSHOT`: prints the new VM's uuid."""
-    from xvatool.ops.repo_restore import restore_from_repository
-
-    repository = open_repo(repo, repo_password_file, s3_endpoint)
-    try:
-        with connect() as session:
-            result = restore_from_repository(
-                session,
-                repository,
-                snapshot,
-                sr=sr,
-                restore_identity=restore_identity,
-                mode=cast("Any", mode),
-                progress=terminal_progress(),
-            )
-    finally:
-        repository.close()
-    if as_json:
-        found = result.snapshot
-        echo_json({
-            "vm": {"uuid": result.vm_uuid, "name": found.vm_name},
-            "mode": result.mode,
-            "source": {
-                "repository": repo,
-                "snapshot": {"id": found.id, "time": found.to_json()["time"]},
-                "vm": {"uuid": found.vm_uuid, "name": found.vm_name},
-            },
-        })  # fmt: skip
-    else:
-        output_result(result.vm_uuid)
 
 
 @click.group("repo")

@@ -29,7 +29,8 @@ from xvatool.cli._connection import (
     state_dir_option,
 )
 from xvatool.cli._output import note, output_options, plural, result, summary, table, warn
-from xvatool.cli.repo import repo_access_options, run_repo_backup, run_repo_restore
+from xvatool.cli._repo_access import repo_access_options
+from xvatool.cli.repo_runs import run_repo_backup, run_repo_restore
 from xvatool.errors import UsageError
 
 if TYPE_CHECKING:
