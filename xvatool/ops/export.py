@@ -215,7 +215,11 @@ def export_vm(
             "%s: nothing to resume (no journal of an earlier export); starting from the beginning", out
         )
     found = find_vm(session, vm)
-    sources = export_source(session, found, snapshot=snapshot, retry=retry) if through is None else None
+    sources = (
+        export_source(session, found, snapshot=snapshot, retry=retry, state=state_dir)
+        if through is None
+        else None
+    )
     with sources or contextlib.nullcontext(through) as source:
         assert source is not None
         identity = snapshot_identity(session, found, source) if source.ref != found.ref else None

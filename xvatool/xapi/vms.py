@@ -16,14 +16,16 @@ Example::
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from xvatool._retry import DEFAULT_RETRY, RetryPolicy
 from xvatool.errors import UsageError, XapiError, XvatoolError
+from xvatool.xapi.journal import StatePath
 from xvatool.xapi.session import Session
+from xvatool.xapi.snapshot_ledger import ledger_entry, sweep_left_over
 
 __all__ = [
     "EXPORTABLE_POWER_STATES",
@@ -120,13 +122,20 @@ def find_sr(session: Session, name_or_uuid: str | None) -> tuple[str, str]:
 
 @contextmanager
 def export_source(
-    session: Session, vm: VmRef, *, snapshot: SnapshotPolicy = "auto", retry: RetryPolicy = DEFAULT_RETRY
+    session: Session,
+    vm: VmRef,
+    *,
+    snapshot: SnapshotPolicy = "auto",
+    retry: RetryPolicy = DEFAULT_RETRY,
+    state: StatePath = None,
 ) -> Iterator[VmRef]:
     """The VM itself if the host can export it, else a temporary snapshot (destroyed on exit).
 
     The snapshot is destroyed on every exit path, including errors and Ctrl-C; a failure to
     destroy it is logged and never hides the export's own outcome. `retry` paces the destroy
-    while the host still calls the snapshot busy.
+    while the host still calls the snapshot busy. Against what no exit path covers (``kill -9``,
+    a power cut) the snapshot is written down in the state folder `state` while it lives, and
+    snapshots that gone runs left on this host are destroyed first (`snapshot_ledger`).
     """
     if vm.power_state in EXPORTABLE_POWER_STATES:
         yield vm
@@ -136,22 +145,27 @@ def export_source(
             f"VM {vm.name_label!r} is {vm.power_state}; the host exports only halted or suspended "
             "VMs (use --snapshot auto)"
         )
-    # The snapshot's name becomes the exported VM's name, so it keeps the VM's own.
-    snap_ref = str(session.call("VM.snapshot", vm.ref, vm.name_label))
-    try:
+    destroy: Callable[[str], bool] = lambda ref: destroy_vm_with_disks(session, ref, retry=retry)  # noqa: E731
+    sweep_left_over(session, destroy=destroy, state=state)
+    with ledger_entry(session, vm.uuid, vm.name_label, state=state) as entry:
+        # The snapshot's name becomes the exported VM's name, so it keeps the VM's own.
+        snap_ref = str(session.call("VM.snapshot", vm.ref, vm.name_label))
         try:
-            # Without this the snapshot imports as a template (host-protocol.md §7.2).
-            session.call("VM.set_is_a_template", snap_ref, False)
-        except XapiError as exc:
-            _log.debug("cannot clear is_a_template on the snapshot: %s", exc)
-        uuid = str(session.call("VM.get_uuid", snap_ref))
-        yield VmRef(ref=snap_ref, uuid=uuid, name_label=vm.name_label, power_state="Halted")
-    finally:
-        destroy_vm_with_disks(session, snap_ref, retry=retry)
+            uuid = str(session.call("VM.get_uuid", snap_ref))
+            entry.record(uuid)
+            try:
+                # Without this the snapshot imports as a template (host-protocol.md §7.2).
+                session.call("VM.set_is_a_template", snap_ref, False)
+            except XapiError as exc:
+                _log.debug("cannot clear is_a_template on the snapshot: %s", exc)
+            yield VmRef(ref=snap_ref, uuid=uuid, name_label=vm.name_label, power_state="Halted")
+        finally:
+            if destroy(snap_ref):
+                entry.release()
 
 
-def destroy_vm_with_disks(session: Session, vm_ref: str, *, retry: RetryPolicy = DEFAULT_RETRY) -> None:
-    """Destroy a VM and the VDIs of its disk VBDs; log, never raise.
+def destroy_vm_with_disks(session: Session, vm_ref: str, *, retry: RetryPolicy = DEFAULT_RETRY) -> bool:
+    """Destroy a VM and the VDIs of its disk VBDs; log, never raise; True if all of it is gone.
 
     `VM.destroy` leaves the VDIs behind, so they are collected first and destroyed afterwards.
     Both destroys are retried a few times while the object is still busy: a VM whose export was
@@ -166,11 +180,10 @@ def destroy_vm_with_disks(session: Session, vm_ref: str, *, retry: RetryPolicy =
                 vdis.append(str(rec["VDI"]))
     except XvatoolError as exc:
         _log.warning("could not list the disks of VM %s: %s", vm_ref, exc)
-        return
+        return False
     if not _destroy(session, "VM", vm_ref, busy="OTHER_OPERATION_IN_PROGRESS", retry=retry):
-        return
-    for vdi in vdis:
-        destroy_vdi(session, vdi, retry=retry)
+        return False
+    return all([destroy_vdi(session, vdi, retry=retry) for vdi in vdis])
 
 
 def destroy_vdi(session: Session, vdi: str, *, retry: RetryPolicy = DEFAULT_RETRY) -> bool:
