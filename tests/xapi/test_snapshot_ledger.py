@@ -92,6 +92,8 @@ def test_what_the_sweep_leaves_alone_and_what_it_only_reports(sim, private_state
         not_ours = entry(f"{tag}-other-vm.json", snapshot_uuid=users_uuid, vm_uuid="another-vm")
         gone = entry(f"{tag}-gone.json", snapshot_uuid="00000000-0000-0000-0000-000000000000")
         other_host = entry("0123456789ab-x.json", snapshot_uuid=users_uuid, host="https://elsewhere")
+        half_written = folder / f".{tag}-y.json.new"  # killed between creating an entry and locking it
+        half_written.write_text("{")
         destroyed: list[str] = []
 
         def destroy(ref: str) -> bool:
@@ -102,6 +104,7 @@ def test_what_the_sweep_leaves_alone_and_what_it_only_reports(sim, private_state
             assert sweep_left_over(session, destroy=destroy) == []
     assert destroyed == [] and users_uuid in _snapshots(sim)
     assert not pending.exists() and not not_ours.exists() and not gone.exists() and other_host.exists()
+    assert not half_written.exists()
     assert "killed while snapshotting VM demo-vm" in caplog.text
     assert f"{users_uuid} is no longer a snapshot of VM another-vm" in caplog.text
 

@@ -88,6 +88,9 @@ class LedgerEntry:
             _log.warning("could not remove %s: %s", self.path, exc.strerror)
         self.close()
 
+    def fileno(self) -> int:
+        return self._fd
+
     def close(self) -> None:
         """Unlock and keep the entry (the snapshot may still exist): the next sweep takes it."""
         if self._fd >= 0:
@@ -142,20 +145,26 @@ def ledger_entry(
 
 
 def _create(host: str, doc: dict[str, Any], state: StatePath) -> LedgerEntry:
+    """Written and locked under a hidden name, then renamed into place (the lock goes along), so a
+    sweep never finds an entry whose owner has not locked it yet.
+    """
     folder = _folder(state)
-    path = folder / f"{_host_tag(host)}-{uuid.uuid4().hex}.json"
+    name = f"{_host_tag(host)}-{uuid.uuid4().hex}.json"
+    making = folder / f".{name}.new"
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = os.open(making, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as exc:
-        raise LocalIOError(f"cannot create: {exc.strerror}", path=str(path)) from exc
-    entry = LedgerEntry(path, fd, doc)
+        raise LocalIOError(f"cannot create: {exc.strerror}", path=str(making)) from exc
+    entry = LedgerEntry(making, fd, doc)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        _write(fd, doc, path)
+        _write(fd, doc, making)
+        os.rename(making, folder / name)
+        entry.path = folder / name
         fsync_dir(folder)
-    except OSError as exc:  # flock on a file system without locks
+    except OSError as exc:  # flock on a file system without locks, a folder gone
         entry.release()
-        raise LocalIOError(f"cannot lock: {exc.strerror}", path=str(path)) from exc
+        raise LocalIOError(f"cannot write the entry: {exc.strerror}", path=str(making)) from exc
     except BaseException:
         entry.release()
         raise
@@ -178,25 +187,26 @@ def sweep_left_over(
     folder = state_dir(state) / LEDGER_FOLDER
     prefix = f"{_host_tag(session.url)}-"
     try:
-        names = sorted(p.name for p in folder.iterdir() if p.name.startswith(prefix) and p.suffix == ".json")
+        names = sorted(p.name for p in folder.iterdir())
     except FileNotFoundError:
         return []
     except OSError as exc:
         _log.warning("cannot list %s: %s", folder, exc.strerror)
         return []
+    for name in names:
+        if name.startswith(f".{prefix}") and name.endswith(".new"):  # a run killed while writing one
+            orphan = _take(folder / name)
+            if orphan is not None:
+                orphan.release()
     destroyed = []
     for name in names:
-        path = folder / name
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
-            continue  # another sweep removed it
-        entry = LedgerEntry(path, fd, {})
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            entry.close()  # a run that is still going holds it
+        if not (name.startswith(prefix) and name.endswith(".json")):
             continue
+        path = folder / name
+        entry = _take(path)
+        if entry is None:
+            continue
+        fd = entry.fileno()
         try:
             settled, gone = _settle(session, path, os.pread(fd, MAX_ENTRY_SIZE, 0), destroy)
         except XvatoolError as exc:
@@ -209,6 +219,21 @@ def sweep_left_over(
         else:
             entry.close()  # the next sweep tries again
     return destroyed
+
+
+def _take(path: Path) -> LedgerEntry | None:
+    """The entry at `path`, locked, if no living process holds it (None: held, or already gone)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None  # another sweep removed it
+    entry = LedgerEntry(path, fd, {})
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        entry.close()  # a run that is still going holds it
+        return None
+    return entry
 
 
 def _settle(
