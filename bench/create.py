@@ -28,14 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from xvatool._human import parse_size
+
 MiB = 1 << 20
-UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
-def parse_size(text: str) -> int:
-    t = text.strip().lower().removesuffix("b").removesuffix("i")
-    unit = t[-1] if t and t[-1] in UNITS else ""
-    return int(float(t[: len(t) - len(unit)]) * UNITS[unit])
 
 
 def build_image(path: Path, size: int, fill: float) -> None:

@@ -29,14 +29,15 @@ import argparse
 import contextlib
 import os
 import random
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from _servers import free_port, python_server
+
+from xvatool._human import parse_size
 
 MiB = 1 << 20
 BLOCK = 64 << 10
@@ -52,19 +53,6 @@ sim = SimHost(Path(sys.argv[2]), password=sys.argv[3])
 sim.serve("127.0.0.1", int(sys.argv[1]), nbd_port=int(sys.argv[4]))
 sim.wait()
 """
-
-
-def parse_size(text: str) -> int:
-    t = text.strip().lower().removesuffix("b").removesuffix("i")
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    unit = t[-1] if t and t[-1] in units else ""
-    return int(float(t[: len(t) - len(unit)]) * units.get(unit, 1))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def build_host(folder: Path, size: int) -> str:
@@ -91,21 +79,8 @@ def build_host(folder: Path, size: int) -> str:
 @contextlib.contextmanager
 def serving(folder: Path) -> Iterator[str]:
     port, nbd_port = free_port(), free_port()
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(port), str(folder), PASSWORD, str(nbd_port)])
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("the simulated host did not start") from None
-                time.sleep(0.1)
+    with python_server(SERVER, port, str(folder), PASSWORD, str(nbd_port)):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def clustered(blocks: int, rng: random.Random) -> list[int]:

@@ -19,25 +19,19 @@ MB/s = 10^6 bytes/s; best of 3 runs. Only ratios mean something: the machine is 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import socket
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
+
+from _servers import free_port, python_server
+
+from xvatool._human import parse_size
 
 MiB = 1 << 20
 REPEAT = 3
 PASSWORD = "bench"
-
-
-def parse_size(text: str) -> int:
-    t = text.strip().lower().removesuffix("b").removesuffix("i")
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    unit = t[-1] if t and t[-1] in units else ""
-    return int(float(t[: len(t) - len(unit)]) * units.get(unit, 1))
 
 
 def timed(action: Callable[[], int]) -> tuple[float, int]:
@@ -48,36 +42,6 @@ def timed(action: Callable[[], int]) -> tuple[float, int]:
         moved = action()
         best = min(best, time.perf_counter() - start)
     return best, moved
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("a benchmark server did not start") from None
-            time.sleep(0.1)
-
-
-@contextlib.contextmanager
-def process(code: str, port: int, *args: str) -> Iterator[None]:
-    """Run `code` in a fresh interpreter (argv: port, args) until the block ends."""
-    proc = subprocess.Popen([sys.executable, "-c", code, str(port), *args], stdout=subprocess.DEVNULL)
-    try:
-        wait_listening(port, proc)
-        yield
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 SIM = """
@@ -182,8 +146,8 @@ def main() -> None:
         sim_port, https_port, nbd_port, tls_port, tcp_port = (free_port() for _ in range(5))
         rows: list[tuple[str, float, int]] = []
         with (
-            process(SIM, sim_port, str(work / "host"), PASSWORD, disk_size),
-            process(SIM, https_port, str(work / "host-tls"), PASSWORD, disk_size, str(cert), str(key)),
+            python_server(SIM, sim_port, str(work / "host"), PASSWORD, disk_size),
+            python_server(SIM, https_port, str(work / "host-tls"), PASSWORD, disk_size, str(cert), str(key)),
             connect(f"http://127.0.0.1:{sim_port}", "root", PASSWORD) as session,
             connect(
                 f"https://127.0.0.1:{https_port}", "root", PASSWORD, ca_bundle=str(ca_file)
@@ -203,7 +167,7 @@ def main() -> None:
             size_mb = int(vdi["virtual_size"]) / 1e6
             print(f"disk: {size_mb:.0f} MB (the simulated host's demo disk 0), best of {REPEAT}")
             rows.append(("page cache read (ceiling)", *timed(lambda: read_page_cache(image))))
-            with process(TCP_SERVER, tcp_port, str(image)):
+            with python_server(TCP_SERVER, tcp_port, str(image)):
                 rows.append(("bare TCP stream (loopback)", *timed(lambda: read_tcp(tcp_port))))
             rows.append(
                 (
@@ -222,8 +186,8 @@ def main() -> None:
                 "127.0.0.1", tls_port, "/x?session_id=bench", cert=cert.read_text(), subject="nbd.bench.test"
             )
             with (
-                process(NBD_SERVER, nbd_port, str(image)),
-                process(NBD_SERVER, tls_port, str(image), str(cert), str(key)),
+                python_server(NBD_SERVER, nbd_port, str(image)),
+                python_server(NBD_SERVER, tls_port, str(image), str(cert), str(key)),
             ):
                 for n in (1, 4):
                     result = timed(lambda n=n: read_nbd(plain, n, allow_plain=True))

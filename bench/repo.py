@@ -35,16 +35,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from xvatool._human import parse_size
+
 MiB = 1 << 20
 BASE_BLOCKS = 16
 """Distinct binary-like blocks; each data block is one of them with its own first 16 bytes."""
-
-
-def parse_size(text: str) -> int:
-    t = text.strip().lower().removesuffix("b").removesuffix("i")
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    unit = t[-1] if t and t[-1] in units else ""
-    return int(float(t[: len(t) - len(unit)]) * units.get(unit, 1))
 
 
 def binary_like_blocks(count: int, seed: int = 1) -> list[bytes]:

@@ -29,7 +29,6 @@ import json
 import os
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,17 +36,14 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from _servers import free_port, server_process
+
+from xvatool._human import parse_size
+
 MiB = 1 << 20
 PASSWORD = "bench"
 TARGET_RSS_MIB = 64
 OPS = ("export-stream", "export-parallel", "backup", "import-stream", "import-parallel")
-
-
-def parse_size(text: str) -> int:
-    t = text.strip().lower().removesuffix("b").removesuffix("i")
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    unit = t[-1] if t and t[-1] in units else ""
-    return int(float(t[: len(t) - len(unit)]) * units.get(unit, 1))
 
 
 def build_archive(path: Path, disks: int, size: int, fill: float) -> None:
@@ -78,26 +74,11 @@ def serve(work: Path) -> Iterator[str]:
     """`python -m xvatool serve` in its own process (so it does not share our GIL), on a free port."""
     pw = work / "sim-password"
     pw.write_text(PASSWORD)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     cmd = [sys.executable, "-m", "xvatool", "serve", "--data", str(work / "host"),
            "--listen", f"127.0.0.1:{port}", "--password-file", str(pw)]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("xvatool serve did not start") from None
-                time.sleep(0.1)
+    with server_process(cmd, port, stderr=subprocess.DEVNULL):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def fsync(path: Path) -> None:
