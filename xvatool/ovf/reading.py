@@ -211,8 +211,15 @@ class PackageReader:
                 file=self.source,
             )
 
-    def _file_for(self, disk_files: dict[str, VirtualDisk]) -> None:
-        """Refuse a file shared by two disks; the conversion could not stream it twice."""
+    def _begin_disks(self) -> dict[str, VirtualDisk]:
+        """Start the one pass `disks()` may make: each disk by the id of the file holding its data.
+
+        A file shared by two disks is refused; the conversion could not stream it twice.
+        """
+        if self._used:
+            raise FormatError("a package can be read once", code="ovf-reread", file=self.source)
+        self._used = True
+        disk_files: dict[str, VirtualDisk] = {}
         seen: set[str] = set()
         for disk in self.envelope.disks:
             if disk.file_id is not None:
@@ -224,6 +231,7 @@ class PackageReader:
                     )
                 seen.add(disk.file_id)
                 disk_files[disk.file_id] = disk
+        return disk_files
 
     def _open_image(
         self, disk: VirtualDisk, file: FileRef, stream: _FileStream, stored: int | None
@@ -323,11 +331,7 @@ class OvaReader(PackageReader):
         return member
 
     def disks(self) -> Iterator[PackageDisk]:
-        if self._used:
-            raise FormatError("a package can be read once", code="ovf-reread", file=self.source)
-        self._used = True
-        disk_files: dict[str, VirtualDisk] = {}
-        self._file_for(disk_files)
+        disk_files = self._begin_disks()
         by_href = {f.href: f for f in self.envelope.files}
         seen: set[str] = set()
         with location_context(file=self.source):
@@ -432,11 +436,7 @@ class FolderReader(PackageReader):
         return str(self.folder / file.href)
 
     def disks(self) -> Iterator[PackageDisk]:
-        if self._used:
-            raise FormatError("a package can be read once", code="ovf-reread", file=self.source)
-        self._used = True
-        disk_files: dict[str, VirtualDisk] = {}
-        self._file_for(disk_files)
+        disk_files = self._begin_disks()
         with contextlib.ExitStack() as stack:
             for file in self.envelope.files:
                 chunked = not self._path(file.href).exists() and self._path(f"{file.href}.000000000").exists()
