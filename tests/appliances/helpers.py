@@ -11,6 +11,8 @@ from xvatool.sim.testing import RunningHost
 from xvatool.xapi.session import Session, connect
 
 MEMBERS = ("demo-app-db", "demo-app-web")
+SOURCE_ORDER = {"demo-app-db": (0, 2, 0), "demo-app-web": (1, 0, 1)}
+"""(order, start delay, shutdown delay) of the demo appliance's members, as `serve --demo` seeds them."""
 
 
 def session_of(host: RunningHost) -> Session:

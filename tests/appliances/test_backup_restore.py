@@ -8,6 +8,7 @@ import pytest
 
 from tests.appliances.helpers import (
     MEMBERS,
+    SOURCE_ORDER,
     ArmFault,
     appliance_on,
     inventory,
@@ -19,8 +20,6 @@ from xvatool._retry import NO_RETRY
 from xvatool.errors import ChecksumError, TransferError, UsageError, XvatoolError
 from xvatool.ops.appliance_backup import APPLIANCE_MANIFEST, backup_appliance, restore_appliance
 from xvatool.ops.restore import restore
-
-SOURCE_ORDER = {"demo-app-db": (0, 2, 0), "demo-app-web": (1, 0, 1)}
 
 
 def test_backup_records_the_group_and_restore_recreates_it(source, target, tmp_path):

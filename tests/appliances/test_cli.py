@@ -9,11 +9,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tests.appliances.helpers import appliance_on, inventory, member_digests, order_and_delays
+from tests.appliances.helpers import SOURCE_ORDER, appliance_on, inventory, member_digests, order_and_delays
 from xvatool.cli import main
 from xvatool.sim.testing import RunningHost
-
-SOURCE_ORDER = {"demo-app-db": (0, 2, 0), "demo-app-web": (1, 0, 1)}
 
 
 def _host(host: RunningHost, tmp_path: Path, name: str) -> list[str]:

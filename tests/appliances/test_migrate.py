@@ -6,6 +6,7 @@ import pytest
 
 from tests.appliances.helpers import (
     MEMBERS,
+    SOURCE_ORDER,
     ArmFault,
     appliance_on,
     inventory,
@@ -16,8 +17,6 @@ from tests.appliances.helpers import (
 from xvatool._retry import NO_RETRY
 from xvatool.errors import UsageError, XvatoolError
 from xvatool.ops.appliance_migrate import migrate_appliance
-
-SOURCE_ORDER = {"demo-app-db": (0, 2, 0), "demo-app-web": (1, 0, 1)}
 
 
 @pytest.mark.parametrize("mode", ["stream", "parallel"])
