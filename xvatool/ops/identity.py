@@ -27,8 +27,6 @@ from xvatool.xva.ovaxml import DateTime, Metadata
 
 __all__ = ["Identity", "snapshot_identity", "with_identity"]
 
-_EPOCH = DateTime("19700101T00:00:00Z")
-
 
 @dataclass(frozen=True)
 class Identity:
@@ -72,5 +70,5 @@ def with_identity(metadata: Metadata, identity: Identity) -> Metadata:
             obj.snapshot["uuid"] = identity.vdis[uuid]
             obj.snapshot["is_a_snapshot"] = False
             obj.snapshot["snapshot_of"] = "OpaqueRef:NULL"
-            obj.snapshot["snapshot_time"] = _EPOCH
+            obj.snapshot["snapshot_time"] = DateTime.EPOCH
     return new

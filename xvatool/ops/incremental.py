@@ -61,7 +61,7 @@ from xvatool.repo.snapshot import Snapshot, SnapshotDisk
 from xvatool.xapi.cbt import data_destroy, enable_cbt, list_changed_blocks, nbd_mode, nbd_targets
 from xvatool.xapi.session import Session
 from xvatool.xapi.vms import VmRef, destroy_vdi, destroy_vm_with_disks, is_null_ref
-from xvatool.xva.ovaxml import DiskInfo, Metadata
+from xvatool.xva.ovaxml import DateTime, DiskInfo, Metadata
 
 __all__ = [
     "DEFAULT_NBD_CONNECTIONS",
@@ -89,7 +89,6 @@ REPO_KEY = "xvatool-backup-repo"
 ORPHAN_AGE = dt.timedelta(hours=12)
 """How old a left-over host snapshot must be before a later backup destroys it: older than any
 backup run, younger than the next night's."""
-_XAPI_TIME = "%Y%m%dT%H:%M:%SZ"
 _FALLBACK_ERRORS = (NbdError, CbtBitmapError, XapiError, TransferError, FormatError)
 """What makes a way of reading give up and hand over; anything else fails the VM's backup."""
 
@@ -495,7 +494,7 @@ def _sweep_left_over(
         if config.get(MARKER_KEY) != vm.uuid or config.get(REPO_KEY) != repo_id:
             return False
         try:
-            taken = dt.datetime.strptime(str(record.get("snapshot_time")), _XAPI_TIME).replace(tzinfo=dt.UTC)
+            taken = DateTime(str(record.get("snapshot_time"))).moment()
         except ValueError:
             return False  # what cannot be dated is never destroyed
         return taken < before

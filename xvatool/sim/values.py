@@ -9,8 +9,8 @@ go into ova.xml unchanged and `sim.rpc` encodes them with the same codec.
 
 from __future__ import annotations
 
+import datetime
 import secrets
-import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -36,13 +36,13 @@ Record = dict[str, Any]
 """One object's fields, keyed by their wire names."""
 
 
-EPOCH = DateTime("19700101T00:00:00Z")
+EPOCH = DateTime.EPOCH
 """xapi's "unset" datetime, e.g. a pending task's `finished` (taskHelper.ml `make`)."""
 
 
 def now() -> DateTime:
     """The current UTC time in xapi's datetime form."""
-    return DateTime(time.strftime("%Y%m%dT%H:%M:%SZ", time.gmtime()))
+    return DateTime.of(datetime.datetime.now(datetime.UTC))
 
 
 def new_ref() -> str:

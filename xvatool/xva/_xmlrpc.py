@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime
 import re
 from collections.abc import Iterable
 from typing import Any, TypeAlias, cast
@@ -22,6 +23,7 @@ __all__ = [
     "MAX_OVA_XML_DEPTH",
     "MAX_OVA_XML_ELEMENTS",
     "MAX_OVA_XML_SIZE",
+    "XAPI_TIME_FORMAT",
     "DateTime",
     "Value",
     "dump_value",
@@ -48,10 +50,31 @@ _UNWRITABLE_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\ufff
 _ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "\r": "&#13;"})
 
 
+XAPI_TIME_FORMAT = "%Y%m%dT%H:%M:%SZ"
+"""How xapi writes a time: ``20261129T02:30:00Z``, always UTC (xva-format.md §4.3)."""
+
+
 class DateTime(str):
-    """A ``<dateTime.iso8601>`` value, kept as its text so it is written back unchanged."""
+    """A ``<dateTime.iso8601>`` value, kept as its text so it is written back unchanged.
+
+    `EPOCH` is xapi's "unset" time (a snapshot flag cleared, a task not finished).
+    """
 
     __slots__ = ()
+
+    EPOCH: DateTime
+
+    @classmethod
+    def of(cls, moment: datetime.datetime) -> DateTime:
+        """`moment` in xapi's form (an aware time is converted to UTC first)."""
+        return cls(moment.astimezone(datetime.UTC).strftime(XAPI_TIME_FORMAT))
+
+    def moment(self) -> datetime.datetime:
+        """The UTC time this names; `ValueError` when it is not in xapi's form."""
+        return datetime.datetime.strptime(self, XAPI_TIME_FORMAT).replace(tzinfo=datetime.UTC)
+
+
+DateTime.EPOCH = DateTime("19700101T00:00:00Z")
 
 
 class I4(int):

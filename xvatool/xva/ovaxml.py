@@ -26,6 +26,7 @@ from xvatool.xva._xmlrpc import (
     MAX_OVA_XML_DEPTH,
     MAX_OVA_XML_ELEMENTS,
     MAX_OVA_XML_SIZE,
+    XAPI_TIME_FORMAT,
     DateTime,
     Value,
     dump_value,
@@ -43,6 +44,7 @@ __all__ = [
     "MAX_VIRTUAL_SIZE",
     "SECTOR_SIZE",
     "WARNING_CODES",
+    "XAPI_TIME_FORMAT",
     "DateTime",
     "DiskInfo",
     "Metadata",
@@ -457,7 +459,7 @@ class Metadata:
         record = new.of_class("VM")[0].snapshot
         record["is_a_snapshot"] = False
         record["snapshot_of"] = "OpaqueRef:NULL"
-        record["snapshot_time"] = DateTime("19700101T00:00:00Z")
+        record["snapshot_time"] = DateTime.EPOCH
         record["power_state"] = "Halted"
         return new
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from xvatool.errors import UsageError
-from xvatool.xva.ovaxml import SECTOR_SIZE, Metadata, Value, XapiObject
+from xvatool.xva.ovaxml import SECTOR_SIZE, XAPI_TIME_FORMAT, Metadata, Value, XapiObject
 
 __all__ = ["DiskSpec", "build_vm_metadata", "round_virtual_size"]
 
@@ -69,7 +69,7 @@ def _version(xapi_version: tuple[int, int]) -> dict[str, Value]:
     now = datetime.datetime.now(datetime.UTC)
     return {
         "hostname": "localhost",
-        "date": now.strftime("%Y%m%dT%H:%M:%SZ"),  # xapi's own date format (xva-format.md §4.3)
+        "date": now.strftime(XAPI_TIME_FORMAT),  # a string, as xapi writes it (xva-format.md §4.3)
         "product_version": _PRODUCT_VERSION,
         "product_brand": "xvatool",
         "build_number": _PRODUCT_VERSION,
