@@ -85,9 +85,9 @@ def test_what_the_sweep_leaves_alone_and_what_it_only_reports(sim, private_state
             path.write_text(json.dumps({**base, **doc}))
             return path
 
-        from xvatool.xapi.snapshot_ledger import _host_tag
+        from xvatool.xapi.journal import host_tag
 
-        tag = _host_tag(sim.url)
+        tag = host_tag(sim.url)
         pending = entry(f"{tag}-pending.json", snapshot_uuid=None)  # killed inside VM.snapshot
         not_ours = entry(f"{tag}-other-vm.json", snapshot_uuid=users_uuid, vm_uuid="another-vm")
         gone = entry(f"{tag}-gone.json", snapshot_uuid="00000000-0000-0000-0000-000000000000")

@@ -47,7 +47,9 @@ __all__ = [
     "Journal",
     "JournalKind",
     "export_journal_path",
+    "host_tag",
     "import_journal_path",
+    "private_folder",
     "spool_folder",
     "state_dir",
 ]
@@ -266,7 +268,7 @@ class Journal:
     def _save_locked(self) -> None:
         # Atomic but not fsynced: it is saved after every step, and a journal that a crash left
         # behind reality (or unreadable) only costs a re-send; everything it claims is re-checked.
-        _private_folder(self.path.parent)
+        private_folder(self.path.parent)
         data = json.dumps(self.to_json(), indent=1, sort_keys=True).encode()
         write_bytes_atomic(self.path, data, durable=False)
 
@@ -290,11 +292,17 @@ def state_dir(override: StatePath = None) -> Path:
     return base / "xvatool"
 
 
-def _private_folder(folder: Path) -> None:
+def private_folder(folder: Path) -> None:
+    """Create `folder` (and its parents) readable by this user only, as everything in the state folder."""
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise LocalIOError(f"cannot create the state folder: {exc.strerror}", path=str(folder)) from exc
+
+
+def host_tag(url: str) -> str:
+    """A host's URL as a short file-name part: state files are named by host, and a URL is no name."""
+    return _tag(url.rstrip("/"), 12)
 
 
 def _tag(text: str, length: int = 16) -> str:
@@ -321,14 +329,14 @@ def import_journal_path(
     independent journals; the host is hashed because a URL is not a file name.
     """
     archive = Path(os.path.abspath(archive_path))
-    host = _tag(host_url.rstrip("/"), 12)
+    host = host_tag(host_url)
     return state_dir(state) / JOURNALS / f"import-{_readable(archive.name)}-{_tag(str(archive))}-{host}.json"
 
 
 def spool_folder(state: StatePath = None) -> Path:
     """A new private folder under ``STATE/spool`` for scratch data of one transfer; the caller removes it."""
     parent = state_dir(state) / "spool"
-    _private_folder(parent)
+    private_folder(parent)
     try:
         return Path(tempfile.mkdtemp(prefix="import-", dir=parent))
     except OSError as exc:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -43,7 +42,7 @@ from typing import Any
 from xvatool._files import fsync_dir
 from xvatool._human import NOTE
 from xvatool.errors import LocalIOError, XapiError, XvatoolError
-from xvatool.xapi.journal import StatePath, state_dir
+from xvatool.xapi.journal import StatePath, host_tag, private_folder, state_dir
 from xvatool.xapi.session import Session
 
 __all__ = ["LEDGER_FOLDER", "LedgerEntry", "ledger_entry", "sweep_left_over"]
@@ -98,15 +97,6 @@ class LedgerEntry:
             self._fd = -1
 
 
-def _folder(state: StatePath) -> Path:
-    folder = state_dir(state) / LEDGER_FOLDER
-    try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise LocalIOError(f"cannot create the state folder: {exc.strerror}", path=str(folder)) from exc
-    return folder
-
-
 def _write(fd: int, doc: dict[str, Any], path: Path) -> None:
     data = json.dumps(doc, sort_keys=True).encode()
     try:
@@ -148,8 +138,9 @@ def _create(host: str, doc: dict[str, Any], state: StatePath) -> LedgerEntry:
     """Written and locked under a hidden name, then renamed into place (the lock goes along), so a
     sweep never finds an entry whose owner has not locked it yet.
     """
-    folder = _folder(state)
-    name = f"{_host_tag(host)}-{uuid.uuid4().hex}.json"
+    folder = state_dir(state) / LEDGER_FOLDER
+    private_folder(folder)
+    name = f"{host_tag(host)}-{uuid.uuid4().hex}.json"
     making = folder / f".{name}.new"
     try:
         fd = os.open(making, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -171,11 +162,6 @@ def _create(host: str, doc: dict[str, Any], state: StatePath) -> LedgerEntry:
     return entry
 
 
-def _host_tag(url: str) -> str:
-    """Entries are named by host so a sweep opens only its own host's (a URL is not a file name)."""
-    return hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:12]
-
-
 def sweep_left_over(
     session: Session, *, destroy: Callable[[str], bool], state: StatePath = None
 ) -> list[str]:
@@ -185,7 +171,7 @@ def sweep_left_over(
     uuids destroyed. Never raises: a sweep that fails is a warning, and the entries stay.
     """
     folder = state_dir(state) / LEDGER_FOLDER
-    prefix = f"{_host_tag(session.url)}-"
+    prefix = f"{host_tag(session.url)}-"
     try:
         names = sorted(p.name for p in folder.iterdir())
     except FileNotFoundError:
